@@ -1,0 +1,14 @@
+"""The one exception type for user mistakes (bad files, bad models); CLIs map it to exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class InputError(Exception):
+    """A problem with something the user gave us, named by its file (or node, or argument)."""
+
+    def __init__(self, source: str | Path | None, problem: str):
+        self.source = None if source is None else str(source)
+        self.problem = problem
+        super().__init__(f"{self.source}: {problem}" if self.source else problem)

@@ -1,0 +1,92 @@
+"""The CMSL network: MONAI's 3D ResNet34 backbone with a 1x1x1 convolutional head and global pooling.
+
+Tensors are (B, C, I, J, K): spatial axes in (i, j, k) order of the canonical LPS input grid.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from monai.networks.nets.resnet import ResNet
+from torch import nn
+
+from .config import ModelConfig
+
+RESNET34_LAYERS = [3, 4, 6, 3]
+RESNET_WIDTHS = [64, 128, 256, 512]
+NETWORK_STRIDE = 32  # conv1 (2) x max pool (2) x layer2..4 (2 each): input voxels per feature voxel
+
+
+class NetOutput(NamedTuple):
+    """Everything one forward pass gives."""
+
+    cos_theta: torch.Tensor  # (B,) cosine between the classifier vector w and the pooled feature
+    logit: torch.Tensor  # (B,) w . pooled + b
+    features: torch.Tensor  # (B, C, d, h, w) last activation map (for COAM)
+    logit_map: torch.Tensor  # (B, d, h, w) per-position logit of the 1x1x1 head before pooling (CAM)
+    aux_logits: torch.Tensor | None  # (B, aux_classes) auxiliary head (DK-MT baseline) or None
+
+
+class CMSLNet(nn.Module):
+    """3D ResNet34 (BasicBlocks [3, 4, 6, 3], conv1 7x7x7 stride 2, max pooling) + 1x1x1 conv head.
+
+    The paper replaces GAP + FC by a 1x1x1 convolution (512 -> 1) followed by global pooling; the
+    convolution's weight is the classifier vector w of cos(theta).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = ResNet(
+            block="basic",
+            layers=RESNET34_LAYERS,
+            block_inplanes=RESNET_WIDTHS,
+            spatial_dims=3,
+            n_input_channels=cfg.in_channels,
+            conv1_t_size=7,
+            conv1_t_stride=2,
+            widen_factor=cfg.width_factor,
+            feed_forward=False,
+        )
+        channels = self.backbone.in_planes
+        self.head = nn.Conv3d(channels, 1, kernel_size=1)
+        self.aux_head = nn.Linear(channels, cfg.aux_classes) if cfg.aux_classes else None
+
+    @property
+    def feature_channels(self) -> int:
+        return self.head.in_channels
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last activation map of layer4, (B, C, I/32, J/32, K/32) rounded up."""
+        b = self.backbone
+        x = b.act(b.bn1(b.conv1(x)))
+        x = b.maxpool(x)
+        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> NetOutput:
+        f = self.features(x)
+        if self.cfg.pooling == "avg":
+            pooled = f.mean(dim=(2, 3, 4))
+        elif self.cfg.pooling == "max":
+            pooled = f.amax(dim=(2, 3, 4))
+        else:
+            raise ValueError(f"unknown pooling {self.cfg.pooling!r}")
+        w = self.head.weight.reshape(-1)
+        logit = pooled.float() @ w.float() + self.head.bias.float()
+        cos_theta = nn.functional.cosine_similarity(pooled.float(), w.float().unsqueeze(0), dim=1, eps=1e-8)
+        logit_map = self.head(f)[:, 0]
+        aux = self.aux_head(pooled) if self.aux_head is not None else None
+        return NetOutput(cos_theta, logit, f, logit_map, aux)
+
+
+def probability(out: NetOutput, cfg: ModelConfig) -> torch.Tensor:
+    """Malignancy probability: sigmoid(s cos(theta)) for the angular losses, sigmoid(logit) for BCE."""
+    return torch.sigmoid(cfg.s * out.cos_theta) if cfg.angular else torch.sigmoid(out.logit)
+
+
+def build_model(cfg: ModelConfig) -> CMSLNet:
+    """The network a :class:`ModelConfig` describes."""
+    if cfg.arch != "resnet34_3d":
+        raise ValueError(f"architecture {cfg.arch!r} is not one the runtime can build (resnet34_3d)")
+    return CMSLNet(cfg)

@@ -1,0 +1,106 @@
+"""Reading and checking volumes, and the case-folder layout (``t1``, ``pre``/``post_k`` or ``sub_k``).
+
+Images stay SimpleITK images in LPS millimetres; nothing here changes geometry.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii.gz", ".nii", ".mha", ".mhd")
+
+
+def check_image(image: sitk.Image, source: str | Path) -> sitk.Image:
+    """Return ``image`` as a 3D float32 scalar image or raise :class:`InputError` naming ``source``."""
+    if image.GetDimension() != 3:
+        raise InputError(source, f"expected a 3D volume, got a {image.GetDimension()}D image")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            source, f"expected a scalar 3D volume, got {image.GetNumberOfComponentsPerPixel()} components "
+            "per voxel (a 4D or vector image)"
+        )
+    if min(image.GetSize()) < 2:
+        raise InputError(source, f"expected a 3D volume, got size {image.GetSize()} (a 2D slice)")
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    values = sitk.GetArrayViewFromImage(image)
+    if not np.isfinite(values).all():
+        raise InputError(source, f"{int((~np.isfinite(values)).sum())} voxels are NaN or Inf")
+    if float(values.max()) == float(values.min()):
+        raise InputError(source, f"the volume is empty (every voxel is {float(values.min())})")
+    return image
+
+
+def read_volume(path: str | Path) -> sitk.Image:
+    """Read one 3D scalar volume with SimpleITK and check it (float32, LPS geometry as stored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reason"
+        raise InputError(path, f"cannot be read as an image ({first[:160]})") from None
+    return check_image(image, path)
+
+
+def _volume_files(folder: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        for suffix in VOLUME_SUFFIXES:
+            if p.is_file() and p.name.lower().endswith(suffix):
+                found.setdefault(p.name[: -len(suffix)].lower(), p)
+    return found
+
+
+@dataclass
+class CaseFiles:
+    """The files of one case: the non-fat-suppressed T1 and a series of subtractions or phases.
+
+    ``kind`` is ``"subtractions"`` (``series`` are sub_1..sub_N) or ``"phases"`` (``series`` is
+    pre, post_1..post_N). ``extra`` carries case.json when the folder has one.
+    """
+
+    t1: Path
+    series: list[Path]
+    kind: str
+    extra: dict = field(default_factory=dict)
+
+
+def find_case_files(case_dir: str | Path) -> CaseFiles:
+    """Find t1, pre/post_k or sub_k volumes (any SimpleITK-readable suffix) in a case folder."""
+    import json
+
+    case_dir = Path(case_dir)
+    if not case_dir.is_dir():
+        raise InputError(case_dir, "no such case folder")
+    files = _volume_files(case_dir)
+    if "t1" not in files:
+        raise InputError(case_dir, "no t1 volume (t1.nrrd, t1.nii.gz, ...) in the case folder")
+
+    def numbered(prefix: str) -> list[Path]:
+        pat = re.compile(rf"^{prefix}_?(\d+)$")
+        hits = sorted((int(m.group(1)), p) for n, p in files.items() if (m := pat.match(n)))
+        return [p for _, p in hits]
+
+    subs, posts = numbered("sub"), numbered("post")
+    extra = {}
+    if (case_dir / "case.json").is_file():
+        try:
+            extra = json.loads((case_dir / "case.json").read_text())
+        except (OSError, ValueError) as err:
+            raise InputError(case_dir / "case.json", f"not valid JSON ({err})") from None
+    if subs and not posts:
+        return CaseFiles(files["t1"], subs, "subtractions", extra)
+    if posts and "pre" in files and not subs:
+        return CaseFiles(files["t1"], [files["pre"], *posts], "phases", extra)
+    raise InputError(
+        case_dir, "expected either sub_1..sub_N or pre + post_1..post_N volumes beside t1 "
+        f"(found: {', '.join(sorted(files)) or 'nothing readable'})"
+    )
