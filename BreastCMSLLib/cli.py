@@ -1,0 +1,137 @@
+"""``breastcmsl``: the runtime command line (synth, init-model, analyze).
+
+User mistakes (:class:`InputError`) print one line naming the file and the problem and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import InputError
+
+
+def _triple(kind):
+    return dict(nargs=3, type=kind, metavar=("I", "J", "K") if kind is int else ("X", "Y", "Z"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="breastcmsl",
+        description="Breast DCE-MRI malignancy classification (CMSL) with COAM and CAM localization maps "
+        "(Luo et al., MICCAI 2019). Research software, not for diagnosis.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write one synthetic DCE phantom case folder (known truth)")
+    p.add_argument("--out", required=True, type=Path, help="case folder to create")
+    p.add_argument("--seed", type=int, default=0)
+    label = p.add_mutually_exclusive_group()
+    label.add_argument("--malignant", dest="label", action="store_const", const=1)
+    label.add_argument("--benign", dest="label", action="store_const", const=0)
+    p.add_argument("--shape", **_triple(int), help="grid size in voxels (i, j, k)")
+    p.add_argument("--spacing", **_triple(float), help="voxel spacing in mm")
+    p.add_argument("--inputs", choices=["phases", "subtractions"], default="phases",
+                   help="write pre + post_k phases (default) or sub_k subtractions")
+
+    p = sub.add_parser("init-model", help="write an untrained model file (smoke tests, benchmarks)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--input-size", **_triple(int), default=None, help="network input size (default 340 220 128)")
+    p.add_argument("--width-factor", type=float, default=1.0)
+    p.add_argument("--channels", type=int, default=6, help="number of subtraction channels")
+    p.add_argument("--loss", choices=["cmsl", "nsl", "bce"], default="cmsl")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("analyze", help="malignancy probability and COAM/CAM maps for one case")
+    p.add_argument("case_dir", nargs="?", type=Path, help="case folder (t1 + pre/post_k or sub_k)")
+    p.add_argument("--t1", type=Path, help="non-fat-suppressed T1 (instead of a case folder)")
+    p.add_argument("--sub", type=Path, nargs="+", help="subtraction volumes, in phase order")
+    p.add_argument("--pre", type=Path, help="pre-contrast phase")
+    p.add_argument("--post", type=Path, nargs="+", help="post-contrast phases, in time order")
+    p.add_argument("--model", required=True, type=Path, help="model .safetensors file")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--label-fraction", type=float, default=0.5,
+                   help="labelmaps are 1 where the map >= this fraction of its maximum")
+    return parser
+
+
+def cmd_synth(args) -> dict:
+    from .phantom import synth_case
+
+    return synth_case(args.out, seed=args.seed, label=args.label, shape=args.shape, spacing=args.spacing,
+                      inputs=args.inputs)
+
+
+def cmd_init_model(args) -> dict:
+    import torch
+
+    from .config import ModelConfig, PreprocessConfig
+    from .model import build_model
+    from .modelfile import save_model
+
+    pre = PreprocessConfig() if args.input_size is None else PreprocessConfig(input_size=tuple(args.input_size))
+    cfg = ModelConfig(in_channels=args.channels, width_factor=args.width_factor, loss=args.loss, preprocess=pre)
+    torch.manual_seed(args.seed)
+    model = build_model(cfg)
+    provenance = {"name": args.out.stem, "untrained": True, "seed": args.seed,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "note": "untrained: random weights, for smoke tests and benchmarks only"}
+    sha = save_model(args.out, model, cfg, provenance)
+    return {"model": str(args.out), "sha256": sha, "config": json.loads(cfg.to_json())}
+
+
+def gather_inputs(args):
+    """The case's volumes from a case folder or from --t1/--sub/--pre/--post; returns (inputs, used)."""
+    from .preprocess import load_case, load_inputs
+
+    named = args.t1 or args.sub or args.pre or args.post
+    if args.case_dir and named:
+        raise InputError(args.case_dir, "give either a case folder or --t1 with --sub/--pre/--post, not both")
+    if args.case_dir:
+        inputs = load_case(args.case_dir)
+    elif args.t1 and args.sub and not (args.pre or args.post):
+        inputs = load_inputs(args.t1, args.sub, "subtractions")
+    elif args.t1 and args.pre and args.post and not args.sub:
+        inputs = load_inputs(args.t1, [args.pre, *args.post], "phases")
+    else:
+        raise InputError("analyze", "give a case folder, or --t1 with either --sub F... or --pre F --post F...")
+    used = {"kind": inputs.kind, "t1": inputs.sources[0], "series": inputs.sources[1:]}
+    return inputs, used
+
+
+def cmd_analyze(args) -> dict:
+    from .analyze import analyze_case
+    from .modelfile import load_model
+    from .output import write_analysis
+
+    t0 = time.perf_counter()
+    loaded = load_model(args.model)
+    inputs, used = gather_inputs(args)
+    t_read = time.perf_counter() - t0
+    analysis = analyze_case(inputs, loaded, device=args.device, label_fraction=args.label_fraction)
+    analysis.timings["read_s"] = t_read
+    centre = (inputs.extra or {}).get("center_lps")
+    result = write_analysis(analysis, args.out, used, centre)
+    return {k: result[k] for k in ("probability", "cos_theta", "prediction", "coam_peak_lps", "cam_peak_lps")}
+
+
+COMMANDS = {"synth": cmd_synth, "init-model": cmd_init_model, "analyze": cmd_analyze}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = COMMANDS[args.command](args)
+    except InputError as err:
+        print(f"breastcmsl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Figures in the spirit of the paper's Fig. 3: subtraction slice, CAM and COAM, through the peaks.
+
+Axial slices of the canonical input grid shown in radiological convention: patient right on the
+image's left (i, towards patient left, runs rightwards), anterior at the top (j runs downwards).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def axial_row(axes, subtraction, cam_map, coam_map, k: int, marks: dict) -> None:
+    """Draw one row [subtraction, CAM, COAM] at slice k; ``marks`` maps a label to an (i, j, k) index."""
+    styles = {"COAM peak": ("c", "+"), "CAM peak": ("y", "x"), "true centre": ("r", "o")}
+    for ax, (title, overlay) in zip(axes, [("subtraction", None), ("CAM", cam_map), ("COAM", coam_map)]):
+        ax.imshow(subtraction[:, :, k].T, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        if overlay is not None:
+            ax.imshow(overlay[:, :, k].T, cmap="inferno", vmin=0, vmax=1, alpha=0.5, interpolation="bilinear")
+        for label, ijk in marks.items():
+            colour, marker = styles[label]
+            on_slice = abs(ijk[2] - k) <= 1
+            ax.plot(ijk[0], ijk[1], marker=marker, color=colour, markersize=10, markerfacecolor="none",
+                    alpha=1.0 if on_slice else 0.4, label=label, linestyle="none")
+        ax.set_title(f"{title}, slice k={k}", fontsize=8)
+        ax.set_axis_off()
+
+
+def overview_figure(analysis, centre_lps=None):
+    """A matplotlib figure of an :class:`~BreastCMSLLib.analyze.Analysis`: one row per distinct slice
+    through the COAM peak, the CAM peak and (when known) the true lesion centre (LPS mm)."""
+    prep = analysis.prep
+    grid = prep.input_grid
+    points = {"COAM peak": analysis.coam_peak_lps, "CAM peak": analysis.cam_peak_lps}
+    if centre_lps is not None:
+        points["true centre"] = tuple(float(v) for v in centre_lps)
+    marks = {k: np.array(grid.TransformPhysicalPointToContinuousIndex(p)) for k, p in points.items()}
+    slices = list(dict.fromkeys(int(np.clip(round(m[2]), 0, grid.GetSize()[2] - 1)) for m in marks.values()))
+    fig, axes = plt.subplots(len(slices), 3, figsize=(9, 2.6 * len(slices)), squeeze=False)
+    for row, k in zip(axes, slices):
+        axial_row(row, prep.array[0], analysis.cam_input, analysis.coam_input, k, marks)
+    axes[0, 2].legend(loc="lower right", fontsize=6)
+    fig.suptitle(f"p(malignant) = {analysis.probability:.3f} ({analysis.prediction}); "
+                 f"model {analysis.model['name']}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path) -> None:
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

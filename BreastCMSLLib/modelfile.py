@@ -1,0 +1,125 @@
+"""The model file: ONE ``.safetensors`` file; its metadata holds the ModelConfig JSON and provenance.
+
+Loading reads tensors with safetensors only: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .config import ModelConfig
+from .errors import InputError
+from .model import CMSLNet, build_model
+
+FORMAT = "breastcmsl-model"
+FORMAT_VERSION = "1"
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_model(path: str | Path, model: torch.nn.Module, cfg: ModelConfig, provenance: dict) -> str:
+    """Write weights, config and provenance atomically to ``path``; return the file's sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_json(),
+        "provenance": json.dumps(provenance, sort_keys=True),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return file_sha256(path)
+
+
+@dataclass
+class LoadedModel:
+    """A network in eval mode with its config, provenance (``untrained``, ``method``, ...) and sha256."""
+
+    model: CMSLNet
+    config: ModelConfig
+    provenance: dict
+    sha256: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return str(self.provenance.get("name") or self.path.stem)
+
+    def info(self) -> dict:
+        """What result.json records about the model."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "untrained": bool(self.provenance.get("untrained", False)),
+            "synthetic": bool(self.provenance.get("synthetic", False)),
+            "method": self.config.loss if self.config.arch == "resnet34_3d" else self.config.arch,
+            "version": self.provenance.get("version"),
+        }
+
+
+def read_model_metadata(path: str | Path) -> tuple[ModelConfig, dict]:
+    """Config and provenance of a model file, without building the network."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such model file")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise InputError(path, "is a PyTorch/pickle checkpoint, not a BreastCMSL .safetensors model; "
+                         "refusing to unpickle it (export one with `breastcmsl-train export`)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InputError(path, f"is not a safetensors model file ({err})") from None
+    if meta.get("format") != FORMAT:
+        raise InputError(path, "is a safetensors file but not a BreastCMSL model (no breastcmsl metadata)")
+    try:
+        cfg = ModelConfig.from_json(meta["config"])
+        provenance = json.loads(meta.get("provenance", "{}"))
+    except (KeyError, ValueError, TypeError) as err:
+        raise InputError(path, f"has unreadable BreastCMSL metadata ({err})") from None
+    return cfg, provenance
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Build the network its config describes and load the weights (strict), in eval mode."""
+    path = Path(path)
+    cfg, provenance = read_model_metadata(path)
+    try:
+        model = build_model(cfg)
+    except ValueError as err:
+        raise InputError(path, str(err)) from None
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise InputError(path, f"weights do not match its config ({str(err).splitlines()[0]})") from None
+    model.to(device).eval()
+    return LoadedModel(model, cfg, provenance, file_sha256(path), path)

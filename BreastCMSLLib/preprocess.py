@@ -1,0 +1,215 @@
+"""One-case preprocessing: canonical axial grid, breast mask, masked subtractions, crop/pad, and back.
+
+Frames: every volume keeps its own LPS geometry until it is resampled onto the *input grid*, an
+axial LPS grid (the reference volume's grid reoriented with ``DICOMOrient``, optionally at another
+spacing) cropped or padded to ``input_size`` around the breast mask. Crop, pad, reorientation and
+resampling are therefore one ``sitk.Resample`` forward and one back (:func:`to_reference`); where
+voxel centres coincide (no spacing change) both directions copy voxels exactly.
+Arrays are (C, I, J, K): spatial axes in (i, j, k) order of the input grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .config import PreprocessConfig
+from .errors import InputError
+from .mask import breast_mask
+from .model import NETWORK_STRIDE
+from .volumes import find_case_files, read_volume
+
+
+@dataclass
+class CaseInputs:
+    """Checked input volumes of one case, in LPS as stored.
+
+    ``kind == "subtractions"``: ``series`` are the N subtraction volumes; ``"phases"``: ``series`` is
+    pre-contrast then N post-contrast phases. ``sources`` names t1 then each series volume (files or nodes).
+    """
+
+    t1: sitk.Image
+    series: list[sitk.Image]
+    kind: str
+    sources: list[str]
+    extra: dict | None = None
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.series) - (1 if self.kind == "phases" else 0)
+
+    @property
+    def reference(self) -> sitk.Image:
+        """The first subtraction, or the first post-contrast phase: every output map lands on its grid."""
+        return self.series[1] if self.kind == "phases" else self.series[0]
+
+    @property
+    def reference_source(self) -> str:
+        return self.sources[2] if self.kind == "phases" else self.sources[1]
+
+
+def load_inputs(t1: str | Path, series: list[str | Path], kind: str, extra: dict | None = None) -> CaseInputs:
+    """Read and check the volumes of one case (see :class:`CaseInputs` for ``kind``)."""
+    if kind not in ("subtractions", "phases"):
+        raise ValueError(f"unknown input kind {kind!r}")
+    if kind == "phases" and len(series) < 2:
+        raise InputError(series[0] if series else None, "phases need a pre-contrast and >= 1 post-contrast")
+    if not series:
+        raise InputError(t1, "no subtraction volumes given")
+    paths = [Path(t1), *map(Path, series)]
+    images = [read_volume(p) for p in paths]
+    return CaseInputs(images[0], images[1:], kind, [str(p) for p in paths], extra)
+
+
+def load_case(case_dir: str | Path) -> CaseInputs:
+    """Read a case folder (t1 + pre/post_k or sub_k, any SimpleITK suffix)."""
+    files = find_case_files(case_dir)
+    return load_inputs(files.t1, files.series, files.kind, files.extra)
+
+
+@dataclass
+class Preprocessed:
+    """The network input of one case and what is needed to carry maps back.
+
+    ``array``: float32 (C, I, J, K) in [0, 1]; ``input_grid``: uint8 breast mask on the input grid (its
+    geometry is the input grid's); ``reference``: an image with the reference input's geometry;
+    ``valid``: bool (I, J, K), True where the input grid lies inside the reference volume.
+    """
+
+    array: np.ndarray
+    input_grid: sitk.Image
+    reference: sitk.Image
+    valid: np.ndarray
+    crop_start: tuple[int, int, int]
+
+    @property
+    def mask(self) -> np.ndarray:
+        return to_ijk(self.input_grid).astype(bool)
+
+
+def to_ijk(image: sitk.Image) -> np.ndarray:
+    """Voxel array in (i, j, k) order (SimpleITK's own arrays are (k, j, i))."""
+    return sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)
+
+
+def geometry_proxy(image: sitk.Image) -> sitk.Image:
+    """A uint8 image of zeros with ``image``'s geometry (size, spacing, origin, direction)."""
+    proxy = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    proxy.CopyInformation(image)
+    return proxy
+
+
+def physical_bounds(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned LPS bounding box (mm) of the volume's voxel extent (voxel edges, not centres)."""
+    size = np.array(image.GetSize())
+    corners = [
+        image.TransformContinuousIndexToPhysicalPoint([(-0.5 if c == 0 else s - 0.5) for c, s in zip(bits, size)])
+        for bits in np.ndindex(2, 2, 2)
+    ]
+    pts = np.array(corners)
+    return pts.min(axis=0), pts.max(axis=0)
+
+
+def canonical_grid(reference: sitk.Image, spacing: tuple[float, float, float] | None) -> sitk.Image:
+    """The reference grid reoriented to axial LPS (``DICOMOrient``), optionally at another spacing (mm)."""
+    canon = sitk.DICOMOrient(geometry_proxy(reference), "LPS")
+    if spacing is None:
+        return canon
+    old_sp, new_sp = np.array(canon.GetSpacing()), np.array(spacing, dtype=float)
+    size = np.maximum(1, np.round(np.array(canon.GetSize()) * old_sp / new_sp)).astype(int)
+    direction = np.array(canon.GetDirection()).reshape(3, 3)
+    # keep the outer voxel edge where it was: the first centre moves by half the spacing change
+    origin = np.array(canon.GetOrigin()) + direction @ ((new_sp - old_sp) / 2)
+    grid = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
+    grid.SetSpacing(new_sp.tolist())
+    grid.SetOrigin(origin.tolist())
+    grid.SetDirection(canon.GetDirection())
+    return grid
+
+
+def check_overlap(inputs: CaseInputs) -> None:
+    """Every volume must share physical space with the reference volume."""
+    ref_lo, ref_hi = physical_bounds(inputs.reference)
+    for image, source in zip([inputs.t1, *inputs.series], inputs.sources):
+        lo, hi = physical_bounds(image)
+        if np.any(lo >= ref_hi) or np.any(hi <= ref_lo):
+            raise InputError(
+                source,
+                f"does not overlap the reference volume {inputs.reference_source} (LPS extent "
+                f"{np.round(lo, 1).tolist()}..{np.round(hi, 1).tolist()} mm vs "
+                f"{np.round(ref_lo, 1).tolist()}..{np.round(ref_hi, 1).tolist()} mm)",
+            )
+
+
+def crop_window(mask: np.ndarray, size: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Start index of a ``size`` window centred on the mask's bounding box, kept inside the volume.
+
+    Where the volume is larger than the window it crops (window inside the volume); where it is smaller
+    it pads (volume inside the window). ``mask`` is (I, J, K).
+    """
+    start = []
+    for axis, n in enumerate(size):
+        dim = mask.shape[axis]
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        centre = (hits[0] + hits[-1] + 1) / 2 if hits.size else dim / 2
+        lo, hi = min(0, dim - n), max(0, dim - n)
+        start.append(int(np.clip(np.floor(centre - n / 2), lo, hi)))
+    return tuple(start)
+
+
+def resample_onto(image: sitk.Image, grid: sitk.Image, interpolator: int = sitk.sitkLinear) -> sitk.Image:
+    """``image`` on ``grid``'s geometry (identity transform in LPS, 0 outside), float32 unless nearest."""
+    pixel = sitk.sitkUInt8 if interpolator == sitk.sitkNearestNeighbor else sitk.sitkFloat32
+    return sitk.Resample(image, grid, sitk.Transform(), interpolator, 0.0, pixel)
+
+
+def preprocess_case(inputs: CaseInputs, cfg: PreprocessConfig) -> Preprocessed:
+    """Breast mask, masked subtractions clipped and scaled to [0, 1], on the cropped/padded input grid.
+
+    Intensity rule: subtractions (post_k - pre, or as given) are masked, clipped below at 0 (no
+    enhancement) and above at the ``clip_percentile`` of all masked voxels of all channels together,
+    then divided by that value: one scale per case keeps the kinetic curve shape across phases.
+    """
+    check_overlap(inputs)
+    canon = canonical_grid(inputs.reference, cfg.spacing)
+    too_small = [n for n in canon.GetSize() if n < NETWORK_STRIDE]
+    if too_small:
+        raise InputError(inputs.reference_source, f"volume size {canon.GetSize()} is smaller than the network "
+                         f"can take (at least {NETWORK_STRIDE} voxels along every axis)")
+    mask_canon = breast_mask(resample_onto(inputs.t1, canon), cfg.mask)
+    mask_ijk = to_ijk(mask_canon)
+    if not mask_ijk.any():
+        raise InputError(inputs.sources[0], "the breast mask found no breast in this T1 volume")
+
+    start = crop_window(mask_ijk, cfg.input_size)
+    grid = sitk.Image(list(cfg.input_size), sitk.sitkUInt8)
+    grid.SetSpacing(canon.GetSpacing())
+    grid.SetDirection(canon.GetDirection())
+    grid.SetOrigin(canon.TransformContinuousIndexToPhysicalPoint([float(s) for s in start]))
+    mask_grid = resample_onto(mask_canon, grid, sitk.sitkNearestNeighbor)
+    valid_image = resample_onto(sitk.Add(geometry_proxy(inputs.reference), 1), grid, sitk.sitkNearestNeighbor)
+
+    resampled = [to_ijk(resample_onto(image, grid)) for image in inputs.series]
+    channels = [post - resampled[0] for post in resampled[1:]] if inputs.kind == "phases" else resampled
+    array = np.stack(channels).astype(np.float32, copy=False)
+    mask = to_ijk(mask_grid).astype(bool)
+    array *= mask
+    inside = array[:, mask]
+    upper = float(np.percentile(inside, cfg.clip_percentile)) if inside.size else 0.0
+    if upper <= 0:
+        raise InputError(inputs.reference_source, "no contrast enhancement inside the breast mask "
+                         "(all subtraction values <= 0)")
+    np.clip(array, 0.0, upper, out=array)
+    array /= upper
+    return Preprocessed(array, mask_grid, geometry_proxy(inputs.reference), to_ijk(valid_image).astype(bool),
+                        start)
+
+
+def to_reference(array_ijk: np.ndarray, prep: Preprocessed) -> sitk.Image:
+    """Carry an (I, J, K) array on the input grid back onto the reference input's grid (float32, linear)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array_ijk, dtype=np.float32).transpose(2, 1, 0)))
+    image.CopyInformation(prep.input_grid)
+    return resample_onto(image, prep.reference)

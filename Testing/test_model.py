@@ -1,0 +1,85 @@
+"""The network is MONAI's ResNet34 (conv1 stride 2) with the paper's 1x1x1 head; model files are safetensors."""
+
+import json
+
+import pytest
+import torch
+from monai.networks.nets import resnet34
+from safetensors.torch import save_file
+
+from BreastCMSLLib.config import ModelConfig, PreprocessConfig
+from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.model import build_model, probability
+from BreastCMSLLib.modelfile import file_sha256, load_model, save_model
+
+SMALL = ModelConfig(width_factor=0.125, preprocess=PreprocessConfig(input_size=(64, 64, 32)))
+
+
+def test_backbone_is_monai_resnet34_with_stride_two_conv1():
+    model = build_model(ModelConfig())
+    b = model.backbone
+    assert [len(layer) for layer in (b.layer1, b.layer2, b.layer3, b.layer4)] == [3, 4, 6, 3]
+    assert b.conv1.kernel_size == (7, 7, 7) and b.conv1.stride == (2, 2, 2) and b.conv1.in_channels == 6
+    assert model.head.in_channels == 512 and model.head.out_channels == 1 and model.head.kernel_size == (1, 1, 1)
+    anchor = resnet34(spatial_dims=3, n_input_channels=6, conv1_t_stride=2, num_classes=1)
+    ours = {k: v.shape for k, v in b.state_dict().items()}
+    theirs = {k: v.shape for k, v in anchor.state_dict().items() if not k.startswith("fc.")}
+    assert ours == theirs
+
+
+def test_features_match_monai_forward_with_same_weights():
+    torch.manual_seed(3)
+    model = build_model(SMALL).eval()
+    anchor = resnet34(spatial_dims=3, n_input_channels=6, conv1_t_stride=2, widen_factor=0.125,
+                      num_classes=1).eval()
+    anchor.load_state_dict(model.backbone.state_dict(), strict=False)
+    x = torch.rand(1, 6, 64, 64, 32)
+    with torch.no_grad():
+        out = model(x)
+        anchor.fc = torch.nn.Identity()
+        pooled = anchor(x)
+    assert out.features.shape == (1, 64, 2, 2, 1)
+    assert torch.allclose(out.features.mean(dim=(2, 3, 4)), pooled, atol=1e-5)
+
+
+def test_probability_rules():
+    torch.manual_seed(4)
+    model = build_model(SMALL).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 6, 64, 64, 32))
+    assert torch.allclose(probability(out, SMALL), torch.sigmoid(20 * out.cos_theta))
+    bce = ModelConfig(loss="bce")
+    assert torch.allclose(probability(out, bce), torch.sigmoid(out.logit))
+
+
+def test_model_file_round_trip(tmp_path):
+    torch.manual_seed(5)
+    model = build_model(SMALL)
+    path = tmp_path / "m.safetensors"
+    sha = save_model(path, model, SMALL, {"name": "tiny", "untrained": True})
+    loaded = load_model(path)
+    assert sha == file_sha256(path) == loaded.sha256
+    assert loaded.config == SMALL
+    assert loaded.provenance == {"name": "tiny", "untrained": True}
+    assert loaded.info()["untrained"] is True
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[k], v)
+    assert not loaded.model.training
+
+
+def test_pickle_checkpoint_is_refused_without_unpickling(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"x": torch.zeros(1)}, path)
+    with pytest.raises(InputError, match="refusing to unpickle"):
+        load_model(path)
+
+
+def test_foreign_safetensors_is_refused(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"config": json.dumps({})})
+    with pytest.raises(InputError, match="not a BreastCMSL model"):
+        load_model(path)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"hello world, definitely not a model")
+    with pytest.raises(InputError, match="not a safetensors model"):
+        load_model(junk)
