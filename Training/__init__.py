@@ -1,0 +1,1 @@
+"""BreastCMSL training: cohort manifest and cache, CMSL and baseline training, evaluation, localization."""

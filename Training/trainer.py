@@ -1,0 +1,329 @@
+"""The fit loop: Adam, ReduceLROnPlateau (x0.1), early stopping on the validation loss, checkpoints
+that resume bit-identically, DistributedDataParallel under torchrun, bf16 autocast on CUDA.
+
+A run folder holds ``run.json`` (configs), ``checkpoint.pt`` (resume state), ``model_best.safetensors``
+(lowest validation loss), ``model_last.safetensors``, ``log.csv`` and ``tb/`` (TensorBoard).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
+
+from BreastCMSLLib.config import ModelConfig
+from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.modelfile import read_model_metadata, save_model
+
+from . import distributed
+from .atomic import atomic_write_text
+from .cache import Cache, open_cache
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .data import Augment, VolumeSource, augment_batch, to_input
+from .methods import MethodConfig, Scores, build_network, forward, model_config
+from .metrics import safe_auc
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything ``breastcmsl-train fit`` takes. ``batch_size`` is the global batch over all ranks."""
+
+    cache: str
+    out: str
+    method: str = "cmsl"
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    width_factor: float = 1.0
+    s: float = 20.0
+    m: float = 0.35
+    lr_patience: int = 3  # epochs without validation-loss improvement before lr /= 10
+    early_stop: int = 8  # epochs without validation-loss improvement before stopping
+    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
+    init: str | None = None
+    resident_gb: float = 8.0  # keep a split on the device when it needs at most this many GB
+    sparsity: float = 0.1
+    aux_weight: float = 0.5
+    pad_channels: int = 8  # CUDA: zero-pad conv1's input channels to this multiple (exact; tensor cores)
+
+
+def run_files(out: str | Path) -> dict[str, Path]:
+    out = Path(out)
+    return {"run": out / "run.json", "checkpoint": out / "checkpoint.pt", "best": out / "model_best.safetensors",
+            "last": out / "model_last.safetensors", "log": out / "log.csv", "tb": out / "tb"}
+
+
+class PaddedConv(nn.Module):
+    """A conv that accepts inputs zero-padded to more channels than its weight has (exact result).
+
+    Zero input channels contribute nothing, so padding the weight with zeros to the same channel count
+    gives the same output while the convolution runs with a tensor-core-friendly channel count. The
+    parameter itself keeps its shape, so state dicts and model files are unchanged.
+    """
+
+    def __init__(self, conv: nn.Conv3d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.conv.weight
+        if x.shape[1] > w.shape[1]:
+            w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, x.shape[1] - w.shape[1]))
+        return F.conv3d(x, w, self.conv.bias, self.conv.stride, self.conv.padding, self.conv.dilation)
+
+
+def load_init(model: nn.Module, source: str) -> list[str]:
+    """Initialize from a trained model file or run folder (its best model); returns keys not loaded."""
+    path = Path(source)
+    if path.is_dir():
+        path = run_files(path)["best"]
+    read_model_metadata(path)  # checks that it is one of our safetensors models (never unpickles)
+    state = load_file(str(path))
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(usable, strict=False)
+    return sorted(set(own) - set(usable))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with the training-only conv1 wrapper removed from the key names."""
+    return {k.replace("conv1.conv.", "conv1."): v for k, v in unwrap(model).state_dict().items()}
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    net = unwrap(model)
+    if isinstance(net.backbone.conv1, PaddedConv):
+        state = {k.replace("backbone.conv1.", "backbone.conv1.conv."): v for k, v in state.items()}
+    net.load_state_dict(state)
+
+
+class Trainer:
+    """One training run (one process of a torchrun job)."""
+
+    def __init__(self, fit: FitConfig, resume: bool = False):
+        self.fit, self.files = fit, run_files(fit.out)
+        self.dist, self.device = distributed.setup(fit.device)
+        if fit.batch_size % self.dist.world:
+            raise InputError("--batch-size", f"{fit.batch_size} is not divisible by the {self.dist.world} ranks")
+        self.cache: Cache = open_cache(fit.cache)
+        self.train_cases, self.val_cases = self.cache.split("train"), self.cache.split("val")
+        if not self.train_cases or not self.val_cases:
+            raise InputError(fit.cache, f"needs finished train and val cases (has {len(self.train_cases)} train, "
+                             f"{len(self.val_cases)} val)")
+        channels = int(self.cache.load(self.train_cases[0].subject_id).shape[0])
+        base = ModelConfig(in_channels=channels, width_factor=fit.width_factor, s=fit.s, m=fit.m,
+                           preprocess=self.cache.preprocess)
+        self.cfg = model_config(fit.method, base)
+        self.method = MethodConfig(fit.method, fit.sparsity, fit.aux_weight)
+        torch.manual_seed(fit.seed)
+        np.random.seed(fit.seed)
+        net = build_network(self.cfg)
+        self.not_initialized = load_init(net, fit.init) if fit.init else []
+        cuda = self.device.type == "cuda"
+        self.pad_to = 0
+        if cuda and fit.pad_channels and hasattr(net, "backbone") and isinstance(net.backbone.conv1, nn.Conv3d):
+            net.backbone.conv1 = PaddedConv(net.backbone.conv1)
+            self.pad_to = math.ceil(channels / fit.pad_channels) * fit.pad_channels
+        net.to(self.device)
+        if cuda:
+            net.to(memory_format=torch.channels_last_3d)
+        self.model: nn.Module = net
+        if self.dist.world > 1:
+            self.model = DistributedDataParallel(net, device_ids=[self.device.index] if cuda else None)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=fit.lr)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=0.1,
+                                                                    patience=fit.lr_patience)
+        budget = int(fit.resident_gb * 1e9)
+        self.train_data = VolumeSource(self.cache, self.train_cases, self.device, budget)
+        self.val_data = VolumeSource(self.cache, self.val_cases, self.device, budget)
+        self.augment = Augment()
+        self.state = {"epoch": 0, "step": 0, "global_step": 0, "best_loss": math.inf, "bad_epochs": 0,
+                      "stopped": False, "history": []}
+        if resume:
+            self._resume()
+        elif self.dist.main:
+            Path(fit.out).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.files["run"], json.dumps(
+                {"fit": dataclasses.asdict(fit), "model": json.loads(self.cfg.to_json()),
+                 "method": dataclasses.asdict(self.method), "world_size": self.dist.world,
+                 "not_initialized": self.not_initialized}, indent=1))
+
+    # -- state ---------------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        ckpt = load_checkpoint(self.files["checkpoint"])
+        if ckpt["fit"] != json.dumps(dataclasses.asdict(self.fit), sort_keys=True):
+            raise InputError(self.files["checkpoint"], "was written by a run with other fit options; resume with "
+                             "the same options (or start a new --out)")
+        load_weights(self.model, ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.state = json.loads(ckpt["state"])
+        set_rng_state(ckpt["rng"])
+
+    def _checkpoint(self) -> None:
+        if not self.dist.main:
+            return
+        save_checkpoint(self.files["checkpoint"], {
+            "fit": json.dumps(dataclasses.asdict(self.fit), sort_keys=True),
+            "model": weights(self.model), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "state": json.dumps(self.state), "rng": rng_state()})
+
+    def _save_model(self, path: Path, extra: dict) -> None:
+        provenance = {"method": self.fit.method, "untrained": False, "trained_on": str(Path(self.fit.cache).resolve()),
+                      "fit": dataclasses.asdict(self.fit), "method_config": dataclasses.asdict(self.method), **extra}
+        net = build_network(self.cfg)
+        net.load_state_dict(weights(self.model))
+        save_model(path, net, self.cfg, provenance)
+
+    # -- batches -------------------------------------------------------------------------------------
+    def _epoch_order(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of an epoch: DistributedSampler order cut into per-rank batches."""
+        sampler = DistributedSampler(range(len(self.train_data)), num_replicas=self.dist.world,
+                                     rank=self.dist.rank, shuffle=True, seed=self.fit.seed)
+        sampler.set_epoch(epoch)
+        idx = list(sampler)
+        per_rank = self.fit.batch_size // self.dist.world
+        return [idx[n:n + per_rank] for n in range(0, len(idx) - per_rank + 1, per_rank)]
+
+    def _inputs(self, batch_u8: torch.Tensor, index: list[int] | None, epoch: int) -> torch.Tensor:
+        x = to_input(batch_u8, channels_last=False)
+        if index is not None:
+            x = augment_batch(x, self.augment, self.fit.seed, epoch, index)
+        if self.pad_to > x.shape[1]:
+            x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, self.pad_to - x.shape[1]))
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return x
+
+    def _forward(self, x, label, birads) -> tuple[torch.Tensor, Scores]:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            return forward(self.method, self.cfg, self.model, x, label.to(self.device), birads.to(self.device))
+
+    def train_step(self, batch_u8: torch.Tensor, index: list[int], epoch: int) -> torch.Tensor:
+        """One optimizer step on a uint8 batch of train-split indices; returns the (detached) loss."""
+        self.model.train()
+        x = self._inputs(batch_u8, index, epoch)
+        loss, _ = self._forward(x, self.train_data.labels[index], self.train_data.birads[index])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    @torch.no_grad()
+    def predict(self, source: VolumeSource, batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """Probabilities (and cos(theta), per-case losses) of every case of ``source``, all ranks gathered."""
+        self.model.eval()
+        net = unwrap(self.model)
+        mine = list(range(self.dist.rank, len(source), self.dist.world))
+        bs = batch_size or max(1, self.fit.batch_size // self.dist.world)
+        out: dict[int, tuple[float, float, float]] = {}
+        for idx, batch in source.batches([mine[n:n + bs] for n in range(0, len(mine), bs)]):
+            x = self._inputs(batch, None, 0)
+            for n, i in enumerate(idx):  # per-case loss: the batch loss of a batch of one
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                    loss, scores = forward(self.method, self.cfg, net, x[n:n + 1], source.labels[i:i + 1].to(self.device),
+                                           source.birads[i:i + 1].to(self.device))
+                cos = float(scores.cos_theta[0]) if scores.cos_theta is not None else math.nan
+                out[i] = (float(scores.probability[0]), cos, float(loss))
+        merged: dict[int, tuple[float, float, float]] = {}
+        for part in distributed.gather_objects(out, self.dist):
+            merged.update(part)
+        order = sorted(merged)
+        return {"probability": np.array([merged[i][0] for i in order]),
+                "cos_theta": np.array([merged[i][1] for i in order]),
+                "loss": np.array([merged[i][2] for i in order]),
+                "label": source.labels.numpy()[order]}
+
+    # -- loop ----------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Train until the epoch limit or early stopping; returns the last history row."""
+        fit, st = self.fit, self.state
+        writer = None
+        if self.dist.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.files["tb"]), purge_step=st["epoch"])
+        while st["epoch"] < fit.epochs and not st["stopped"]:
+            epoch, t0 = st["epoch"], time.perf_counter()
+            order = self._epoch_order(epoch)
+            losses = []
+            for idx, batch in self.train_data.batches(order[st["step"]:]):
+                losses.append(self.train_step(batch, idx, epoch))
+                st["step"] += 1
+                st["global_step"] += 1
+                if fit.checkpoint_every and st["global_step"] % fit.checkpoint_every == 0:
+                    self._checkpoint()
+            train_loss = float(torch.stack(losses).mean()) if losses else math.nan
+            if self.dist.world > 1:
+                train_loss = float(np.nanmean(distributed.gather_objects(train_loss, self.dist)))
+            self._end_epoch(epoch, train_loss, time.perf_counter() - t0, writer)
+        if self.dist.main:
+            self._save_model(self.files["last"], {"epoch": st["epoch"]})
+            if not self.files["best"].exists():
+                self._save_model(self.files["best"], {"epoch": st["epoch"]})
+        if writer:
+            writer.close()
+        return st["history"][-1] if st["history"] else {}
+
+    def _end_epoch(self, epoch: int, train_loss: float, seconds: float, writer) -> None:
+        st = self.state
+        val = self.predict(self.val_data)
+        val_loss = float(val["loss"].mean())
+        pred = (val["probability"] >= 0.5).astype(int)
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+               "val_auc": safe_auc(val["label"], val["probability"]),
+               "val_accuracy": float((pred == val["label"]).mean()),
+               "lr": self.optimizer.param_groups[0]["lr"], "seconds": seconds}
+        self.scheduler.step(val_loss)
+        improved = val_loss < st["best_loss"]
+        st["best_loss"] = min(st["best_loss"], val_loss)
+        st["bad_epochs"] = 0 if improved else st["bad_epochs"] + 1
+        st["stopped"] = st["bad_epochs"] >= self.fit.early_stop
+        st["history"].append(row)
+        st["epoch"], st["step"] = epoch + 1, 0
+        if self.dist.main:
+            if improved:
+                self._save_model(self.files["best"], {"epoch": epoch + 1, "val_loss": val_loss,
+                                                      "val_auc": row["val_auc"]})
+            self._write_log(writer, row)
+        self._checkpoint()
+
+    def _write_log(self, writer, row: dict) -> None:
+        text = io.StringIO()
+        w = csv.DictWriter(text, fieldnames=list(row), lineterminator="\n")
+        w.writeheader()
+        w.writerows(self.state["history"])
+        atomic_write_text(self.files["log"], text.getvalue())
+        for key, value in row.items():
+            if key != "epoch":
+                writer.add_scalar(key, value, row["epoch"])
+        writer.flush()
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+
+def fit(cfg: FitConfig, resume: bool = False) -> dict:
+    """Run ``breastcmsl-train fit``; returns the last epoch's log row."""
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        return trainer.run()
+    finally:
+        distributed.teardown()
