@@ -1,0 +1,298 @@
+"""DICOM studies: scan a folder into series, split dynamic series into phases, read phases as volumes.
+
+The header scan uses pydicom (``stop_before_pixels``); gzip-compressed files (``*.dcm.gz`` or any file
+that starts with the gzip magic) are read transparently. A *phase* is one 3D volume: a whole classic
+series, one temporal position of a multi-phase series, or one enhanced multi-frame file. Volumes are
+read with highdicom (``get_volume_from_series`` / ``Image.get_volume``), which sorts the slices along
+the slice normal and builds the LPS geometry; we only convert its ``Volume`` to a SimpleITK image.
+Every position and direction here is LPS millimetres, as DICOM stores them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+from .errors import InputError
+from .volumes import check_image
+
+ENHANCED_MR = {"1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4"}  # Enhanced / Legacy Converted
+SPLIT_KEYS = ("temporal_position", "trigger_time", "acquisition_time", "content_time")
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One 2D image: a single-frame file, or frame ``frame`` (1-based) of a multi-frame file."""
+
+    path: Path
+    frame: int | None
+    position: tuple[float, float, float]  # ImagePositionPatient, LPS mm
+    orientation: tuple[float, ...]  # ImageOrientationPatient (row then column direction cosines)
+    instance: int
+    temporal_position: int | None = None  # TemporalPositionIdentifier / TemporalPositionIndex
+    trigger_time: float | None = None  # ms
+    acquisition_time: float | None = None  # s since midnight
+    content_time: float | None = None  # s since midnight
+
+
+@dataclass
+class Phase:
+    """One 3D volume of a series, with its frames; ``index`` is 1-based within the series (time order)."""
+
+    series: Series
+    index: int
+    frames: list[Frame]
+    time_s: float | None  # acquisition time (s since midnight), trigger time added within a series
+
+    @property
+    def label(self) -> str:
+        """``"7"`` for a one-phase series, ``"7:2"`` for phase 2 of series 7."""
+        n = self.series.number
+        return str(n) if len(self.series.phases) == 1 else f"{n}:{self.index}"
+
+    @property
+    def normal(self) -> np.ndarray:
+        return _normal(self.frames[0].orientation)
+
+    def describe(self) -> dict:
+        """JSON-ready identity of the phase (series UID, number, description, phase index, time)."""
+        return {"series_uid": self.series.uid, "series_number": self.series.number,
+                "description": self.series.description, "phase": self.index,
+                "phases_in_series": len(self.series.phases), "time_s": self.time_s,
+                "orientation": self.series.plane}
+
+
+@dataclass
+class Series:
+    """Header facts of one DICOM series that matter for role assignment."""
+
+    uid: str
+    number: int
+    description: str
+    image_type: tuple[str, ...]
+    scan_options: str
+    sop_class: str
+    frame_of_reference: str
+    number_of_temporal_positions: int | None
+    phases: list[Phase] = field(default_factory=list)
+    split_by: str | None = None  # the tag that separated the phases, None for one phase
+
+    @property
+    def orientation(self) -> tuple[float, ...]:
+        return self.phases[0].frames[0].orientation
+
+    @property
+    def plane(self) -> str:
+        """``axial``, ``coronal`` or ``sagittal``: the patient axis closest to the slice normal."""
+        return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(_normal(self.orientation))))]
+
+    @property
+    def n_images(self) -> int:
+        return sum(len(p.frames) for p in self.phases)
+
+
+def _normal(orientation) -> np.ndarray:
+    o = np.asarray(orientation, dtype=float)
+    return np.cross(o[:3], o[3:])
+
+
+def _seconds(value) -> float | None:
+    """DICOM TM (HHMMSS.frac) to seconds since midnight."""
+    text = str(value or "").strip()
+    if not text:
+        return None
+    hh, mm = int(text[0:2]), int(text[2:4] or 0)
+    ss = float(text[4:] or 0)
+    return 3600 * hh + 60 * mm + ss
+
+
+def _strings(value) -> tuple[str, ...]:
+    """A DICOM value that may be single or multi-valued as a tuple of strings."""
+    if value is None or value == "":
+        return ()
+    return (str(value),) if isinstance(value, str) else tuple(str(v) for v in value)
+
+
+def _float(value) -> float | None:
+    return None if value in (None, "") else float(value)
+
+
+def read_dataset(path: str | Path, stop_before_pixels: bool = False) -> pydicom.Dataset:
+    """Read one DICOM file, gzip-compressed or not; raises ``InvalidDicomError``/``OSError`` if not DICOM."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == GZIP_MAGIC:
+        with gzip.open(path, "rb") as fh:
+            return pydicom.dcmread(io.BytesIO(fh.read()), stop_before_pixels=stop_before_pixels)
+    return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+
+
+def _frames_of(ds: pydicom.Dataset, path: Path) -> list[Frame]:
+    """The frames of one file with their positions and timing tags."""
+    acq, content = _seconds(ds.get("AcquisitionTime")), _seconds(ds.get("ContentTime"))
+    instance = int(ds.get("InstanceNumber") or 0)
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else {}
+        frames = []
+        for n, group in enumerate(ds.PerFrameFunctionalGroupsSequence, start=1):
+            def item(name, group=group):
+                seq = group.get(name) or shared.get(name)
+                return seq[0] if seq else pydicom.Dataset()
+            content_seq = item("FrameContentSequence")
+            timing = item("MRTimingAndRelatedParametersSequence")
+            frames.append(Frame(
+                path, n, tuple(map(float, item("PlanePositionSequence").ImagePositionPatient)),
+                tuple(map(float, item("PlaneOrientationSequence").ImageOrientationPatient)), instance,
+                content_seq.get("TemporalPositionIndex"), _float(timing.get("TriggerTime")),
+                _seconds(content_seq.get("FrameAcquisitionDateTime", "")[8:]) or acq, content))
+        return frames
+    return [Frame(path, None, tuple(map(float, ds.ImagePositionPatient)),
+                  tuple(map(float, ds.ImageOrientationPatient)), instance,
+                  ds.get("TemporalPositionIdentifier"), _float(ds.get("TriggerTime")), acq, content)]
+
+
+def _split_phases(series: Series, frames: list[Frame]) -> list[list[Frame]]:
+    """Split a series' frames into phases: one frame per slice position in each phase.
+
+    Tries TemporalPositionIdentifier, TriggerTime, AcquisitionTime, ContentTime in turn and takes the
+    first that gives every position exactly one frame per value; raises InputError when none does.
+    """
+    normal = _normal(frames[0].orientation)
+    by_position: dict[float, list[Frame]] = defaultdict(list)
+    for f in frames:
+        by_position[round(float(np.dot(normal, f.position)), 3)].append(f)
+    counts = {len(v) for v in by_position.values()}
+    if counts == {1}:
+        return [frames]
+    if len(counts) > 1:
+        raise InputError(series.description or series.uid, f"series {series.number} has {sorted(counts)} "
+                         "images at different slice positions; it cannot be split into phases")
+    n = counts.pop()
+    for key in SPLIT_KEYS:
+        values = [getattr(f, key) for f in frames]
+        if None in values or len(set(values)) != n:
+            continue
+        if all(len({getattr(f, key) for f in group}) == n for group in by_position.values()):
+            series.split_by = key
+            return [[f for f in frames if getattr(f, key) == v] for v in sorted(set(values))]
+    raise InputError(series.description or series.uid, f"series {series.number} holds {n} images per slice "
+                     f"position but none of {', '.join(SPLIT_KEYS)} separates them into phases")
+
+
+def _phase_time(frames: list[Frame], series_start: float | None) -> float | None:
+    acquisition = [f.acquisition_time for f in frames if f.acquisition_time is not None]
+    content = [f.content_time for f in frames if f.content_time is not None]
+    return min(acquisition) if acquisition else (min(content) if content else series_start)
+
+
+def _dicom_files(folder: Path):
+    for root, _dirs, names in os.walk(folder):
+        for name in sorted(names):
+            yield Path(root) / name
+
+
+def scan_study(folder: str | Path) -> list[Series]:
+    """Scan ``folder`` recursively for MR image series; returns them sorted by series number.
+
+    Files that are not DICOM images (other files, SEG/SR objects, localizers without pixels) are skipped.
+    Raises InputError when the folder holds no DICOM image series.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "no such study folder")
+    headers: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+    for path in _dicom_files(folder):
+        try:
+            ds = read_dataset(path, stop_before_pixels=True)
+        except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
+            continue
+        if "SeriesInstanceUID" not in ds or "Rows" not in ds:
+            continue
+        if "ImagePositionPatient" not in ds and "PerFrameFunctionalGroupsSequence" not in ds:
+            continue
+        headers[str(ds.SeriesInstanceUID)].append((path, ds))
+    if not headers:
+        raise InputError(folder, "no DICOM image series found (searched recursively, .gz included)")
+    return sorted((_series_from(uid, files) for uid, files in headers.items()), key=lambda s: (s.number, s.uid))
+
+
+def _series_from(uid: str, files: list[tuple[Path, pydicom.Dataset]]) -> Series:
+    ds = files[0][1]
+    series = Series(
+        uid=uid, number=int(ds.get("SeriesNumber") or 0), description=str(ds.get("SeriesDescription") or ""),
+        image_type=tuple(v.upper() for v in _strings(ds.get("ImageType"))),
+        scan_options="\\".join(_strings(ds.get("ScanOptions"))),
+        sop_class=str(ds.get("SOPClassUID") or ""), frame_of_reference=str(ds.get("FrameOfReferenceUID") or ""),
+        number_of_temporal_positions=ds.get("NumberOfTemporalPositions"))
+    frames = [f for path, d in files for f in _frames_of(d, path)]
+    orientations = {tuple(np.round(f.orientation, 3)) for f in frames}
+    if len(orientations) > 1:
+        raise InputError(series.description or uid, f"series {series.number} mixes {len(orientations)} slice "
+                         "orientations")
+    start = _seconds(ds.get("SeriesTime"))
+    groups = _split_phases(series, frames)
+    times = [_phase_time(g, start) for g in groups]
+    if len(groups) > 1 and None not in times and len(set(times)) == 1:
+        # phases acquired "at once" by the header (common for GE multi-phase): order by trigger time
+        triggers = [min((f.trigger_time or 0.0) for f in g) / 1000.0 for g in groups]
+        times = [t + d for t, d in zip(times, triggers, strict=True)]
+    series.phases = [Phase(series, i, g, t) for i, (g, t) in enumerate(zip(groups, times, strict=True), start=1)]
+    return series
+
+
+def _volume_to_sitk(volume) -> sitk.Image:
+    """A highdicom ``Volume`` (array (slice, row, column), affine to LPS) as a SimpleITK image whose
+    (i, j, k) are DICOM (column, row, slice), k running along row x column direction cosines.
+
+    Hand-written because ``Volume.to_simpleitk`` keeps the slice axis first (i = slice), which would
+    put our maps on a permuted grid rather than the series' own voxel order.
+    """
+    array = np.asarray(volume.array)
+    affine = np.asarray(volume.affine, dtype=float)
+    slice_step, row_step, col_step = affine[:3, 0], affine[:3, 1], affine[:3, 2]
+    origin = affine[:3, 3]
+    if float(np.dot(slice_step, np.cross(col_step, row_step))) < 0:
+        origin = origin + (array.shape[0] - 1) * slice_step
+        slice_step, array = -slice_step, array[::-1]
+    steps = np.stack([col_step, row_step, slice_step], axis=1)
+    spacing = np.linalg.norm(steps, axis=0)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
+    image.SetSpacing(spacing.tolist())
+    image.SetOrigin(origin.tolist())
+    image.SetDirection((steps / spacing).flatten().tolist())
+    return image
+
+
+def read_phase(phase: Phase) -> sitk.Image:
+    """Read one phase as a float32 SimpleITK image in LPS (modality rescale applied)."""
+    import highdicom as hd
+
+    source = f"series {phase.series.number} '{phase.series.description}'"
+    paths = sorted({f.path for f in phase.frames})
+    try:
+        if phase.frames[0].frame is not None:
+            if len(paths) > 1 or len(phase.series.phases) > 1:
+                raise InputError(source, "multi-phase enhanced multi-frame MR is not supported; export one "
+                                 "file per phase")
+            volume = hd.Image.from_dataset(read_dataset(paths[0])).get_volume(dtype=np.float32)
+        else:
+            volume = hd.get_volume_from_series([read_dataset(p) for p in paths], dtype=np.float32)
+        image = _volume_to_sitk(volume)
+    except (ValueError, RuntimeError) as err:
+        raise InputError(source, f"cannot be read as one regular 3D volume ({str(err)[:160]})") from None
+    return check_image(image, source)
+
+
+def source_datasets(phase: Phase) -> list[pydicom.Dataset]:
+    """The full datasets (pixels included) of a phase's files, e.g. as source images of a DICOM SEG."""
+    return [read_dataset(p) for p in sorted({f.path for f in phase.frames})]
