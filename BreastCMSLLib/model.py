@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 from monai.networks.nets.resnet import ResNet
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 from .config import ModelConfig
 
@@ -83,6 +84,13 @@ class CMSLNet(nn.Module):
 def probability(out: NetOutput, cfg: ModelConfig) -> torch.Tensor:
     """Malignancy probability: sigmoid(s cos(theta)) for the angular losses, sigmoid(logit) for BCE."""
     return torch.sigmoid(cfg.s * out.cos_theta) if cfg.angular else torch.sigmoid(out.logit)
+
+
+def inference_module(model: CMSLNet, device: torch.device) -> nn.Module:
+    """An eval-mode copy for inference on ``device``: BatchNorm folded into the convolutions (torch.fx,
+    exact up to float rounding) and channels_last_3d memory, which oneDNN and cuDNN run fastest."""
+    fused = fuse(model.eval().to(device))
+    return fused.to(memory_format=torch.channels_last_3d)
 
 
 def build_model(cfg: ModelConfig) -> CMSLNet:

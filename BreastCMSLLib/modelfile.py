@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from .config import ModelConfig
 from .errors import InputError
-from .model import CMSLNet, build_model
+from .model import CMSLNet, build_model, inference_module
 
 FORMAT = "breastcmsl-model"
 FORMAT_VERSION = "1"
@@ -64,6 +64,14 @@ class LoadedModel:
     provenance: dict
     sha256: str
     path: Path
+    _inference: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def inference_module(self, device: torch.device) -> torch.nn.Module:
+        """The network prepared for inference on ``device`` (built once per device)."""
+        key = str(device)
+        if key not in self._inference:
+            self._inference[key] = inference_module(self.model, device)
+        return self._inference[key]
 
     @property
     def name(self) -> str:

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from BreastCMSLLib.config import ModelConfig, PreprocessConfig
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.model import build_model, probability
+from BreastCMSLLib.model import build_model, inference_module, probability
 from BreastCMSLLib.modelfile import file_sha256, load_model, save_model
 
 SMALL = ModelConfig(width_factor=0.125, preprocess=PreprocessConfig(input_size=(64, 64, 32)))
@@ -83,3 +83,20 @@ def test_foreign_safetensors_is_refused(tmp_path):
     junk.write_bytes(b"hello world, definitely not a model")
     with pytest.raises(InputError, match="not a safetensors model"):
         load_model(junk)
+
+
+def test_inference_module_folds_batchnorm_exactly():
+    torch.manual_seed(6)
+    model = build_model(SMALL).eval()
+    for module in model.modules():  # non-trivial running statistics, so folding matters
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    fast = inference_module(model, torch.device("cpu"))
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fast.modules())
+    x = torch.rand(2, 6, 64, 64, 32)
+    with torch.no_grad():
+        a, b = model(x), fast(x.contiguous(memory_format=torch.channels_last_3d))
+    assert torch.allclose(a.features, b.features, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(a.cos_theta, b.cos_theta, atol=1e-6)
+    assert torch.allclose(a.logit_map, b.logit_map, rtol=1e-4, atol=1e-4)
