@@ -121,6 +121,7 @@ def _slice_datasets(spec: SeriesSpec, number: int, study: dict) -> list[list[pyd
             ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
             ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
             ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = f"{slope:.10g}", f"{lo:.10g}", "US"
+            ds.WindowCenter, ds.WindowWidth = f"{(hi + lo) / 2:.6g}", f"{max(hi - lo, 1e-3):.6g}"
             ds.PixelData = stored[k].tobytes()
             phase.append(_with_meta(ds))
         out.append(phase)

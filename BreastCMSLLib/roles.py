@@ -1,0 +1,351 @@
+"""Series role assignment for a DCE-MRI study: which series is the non-fat-suppressed T1, which phases
+are pre- and post-contrast (in time order), or which are the scanner's subtractions.
+
+Rules (each assigned role carries a confidence and the reason):
+
+1. Series are sorted into candidate pools by header facts: subtraction (ImageType SUB/SUBTRACT/
+   SUBTRACTION or a ``sub`` description), non-fat-suppressed T1 (one phase, ``t1`` or ``non fs``
+   wording, no fat-suppression hint in ScanOptions or the description, no dynamic wording), dynamic
+   (several phases, or dynamic/pre/post wording). Localizers, T2, diffusion, MIPs are excluded.
+2. T1: exactly one candidate, else an error listing the candidates.
+3. Dynamic phases must share one slice orientation, else an error listing them by plane.
+   Pre-contrast: the one phase whose description says pre-contrast; if none does, the earliest
+   dynamic phase (confidence medium). Two pre-contrast candidates are an error. Post-contrast: the
+   other dynamic phases in acquisition-time order (trigger time within a multi-phase series).
+4. Phases are preferred when complete; scanner subtractions are used when the phases are absent or
+   incomplete. When the model needs N channels, any other count is an error (never truncated).
+
+Every ambiguity is an :class:`InputError` that lists the candidate series; ``--roles ROLES.json``
+(:func:`load_overrides`) fixes roles by SeriesInstanceUID or series number (``"7"``, or ``"7:2"`` for
+phase 2 of a multi-phase series) and the rules fill in the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .dicom import Phase, Series, read_phase, scan_study
+from .errors import InputError
+from .preprocess import CaseInputs
+
+SUBTRACTION_IMAGE_TYPES = frozenset({"SUB", "SUBTRACT", "SUBTRACTION"})
+EXCLUDED_IMAGE_TYPES = frozenset({"MIP", "PROJECTION IMAGE", "LOCALIZER", "MPR", "REFORMATTED"})
+ROLE_KEYS = ("t1", "pre", "post", "sub")
+
+
+@dataclass(frozen=True)
+class RolePatterns:
+    """Case-insensitive regular expressions matched against SeriesDescription (ScanOptions for
+    ``scan_options_fat_sat``); defaults cover usual Siemens, GE and Philips wording."""
+
+    t1: str = r"(?<![a-z0-9])t1"
+    non_fat_sat: str = r"non[-_ ]?(fs|fat|sat|spair)|(?<![a-z])(nfs|no[-_ ]?fs|wo[-_ ]?fs)(?![a-z])"
+    fat_sat: str = (r"(?<![a-z])(fs|fat[-_ ]?sat\w*|fatsup\w*|spair|spir|stir|water|dixon[-_ ]?w)(?![a-z])"
+                    r"|vibrant|thrive")
+    scan_options_fat_sat: str = r"(?<![a-z])(fs|sfs|fat[-_]?sat\w*|spair|spir)(?![a-z])"
+    dynamic: str = (r"dyn|vibrant|thrive|twist|views|multi[-_ ]?phase|(?<![a-z])ph(ase)?[-_ ]?\d"
+                    r"|(?<![a-z])pass(?![a-z])")
+    pre: str = r"(?<![a-z])(pre|pre[-_ ]?contrast|nativ\w*|unenhanced)(?![a-z])"
+    post: str = (r"(?<![a-z])post|\d+(st|nd|rd|th)[-_ ]?pass|(?<![a-z])ph(ase)?[-_ ]?[1-9]|\+c(?![a-z])"
+                 r"|(?<![a-z])(c\+|gd|gad\w*|contrast)(?![a-z])")
+    subtraction: str = r"(?<![a-z])sub(s|tract\w*)?(?![a-z])"
+    exclude: str = (r"(?<![a-z0-9])t2|dwi|diff|adc|(?<![a-z])(stir|tirm|loc|localizer|survey|scout|mip|mpr|"
+                    r"cad|perfusion|map)(?![a-z])")
+
+    def match(self, name: str, text: str) -> bool:
+        return re.search(getattr(self, name), text, flags=re.IGNORECASE) is not None
+
+
+@dataclass(frozen=True)
+class RoleEntry:
+    """One filled role: ``t1``, ``pre``, ``post_k`` or ``sub_k`` (k from 1, time order)."""
+
+    role: str
+    phase: Phase
+    confidence: str  # "high", "medium" (a rule, not the wording, decided) or "user" (--roles)
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"role": self.role, **self.phase.describe(), "confidence": self.confidence, "reason": self.reason}
+
+
+@dataclass
+class RoleAssignment:
+    """The roles of one study; ``kind`` is ``"phases"`` (t1, pre, post_k) or ``"subtractions"`` (t1, sub_k)."""
+
+    kind: str
+    entries: list[RoleEntry]
+    series: list[Series] = field(default_factory=list)
+
+    def phases(self) -> list[Phase]:
+        """t1 first, then the series volumes in the order of :class:`CaseInputs`."""
+        return [e.phase for e in self.entries]
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "roles": [e.as_dict() for e in self.entries],
+                "series": [{"series_uid": s.uid, "series_number": s.number, "description": s.description,
+                            "image_type": "\\".join(s.image_type), "scan_options": s.scan_options,
+                            "phases": len(s.phases), "images": s.n_images, "orientation": s.plane}
+                           for s in self.series]}
+
+    def table(self) -> str:
+        """A plain-text table: role, series number, phase, description, confidence, reason."""
+        rows = [("role", "series", "phase", "description", "confidence", "reason")]
+        rows += [(e.role, str(e.phase.series.number),
+                  f"{e.phase.index}/{len(e.phase.series.phases)}" if len(e.phase.series.phases) > 1 else "-",
+                  e.phase.series.description, e.confidence, e.reason) for e in self.entries]
+        widths = [max(len(r[c]) for r in rows) for c in range(5)]
+        return "\n".join("  ".join(v.ljust(w) for v, w in zip(r[:5], widths, strict=True)) + "  " + r[5]
+                         for r in rows)
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "time unknown"
+    seconds = seconds % 86400
+    return f"{int(seconds // 3600):02d}:{int(seconds % 3600 // 60):02d}:{seconds % 60:04.1f}"
+
+
+def describe_candidates(phases: list[Phase]) -> str:
+    """``series 300 'ax dyn pre' (axial, 08:01:00.0), ...`` for error messages."""
+    return "; ".join(f"series {p.label} '{p.series.description}' ({p.series.plane}, {_clock(p.time_s)})"
+                     for p in phases)
+
+
+def _time_key(phase: Phase):
+    return (phase.time_s if phase.time_s is not None else np.inf, phase.series.number, phase.index)
+
+
+class _Pools:
+    """Candidate phases of a study by header facts."""
+
+    def __init__(self, series: list[Series], patterns: RolePatterns):
+        self.patterns = patterns
+        self.t1, self.dynamic, self.subtractions = [], [], []
+        self.hints: dict[str, str] = {}
+        for s in series:
+            pool = self._pool(s)
+            if pool is not None:
+                pool.extend(s.phases)
+
+    def fat_sat(self, s: Series) -> bool | None:
+        """True/False from ScanOptions or the description, None when nothing says."""
+        if re.search(self.patterns.scan_options_fat_sat, s.scan_options, flags=re.IGNORECASE):
+            self.hints[s.uid] = f"ScanOptions {s.scan_options}"
+            return True
+        if self.patterns.match("non_fat_sat", s.description):
+            self.hints[s.uid] = "description says not fat-suppressed"
+            return False
+        if self.patterns.match("fat_sat", s.description):
+            self.hints[s.uid] = "description says fat-suppressed"
+            return True
+        if s.scan_options:
+            self.hints[s.uid] = f"no fat suppression in ScanOptions {s.scan_options}"
+            return False
+        return None
+
+    def _pool(self, s: Series) -> list | None:
+        p, d = self.patterns, s.description
+        if SUBTRACTION_IMAGE_TYPES & set(s.image_type) or p.match("subtraction", d):
+            return self.subtractions
+        if EXCLUDED_IMAGE_TYPES & set(s.image_type) or p.match("exclude", d):
+            return None
+        dynamic_words = p.match("dynamic", d) or p.match("pre", d) or p.match("post", d)
+        if len(s.phases) > 1 or dynamic_words:
+            return self.dynamic
+        if (p.match("t1", d) or p.match("non_fat_sat", d)) and self.fat_sat(s) is not True:
+            return self.t1
+        return None
+
+
+def _check_orientation(phases: list[Phase], source: str, what: str) -> None:
+    normals = [p.normal for p in phases]
+    if any(abs(float(np.dot(normals[0], n))) < 0.999 for n in normals[1:]):
+        raise InputError(source, f"the {what} mix slice orientations: {describe_candidates(phases)}; "
+                         "choose one set with --roles ROLES.json")
+
+
+def _resolve(ident, series: list[Series], source: str) -> list[Phase]:
+    """Phases named by a SeriesInstanceUID, a series number, or ``"number:phase"``."""
+    text = str(ident).strip()
+    base, _, phase = text.partition(":")  # UIDs hold digits and dots only
+    hits = [s for s in series if s.uid == base or str(s.number) == base]
+    if len(hits) != 1:
+        known = ", ".join(f"{s.number} '{s.description}'" for s in series)
+        raise InputError(source, f"--roles names series {text!r}, which matches {len(hits)} series of the study "
+                         f"(series: {known})")
+    phases = hits[0].phases
+    if phase:
+        if not phase.isdigit() or not 1 <= int(phase) <= len(phases):
+            raise InputError(source, f"--roles names phase {text!r}; series {base} has {len(phases)} phase(s)")
+        return [phases[int(phase) - 1]]
+    return list(phases)
+
+
+def _entries(role: str, phases: list[Phase], confidence: str, reasons) -> list[RoleEntry]:
+    if role in ("t1", "pre"):
+        return [RoleEntry(role, phases[0], confidence, reasons[0])]
+    return [RoleEntry(f"{role}_{k}", p, confidence, r) for k, (p, r) in enumerate(zip(phases, reasons, strict=True), 1)]
+
+
+def _auto_t1(pools: _Pools, source: str) -> RoleEntry:
+    if len(pools.t1) != 1:
+        found = describe_candidates(pools.t1) if pools.t1 else "none"
+        raise InputError(source, f"{len(pools.t1)} candidates for the non-fat-suppressed T1 ({found}); "
+                         "name it with --roles ROLES.json, e.g. {\"t1\": \"SERIES_NUMBER\"}")
+    phase = pools.t1[0]
+    hint = pools.hints.get(phase.series.uid, "no fat-suppression hint")
+    confidence = "high" if phase.series.uid in pools.hints else "medium"
+    return RoleEntry("t1", phase, confidence, f"single T1 series without dynamic wording; {hint}")
+
+
+def _auto_phases(dynamic: list[Phase], pre: list[Phase] | None, posts: list[Phase] | None, n_post: int | None,
+                 patterns: RolePatterns, source: str) -> list[RoleEntry]:
+    """pre + post_k entries; ``pre``/``posts`` given by the user are kept as they are."""
+    dynamic = sorted(dynamic, key=_time_key)
+    taken = {id(p) for p in (pre or []) + (posts or [])}
+    free = [p for p in dynamic if id(p) not in taken]
+    entries = []
+    if pre is None:
+        if posts is None:
+            _check_orientation(free, source, "dynamic series")
+        worded = [p for p in free if patterns.match("pre", p.series.description) and len(p.series.phases) == 1]
+        if len(worded) > 1:
+            raise InputError(source, f"{len(worded)} candidate pre-contrast series ({describe_candidates(worded)});"
+                             " name one with --roles ROLES.json, e.g. {\"pre\": \"SERIES_NUMBER\"}")
+        if worded:
+            pre = worded
+            entries += _entries("pre", pre, "high", ["description says pre-contrast"])
+        elif free and not patterns.match("post", free[0].series.description):
+            pre = free[:1]
+            entries += _entries("pre", pre, "medium", [f"earliest dynamic phase ({_clock(pre[0].time_s)})"])
+        else:
+            raise InputError(source, "no pre-contrast candidate among the dynamic series "
+                             f"({describe_candidates(free) or 'none'}); name it with --roles ROLES.json")
+    else:
+        entries += _entries("pre", pre, "user", ["--roles"])
+    # a second pre-contrast series (a repeat) is never a post-contrast phase
+    free = [p for p in free if p is not pre[0] and not (
+        patterns.match("pre", p.series.description) and len(p.series.phases) == 1)]
+    if posts is None:
+        start = pre[0].time_s
+        early = [p for p in free if start is not None and p.time_s is not None and p.time_s < start]
+        if early:
+            raise InputError(source, f"dynamic series acquired before the pre-contrast phase "
+                             f"{describe_candidates(pre)}: {describe_candidates(early)}; name the roles with --roles")
+        if not free or (n_post is not None and len(free) != n_post):
+            want = f"{n_post}" if n_post is not None else "at least 1"
+            raise InputError(source, f"expected {want} post-contrast phases after pre-contrast "
+                             f"{describe_candidates(pre)}, found {len(free)}: {describe_candidates(free) or 'none'}; "
+                             "a phase may be missing or mis-named; list them with --roles ROLES.json")
+        reasons = [f"dynamic phase {k} after pre-contrast, {_clock(p.time_s)}" for k, p in enumerate(free, 1)]
+        entries += _entries("post", free, "high" if entries[0].confidence == "high" else "medium", reasons)
+    else:
+        if n_post is not None and len(posts) != n_post:
+            raise InputError(source, f"--roles names {len(posts)} post-contrast phases; the model takes {n_post}")
+        entries += _entries("post", posts, "user", ["--roles"] * len(posts))
+    _check_orientation([e.phase for e in entries], source, "pre- and post-contrast phases")
+    return entries
+
+
+def _auto_subtractions(subs: list[Phase], n_sub: int | None, source: str, why: str) -> list[RoleEntry]:
+    subs = sorted(subs, key=_time_key)
+    if not subs or (n_sub is not None and len(subs) != n_sub):
+        raise InputError(source, f"expected {n_sub or 'at least 1'} subtraction series, found {len(subs)}: "
+                         f"{describe_candidates(subs) or 'none'} ({why})")
+    _check_orientation(subs, source, "subtraction series")
+    return _entries("sub", subs, "high", [f"scanner subtraction {k} in time order, {_clock(p.time_s)}; {why}"
+                                          for k, p in enumerate(subs, 1)])
+
+
+def assign_roles(series: list[Series], overrides: dict | None = None, n_channels: int | None = None,
+                 patterns: RolePatterns = RolePatterns(), source: str = "study") -> RoleAssignment:
+    """Assign roles to the series of one study (see the module docstring for the rules).
+
+    ``overrides``: {"t1": id, "pre": id, "post": [ids], "sub": [ids]} as read by :func:`load_overrides`.
+    ``n_channels``: the number of subtraction channels the model takes (None: any number).
+    """
+    overrides = overrides or {}
+    pools = _Pools(series, patterns)
+    named = {k: [p for ident in ([v] if isinstance(v, (str, int)) else v) for p in _resolve(ident, series, source)]
+             for k, v in overrides.items()}
+    if "t1" in named:
+        if len(named["t1"]) != 1:
+            raise InputError(source, "--roles t1 must name one volume (a series of one phase, or \"N:phase\")")
+        t1 = RoleEntry("t1", named["t1"][0], "user", "--roles")
+    else:
+        t1 = _auto_t1(pools, source)
+    if "sub" in named:
+        if n_channels is not None and len(named["sub"]) != n_channels:
+            raise InputError(source, f"--roles names {len(named['sub'])} subtractions; the model takes {n_channels}")
+        _check_orientation(named["sub"], source, "subtraction series")
+        return RoleAssignment("subtractions", [t1, *_entries("sub", named["sub"], "user", ["--roles"] * len(
+            named["sub"]))], series)
+    dynamic = [p for p in pools.dynamic if p is not t1.phase]
+    if "pre" in named or "post" in named:
+        return RoleAssignment("phases", [t1, *_auto_phases(dynamic, named.get("pre"), named.get("post"), n_channels,
+                                                         patterns, source)], series)
+    if not dynamic:
+        return RoleAssignment("subtractions", [t1, *_auto_subtractions(pools.subtractions, n_channels, source,
+                                                                       "no dynamic phases in the study")], series)
+    try:
+        return RoleAssignment("phases", [t1, *_auto_phases(dynamic, None, None, n_channels, patterns, source)],
+                              series)
+    except InputError as err:
+        if not pools.subtractions:
+            raise
+        why = f"dynamic phases unusable: {err.problem}"
+        return RoleAssignment("subtractions", [t1, *_auto_subtractions(pools.subtractions, n_channels, source, why)],
+                              series)
+
+
+def load_overrides(path: str | Path) -> dict:
+    """Read ROLES.json: {"t1": id, "pre": id, "post": [id, ...]} or {"t1": id, "sub": [id, ...]}, any subset.
+
+    An id is a SeriesInstanceUID, a series number, or "number:phase" (1-based phase of a multi-phase series).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"cannot be read as JSON ({err})") from None
+    if not isinstance(data, dict) or not set(data) <= set(ROLE_KEYS) or not data:
+        raise InputError(path, f"expected a JSON object with keys among {', '.join(ROLE_KEYS)}")
+    if "sub" in data and ("pre" in data or "post" in data):
+        raise InputError(path, "give either sub or pre/post roles, not both")
+    for key, value in data.items():
+        values = [value] if isinstance(value, (str, int)) else value
+        if not isinstance(values, list) or not values or not all(isinstance(v, (str, int)) for v in values):
+            raise InputError(path, f"{key}: expected a series id or a list of series ids")
+    return data
+
+
+@dataclass
+class StudyCase:
+    """A DICOM study read as one case: the volumes, the roles that chose them, the reference phase."""
+
+    inputs: CaseInputs
+    assignment: RoleAssignment
+
+    @property
+    def reference(self) -> Phase:
+        """The phase whose grid every output map lands on (first post-contrast, or first subtraction)."""
+        return self.assignment.entries[2 if self.assignment.kind == "phases" else 1].phase
+
+
+def load_study(study_dir: str | Path, overrides: dict | None = None, n_channels: int | None = None,
+               patterns: RolePatterns = RolePatterns()) -> StudyCase:
+    """Scan a DICOM study, assign the roles and read the chosen volumes as :class:`CaseInputs`."""
+    series = scan_study(study_dir)
+    assignment = assign_roles(series, overrides, n_channels, patterns, source=str(study_dir))
+    images: list[sitk.Image] = [read_phase(p) for p in assignment.phases()]
+    sources = [f"{study_dir} series {e.phase.label} '{e.phase.series.description}' ({e.role})"
+               for e in assignment.entries]
+    inputs = CaseInputs(images[0], images[1:], assignment.kind, sources)
+    return StudyCase(inputs, assignment)
