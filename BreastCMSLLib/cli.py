@@ -1,4 +1,4 @@
-"""``breastcmsl``: the runtime command line (synth, init-model, analyze).
+"""``breastcmsl``: the runtime command line (synth, init-model, analyze, roles).
 
 User mistakes (:class:`InputError`) print one line naming the file and the problem and exit with 2.
 """
@@ -56,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--label-fraction", type=float, default=0.5,
                    help="labelmaps are 1 where the map >= this fraction of its maximum")
+    p.add_argument("--dicom", type=Path, help="DICOM study folder (series roles assigned automatically)")
+    p.add_argument("--roles", type=Path, help="with --dicom: ROLES.json overriding roles by series UID or number")
+    p.add_argument("--dicom-seg", action="store_true", help="with --dicom: also write the COAM labelmap as "
+                   "a DICOM Segmentation (coam_seg.dcm) referencing the reference series")
+
+    p = sub.add_parser("roles", help="show which series of a DICOM study fill which role")
+    p.add_argument("study_dir", type=Path, help="DICOM study folder (searched recursively, .gz included)")
+    p.add_argument("--roles", type=Path, help="ROLES.json overriding roles by series UID or number")
+    p.add_argument("--channels", type=int, help="number of subtraction channels the model takes")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -110,16 +120,45 @@ def cmd_analyze(args) -> dict:
 
     t0 = time.perf_counter()
     loaded = load_model(args.model)
-    inputs, used = gather_inputs(args)
+    if (args.roles or args.dicom_seg) and not args.dicom:
+        raise InputError("analyze", "--roles and --dicom-seg need --dicom STUDY_DIR")
+    if args.dicom:
+        from .roles import study_inputs
+
+        if args.case_dir or args.t1 or args.sub or args.pre or args.post:
+            raise InputError(args.dicom, "give either --dicom or a case folder / named volumes, not both")
+        study, used = study_inputs(args.dicom, args.roles, loaded.config.in_channels)
+        inputs = study.inputs
+    else:
+        inputs, used = gather_inputs(args)
     t_read = time.perf_counter() - t0
     analysis = analyze_case(inputs, loaded, device=args.device, label_fraction=args.label_fraction)
     analysis.timings["read_s"] = t_read
     centre = (inputs.extra or {}).get("center_lps")
+    seg = None
+    if args.dicom_seg:
+        from .dicomseg import coam_segmentation
+
+        seg = coam_segmentation(analysis.coam_label, study.reference)
     result = write_analysis(analysis, args.out, used, centre)
+    if seg is not None:
+        seg.save_as(args.out / "coam_seg.dcm")
     return {k: result[k] for k in ("probability", "cos_theta", "prediction", "coam_peak_lps", "cam_peak_lps")}
 
 
-COMMANDS = {"synth": cmd_synth, "init-model": cmd_init_model, "analyze": cmd_analyze}
+def cmd_roles(args) -> dict | None:
+    from .dicom import scan_study
+    from .roles import assign_roles, load_overrides
+
+    overrides = load_overrides(args.roles) if args.roles else None
+    assignment = assign_roles(scan_study(args.study_dir), overrides, args.channels, source=str(args.study_dir))
+    if args.json:
+        return assignment.as_dict()
+    print(assignment.table())
+    return None
+
+
+COMMANDS = {"synth": cmd_synth, "init-model": cmd_init_model, "analyze": cmd_analyze, "roles": cmd_roles}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"breastcmsl {args.command}: error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
+    if summary is not None:
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -250,7 +250,7 @@ def _series_from(uid: str, files: list[tuple[Path, pydicom.Dataset]]) -> Series:
     return series
 
 
-def _volume_to_sitk(volume) -> sitk.Image:
+def volume_to_image(volume) -> sitk.Image:
     """A highdicom ``Volume`` (array (slice, row, column), affine to LPS) as a SimpleITK image whose
     (i, j, k) are DICOM (column, row, slice), k running along row x column direction cosines.
 
@@ -287,7 +287,7 @@ def read_phase(phase: Phase) -> sitk.Image:
             volume = hd.Image.from_dataset(read_dataset(paths[0])).get_volume(dtype=np.float32)
         else:
             volume = hd.get_volume_from_series([read_dataset(p) for p in paths], dtype=np.float32)
-        image = _volume_to_sitk(volume)
+        image = volume_to_image(volume)
     except (ValueError, RuntimeError) as err:
         raise InputError(source, f"cannot be read as one regular 3D volume ({str(err)[:160]})") from None
     return check_image(image, source)

@@ -349,3 +349,15 @@ def load_study(study_dir: str | Path, overrides: dict | None = None, n_channels:
                for e in assignment.entries]
     inputs = CaseInputs(images[0], images[1:], assignment.kind, sources)
     return StudyCase(inputs, assignment)
+
+
+def study_inputs(study_dir: str | Path, roles_file: str | Path | None = None,
+                 n_channels: int | None = None) -> tuple[StudyCase, dict]:
+    """``analyze --dicom``: the study's case and the ``inputs`` record for result.json (series per role)."""
+    overrides = load_overrides(roles_file) if roles_file else None
+    study = load_study(study_dir, overrides, n_channels)
+    sources = study.inputs.sources
+    used = {"kind": study.inputs.kind, "t1": sources[0], "series": sources[1:],
+            "dicom": {"study": str(study_dir), "roles_file": str(roles_file) if roles_file else None,
+                      "roles": [e.as_dict() for e in study.assignment.entries]}}
+    return study, used

@@ -1,0 +1,70 @@
+"""The COAM labelmap as a DICOM Segmentation (highdicom) that references the source series.
+
+The labelmap lies on the reference phase's grid (``analyze`` keeps every map there), so each source
+image (slice, or frame of an enhanced image) is one segmentation frame: we find its slice of the
+labelmap from its ImagePositionPatient (LPS mm) and never resample.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from .dicom import Phase, source_datasets
+from .errors import InputError
+
+
+def _positions(ds: pydicom.Dataset) -> list[tuple[float, float, float]]:
+    """ImagePositionPatient of each frame of a source image."""
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        return [tuple(map(float, g.PlanePositionSequence[0].ImagePositionPatient))
+                for g in ds.PerFrameFunctionalGroupsSequence]
+    return [tuple(map(float, ds.ImagePositionPatient))]
+
+
+def _slice_index(label: sitk.Image, position, source: str) -> int:
+    index = np.asarray(label.TransformPhysicalPointToContinuousIndex(position))
+    k = round(float(index[2]))
+    if np.abs(index[:2]).max() > 1e-3 or abs(index[2] - k) > 1e-3 or not 0 <= k < label.GetSize()[2]:
+        raise InputError(source, f"the labelmap is not on this series' grid (image position {position} maps to "
+                         f"voxel index {np.round(index, 3).tolist()})")
+    return k
+
+
+def coam_segmentation(label: sitk.Image, phase: Phase, software_version: str = "0",
+                      series_number: int = 9901):
+    """A binary highdicom ``Segmentation`` of ``label`` (uint8 0/1 on ``phase``'s grid) over ``phase``'s images."""
+    import highdicom as hd
+
+    source = f"series {phase.label} '{phase.series.description}'"
+    images = source_datasets(phase)
+    array = sitk.GetArrayViewFromImage(label)  # (k, j, i) = (slice, row, column)
+    frames = np.stack([array[_slice_index(label, pos, source)] for ds in images for pos in _positions(ds)])
+    if frames.shape[1:] != (int(images[0].Rows), int(images[0].Columns)):
+        raise InputError(source, f"labelmap slices {frames.shape[1:]} differ from the images' rows x columns")
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="BreastCMSL COAM", family=codes.cid7162.ArtificialIntelligence, version=software_version)
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="COAM attention", algorithm_identification=algorithm,
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC)
+    return hd.seg.Segmentation(
+        source_images=images, pixel_array=(frames > 0).astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
+        series_instance_uid=generate_uid(), series_number=series_number, sop_instance_uid=generate_uid(),
+        instance_number=1, manufacturer="BreastCMSL", manufacturer_model_name="BreastCMSL",
+        software_versions=software_version, device_serial_number="none",
+        series_description="BreastCMSL COAM labelmap (research use, not for diagnosis)",
+        omit_empty_frames=False)
+
+
+def write_segmentation(seg, path: str | Path) -> Path:
+    """Save a Segmentation dataset (see :func:`coam_segmentation`)."""
+    path = Path(path)
+    seg.save_as(path)
+    return path
