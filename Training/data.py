@@ -14,7 +14,6 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 import torch
 from monai.transforms import Compose, RandFlip, RandScaleIntensity, RandShiftIntensity
 from monai.utils import convert_to_tensor
@@ -29,7 +28,7 @@ class Augment:
     def __init__(self, flip_prob: float = 0.5, scale: float = 0.1, shift: float = 0.05):
         self.transform = Compose([
             RandFlip(prob=flip_prob, spatial_axis=0),  # MONAI spatial axis 0 = i, the left-right axis
-            RandScaleIntensity(factors=scale, prob=1.0),
+            RandScaleIntensity(factors=scale, prob=1.0, dtype=None),  # keep the input dtype
             RandShiftIntensity(offsets=shift, prob=1.0),
         ])
 
@@ -105,12 +104,6 @@ class VolumeSource:
                     thread.join(0.01)
 
 
-def to_input(batch_u8: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """uint8 batch -> float32 intensities in [0, 1] (the preprocessed values, quantized)."""
-    x = batch_u8.float().mul_(1.0 / SCALE)
-    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
-
-
-def augment_batch(x: torch.Tensor, augment: Augment, seed: int, epoch: int, index: Sequence[int]) -> torch.Tensor:
-    """Apply ``augment`` to each volume of a float batch with its deterministic seed."""
-    return torch.stack([augment(x[n], augment_seed(seed, epoch, i)) for n, i in enumerate(index)])
+def to_input(batch_u8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 batch -> intensities in [0, 1] (the preprocessed values, quantized) of ``dtype``."""
+    return batch_u8.to(dtype).mul_(1.0 / SCALE)

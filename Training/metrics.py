@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
 
 METRICS = ("accuracy", "sensitivity", "specificity", "f1", "auc")
@@ -30,24 +31,45 @@ def point_metrics(label: np.ndarray, probability: np.ndarray, threshold: float =
     }
 
 
+def replicate_metrics(label: np.ndarray, probability: np.ndarray, idx: np.ndarray,
+                      threshold: float = 0.5) -> dict[str, np.ndarray]:
+    """The metrics of :func:`point_metrics` for many resamples at once: ``idx`` (B, n) case indices.
+
+    The same definitions as scikit-learn's, vectorized over resamples (calling scikit-learn per resample
+    costs ~1 ms per metric, i.e. ~10 s for 2000 resamples); AUC is the Mann-Whitney statistic with
+    tie-averaged ranks (scipy). A test checks each resample against scikit-learn. NaN where undefined.
+    """
+    y = np.asarray(label).astype(int)[idx]
+    p = np.asarray(probability, dtype=float)[idx]
+    pred = p >= threshold
+    pos, neg = (y == 1), (y == 0)
+    n_pos, n_neg = pos.sum(1), neg.sum(1)
+    tp, tn = (pred & pos).sum(1), (~pred & neg).sum(1)
+    fp, fn = (pred & neg).sum(1), (~pred & pos).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ranks = rankdata(p, axis=1)
+        auc = ((ranks * pos).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        f1_den = 2 * tp + fp + fn
+        return {
+            "accuracy": (tp + tn) / y.shape[1],
+            "sensitivity": np.where(n_pos > 0, tp / np.maximum(n_pos, 1), np.nan),
+            "specificity": np.where(n_neg > 0, tn / np.maximum(n_neg, 1), np.nan),
+            "f1": np.where(f1_den > 0, 2 * tp / np.maximum(f1_den, 1), 0.0),
+            "auc": np.where((n_pos > 0) & (n_neg > 0), auc, np.nan),
+        }
+
+
 def bootstrap_metrics(label: np.ndarray, probability: np.ndarray, n_boot: int = 2000, seed: int = 0,
                       threshold: float = 0.5) -> dict[str, dict[str, float]]:
-    """Each metric's value and 95% percentile-bootstrap CI (cases resampled with replacement, seeded).
-
-    Resamples in which a metric is undefined (one class only) are left out of that metric's interval.
-    """
-    label, probability = np.asarray(label).astype(int), np.asarray(probability, dtype=float)
-    rng = np.random.default_rng(seed)
-    samples = {k: [] for k in METRICS}
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(label), len(label))
-        for k, v in point_metrics(label[idx], probability[idx], threshold).items():
-            samples[k].append(v)
+    """Each metric's value (scikit-learn) and 95% percentile-bootstrap CI (cases resampled with
+    replacement, seeded). Resamples in which a metric is undefined (one class) are left out of its CI."""
+    label = np.asarray(label).astype(int)
+    idx = np.random.default_rng(seed).integers(0, len(label), (n_boot, len(label)))
+    samples = replicate_metrics(label, probability, idx, threshold)
     point = point_metrics(label, probability, threshold)
     out = {}
     for k in METRICS:
-        s = np.array(samples[k], dtype=float)
-        s = s[np.isfinite(s)]
+        s = samples[k][np.isfinite(samples[k])]
         lo, hi = (np.percentile(s, [2.5, 97.5]) if s.size else (math.nan, math.nan))
         out[k] = {"value": point[k], "ci_low": float(lo), "ci_high": float(hi), "n_boot": int(s.size)}
     return out

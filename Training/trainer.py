@@ -32,8 +32,9 @@ from . import distributed
 from .atomic import atomic_write_text
 from .cache import Cache, open_cache
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .data import Augment, VolumeSource, augment_batch, to_input
-from .methods import MethodConfig, Scores, build_network, forward, model_config
+from .data import Augment, VolumeSource
+from .inference import predict, prepare, run_forward
+from .methods import MethodConfig, build_network, model_config
 from .metrics import safe_auc
 
 
@@ -138,6 +139,8 @@ class Trainer:
         np.random.seed(fit.seed)
         net = build_network(self.cfg)
         self.not_initialized = load_init(net, fit.init) if fit.init else []
+        if self.cfg.angular:  # cos(theta) does not involve the head's bias: freeze it (DDP needs every
+            net.head.bias.requires_grad_(False)  # trainable parameter to get a gradient)
         cuda = self.device.type == "cuda"
         self.pad_to = 0
         if cuda and fit.pad_channels and hasattr(net, "backbone") and isinstance(net.backbone.conv1, nn.Conv3d):
@@ -148,6 +151,8 @@ class Trainer:
             net.to(memory_format=torch.channels_last_3d)
         self.model: nn.Module = net
         if self.dist.world > 1:
+            if cuda:  # batch statistics over the global batch (SyncBatchNorm has no CPU implementation)
+                net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
             self.model = DistributedDataParallel(net, device_ids=[self.device.index] if cuda else None)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=fit.lr)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=0.1,
@@ -204,54 +209,20 @@ class Trainer:
         per_rank = self.fit.batch_size // self.dist.world
         return [idx[n:n + per_rank] for n in range(0, len(idx) - per_rank + 1, per_rank)]
 
-    def _inputs(self, batch_u8: torch.Tensor, index: list[int] | None, epoch: int) -> torch.Tensor:
-        x = to_input(batch_u8, channels_last=False)
-        if index is not None:
-            x = augment_batch(x, self.augment, self.fit.seed, epoch, index)
-        if self.pad_to > x.shape[1]:
-            x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, self.pad_to - x.shape[1]))
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        return x
-
-    def _forward(self, x, label, birads) -> tuple[torch.Tensor, Scores]:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            return forward(self.method, self.cfg, self.model, x, label.to(self.device), birads.to(self.device))
-
     def train_step(self, batch_u8: torch.Tensor, index: list[int], epoch: int) -> torch.Tensor:
         """One optimizer step on a uint8 batch of train-split indices; returns the (detached) loss."""
         self.model.train()
-        x = self._inputs(batch_u8, index, epoch)
-        loss, _ = self._forward(x, self.train_data.labels[index], self.train_data.birads[index])
+        x = prepare(batch_u8, self.device, self.pad_to, self.augment, self.fit.seed, epoch, index)
+        loss, _ = run_forward(self.method, self.cfg, self.model, x, self.train_data.labels[index],
+                              self.train_data.birads[index])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
 
-    @torch.no_grad()
-    def predict(self, source: VolumeSource, batch_size: int | None = None) -> dict[str, np.ndarray]:
-        """Probabilities (and cos(theta), per-case losses) of every case of ``source``, all ranks gathered."""
-        self.model.eval()
-        net = unwrap(self.model)
-        mine = list(range(self.dist.rank, len(source), self.dist.world))
-        bs = batch_size or max(1, self.fit.batch_size // self.dist.world)
-        out: dict[int, tuple[float, float, float]] = {}
-        for idx, batch in source.batches([mine[n:n + bs] for n in range(0, len(mine), bs)]):
-            x = self._inputs(batch, None, 0)
-            for n, i in enumerate(idx):  # per-case loss: the batch loss of a batch of one
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                    loss, scores = forward(self.method, self.cfg, net, x[n:n + 1], source.labels[i:i + 1].to(self.device),
-                                           source.birads[i:i + 1].to(self.device))
-                cos = float(scores.cos_theta[0]) if scores.cos_theta is not None else math.nan
-                out[i] = (float(scores.probability[0]), cos, float(loss))
-        merged: dict[int, tuple[float, float, float]] = {}
-        for part in distributed.gather_objects(out, self.dist):
-            merged.update(part)
-        order = sorted(merged)
-        return {"probability": np.array([merged[i][0] for i in order]),
-                "cos_theta": np.array([merged[i][1] for i in order]),
-                "loss": np.array([merged[i][2] for i in order]),
-                "label": source.labels.numpy()[order]}
+    def predict(self, source: VolumeSource) -> dict[str, np.ndarray]:
+        return predict(self.method, self.cfg, unwrap(self.model), source,
+                       max(1, self.fit.batch_size // self.dist.world), self.dist, self.pad_to)
 
     # -- loop ----------------------------------------------------------------------------------------
     def run(self) -> dict:

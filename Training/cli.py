@@ -1,0 +1,174 @@
+"""``breastcmsl-train``: synth, preprocess, fit, evaluate, compare, localize, export, demo.
+
+User mistakes (:class:`InputError`) print one line naming the file and the problem and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from BreastCMSLLib.errors import InputError
+
+from .methods import METHODS
+
+
+def _triple(kind=int):
+    return dict(nargs=3, type=kind, metavar=("I", "J", "K"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="breastcmsl-train", description="Train and evaluate CMSL and the "
+                                     "paper's baselines on a cohort (Luo et al., MICCAI 2019).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="a phantom cohort: case folders + manifest.csv")
+    p.add_argument("--n", type=int, required=True, help="number of cases")
+    p.add_argument("--out", type=Path, required=True, help="cohort folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", **_triple(), help="phantom grid in voxels (i, j, k)")
+    p.add_argument("--spacing", nargs=3, type=float, metavar=("X", "Y", "Z"), help="phantom spacing, mm")
+    p.add_argument("--malignant-fraction", type=float, default=0.5)
+    p.add_argument("--difficulty", type=float, default=None, help="class overlap of the phantom (its default)")
+    p.add_argument("--workers", type=int, default=1)
+
+    p = sub.add_parser("preprocess", help="preprocess a cohort into a cache (resumable, parallel)")
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--input-size", **_triple(), help="network input (default 340 220 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split for rows without one")
+
+    p = sub.add_parser("fit", help="train one method (runs under torchrun for DDP)")
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--method", choices=METHODS, required=True)
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=8, help="global batch (over all ranks)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--init", type=str, default=None, help="run folder or model file to start from")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--width-factor", type=float, default=1.0)
+    p.add_argument("--s", type=float, default=20.0, help="CMSL/NSL scale")
+    p.add_argument("--m", type=float, default=0.35, help="CMSL margin")
+    p.add_argument("--lr-patience", type=int, default=3)
+    p.add_argument("--early-stop", type=int, default=8)
+    p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
+    p.add_argument("--resident-gb", type=float, default=8.0)
+
+    p = sub.add_parser("evaluate", help="Table-1 metrics with bootstrap CIs, ROC, cos histograms")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--cache", type=str, default=None, help="another cache (default: the run's)")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("compare", help="Table 1 of evaluated runs")
+    p.add_argument("runs", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, required=True)
+
+    p = sub.add_parser("localize", help="COAM and CAM peak distances to the annotated lesion centres")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--centers", type=Path, default=None, help="CSV subject_id,x,y,z (LPS mm)")
+    p.add_argument("--cache", type=str, default=None)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("export", help="the deployable model file of a run")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--name", default=None)
+
+    p = sub.add_parser("demo", help="phantom cohort -> CMSL and BCE -> evaluate, localize, compare, export")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=2)
+    return parser
+
+
+def cmd_synth(args) -> dict:
+    from .cohort import synth_cohort
+
+    return synth_cohort(args.out, args.n, seed=args.seed, shape=args.shape, spacing=args.spacing,
+                        malignant_fraction=args.malignant_fraction, difficulty=args.difficulty, workers=args.workers)
+
+
+def cmd_preprocess(args) -> dict:
+    import dataclasses
+
+    from BreastCMSLLib.config import PreprocessConfig
+
+    from .cache import preprocess_cohort
+
+    cfg = PreprocessConfig()
+    if args.input_size:
+        cfg = dataclasses.replace(cfg, input_size=tuple(args.input_size))
+    r = preprocess_cohort(args.manifest, args.cache, cfg, workers=args.workers, seed=args.seed)
+    return {"done": len(r.done), "skipped_finished": len(r.skipped), "failed": r.failed,
+            "seconds": round(r.seconds, 1)}
+
+
+def cmd_fit(args) -> dict:
+    from .trainer import FitConfig, fit
+
+    cfg = FitConfig(cache=str(args.cache), out=str(args.out), method=args.method, epochs=args.epochs,
+                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                    width_factor=args.width_factor, s=args.s, m=args.m, lr_patience=args.lr_patience,
+                    early_stop=args.early_stop, checkpoint_every=args.checkpoint_every, init=args.init,
+                    resident_gb=args.resident_gb)
+    return fit(cfg, resume=args.resume)
+
+
+def cmd_evaluate(args) -> dict:
+    from .evaluate import evaluate
+
+    r = evaluate(args.run, args.split, args.cache, args.device)
+    return {"metrics": {k: v["value"] for k, v in r["metrics"].items()}, "n": r["n"],
+            "written": str(args.run / "eval" / "metrics.json")}
+
+
+def cmd_compare(args) -> dict:
+    from .evaluate import compare
+
+    print(compare(args.runs, args.out))
+    return {"written": str(args.out)}
+
+
+def cmd_localize(args) -> dict:
+    from .localize import localize
+
+    return localize(args.run, args.split, args.centers, args.device, args.cache)
+
+
+def cmd_export(args) -> dict:
+    from .evaluate import export
+
+    return {"model": str(args.out), "sha256": export(args.run, args.out, args.name)}
+
+
+def cmd_demo(args) -> dict:
+    from .demo import demo
+
+    return demo(args.out, workers=args.workers)
+
+
+COMMANDS = {"synth": cmd_synth, "preprocess": cmd_preprocess, "fit": cmd_fit, "evaluate": cmd_evaluate,
+            "compare": cmd_compare, "localize": cmd_localize, "export": cmd_export, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = COMMANDS[args.command](args)
+    except InputError as err:
+        print(f"breastcmsl-train {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    if summary is not None:
+        print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

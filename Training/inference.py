@@ -1,0 +1,67 @@
+"""Network inputs from cached batches and batched prediction over a split (all ranks gathered)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from BreastCMSLLib.config import ModelConfig
+
+from .data import Augment, VolumeSource, augment_seed, to_input
+from .distributed import Dist, gather_objects
+from .methods import MethodConfig, Scores, forward
+
+
+def prepare(batch_u8: torch.Tensor, device: torch.device, pad_to: int = 0, augment: Augment | None = None,
+            seed: int = 0, epoch: int = 0, index: Sequence[int] = ()) -> torch.Tensor:
+    """uint8 batch -> network input: augmented (when ``augment``), zero-padded to ``pad_to`` channels.
+
+    On CUDA the input is bf16 in channels_last_3d (what autocast would feed conv1 anyway), written
+    straight into one preallocated buffer; on CPU it is float32, contiguous.
+    """
+    cuda = device.type == "cuda"
+    x = to_input(batch_u8, torch.bfloat16 if cuda else torch.float32)
+    b, c, *grid = x.shape
+    out = torch.empty((b, max(c, pad_to), *grid), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last_3d if cuda else torch.contiguous_format)
+    out[:, c:].zero_()
+    for n in range(b):
+        out[n, :c].copy_(x[n] if augment is None else augment(x[n], augment_seed(seed, epoch, index[n])))
+    return out
+
+
+def run_forward(method: MethodConfig, cfg: ModelConfig, model: nn.Module, x: torch.Tensor, label: torch.Tensor,
+                birads: torch.Tensor) -> tuple[torch.Tensor, Scores]:
+    """:func:`Training.methods.forward` under bf16 autocast on CUDA."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        return forward(method, cfg, model, x, label.to(x.device), birads.to(x.device))
+
+
+@torch.no_grad()
+def predict(method: MethodConfig, cfg: ModelConfig, model: nn.Module, source: VolumeSource, batch_size: int,
+            dist: Dist | None = None, pad_to: int = 0) -> dict[str, np.ndarray]:
+    """Probability, cos(theta) (NaN for non-angular methods), per-case loss and label of every case of
+    ``source``, in its order; each rank predicts every world-th case and the results are gathered."""
+    dist = dist or Dist()
+    model.eval()
+    mine = list(range(dist.rank, len(source), dist.world))
+    out: dict[int, tuple[float, float, float]] = {}
+    for idx, batch in source.batches([mine[n:n + batch_size] for n in range(0, len(mine), batch_size)]):
+        x = prepare(batch, source.device, pad_to)
+        label, birads = source.labels[idx], source.birads[idx]
+        for n, i in enumerate(idx):  # per-case loss: the loss of a batch of one (eval mode: no batch coupling)
+            loss, scores = run_forward(method, cfg, model, x[n:n + 1], label[n:n + 1], birads[n:n + 1])
+            cos = float(scores.cos_theta[0]) if scores.cos_theta is not None else math.nan
+            out[i] = (float(scores.probability[0]), cos, float(loss))
+    merged: dict[int, tuple[float, float, float]] = {}
+    for part in gather_objects(out, dist):
+        merged.update(part)
+    order = sorted(merged)
+    return {"probability": np.array([merged[i][0] for i in order]),
+            "cos_theta": np.array([merged[i][1] for i in order]),
+            "loss": np.array([merged[i][2] for i in order]),
+            "label": source.labels.numpy()[order]}
