@@ -9,6 +9,7 @@ place that converts: (x, y, z)_RAS = (-x, -y, z)_LPS, and IJK-to-RAS = diag(-1, 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,54 @@ def inputs_from_nodes(t1_node, series_nodes, inputs: str = "subtractions"):
     names = [node.GetName() for node in nodes]
     images = [check_image(image_from_volume_node(node), name) for node, name in zip(nodes, names)]
     return CaseInputs(images[0], images[1:], inputs, names)
+
+
+def export_input_nodes(t1_node, series_nodes, folder: str | Path) -> tuple[Path, list[Path]]:
+    """Write the input nodes as NRRD files (exact LPS geometry) for ``breastcmsl analyze`` in a background
+    process; returns (t1 path, series paths). File names map back to nodes by position."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, node in enumerate([t1_node, *series_nodes]):
+        path = folder / ("t1.nrrd" if index == 0 else f"series_{index}.nrrd")
+        sitk.WriteImage(image_from_volume_node(node), str(path))
+        paths.append(path)
+    return paths[0], paths[1:]
+
+
+def _phase_number(text: str) -> int:
+    """The last number in a name ("post_3" -> 3, "5: ax dyn 2nd pass" -> 2); 0 when there is none."""
+    numbers = re.findall(r"\d+", text)
+    return int(numbers[-1]) if numbers else 0
+
+
+def assign_by_name(texts: list[str], inputs: str, n_channels: int, patterns=None) -> dict:
+    """Pre-fill the selectors from volume names (plus DICOM series descriptions) with the DICOM role rules'
+    patterns (:class:`BreastCMSLLib.roles.RolePatterns`): returns {"t1": index or None, "series": [index or
+    None, ...], "notes": [...]} with ``n_channels`` subtractions, or pre + ``n_channels`` posts for phases.
+    Posts and subtractions are ordered by the last number in their text. The user can override any of it.
+    """
+    from .roles import RolePatterns
+
+    p = patterns or RolePatterns()
+    usable = [i for i, text in enumerate(texts) if not p.match("exclude", text)]
+    subs = [i for i in usable if p.match("subtraction", texts[i])]
+    rest = [i for i in usable if i not in subs]
+    t1 = [i for i in rest if p.match("non_fat_sat", texts[i]) or (
+        p.match("t1", texts[i]) and not any(p.match(k, texts[i]) for k in ("fat_sat", "dynamic", "pre", "post")))]
+    pre = [i for i in rest if i not in t1 and p.match("pre", texts[i])]
+    post = sorted((i for i in rest if i not in t1 and i not in pre and p.match("post", texts[i])),
+                  key=lambda i: _phase_number(texts[i]))
+    subs.sort(key=lambda i: _phase_number(texts[i]))
+    def padded(found: list[int]) -> list[int | None]:
+        return found[:n_channels] + [None] * (n_channels - len(found[:n_channels]))
+
+    series = [pre[0] if pre else None, *padded(post)] if inputs == "phases" else padded(subs)
+    notes = [f"{len(found)} {what} candidates ({', '.join(texts[i] for i in found)}); took the first"
+             for what, found, wanted in (("T1", t1, 1), ("pre-contrast", pre, 1)) if len(found) > wanted]
+    if None in series or not t1:
+        notes.append("some inputs were not recognized by name; choose them by hand")
+    return {"t1": t1[0] if t1 else None, "series": series, "notes": notes}
 
 
 def sequence_volume_nodes(sequence_node, pre_index: int = 0) -> list:
