@@ -14,8 +14,8 @@ without patient data. Styles (series descriptions and tags modelled on typical e
   1-NNN.dcm`` with descriptions ``ax t1``, ``ax dyn pre``, ``ax dyn 1st pass``, ... and instance numbers
   running against the slice position (as in many Duke series).
 
-Voxel values are stored as uint16 with a per-series RescaleSlope/Intercept (float values survive to
-~1e-5 of their range). Geometry is the image's LPS geometry exactly.
+Voxel values are stored as uint16 with a per-series RescaleSlope/Intercept: integer volumes (the
+phantom's) exactly, float volumes to 1/65535 of their range. Geometry is the image's LPS geometry exactly.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def _slice_datasets(spec: SeriesSpec, number: int, study: dict) -> list[list[pyd
     arrays = [sitk.GetArrayFromImage(v).astype(np.float64) for v in spec.volumes]  # (k, j, i)
     lo = min(float(a.min()) for a in arrays)
     hi = max(float(a.max()) for a in arrays)
-    slope = (hi - lo) / 65535.0 if hi > lo else 1.0
+    integral = all(np.array_equal(a, np.rint(a)) for a in arrays) and hi - lo <= 65535
+    slope = 1.0 if integral or hi == lo else (hi - lo) / 65535.0  # integer voxels are stored exactly
     ref = spec.volumes[0]
     size, spacing = ref.GetSize(), ref.GetSpacing()
     direction = np.asarray(ref.GetDirection()).reshape(3, 3)
@@ -194,17 +195,22 @@ def style_series(style: str, t1: sitk.Image, pre: sitk.Image, posts: list[sitk.I
 
 def write_study(study_dir: str | Path, style: str, t1: sitk.Image, pre: sitk.Image, posts: list[sitk.Image],
                 subject: str = "PHANTOM", extra: list[SeriesSpec] = ()) -> dict[str, list[Path]]:
-    """Write a whole study in ``style`` (plus ``extra`` series); returns {series description: files}.
+    """Write a whole study in ``style`` (plus ``extra`` series); returns {series description: files}."""
+    return write_specs(study_dir, [*style_series(style, t1, pre, posts), *extra], subject, style == "duke")
 
-    Series numbers are 100, 200, ... in order; Duke-style studies get Duke's folder names.
+
+def write_specs(study_dir: str | Path, specs: list[SeriesSpec], subject: str = "PHANTOM",
+                duke_layout: bool = False) -> dict[str, list[Path]]:
+    """Write series numbered 100, 200, ... in order into one study folder; returns {description: files}.
+
+    Series without a ``folder`` go to ``S<number>``, or to Duke's folder names with ``duke_layout``.
     """
     study_dir = Path(study_dir)
     study = _study_tags(subject)
-    specs = [*style_series(style, t1, pre, posts), *extra]
     written: dict[str, list[Path]] = {}
     for i, spec in enumerate(specs, start=1):
         number = 100 * i
-        if style == "duke" and not spec.folder:
+        if duke_layout and not spec.folder:
             spec.folder = (f"01-01-1990-NA-MRI BREAST BILATERAL W  WO-{zlib.crc32(subject.encode()) % 90000}/"
                            f"{number}.000000-{spec.description}-{zlib.crc32(spec.uid.encode()) % 90000}")
         elif not spec.folder:

@@ -26,13 +26,16 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
 from .dicom import Phase, Series, read_phase, scan_study
 from .errors import InputError
-from .preprocess import CaseInputs
+
+if TYPE_CHECKING:  # preprocess pulls in torch; ``roles`` alone stays light
+    from .preprocess import CaseInputs
 
 SUBTRACTION_IMAGE_TYPES = frozenset({"SUB", "SUBTRACT", "SUBTRACTION"})
 EXCLUDED_IMAGE_TYPES = frozenset({"MIP", "PROJECTION IMAGE", "LOCALIZER", "MPR", "REFORMATTED"})
@@ -273,8 +276,12 @@ def assign_roles(series: list[Series], overrides: dict | None = None, n_channels
     """
     overrides = overrides or {}
     pools = _Pools(series, patterns)
-    named = {k: [p for ident in ([v] if isinstance(v, (str, int)) else v) for p in _resolve(ident, series, source)]
-             for k, v in overrides.items()}
+    named: dict[str, list[Phase]] = {}
+    for key in ROLE_KEYS:  # a whole series named for a later role leaves out phases named for an earlier one
+        if key in overrides:
+            taken = [p for phases in named.values() for p in phases]
+            idents = [overrides[key]] if isinstance(overrides[key], (str, int)) else overrides[key]
+            named[key] = [p for i in idents for p in _resolve(i, series, source) if p not in taken]
     if "t1" in named:
         if len(named["t1"]) != 1:
             raise InputError(source, "--roles t1 must name one volume (a series of one phase, or \"N:phase\")")
@@ -342,6 +349,8 @@ class StudyCase:
 def load_study(study_dir: str | Path, overrides: dict | None = None, n_channels: int | None = None,
                patterns: RolePatterns = RolePatterns()) -> StudyCase:
     """Scan a DICOM study, assign the roles and read the chosen volumes as :class:`CaseInputs`."""
+    from .preprocess import CaseInputs
+
     series = scan_study(study_dir)
     assignment = assign_roles(series, overrides, n_channels, patterns, source=str(study_dir))
     images: list[sitk.Image] = [read_phase(p) for p in assignment.phases()]
