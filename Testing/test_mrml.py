@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
 import vtk
 
-from BreastCMSLLib import mrml
+from BreastCMSLLib import cli, mrml
+from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.phantom import synth_case
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def rotation(ax: float, ay: float, az: float) -> np.ndarray:
@@ -99,3 +109,258 @@ def test_linear_parent_transform_is_applied():
     node.SetAndObserveTransformNodeID(transform.GetID())
     image = mrml.image_from_volume_node(node)
     np.testing.assert_allclose(mrml.ijk_to_ras_of_image(image), to_parent @ local, atol=1e-9)
+
+
+# ---- analyze_nodes, check_inputs and centre_distances on a phantom case (nodes read by MRML's own reader)
+
+OBLIQUE = tuple(rotation(0.12, -0.08, 0.2).ravel())
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """A small oblique phantom case, an untrained small model, and the real CLI's analysis of the case."""
+    root = tmp_path_factory.mktemp("mrml")
+    case_dir, model, out = root / "case", root / "model.safetensors", root / "cli_out"
+    synth_case(case_dir, seed=5, label=1, shape=(96, 64, 40), spacing=(3.5, 3.2, 3.8), origin=(80.0, 60.0, -30.0),
+               direction=OBLIQUE)
+    assert cli.main(["init-model", "--out", str(model), "--input-size", "64", "48", "32",
+                     "--width-factor", "0.125"]) == 0
+    run = subprocess.run([sys.executable, "-m", "BreastCMSLLib.cli", "analyze", str(case_dir), "--model", str(model),
+                          "--out", str(out), "--device", "cpu"], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    return {"dir": case_dir, "model": model, "out": out, "result": json.loads((out / "result.json").read_text()),
+            "truth": json.loads((case_dir / "case.json").read_text())}
+
+
+def read_node(scene, path: Path):
+    """A volume node read by MRML's own storage node (not by the adapter under test)."""
+    node = slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(path.name.split(".")[0])
+    scene.AddNode(node)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node) == 1
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    return node
+
+
+def case_nodes(scene, case_dir: Path):
+    t1 = read_node(scene, case_dir / "t1.nrrd")
+    series = [read_node(scene, case_dir / "pre.nrrd")] + [read_node(scene, case_dir / f"post_{k}.nrrd")
+                                                          for k in range(1, 7)]
+    return t1, series
+
+
+@pytest.fixture(scope="module")
+def analyzed(case):
+    scene = slicer.vtkMRMLScene()
+    t1, series = case_nodes(scene, case["dir"])
+    count = scene.GetNumberOfNodes()
+    result = mrml.analyze_nodes(scene, t1, series, case["model"], inputs="phases", device="cpu")
+    return {"scene": scene, "t1": t1, "series": series, "result": result, "added": scene.GetNumberOfNodes() - count}
+
+
+def test_analyze_nodes_adds_maps_on_the_reference_grid(case, analyzed):
+    scene, result = analyzed["scene"], analyzed["result"]
+    reference = analyzed["series"][1]  # the first post-contrast phase
+    ids = result["node_ids"]
+    expected = {"coam_volume": "vtkMRMLScalarVolumeNode", "cam_volume": "vtkMRMLScalarVolumeNode",
+                "coam_label": "vtkMRMLLabelMapVolumeNode", "cam_label": "vtkMRMLLabelMapVolumeNode",
+                "peaks": "vtkMRMLMarkupsFiducialNode"}
+    assert {k: scene.GetNodeByID(v).GetClassName() for k, v in ids.items()} == expected
+    for key in ("coam", "cam"):
+        heat, label = scene.GetNodeByID(ids[f"{key}_volume"]), scene.GetNodeByID(ids[f"{key}_label"])
+        for node in (heat, label):
+            np.testing.assert_allclose(matrix_of(node), matrix_of(reference), atol=1e-6)
+            assert node.GetImageData().GetDimensions() == reference.GetImageData().GetDimensions()
+        values = slicer.util.arrayFromVolume(heat)
+        assert values.dtype == np.float32 and values.min() >= 0.0 and values.max() == pytest.approx(1.0)
+        labels = slicer.util.arrayFromVolume(label)
+        assert set(np.unique(labels).tolist()) == {0, 1}
+        # the labelmap is the map thresholded at label_fraction x max, and both equal the CLI's files
+        np.testing.assert_array_equal(labels, (values >= 0.5 * values.max()).astype(np.uint8))
+        cli_map = sitk.GetArrayFromImage(sitk.ReadImage(str(case["out"] / f"{key}.nrrd")))
+        np.testing.assert_allclose(values, cli_map, atol=1e-5)
+        np.testing.assert_array_equal(labels, sitk.GetArrayFromImage(
+            sitk.ReadImage(str(case["out"] / f"{key}_label.nrrd"))))
+        display = heat.GetDisplayNode()
+        assert display.GetColorNode().GetName() == "Inferno"
+        assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 1.0)
+
+
+def test_analyze_nodes_peaks_are_the_cli_peaks_in_ras(case, analyzed):
+    result, cli_result = analyzed["result"], case["result"]
+    assert result["probability"] == pytest.approx(cli_result["probability"], abs=1e-6)
+    assert result["cos_theta"] == pytest.approx(cli_result["cos_theta"], abs=1e-6)
+    assert result["prediction"] == cli_result["prediction"]
+    points = analyzed["scene"].GetNodeByID(result["node_ids"]["peaks"])
+    assert points.GetNumberOfControlPoints() == 2
+    for index, key in enumerate(("coam", "cam")):
+        x, y, z = cli_result[f"{key}_peak_lps"]
+        np.testing.assert_allclose(result[f"{key}_peak_ras"], [-x, -y, z], atol=1e-6)
+        position = np.zeros(3)
+        points.GetNthControlPointPosition(index, position)
+        np.testing.assert_allclose(position, [-x, -y, z], atol=1e-6)
+        assert points.GetNthControlPointLabel(index) == f"{key.upper()} peak"
+
+
+def test_heat_colour_table_is_perceptually_ordered(analyzed):
+    scene = analyzed["scene"]
+    heat = scene.GetNodeByID(analyzed["result"]["node_ids"]["coam_volume"]).GetDisplayNode().GetColorNode()
+    function = heat.GetColorTransferFunction()
+    rgb = np.array([function.GetColor(t) for t in np.linspace(0, 1, 33)])
+    luminance = rgb @ [0.2126, 0.7152, 0.0722]
+    assert np.all(np.diff(luminance) > 0), "lightness must rise monotonically with the map value"
+    np.testing.assert_allclose(rgb[0], mrml.INFERNO_STOPS[0], atol=1e-4)
+    np.testing.assert_allclose(rgb[-1], mrml.INFERNO_STOPS[-1], atol=1e-4)
+    assert len([n for n in range(scene.GetNumberOfNodes())
+                if scene.GetNthNode(n).GetName() == "Inferno"]) == 1
+
+
+def snapshot(scene, nodes) -> dict:
+    return {"count": scene.GetNumberOfNodes(),
+            "ids": [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())],
+            "arrays": [slicer.util.arrayFromVolume(n).copy() for n in nodes],
+            "matrices": [matrix_of(n) for n in nodes],
+            "mtimes": [n.GetImageData().GetMTime() for n in nodes]}
+
+
+def assert_unchanged(before: dict, after: dict):
+    assert after["count"] == before["count"] and after["ids"] == before["ids"]
+    for a, b in zip(before["arrays"], after["arrays"]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(before["matrices"], after["matrices"]):
+        np.testing.assert_array_equal(a, b)
+    assert after["mtimes"] == before["mtimes"]
+
+
+def test_failing_run_leaves_scene_and_inputs_unchanged(case, tmp_path):
+    scene = slicer.vtkMRMLScene()
+    t1, series = case_nodes(scene, case["dir"])
+    nodes = [t1, *series]
+    before = snapshot(scene, nodes)
+    wrong = tmp_path / "four_channels.safetensors"
+    assert cli.main(["init-model", "--out", str(wrong), "--input-size", "64", "48", "32", "--width-factor", "0.125",
+                     "--channels", "4"]) == 0
+    with pytest.raises(InputError, match="takes 4 subtraction channels, these inputs give 6"):
+        mrml.analyze_nodes(scene, t1, series, wrong, inputs="phases", device="cpu")
+    assert_unchanged(before, snapshot(scene, nodes))
+    pickle = tmp_path / "model.pt"
+    pickle.write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(InputError, match="pickle"):
+        mrml.analyze_nodes(scene, t1, series, pickle, inputs="phases", device="cpu")
+    assert_unchanged(before, snapshot(scene, nodes))
+
+
+def test_adding_results_is_all_or_nothing(case):
+    scene = slicer.vtkMRMLScene()
+    maps = {name: sitk.ReadImage(str(case["out"] / f"{name}.nrrd")) for name in ("coam", "cam", "coam_label")}
+    count = scene.GetNumberOfNodes()
+    with pytest.raises(KeyError, match="cam_label"):  # fails after the COAM nodes and the CAM map were added
+        mrml.add_result_nodes(scene, "broken", maps, {"coam": (0, 0, 0), "cam": (0, 0, 0)})
+    assert scene.GetNumberOfNodes() == count
+
+
+def test_load_result_folder_equals_in_process_result(case, analyzed):
+    scene = slicer.vtkMRMLScene()
+    loaded = mrml.load_result_folder(scene, case["out"], "from CLI")
+    result = analyzed["result"]
+    for key in ("probability", "cos_theta", "prediction", "coam_peak_ras", "cam_peak_ras", "label_fraction"):
+        assert loaded[key] == pytest.approx(result[key], abs=1e-6)
+    np.testing.assert_allclose(matrix_of(scene.GetNodeByID(loaded["node_ids"]["coam_volume"])),
+                               matrix_of(analyzed["series"][1]), atol=1e-6)
+
+
+def test_centre_distances_against_numpy_and_csv(case, analyzed, tmp_path):
+    scene, result = analyzed["scene"], analyzed["result"]
+    peaks_ras = {k: np.array(case["result"][f"{k}_peak_lps"]) * [-1, -1, 1] for k in ("coam", "cam")}
+    truth_ras = np.array(case["truth"]["center_lps"]) * [-1, -1, 1]
+    centres = [truth_ras, truth_ras + np.array([4.0, -3.0, 12.0])]
+    table = None
+    for centre in centres:
+        markups = slicer.vtkMRMLMarkupsFiducialNode()
+        scene.AddNode(markups)
+        markups.AddControlPoint(vtk.vtkVector3d(*centre), "centre")
+        evaluation = mrml.centre_distances(scene, result, markups, table)
+        table = scene.GetNodeByID(evaluation["table_id"])
+        expected = {k: float(np.sqrt(((centre - peaks_ras[k]) ** 2).sum())) for k in ("coam", "cam")}
+        assert evaluation["row"]["COAM mm"] == pytest.approx(expected["coam"], abs=1e-6)
+        assert evaluation["row"]["CAM mm"] == pytest.approx(expected["cam"], abs=1e-6)
+    # the CLI's own distance to the truth centre (computed in LPS) equals the first row
+    assert table.GetTable().GetValueByName(0, "COAM mm").ToDouble() == pytest.approx(
+        case["result"]["coam_distance_mm"], abs=1e-6)
+    coam = [float(np.linalg.norm(c - peaks_ras["coam"])) for c in centres]
+    cam = [float(np.linalg.norm(c - peaks_ras["cam"])) for c in centres]
+    summary = evaluation["summary"]
+    assert summary["n"] == 2 and table.GetNumberOfRows() == 2
+    assert summary["coam_mean_mm"] == pytest.approx(np.mean(coam)) and summary["coam_std_mm"] == pytest.approx(
+        np.std(coam))
+    assert summary["cam_mean_mm"] == pytest.approx(np.mean(cam)) and summary["cam_std_mm"] == pytest.approx(
+        np.std(cam))
+
+    path = mrml.save_table_csv(table, tmp_path / "evaluation.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["case"] for r in rows] == [result["case"]] * 2
+    np.testing.assert_allclose([float(r["COAM mm"]) for r in rows], coam, atol=1e-4)
+    np.testing.assert_allclose([float(r["probability"]) for r in rows], result["probability"], atol=1e-6)
+
+    empty = slicer.vtkMRMLMarkupsFiducialNode()
+    empty.SetName("no centre")
+    scene.AddNode(empty)
+    with pytest.raises(InputError, match="no centre: has no control point"):
+        mrml.centre_distances(scene, result, empty, table)
+    assert table.GetNumberOfRows() == 2
+
+
+def test_check_inputs_reports_before_running(case, tmp_path):
+    scene = slicer.vtkMRMLScene()
+    t1, series = case_nodes(scene, case["dir"])
+    assert mrml.check_inputs(t1, series, "phases", case["model"]) == []
+    # the T1 on a coarser grid in the same space: resampled, reported
+    coarse = sitk.Resample(sitk.ReadImage(str(case["dir"] / "t1.nrrd")), [48, 32, 20], sitk.Transform(),
+                           sitk.sitkLinear, sitk.ReadImage(str(case["dir"] / "t1.nrrd")).GetOrigin(),
+                           [7.0, 6.4, 7.6], OBLIQUE)
+    coarse_node = mrml.volume_node_from_image(scene, coarse, "coarse T1")
+    notes = mrml.check_inputs(coarse_node, series, "phases")
+    assert len(notes) == 1 and notes[0].startswith("coarse T1: on another grid")
+    # a post-contrast phase somewhere else: an error naming the node
+    far = sitk.ReadImage(str(case["dir"] / "post_3.nrrd"))
+    far.SetOrigin([o + 2000.0 for o in far.GetOrigin()])
+    far_node = mrml.volume_node_from_image(scene, far, "far post")
+    with pytest.raises(InputError, match="far post: does not overlap"):
+        mrml.check_inputs(t1, [*series[:3], far_node, *series[4:]], "phases")
+    with pytest.raises(InputError, match="takes 6 subtraction channels, these inputs give 5"):
+        mrml.check_inputs(t1, series[:6], "phases", case["model"])
+    with pytest.raises(InputError, match="a volume selector is empty"):
+        mrml.check_inputs(t1, [series[0], None], "phases")
+
+
+def test_sequence_frames_become_pre_and_posts():
+    scene = slicer.vtkMRMLScene()
+    sequence = slicer.vtkMRMLSequenceNode()
+    sequence.SetName("DCE")
+    scene.AddNode(sequence)
+    for frame in range(5):
+        node = mrml.volume_node_from_image(scene, oblique_image(), f"frame {frame}")
+        sequence.SetDataNodeAtValue(node, str(frame))
+    frames = mrml.sequence_volume_nodes(sequence, pre_index=1)
+    assert [mrml.image_from_volume_node(n).GetSize() for n in frames] == [(7, 5, 4)] * 4
+    assert [sequence.GetNthIndexValue(i) for i in range(1, 5)] == ["1", "2", "3", "4"]
+    assert [f.GetName() for f in frames] == [sequence.GetNthDataNode(i).GetName() for i in range(1, 5)]
+    with pytest.raises(InputError, match="DCE: pre-contrast frame 4 leaves no post-contrast"):
+        mrml.sequence_volume_nodes(sequence, pre_index=4)
+
+
+def test_assign_by_name_phantom_and_vendor_wording():
+    names = ["t1", "post_2", "pre", "post_1", "post_3", "coam map"]
+    assert mrml.assign_by_name(names, "phases", 3) == {"t1": 0, "series": [2, 3, 1, 4], "notes": []}
+    duke = ["1: 3 plane loc", "3: ax t1 non fs", "5: ax dyn pre", "7: ax dyn 2nd pass", "6: ax dyn 1st pass",
+            "8: ax dyn 3rd pass", "9: ax t2 fs"]
+    assert mrml.assign_by_name(duke, "phases", 3) == {"t1": 1, "series": [2, 4, 3, 5], "notes": []}
+    subs = ["sub_2", "T1", "sub_1", "sub_3"]
+    assert mrml.assign_by_name(subs, "subtractions", 3) == {"t1": 1, "series": [2, 0, 3], "notes": []}
+    missing = mrml.assign_by_name(["t1", "sub_1"], "subtractions", 2)
+    assert missing["series"] == [1, None] and missing["notes"] == [
+        "some inputs were not recognized by name; choose them by hand"]
