@@ -210,8 +210,20 @@ def scan_study(folder: str | Path) -> list[Series]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "no such study folder")
+    series = scan_files(_dicom_files(folder))
+    if not series:
+        raise InputError(folder, "no DICOM image series found (searched recursively, .gz included)")
+    return series
+
+
+def scan_files(paths) -> list[Series]:
+    """Group DICOM image files into series (sorted by series number); non-image files are skipped.
+
+    The Slicer module passes the files behind its loaded volumes (``DICOM.instanceUIDs``) here to
+    pre-fill its selectors with the same role rules as the command line.
+    """
     headers: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
-    for path in _dicom_files(folder):
+    for path in map(Path, paths):
         try:
             ds = read_dataset(path, stop_before_pixels=True)
         except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
@@ -221,8 +233,6 @@ def scan_study(folder: str | Path) -> list[Series]:
         if "ImagePositionPatient" not in ds and "PerFrameFunctionalGroupsSequence" not in ds:
             continue
         headers[str(ds.SeriesInstanceUID)].append((path, ds))
-    if not headers:
-        raise InputError(folder, "no DICOM image series found (searched recursively, .gz included)")
     return sorted((_series_from(uid, files) for uid, files in headers.items()), key=lambda s: (s.number, s.uid))
 
 
