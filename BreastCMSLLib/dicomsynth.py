@@ -102,6 +102,7 @@ def _slice_datasets(spec: SeriesSpec, number: int, study: dict) -> list[list[pyd
             if spec.scan_options:
                 ds.ScanOptions = spec.scan_options.split("\\")
             ds.ScanningSequence, ds.SequenceVariant, ds.MRAcquisitionType = "GR", "SP", "3D"
+            ds.ImageLaterality = "B"  # bilateral breast exam
             ds.RepetitionTime, ds.EchoTime, ds.FlipAngle, ds.MagneticFieldStrength = 4.5, 1.8, 10, 1.5
             ds.AcquisitionTime = _tm(spec.times_s[0 if spec.one_acquisition_time else p])
             ds.ContentTime = _tm(spec.times_s[p] + 0.01 * k)
