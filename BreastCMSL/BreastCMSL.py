@@ -130,6 +130,8 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.seriesSelectors = []
         self.job = None  # (BackgroundCommand, work folder, on-finished callback, start time)
         self.fileNames = {}  # exported file path -> node name, to name nodes in the CLI's messages
+        self.pendingReference = None  # the reference node of the running analysis
+        self.compareNodes = []  # the two slice nodes of "Compare CAM vs COAM", kept in step
         self.compareSync = False
 
     def setup(self) -> None:
@@ -451,8 +453,8 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.log(text)
         returnCode = process.poll()
         if returnCode is None:
-            self.ui.progressBar.setFormat(f"running {time.monotonic() - started:.0f} s")
             return
+        self.log(f"Finished in {time.monotonic() - started:.1f} s (exit code {returnCode}).")
         self.finishJob()
         try:
             onFinished(returnCode, work)
@@ -551,15 +553,13 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             layoutManager.sliceWidget(name).mrmlSliceNode().JumpSliceByCentering(*self.peakRas())
 
     def onCompare(self) -> None:
-        """Side-by-side axial views, CAM left and COAM right, each centred on its own map's peak and kept in
-        step by copying the slice geometry (composite-node linking would copy the volumes too)."""
+        """Side-by-side axial views, CAM left and COAM right, both centred on the shown map's peak and kept
+        in step by copying the slice geometry (composite-node linking would copy the volumes as well)."""
         p = self._parameterNode
         layoutManager = slicer.app.layoutManager()
         layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
-        result = self.result()
-        views = [("Red", True, result["cam_peak_ras"]), ("Yellow", False, result["coam_peak_ras"])]
         self.compareNodes = []
-        for viewName, cam, peak in views:
+        for viewName, cam in (("Red", True), ("Yellow", False)):
             heat, label = self.shownMaps(cam)
             widget = layoutManager.sliceWidget(viewName)
             composite = widget.mrmlSliceCompositeNode()
@@ -571,13 +571,13 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             sliceNode = widget.mrmlSliceNode()
             sliceNode.SetOrientation("Axial")
             sliceNode.SetUseLabelOutline(p.showOutline)
-            sliceNode.JumpSliceByCentering(*peak)
+            sliceNode.JumpSliceByCentering(*self.peakRas())
             self.compareNodes.append(sliceNode)
-            self.addObserver(sliceNode, vtk.vtkCommand.ModifiedEvent, self.onCompareSliceModified)
-        widget.sliceLogic().FitSliceToAll()
+            if not self.hasObserver(sliceNode, vtk.vtkCommand.ModifiedEvent, self.onCompareSliceModified):
+                self.addObserver(sliceNode, vtk.vtkCommand.ModifiedEvent, self.onCompareSliceModified)
 
     def onCompareSliceModified(self, caller, event) -> None:
-        if self.compareSync:
+        if self.compareSync or caller not in self.compareNodes:
             return
         self.compareSync = True
         try:
@@ -712,7 +712,7 @@ class BreastCMSLLogic(ScriptedLoadableModuleLogic):
 
     def downloadModel(self, entry: dict) -> Path:
         """Download a registry entry; refuse (and delete) a file whose sha256 differs from the registry's."""
-        from BreastCMSLLib.modelfile import file_sha256
+        from BreastCMSLLib.modelfile import file_sha256, read_model_metadata
 
         partial = self.modelFolder() / f".{entry['id']}.download"
         urllib.request.urlretrieve(entry["url"], partial)
@@ -720,9 +720,12 @@ class BreastCMSLLogic(ScriptedLoadableModuleLogic):
         if sha != entry["sha256"]:
             partial.unlink()
             raise InputError(entry["url"], f"sha256 {sha} differs from the registry's {entry['sha256']}")
-        named = partial.with_name(f"{entry['id']}-{entry['version']}.safetensors")
-        partial.replace(named)
-        return self.importModel(named) if named.parent != self.modelFolder() else named
+        try:
+            read_model_metadata(partial)
+        except InputError:
+            partial.unlink()
+            raise
+        return partial.replace(partial.with_name(f"{entry['id']}-{entry['version']}.safetensors"))
 
     @staticmethod
     def clearModelFolder() -> None:
