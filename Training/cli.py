@@ -12,6 +12,7 @@ from pathlib import Path
 
 from BreastCMSLLib.errors import InputError
 
+from . import ingest
 from .methods import METHODS
 
 
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="phantom cohort -> CMSL and BCE -> evaluate, localize, compare, export")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--workers", type=int, default=2)
+    ingest.add_parser(sub)
     return parser
 
 
@@ -155,7 +157,8 @@ def cmd_demo(args) -> dict:
 
 
 COMMANDS = {"synth": cmd_synth, "preprocess": cmd_preprocess, "fit": cmd_fit, "evaluate": cmd_evaluate,
-            "compare": cmd_compare, "localize": cmd_localize, "export": cmd_export, "demo": cmd_demo}
+            "compare": cmd_compare, "localize": cmd_localize, "export": cmd_export, "demo": cmd_demo,
+            "ingest": ingest.cmd_ingest}
 
 
 def main(argv: list[str] | None = None) -> int:
