@@ -17,8 +17,10 @@ from BreastCMSLLib.preprocess import load_case
 from Training.ingest import ingest
 from Training.manifest import read_manifest
 
+from .conftest import run_cli
+
 POSTS = [f"post_{k}" for k in range(1, 7)]
-SHAPE = (64, 44, 24)  # the default field of view (360 x 232 x 144 mm) at ~5.5 mm voxels
+SHAPE = (64, 44, 32)  # the default field of view (360 x 232 x 144 mm) at ~5 mm voxels
 SUBJECTS = {"Breast_MRI_001": (1, 1, "train"), "Breast_MRI_002": (2, 0, "train"),
             "Breast_MRI_003": (3, 1, "val"), "Breast_MRI_004": (4, 0, "test")}  # seed, label, split
 
@@ -100,14 +102,20 @@ def test_centres_match_phantom_truth(cohort):
         assert np.linalg.norm(np.subtract(case.center_lps, phantom.truth["center_lps"])) < voxel_diagonal
 
 
-def test_rerun_keeps_finished_cases(cohort, tmp_path):
+def test_rerun_via_cli_keeps_finished_cases(cohort, tmp_path):
     manifest, _, _ = cohort
     root = manifest.parent.parent
     stamp = {c.subject_id: (c.case_dir / "t1.nrrd").stat().st_mtime_ns for c in read_manifest(manifest)}
-    again = ingest(root / "manifest-1654812109500" / "Duke-Breast-Cancer-MRI", root / "labels.csv", manifest,
-                   boxes=root / "Annotation_Boxes.csv", n_channels=6)
-    assert again["cases"] == 4
+    proc = run_cli("ingest", "--dicom-root", root / "manifest-1654812109500" / "Duke-Breast-Cancer-MRI",
+                   "--labels", root / "labels.csv", "--out", manifest, "--boxes", root / "Annotation_Boxes.csv",
+                   "--channels", 6, module="Training.cli")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["cases"] == 4
     assert {c.subject_id: (c.case_dir / "t1.nrrd").stat().st_mtime_ns for c in read_manifest(manifest)} == stamp
+    proc = run_cli("ingest", "--dicom-root", root, "--labels", tmp_path / "none.csv", "--out", tmp_path / "m.csv",
+                   module="Training.cli")
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("none.csv: no such file")
+    assert not (tmp_path / "m.csv").exists()
 
 
 def test_training_preprocess_and_fit_accept_manifest(cohort, tmp_path):

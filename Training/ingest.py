@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -171,6 +172,8 @@ def _job(args) -> tuple[str, Case | None, str]:
         return label.subject_id, case, ""
     except InputError as err:
         return label.subject_id, None, str(err)
+    except (OSError, ValueError, RuntimeError) as err:  # unreadable pixel data, a full disk: this study only
+        return label.subject_id, None, f"{study_dir}: {type(err).__name__}: {str(err)[:200]}"
 
 
 def ingest(dicom_root: str | Path, labels_csv: str | Path, manifest: str | Path, workers: int = 1,
@@ -195,7 +198,7 @@ def ingest(dicom_root: str | Path, labels_csv: str | Path, manifest: str | Path,
             continue
         jobs.append((study, cases_root / label.subject_id, label, box_table.get(label.subject_id), n_channels))
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(pool.map(_job, jobs))
     else:
         results = [_job(j) for j in jobs]
