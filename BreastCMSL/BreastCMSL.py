@@ -252,30 +252,39 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.seriesVolumes = [selector.currentNode() for selector in self.seriesSelectors]
 
-    def nodeText(self, node) -> str:
-        """Node name plus its DICOM series description (when loaded from the DICOM database)."""
-        text = node.GetName()
+    @staticmethod
+    def dicomFiles(node) -> list:
+        """The DICOM files a volume was loaded from (Slicer keeps their instance UIDs on the node)."""
         uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
-        if uids and slicer.dicomDatabase:
-            description = slicer.dicomDatabase.instanceValue(uids[0], "0008,103e")
-            if description and description not in text:
-                text += f" {description}"
-        return text
+        return [slicer.dicomDatabase.fileForInstance(uid) for uid in uids] if uids and slicer.dicomDatabase else []
 
     def onAutoAssign(self) -> None:
+        """Volumes loaded from DICOM: the command line's role rules on their headers; otherwise (or when the
+        rules find the study ambiguous) the same patterns on node names."""
         if not self.ensureDependencies():
             return
         p = self._parameterNode
         nodes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
                  if not n.IsA("vtkMRMLLabelMapVolumeNode") and not n.GetHideFromEditors()]
-        kind = "subtractions" if p.inputMode == "subtractions" else "phases"
-        assigned = mrml.assign_by_name([self.nodeText(n) for n in nodes], kind, self.channelCount(),
-                                       self.logic.rolePatterns(p))
+        patterns = self.logic.rolePatterns(p)
+        files = [self.dicomFiles(n) for n in nodes]
+        assigned, notes = None, []
+        if any(files):
+            try:
+                assigned = mrml.assign_by_dicom([f for f in files if f], self.channelCount(), patterns)
+                nodes = [n for n, f in zip(nodes, files) if f]
+            except InputError as err:
+                notes.append(f"DICOM roles: {err}")
+        if assigned is None:
+            kind = "subtractions" if p.inputMode == "subtractions" else "phases"
+            assigned = mrml.assign_by_name([n.GetName() for n in nodes], kind, self.channelCount(), patterns)
+        p.inputMode = assigned["inputs"]
+        self.updateSeriesSelectors()
         p.t1Volume = nodes[assigned["t1"]] if assigned["t1"] is not None else None
         for selector, index in zip(self.seriesSelectors, assigned["series"]):
             selector.setCurrentNode(nodes[index] if index is not None else None)
-        self.setInputStatus("; ".join(assigned["notes"]) or "All inputs assigned from names.",
-                            error=bool(assigned["notes"]))
+        notes += assigned["notes"]
+        self.setInputStatus("\n".join(notes) or "All inputs assigned.", error=bool(notes))
 
     def setInputStatus(self, text: str, error: bool = False) -> None:
         self.ui.inputStatusLabel.text = text

@@ -149,8 +149,9 @@ def _phase_number(text: str) -> int:
 
 def assign_by_name(texts: list[str], inputs: str, n_channels: int, patterns=None) -> dict:
     """Pre-fill the selectors from volume names (plus DICOM series descriptions) with the DICOM role rules'
-    patterns (:class:`BreastCMSLLib.roles.RolePatterns`): returns {"t1": index or None, "series": [index or
-    None, ...], "notes": [...]} with ``n_channels`` subtractions, or pre + ``n_channels`` posts for phases.
+    patterns (:class:`BreastCMSLLib.roles.RolePatterns`): returns {"inputs": inputs, "t1": index or None,
+    "series": [index or None, ...], "notes": [...]} with ``n_channels`` subtractions, or pre + ``n_channels``
+    posts for phases.
     Posts and subtractions are ordered by the last number in their text. The user can override any of it.
     """
     from .roles import RolePatterns
@@ -173,7 +174,34 @@ def assign_by_name(texts: list[str], inputs: str, n_channels: int, patterns=None
              for what, found, wanted in (("T1", t1, 1), ("pre-contrast", pre, 1)) if len(found) > wanted]
     if None in series or not t1:
         notes.append("some inputs were not recognized by name; choose them by hand")
-    return {"t1": t1[0] if t1 else None, "series": series, "notes": notes}
+    return {"inputs": inputs, "t1": t1[0] if t1 else None, "series": series, "notes": notes}
+
+
+def assign_by_dicom(node_files: list[list[str | Path]], n_channels: int, patterns=None) -> dict:
+    """Pre-fill the selectors of volumes loaded from DICOM with the command line's role rules.
+
+    ``node_files``: the DICOM files behind each volume node (Slicer keeps their instance UIDs on the node).
+    Runs :func:`BreastCMSLLib.roles.assign_roles` on those series and maps each role back to its node:
+    returns {"inputs": "phases"|"subtractions", "t1": index or None, "series": [index or None, ...],
+    "notes": [...]}. A role filled by one phase of a multi-phase series has no node of its own (load that
+    series as a Sequence); an ambiguous study raises :class:`InputError` listing the candidates.
+    """
+    from .dicom import scan_files
+    from .roles import RolePatterns, assign_roles
+
+    owner = {Path(f): index for index, files in enumerate(node_files) for f in files}
+    assignment = assign_roles(scan_files(list(owner)), n_channels=n_channels, patterns=patterns or RolePatterns(),
+                              source="loaded DICOM volumes")
+    indexes, notes = [], []
+    for entry in assignment.entries:
+        nodes = {owner[frame.path] for frame in entry.phase.frames}
+        if len(entry.phase.series.phases) > 1 or len(nodes) != 1:
+            notes.append(f"{entry.role}: phase {entry.phase.label} of a multi-phase series; load that series as "
+                         "a volume Sequence and choose it as the dynamic sequence")
+            indexes.append(None)
+        else:
+            indexes.append(nodes.pop())
+    return {"inputs": assignment.kind, "t1": indexes[0], "series": indexes[1:], "notes": notes}
 
 
 def sequence_volume_nodes(sequence_node, pre_index: int = 0) -> list:

@@ -15,6 +15,7 @@ import slicer
 import vtk
 
 from BreastCMSLLib import cli, mrml
+from BreastCMSLLib.dicomsynth import write_study
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.phantom import synth_case
 
@@ -355,12 +356,30 @@ def test_sequence_frames_become_pre_and_posts():
 
 def test_assign_by_name_phantom_and_vendor_wording():
     names = ["t1", "post_2", "pre", "post_1", "post_3", "coam map"]
-    assert mrml.assign_by_name(names, "phases", 3) == {"t1": 0, "series": [2, 3, 1, 4], "notes": []}
+    assert mrml.assign_by_name(names, "phases", 3) == {"inputs": "phases", "t1": 0, "series": [2, 3, 1, 4], "notes": []}
     duke = ["1: 3 plane loc", "3: ax t1 non fs", "5: ax dyn pre", "7: ax dyn 2nd pass", "6: ax dyn 1st pass",
             "8: ax dyn 3rd pass", "9: ax t2 fs"]
-    assert mrml.assign_by_name(duke, "phases", 3) == {"t1": 1, "series": [2, 4, 3, 5], "notes": []}
+    assert mrml.assign_by_name(duke, "phases", 3) == {"inputs": "phases", "t1": 1, "series": [2, 4, 3, 5], "notes": []}
     subs = ["sub_2", "T1", "sub_1", "sub_3"]
-    assert mrml.assign_by_name(subs, "subtractions", 3) == {"t1": 1, "series": [2, 0, 3], "notes": []}
+    assert mrml.assign_by_name(subs, "subtractions", 3) == {"inputs": "subtractions", "t1": 1, "series": [2, 0, 3],
+                                                           "notes": []}
     missing = mrml.assign_by_name(["t1", "sub_1"], "subtractions", 2)
     assert missing["series"] == [1, None] and missing["notes"] == [
         "some inputs were not recognized by name; choose them by hand"]
+
+
+def test_assign_by_dicom_maps_the_role_rules_back_to_nodes(tmp_path):
+    def volume(seed: int) -> sitk.Image:
+        image = sitk.GetImageFromArray(np.random.default_rng(seed).integers(0, 500, (6, 12, 10)).astype(np.int16))
+        image.SetSpacing((2.0, 2.0, 3.0))
+        return image
+
+    written = write_study(tmp_path / "study", "duke", volume(0), volume(1), [volume(k) for k in range(2, 5)])
+    descriptions = list(written)  # one node per series, in an order unlike the roles'
+    order = [descriptions[i] for i in (3, 0, 4, 2, 1)]
+    assigned = mrml.assign_by_dicom([written[d] for d in order], n_channels=3)
+    assert assigned["inputs"] == "phases" and assigned["notes"] == []
+    roles = [order[assigned["t1"]]] + [order[i] for i in assigned["series"]]
+    assert roles == descriptions  # duke style writes t1, pre, 1st, 2nd, 3rd pass in this order
+    with pytest.raises(InputError, match="expected 4 post-contrast phases after pre-contrast series 200"):
+        mrml.assign_by_dicom([written[d] for d in order], n_channels=4)
