@@ -91,8 +91,9 @@ class Preprocessed:
 
 
 def to_ijk(image: sitk.Image) -> np.ndarray:
-    """Voxel array in (i, j, k) order (SimpleITK's own arrays are (k, j, i))."""
-    return sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)
+    """A copy of the voxel array in (i, j, k) order (SimpleITK's own arrays are (k, j, i)). A copy, not a
+    view: a view of a temporary image would point at freed memory."""
+    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
 
 
 def geometry_proxy(image: sitk.Image) -> sitk.Image:

@@ -1,0 +1,1 @@
+"""BreastCMSL test suites (a package, so tests can import shared helpers from conftest)."""
