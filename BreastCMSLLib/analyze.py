@@ -112,8 +112,9 @@ def analyze_case(
     t2 = time.perf_counter()
     p = float(probability(out, cfg)[0])
     head = loaded.model.head
-    coam_in = normalized_on_input_grid(coam(out.features)[0], prep)
-    cam_in = normalized_on_input_grid(cam(out.features, head.weight, head.bias)[0], prep)
+    with torch.inference_mode():
+        coam_in = normalized_on_input_grid(coam(out.features)[0], prep)
+        cam_in = normalized_on_input_grid(cam(out.features, head.weight, head.bias)[0], prep)
     coam_ref, cam_ref = to_reference(coam_in, prep), to_reference(cam_in, prep)
     t3 = time.perf_counter()
     timings.update(preprocess_s=t1 - t0, inference_s=t2 - t1, maps_s=t3 - t2)
