@@ -14,16 +14,21 @@ from typing import Any
 
 @dataclass(frozen=True)
 class MaskConfig:
-    """Parameters of :func:`BreastCMSLLib.mask.breast_mask` (slice-wise Frangi breast mask)."""
+    """Parameters of :func:`BreastCMSLLib.mask.breast_mask` (slice-wise Frangi breast mask). Lengths in mm."""
 
-    shrink: int = 2  # in-plane downsampling before the Hessian (speed); the mask is smooth anyway
-    sigma_mm: float = 2.0  # Hessian scale of the Frangi filter, mm
+    work_spacing_mm: float = 2.0  # in-plane spacing the slices are binned to first (speed; the mask is smooth)
+    body_fraction: float = 0.25  # body outline = T1 above this fraction of the volume's 99th percentile (fat)
+    tissue_fraction: float = 0.1  # below this fraction: air or lung (thoracic cavity)
+    sigma_mm: float = 4.0  # Gaussian scale of the Frangi Hessian (about half the pectoral muscle thickness)
     alpha: float = 0.5  # Frangi plate/line sensitivity (ITK ObjectnessMeasure alpha)
     beta: float = 0.5  # Frangi blob sensitivity (ITK ObjectnessMeasure beta)
-    gamma: float = 5.0  # Frangi structureness (ITK ObjectnessMeasure gamma)
-    edge_threshold: float = 0.05  # vesselness above this fraction of the slice maximum is an edge
-    min_component_mm2: float = 200.0  # smaller connected components of a slice are removed, mm^2
-    smooth_sigma_mm: float = 3.0  # 3D Gaussian smoothing of the stacked mask, mm
+    gamma: float = 0.1  # Frangi structureness, for T1 / 99th percentile and a sigma^2-normalized Hessian
+    edge_threshold: float = 0.2  # vesselness above this (0..1) is an edge
+    min_component_mm2: float = 25.0  # edge components of a slice smaller than this are removed
+    min_cavity_mm2: float = 400.0  # dark non-body regions at least this large count as thoracic cavity
+    offset_mm: float = -2.0  # shift of the posterior limit from the chest-wall edge (+ = posterior)
+    limit_median_mm: float = 60.0  # median filter of the posterior limit across columns (drops merged strands)
+    smooth_sigma_mm: float = 2.0  # 3D Gaussian smoothing of the stacked slice masks
     rebinarize: float = 0.5  # threshold of the smoothed mask
 
 
