@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from BreastCMSLLib import dicomsynth
 from BreastCMSLLib.config import PreprocessConfig
+from BreastCMSLLib.modelfile import load_model
 from BreastCMSLLib.phantom import PhantomConfig, make_case
 from BreastCMSLLib.preprocess import load_case
 from Training.ingest import ingest
@@ -128,4 +129,5 @@ def test_training_preprocess_and_fit_accept_manifest(cohort, tmp_path):
     assert sorted(report.done) == sorted(SUBJECTS) and not report.failed
     result = fit(FitConfig(cache=str(tmp_path / "cache"), out=str(tmp_path / "run"), method="cmsl", epochs=1,
                            batch_size=2, width_factor=0.125, device="cpu", seed=0))
-    assert (tmp_path / "run").is_dir() and result
+    assert result["epoch"] == 1 and np.isfinite(result["train_loss"])
+    assert load_model(tmp_path / "run" / "model_last.safetensors").config.in_channels == 6
