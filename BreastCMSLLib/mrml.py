@@ -248,7 +248,7 @@ def _heat_color_node(scene):
     """Slicer's "Inferno" colour table when the scene has it, else one made from :data:`INFERNO_STOPS`."""
     existing = scene.GetFirstNodeByName(HEAT_COLOR_NAME)
     if existing is not None and existing.IsA("vtkMRMLColorNode"):
-        return existing, False
+        return existing
     node = slicer.vtkMRMLProceduralColorNode()
     node.SetName(HEAT_COLOR_NAME)
     node.SetAttribute("Category", "BreastCMSL")
@@ -257,7 +257,7 @@ def _heat_color_node(scene):
         function.AddRGBPoint(i / (len(INFERNO_STOPS) - 1), *rgb)
     node.SetAndObserveColorTransferFunction(function)
     scene.AddNode(node)
-    return node, True
+    return node
 
 
 def _label_color_node(scene, which: str):
@@ -265,7 +265,7 @@ def _label_color_node(scene, which: str):
     name = f"BreastCMSL {which.upper()} label"
     existing = scene.GetFirstNodeByName(name)
     if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
-        return existing, False
+        return existing
     node = slicer.vtkMRMLColorTableNode()
     node.SetName(name)
     node.SetTypeToUser()
@@ -274,7 +274,7 @@ def _label_color_node(scene, which: str):
     node.SetColor(1, f"{which.upper()} high", *LABEL_COLORS[which], 1.0)
     node.SetNamesInitialised(True)
     scene.AddNode(node)
-    return node, True
+    return node
 
 
 def add_result_nodes(scene, case: str, maps: dict[str, sitk.Image], peaks_lps: dict[str, tuple]) -> dict:
@@ -282,33 +282,25 @@ def add_result_nodes(scene, case: str, maps: dict[str, sitk.Image], peaks_lps: d
 
     ``maps`` holds ``coam``, ``cam`` (float, [0, 1]) and ``coam_label``, ``cam_label`` ({0, 1}) images;
     ``peaks_lps`` holds ``coam`` and ``cam`` points in LPS mm. All or nothing: if anything fails,
-    every node added here is removed again.
+    every node added here (display and colour nodes included) is removed again.
     """
-    added = []
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     try:
-        heat, created = _heat_color_node(scene)
-        if created:
-            added.append(heat)
+        heat = _heat_color_node(scene)
         ids = {}
         for which in ("coam", "cam"):
             volume = volume_node_from_image(scene, sitk.Cast(maps[which], sitk.sitkFloat32), f"{case} {which.upper()}")
-            added.append(volume)
             display = volume.GetDisplayNode()
             display.SetAndObserveColorNodeID(heat.GetID())
             display.AutoWindowLevelOff()
             display.SetWindowLevelMinMax(0.0, 1.0)
             label = volume_node_from_image(scene, maps[f"{which}_label"], f"{case} {which.upper()} label",
                                            labelmap=True)
-            added.append(label)
-            color, created = _label_color_node(scene, which)
-            if created:
-                added.append(color)
-            label.GetDisplayNode().SetAndObserveColorNodeID(color.GetID())
+            label.GetDisplayNode().SetAndObserveColorNodeID(_label_color_node(scene, which).GetID())
             ids[f"{which}_volume"], ids[f"{which}_label"] = volume.GetID(), label.GetID()
         points = slicer.vtkMRMLMarkupsFiducialNode()
         points.SetName(f"{case} peaks")
         scene.AddNode(points)
-        added.append(points)
         points.CreateDefaultDisplayNodes()
         for which in ("coam", "cam"):
             index = points.AddControlPoint(vtk.vtkVector3d(*lps_to_ras(peaks_lps[which])), f"{which.upper()} peak")
@@ -316,8 +308,10 @@ def add_result_nodes(scene, case: str, maps: dict[str, sitk.Image], peaks_lps: d
         ids["peaks"] = points.GetID()
         return ids
     except Exception:
+        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
         for node in reversed(added):
-            scene.RemoveNode(node)
+            if node.GetID() not in before:
+                scene.RemoveNode(node)
         raise
 
 
