@@ -603,6 +603,17 @@ def _finish(p: dict, grid: _Grid, canvas: _Canvas, noise_rng: np.random.Generato
 
 
 # -------------------------------------------------------------------------------------------- API
+def _streams(seed: int) -> list[np.random.SeedSequence]:
+    """Independent random streams of one seed: anatomy/lesion parameters, then noise."""
+    return np.random.SeedSequence(int(seed)).spawn(2)
+
+
+def draw_parameters(seed: int, cfg: PhantomConfig = PhantomConfig()) -> dict:
+    """The random parameters of case ``seed`` (label, anatomy, lesion appearance, BI-RADS; patient
+    frame, mm), without rendering: cheap, and the same for every grid."""
+    return _draw(np.random.default_rng(_streams(seed)[0]), cfg.difficulty, cfg.label, cfg.malignant_fraction)
+
+
 def make_case(seed: int, cfg: PhantomConfig = PhantomConfig()) -> PhantomCase:
     """Synthesize one case, deterministic per ``seed`` (same anatomy on every grid of ``cfg``)."""
     if not 0.0 <= cfg.difficulty <= 1.0:
@@ -610,9 +621,7 @@ def make_case(seed: int, cfg: PhantomConfig = PhantomConfig()) -> PhantomCase:
     if cfg.label not in (None, 0, 1):
         raise InputError("label", f"must be 0 (benign), 1 (malignant) or None, got {cfg.label}")
     grid = _resolve_grid(cfg)
-    anatomy_seq, noise_seq = np.random.SeedSequence(int(seed)).spawn(2)
-    params = _draw(np.random.default_rng(anatomy_seq), cfg.difficulty, cfg.label, cfg.malignant_fraction)
-    case = _render(params, grid, np.random.default_rng(noise_seq))
+    case = _render(draw_parameters(seed, cfg), grid, np.random.default_rng(_streams(seed)[1]))
     case.truth.update(seed=int(seed), difficulty=float(cfg.difficulty))
     return case
 

@@ -1,0 +1,84 @@
+"""The slice-wise Frangi breast mask against the phantom's truth (acceptance 4)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from BreastCMSLLib.config import MaskConfig
+from BreastCMSLLib.mask import breast_mask
+from BreastCMSLLib.phantom import TISSUE_LABELS, PhantomConfig, make_case
+
+CASES = {
+    "tiny-0": PhantomConfig(shape=(96, 64, 40)),
+    "tiny-1": PhantomConfig(shape=(96, 64, 40)),
+    "tiny-2": PhantomConfig(shape=(96, 64, 40), label=1),
+    "tiny-3": PhantomConfig(shape=(96, 64, 40), label=0),
+    "moderate-4": PhantomConfig(shape=(240, 150, 60), spacing=(1.5, 1.55, 2.4), origin=(-170.0, -90.0, 33.0)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case_and_mask(request):
+    name = request.param
+    case = make_case(int(name.split("-")[1]), CASES[name])
+    t1 = sitk.Cast(case.images["t1"], sitk.sitkFloat32)
+    start = time.perf_counter()
+    mask = breast_mask(t1)
+    return name, case, mask, time.perf_counter() - start
+
+
+def dice(a: sitk.Image, b: sitk.Image) -> float:
+    overlap = sitk.LabelOverlapMeasuresImageFilter()
+    overlap.Execute(a, b)
+    return overlap.GetDiceCoefficient()
+
+
+def test_dice_against_truth_and_no_heart(case_and_mask):
+    name, case, mask, _ = case_and_mask
+    value = dice(mask, case.breast_mask)
+    m, truth = sitk.GetArrayFromImage(mask).astype(bool), sitk.GetArrayFromImage(case.breast_mask).astype(bool)
+    assert value == pytest.approx(2 * (m & truth).sum() / (m.sum() + truth.sum()))
+    assert value >= 0.9, (name, value)
+    tissue = sitk.GetArrayFromImage(case.tissue)
+    assert not np.any(m & (tissue == TISSUE_LABELS["heart"])), name
+    assert not np.any(m & (tissue == TISSUE_LABELS["lung"])), name
+    lesion = sitk.GetArrayFromImage(case.lesion_mask).astype(bool)
+    assert m[lesion].mean() > 0.95, name  # the lesion survives masking
+
+
+def test_mask_is_binary_on_the_t1_grid(case_and_mask):
+    _, case, mask, _ = case_and_mask
+    t1 = case.images["t1"]
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    assert mask.GetSize() == t1.GetSize()
+    np.testing.assert_allclose(mask.GetOrigin(), t1.GetOrigin())
+    np.testing.assert_allclose(mask.GetSpacing(), t1.GetSpacing())
+    np.testing.assert_allclose(mask.GetDirection(), t1.GetDirection())
+    assert set(np.unique(sitk.GetArrayFromImage(mask)).tolist()) == {0, 1}
+
+
+def test_mask_is_fast(case_and_mask):
+    name, _, _, seconds = case_and_mask
+    assert seconds < (1.0 if name.startswith("tiny") else 3.0), (name, seconds)
+
+
+def test_intensity_scale_does_not_matter():
+    """The thresholds are relative to the volume's fat level: a rescaled T1 gives the same mask."""
+    case = make_case(5, PhantomConfig(shape=(96, 64, 40)))
+    t1 = sitk.Cast(case.images["t1"], sitk.sitkFloat32)
+    a = sitk.GetArrayFromImage(breast_mask(t1))
+    b = sitk.GetArrayFromImage(breast_mask(t1 * 7.5))
+    assert np.mean(a != b) < 1e-3
+
+
+def test_config_parameters_act():
+    """The posterior limit follows offset_mm: a more anterior limit gives a smaller mask."""
+    case = make_case(1, PhantomConfig(shape=(96, 64, 40)))
+    t1 = sitk.Cast(case.images["t1"], sitk.sitkFloat32)
+    base = sitk.GetArrayFromImage(breast_mask(t1)).sum()
+    shifted = sitk.GetArrayFromImage(breast_mask(t1, MaskConfig(offset_mm=-10.0))).sum()
+    assert shifted < 0.9 * base
