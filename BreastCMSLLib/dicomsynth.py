@@ -45,7 +45,7 @@ class SeriesSpec:
     times_s: list[float]  # acquisition time of each phase, seconds after the study start
     image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "M", "ND")
     scan_options: str = ""
-    temporal_tags: bool = False  # write TemporalPositionIdentifier / NumberOfTemporalPositions
+    temporal_tags: bool = False  # write TemporalPositionIdentifier, NumberOfTemporalPositions, TriggerTime
     one_acquisition_time: bool = False  # every phase gets the first AcquisitionTime (TriggerTime orders)
     gzip: bool = False
     enhanced: bool = False  # one Legacy Converted Enhanced MR file per phase (highdicom)
@@ -106,8 +106,8 @@ def _slice_datasets(spec: SeriesSpec, number: int, study: dict) -> list[list[pyd
             ds.RepetitionTime, ds.EchoTime, ds.FlipAngle, ds.MagneticFieldStrength = 4.5, 1.8, 10, 1.5
             ds.AcquisitionTime = _tm(spec.times_s[0 if spec.one_acquisition_time else p])
             ds.ContentTime = _tm(spec.times_s[p] + 0.01 * k)
-            ds.TriggerTime = 1000.0 * (spec.times_s[p] - spec.times_s[0])
             if spec.temporal_tags:
+                ds.TriggerTime = 1000.0 * (spec.times_s[p] - spec.times_s[0])
                 ds.TemporalPositionIdentifier = p + 1
                 ds.NumberOfTemporalPositions = n_phases
             position = np.asarray(ref.GetOrigin()) + k * spacing[2] * direction[:, 2]

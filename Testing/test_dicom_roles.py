@@ -78,7 +78,7 @@ def test_roles_table_cli(studies):
     assert "Ax Vibrant MultiPhase" in lines[8] and "earliest dynamic phase" in lines[2]
 
 
-def test_scan_tags_and_phase_split(studies):
+def test_scan_tags_and_phase_split(studies, phantom, tmp_path):
     ge = {s.number: s for s in scan_study(studies["ge"])}
     multi = ge[200]
     assert multi.split_by == "temporal_position" and multi.number_of_temporal_positions == 7
@@ -86,6 +86,15 @@ def test_scan_tags_and_phase_split(studies):
     # GE stores one AcquisitionTime for all phases: trigger time orders them, 75 s apart
     assert np.diff([p.time_s for p in multi.phases]) == pytest.approx([75.0] * 6)
     assert "FS" in multi.scan_options.split("\\") and ge[100].plane == "axial"
+    # a Siemens-like multi-phase series without temporal tags: split by AcquisitionTime
+    images = phantom.images
+    spec = dicomsynth.SeriesSpec("t1_fl3d_tra_dyn", [images[p] for p in ("pre", "post_1", "post_2")],
+                                 [60.0, 135.0, 210.0])
+    dicomsynth.write_specs(tmp_path, [spec])
+    (series,) = scan_study(tmp_path)
+    assert series.split_by == "acquisition_time" and [p.time_s - 28800 for p in series.phases] == [60, 135, 210]
+    assert sitk.GetArrayFromImage(read_phase(series.phases[2])).tolist() == sitk.GetArrayFromImage(
+        sitk.Cast(images["post_2"], sitk.sitkFloat32)).tolist()
     philips = {s.number: s for s in scan_study(studies["philips"])}
     assert philips[200].image_type[:3] == ("DERIVED", "PRIMARY", "SUBTRACTION")
     assert all(f.path.name.endswith(".dcm.gz") for f in philips[200].phases[0].frames)
