@@ -713,11 +713,12 @@ class BreastCMSLLogic(ScriptedLoadableModuleLogic):
     def importDemoModel(self, demoDir: Path) -> Path:
         from BreastCMSLLib.modelfile import read_model_metadata
 
-        for path in sorted(demoDir.rglob("*.safetensors")):
-            _, provenance = read_model_metadata(path)
-            if provenance.get("synthetic") and not provenance.get("untrained"):
-                return self.importModel(path)
-        raise InputError(demoDir, "the demo run exported no synthetic model file")
+        exported = [(path, read_model_metadata(path)[1]) for path in sorted(demoDir.rglob("*.safetensors"))]
+        trained = [(path, provenance) for path, provenance in exported if not provenance.get("untrained")]
+        if not trained:
+            raise InputError(demoDir, "the demo run exported no trained model file")
+        trained.sort(key=lambda item: (not item[1].get("synthetic"), item[1].get("method") != "cmsl"))
+        return self.importModel(trained[0][0])
 
     def downloadModel(self, entry: dict) -> Path:
         """Download a registry entry; refuse (and delete) a file whose sha256 differs from the registry's."""
