@@ -148,11 +148,12 @@ def _phase_number(text: str) -> int:
 
 
 def assign_by_name(texts: list[str], inputs: str, n_channels: int, patterns=None) -> dict:
-    """Pre-fill the selectors from volume names (plus DICOM series descriptions) with the DICOM role rules'
-    patterns (:class:`BreastCMSLLib.roles.RolePatterns`): returns {"inputs": inputs, "t1": index or None,
-    "series": [index or None, ...], "notes": [...]} with ``n_channels`` subtractions, or pre + ``n_channels``
-    posts for phases.
-    Posts and subtractions are ordered by the last number in their text. The user can override any of it.
+    """Pre-fill the selectors from volume names with the DICOM role rules' patterns
+    (:class:`BreastCMSLLib.roles.RolePatterns`), for volumes that carry no DICOM headers.
+
+    Returns {"inputs": inputs, "t1": index or None, "series": [index or None, ...], "notes": [...]} with
+    ``n_channels`` subtractions, or pre + ``n_channels`` posts for phases; posts and subtractions are
+    ordered by the last number in their name. The user can override any of it.
     """
     from .roles import RolePatterns
 
@@ -166,6 +167,7 @@ def assign_by_name(texts: list[str], inputs: str, n_channels: int, patterns=None
     post = sorted((i for i in rest if i not in t1 and i not in pre and p.match("post", texts[i])),
                   key=lambda i: _phase_number(texts[i]))
     subs.sort(key=lambda i: _phase_number(texts[i]))
+
     def padded(found: list[int]) -> list[int | None]:
         return found[:n_channels] + [None] * (n_channels - len(found[:n_channels]))
 
