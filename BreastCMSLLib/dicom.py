@@ -3,8 +3,9 @@
 The header scan uses pydicom (``stop_before_pixels``); gzip-compressed files (``*.dcm.gz`` or any file
 that starts with the gzip magic) are read transparently. A *phase* is one 3D volume: a whole classic
 series, one temporal position of a multi-phase series, or one enhanced multi-frame file. Volumes are
-read with highdicom (``get_volume_from_series`` / ``Image.get_volume``), which sorts the slices along
-the slice normal and builds the LPS geometry; we only convert its ``Volume`` to a SimpleITK image.
+read with highdicom (``get_volume_from_series``; for multi-frame files its spatial sorting and
+``Volume.from_attributes``), which sorts the slices along the slice normal and builds the LPS geometry;
+we only convert its ``Volume`` to a SimpleITK image.
 Every position and direction here is LPS millimetres, as DICOM stores them.
 """
 
@@ -283,22 +284,48 @@ def volume_to_image(volume) -> sitk.Image:
     return image
 
 
+def _pixel_spacing(ds: pydicom.Dataset, frame: int) -> tuple[float, float]:
+    """PixelSpacing (row spacing, column spacing; mm) of a frame of an enhanced multi-frame image."""
+    groups = [ds.PerFrameFunctionalGroupsSequence[frame - 1], *ds.get("SharedFunctionalGroupsSequence", [])]
+    for group in groups:
+        if "PixelMeasuresSequence" in group and "PixelSpacing" in group.PixelMeasuresSequence[0]:
+            return tuple(map(float, group.PixelMeasuresSequence[0].PixelSpacing))
+    raise ValueError("no PixelSpacing in the functional groups")
+
+
+def _multiframe_volume(phase: Phase):
+    """A highdicom ``Volume`` of a phase made of frames of multi-frame files (a whole file, or the frames of
+    one temporal position), placed by highdicom's spatial sorting."""
+    import highdicom as hd
+
+    datasets = {p: read_dataset(p) for p in sorted({f.path for f in phase.frames})}
+    images = {p: hd.Image.from_dataset(ds) for p, ds in datasets.items()}
+    orientation = phase.frames[0].orientation
+    spacing, index = hd.spatial.get_volume_positions([f.position for f in phase.frames], orientation)
+    if spacing is None:
+        raise ValueError("the frames are not regularly spaced slices of one volume")
+    ordered = [phase.frames[i] for i in np.argsort(index)]
+    array = np.stack([images[f.path].get_frame(f.frame, dtype=np.float32) for f in ordered])
+    first = ordered[0]
+    return hd.Volume.from_attributes(
+        array=array, image_position=first.position, image_orientation=orientation,
+        pixel_spacing=_pixel_spacing(datasets[first.path], first.frame), spacing_between_slices=spacing,
+        coordinate_system="PATIENT")
+
+
 def read_phase(phase: Phase) -> sitk.Image:
     """Read one phase as a float32 SimpleITK image in LPS (modality rescale applied)."""
     import highdicom as hd
 
     source = f"series {phase.series.number} '{phase.series.description}'"
-    paths = sorted({f.path for f in phase.frames})
     try:
         if phase.frames[0].frame is not None:
-            if len(paths) > 1 or len(phase.series.phases) > 1:
-                raise InputError(source, "multi-phase enhanced multi-frame MR is not supported; export one "
-                                 "file per phase")
-            volume = hd.Image.from_dataset(read_dataset(paths[0])).get_volume(dtype=np.float32)
+            volume = _multiframe_volume(phase)
         else:
-            volume = hd.get_volume_from_series([read_dataset(p) for p in paths], dtype=np.float32)
+            volume = hd.get_volume_from_series([read_dataset(p) for p in sorted({f.path for f in phase.frames})],
+                                               dtype=np.float32)
         image = volume_to_image(volume)
-    except (ValueError, RuntimeError) as err:
+    except (ValueError, RuntimeError, AttributeError) as err:
         raise InputError(source, f"cannot be read as one regular 3D volume ({str(err)[:160]})") from None
     return check_image(image, source)
 

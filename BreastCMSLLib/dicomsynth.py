@@ -48,7 +48,7 @@ class SeriesSpec:
     temporal_tags: bool = False  # write TemporalPositionIdentifier, NumberOfTemporalPositions, TriggerTime
     one_acquisition_time: bool = False  # every phase gets the first AcquisitionTime (TriggerTime orders)
     gzip: bool = False
-    enhanced: bool = False  # one Legacy Converted Enhanced MR file per phase (highdicom)
+    enhanced: bool = False  # one Legacy Converted Enhanced MR file holding every phase (highdicom)
     reverse_instances: bool = False  # InstanceNumber runs against the slice position
     folder: str = ""  # sub-folder of the study folder
     file_name: str = "IM{n:04d}.dcm"
@@ -104,6 +104,7 @@ def _slice_datasets(spec: SeriesSpec, number: int, study: dict) -> list[list[pyd
             ds.ScanningSequence, ds.SequenceVariant, ds.MRAcquisitionType = "GR", "SP", "3D"
             ds.ImageLaterality = "B"  # bilateral breast exam
             ds.RepetitionTime, ds.EchoTime, ds.FlipAngle, ds.MagneticFieldStrength = 4.5, 1.8, 10, 1.5
+            ds.AcquisitionDate = ds.ContentDate = study["StudyDate"]
             ds.AcquisitionTime = _tm(spec.times_s[0 if spec.one_acquisition_time else p])
             ds.ContentTime = _tm(spec.times_s[p] + 0.01 * k)
             if spec.temporal_tags:
@@ -159,10 +160,9 @@ def write_series(spec: SeriesSpec, number: int, study_dir: str | Path, study: di
     phases = _slice_datasets(spec, number, study)
     written = []
     if spec.enhanced:
-        for p, slices in enumerate(phases, start=1):
-            ds = LegacyConvertedEnhancedMRImage(slices, spec.uid, number, generate_uid(), p)
-            written.append(_save(ds, folder / spec.file_name.format(n=p), spec.gzip))
-        return written
+        ds = LegacyConvertedEnhancedMRImage([d for phase in phases for d in phase], spec.uid, number,
+                                            generate_uid(), 1)
+        return [_save(ds, folder / spec.file_name.format(n=1), spec.gzip)]
     for ds in (d for phase in phases for d in phase):
         written.append(_save(ds, folder / spec.file_name.format(n=int(ds.InstanceNumber)), spec.gzip))
     return written

@@ -95,6 +95,20 @@ def test_scan_tags_and_phase_split(studies, phantom, tmp_path):
     assert series.split_by == "acquisition_time" and [p.time_s - 28800 for p in series.phases] == [60, 135, 210]
     assert sitk.GetArrayFromImage(read_phase(series.phases[2])).tolist() == sitk.GetArrayFromImage(
         sitk.Cast(images["post_2"], sitk.sitkFloat32)).tolist()
+    # all dynamic phases in one enhanced multi-frame file (as Philips exports them)
+    enhanced = tmp_path / "enhanced"
+    dicomsynth.write_specs(enhanced, [
+        dicomsynth.SeriesSpec("T1W_TSE_tra", [images["t1"]], [0.0]),
+        dicomsynth.SeriesSpec("Dyn_eTHRIVE", [images[p] for p in ("pre", *POSTS)],
+                              [60.0 + 75.0 * i for i in range(7)], enhanced=True)])
+    assignment = assign_roles(scan_study(enhanced), n_channels=6)
+    assert [(e.role, e.phase.series.number, e.phase.index) for e in assignment.entries] == [
+        ("t1", 100, 1), ("pre", 200, 1), *[(f"post_{k}", 200, k + 1) for k in range(1, 7)]]
+    assert assignment.entries[1].phase.series.split_by == "acquisition_time"
+    post_2 = read_phase(assignment.entries[3].phase)
+    np.testing.assert_allclose(post_2.GetOrigin(), images["post_2"].GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(post_2.GetDirection(), images["post_2"].GetDirection(), atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(post_2), sitk.GetArrayFromImage(images["post_2"]))
     philips = {s.number: s for s in scan_study(studies["philips"])}
     assert philips[200].image_type[:3] == ("DERIVED", "PRIMARY", "SUBTRACTION")
     assert all(f.path.name.endswith(".dcm.gz") for f in philips[200].phases[0].frames)
