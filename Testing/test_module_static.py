@@ -43,6 +43,13 @@ def test_module_script_compiles_and_defines_the_template_classes():
     assert "ScriptedLoadableModuleTest" in bases["BreastCMSLTest"]
     decorators = {ast.unparse(d) for d in classes["BreastCMSLParameterNode"].decorator_list}
     assert decorators == {"parameterNodeWrapper"}
+    module_init = ast.unparse(classes["BreastCMSL"])
+    for needle in ("self.parent.title", "self.parent.categories", "self.parent.contributors", "self.parent.helpText",
+                   "PAPER"):
+        assert needle in module_init
+    paper = next(ast.literal_eval(n.value) for n in tree.body
+                 if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "PAPER")
+    assert "Luo" in paper and "MICCAI 2019" in paper
 
 
 def test_ui_parses_and_every_self_ui_name_exists():
