@@ -512,7 +512,11 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         p = self._parameterNode
         reference = self.pendingReference
-        result = mrml.load_result_folder(slicer.mrmlScene, work / "out", reference.GetName())
+        try:
+            result = mrml.load_result_folder(slicer.mrmlScene, work / "out", reference.GetName())
+        except InputError as err:
+            self.setInputStatus(str(err), error=True)
+            return
         p.referenceVolume = reference
         p.resultJson = json.dumps(result)
         self.showResult()
