@@ -5,7 +5,7 @@ without patient data. Styles (series descriptions and tags modelled on typical e
 
 - ``siemens``: non-fat-suppressed ``t1_fl3d_tra_nonFS``; one series per dynamic phase, all called
   ``t1_fl3d_tra_dynaVIEWS_spair`` (ScanOptions ``FS``), told apart only by AcquisitionTime; plus the
-  scanner's subtraction series (ImageType ``...\\SUB``).
+  scanner's subtraction series (ImageType ``...\\SUB``) and a MIP of the first one.
 - ``ge``: ``Ax T1 FSE`` (no fat suppression; FSE is not FS) and ONE multi-phase series
   ``Ax Vibrant MultiPhase`` holding pre and all post phases (TemporalPositionIdentifier, TriggerTime).
 - ``philips``: ``T1W_TSE_tra`` and only scanner subtractions, one gzip-compressed series per phase
@@ -179,7 +179,9 @@ def style_series(style: str, t1: sitk.Image, pre: sitk.Image, posts: list[sitk.I
         return [SeriesSpec("t1_fl3d_tra_nonFS", [t1], [0.0]),
                 *[SeriesSpec(dyn, [v], [t], scan_options="FS") for v, t in zip([pre, *posts], times, strict=True)],
                 *[SeriesSpec(f"{dyn}_SUB", [s], [t], image_type=("DERIVED", "PRIMARY", "M", "ND", "SUB"))
-                  for s, t in zip(subs, times[1:], strict=True)]]
+                  for s, t in zip(subs, times[1:], strict=True)],
+                SeriesSpec(f"{dyn}_SUB_MIP_TRA", [subs[0]], [times[1]],
+                           image_type=("DERIVED", "PRIMARY", "MIP_TRA", "SUB"))]
     if style == "ge":
         return [SeriesSpec("Ax T1 FSE", [t1], [0.0], scan_options="FAST_GEMS\\EDR_GEMS"),
                 SeriesSpec("Ax Vibrant MultiPhase", [pre, *posts], times, scan_options="FAST_GEMS\\EDR_GEMS\\FS",

@@ -3,10 +3,11 @@ are pre- and post-contrast (in time order), or which are the scanner's subtracti
 
 Rules (each assigned role carries a confidence and the reason):
 
-1. Series are sorted into candidate pools by header facts: subtraction (ImageType SUB/SUBTRACT/
+1. Series are sorted into candidate pools by header facts: excluded first (localizers, T2, diffusion,
+   MIPs and reformats by ImageType or description), subtraction (ImageType SUB/SUBTRACT/
    SUBTRACTION or a ``sub`` description), non-fat-suppressed T1 (one phase, ``t1`` or ``non fs``
    wording, no fat-suppression hint in ScanOptions or the description, no dynamic wording), dynamic
-   (several phases, or dynamic/pre/post wording). Localizers, T2, diffusion, MIPs are excluded.
+   (several phases, or dynamic/pre/post wording).
 2. T1: exactly one candidate, else an error listing the candidates.
 3. Dynamic phases must share one slice orientation, else an error listing them by plane.
    Pre-contrast: the one phase whose description says pre-contrast; if none does, the earliest
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # preprocess pulls in torch; ``roles`` alone stays light
     from .preprocess import CaseInputs
 
 SUBTRACTION_IMAGE_TYPES = frozenset({"SUB", "SUBTRACT", "SUBTRACTION"})
-EXCLUDED_IMAGE_TYPES = frozenset({"MIP", "PROJECTION IMAGE", "LOCALIZER", "MPR", "REFORMATTED"})
+EXCLUDED_IMAGE_TYPES = ("MIP", "PROJECTION", "LOCALIZER", "MPR", "REFORMATTED")  # ImageType value prefixes
 ROLE_KEYS = ("t1", "pre", "post", "sub")
 
 
@@ -155,10 +156,10 @@ class _Pools:
 
     def _pool(self, s: Series) -> list | None:
         p, d = self.patterns, s.description
+        if any(v.startswith(EXCLUDED_IMAGE_TYPES) for v in s.image_type) or p.match("exclude", d):
+            return None  # before subtractions: a MIP of a subtraction is no subtraction volume
         if SUBTRACTION_IMAGE_TYPES & set(s.image_type) or p.match("subtraction", d):
             return self.subtractions
-        if EXCLUDED_IMAGE_TYPES & set(s.image_type) or p.match("exclude", d):
-            return None
         dynamic_words = p.match("dynamic", d) or p.match("pre", d) or p.match("post", d)
         if len(s.phases) > 1 or dynamic_words:
             return self.dynamic
