@@ -506,9 +506,10 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onAnalyzeFinished(self, returnCode: int, work: Path) -> None:
         if returnCode != 0:
-            lines = [line for line in self.ui.logTextEdit.toPlainText().splitlines() if line.strip()]
-            message = lines[-1] if returnCode == 2 and lines else "Analyze failed; see the log."
-            self.setInputStatus(message, error=True)
+            prefix = "breastcmsl analyze: error: "  # the CLI's one-line message for a user mistake (exit 2)
+            errors = [line for line in self.ui.logTextEdit.toPlainText().splitlines() if line.startswith(prefix)]
+            self.setInputStatus(errors[-1][len(prefix):] if errors else
+                                f"Analyze failed (exit code {returnCode}); see the log.", error=True)
             return
         p = self._parameterNode
         reference = self.pendingReference
@@ -517,11 +518,22 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except InputError as err:
             self.setInputStatus(str(err), error=True)
             return
-        p.referenceVolume = reference
+        p.referenceVolume = self.displayedReference(reference)
         p.resultJson = json.dumps(result)
         self.showResult()
 
     # ---- results
+
+    def displayedReference(self, reference):
+        """The node to show the maps over: the reference itself, or for a Sequence its browser's proxy node
+        (the frames live in the Sequence, not in the scene)."""
+        p = self._parameterNode
+        if p.inputMode != "sequence":
+            return reference
+        for browser in slicer.util.getNodesByClass("vtkMRMLSequenceBrowserNode"):
+            if browser.IsSynchronizedSequenceNode(p.phaseSequence, True):
+                return browser.GetProxyNode(p.phaseSequence)
+        return None
 
     def result(self) -> dict | None:
         p = self._parameterNode
