@@ -42,6 +42,13 @@ def augment_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + index) % (2**32)
 
 
+def device_index(index: Sequence[int], device: torch.device) -> torch.Tensor:
+    """A long tensor of ``index`` on ``device``, copied asynchronously (pinned), so that the host never
+    waits for the GPU to drain its queue (a plain host-to-device copy would synchronize every step)."""
+    cpu = torch.tensor(list(index), dtype=torch.long)
+    return cpu.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else cpu
+
+
 class VolumeSource:
     """The volumes of one split as uint8 (C, I, J, K) on ``device``: resident, or streamed via pinned memory."""
 
@@ -49,6 +56,7 @@ class VolumeSource:
         self.cache, self.cases, self.device = cache, list(cases), device
         self.labels = torch.tensor([c.label for c in self.cases], dtype=torch.long)
         self.birads = torch.tensor([-100 if c.birads is None else c.birads for c in self.cases], dtype=torch.long)
+        self.labels_dev, self.birads_dev = self.labels.to(device), self.birads.to(device)
         arrays = [cache.load(c.subject_id) for c in self.cases]
         self.shape = tuple(arrays[0].shape) if arrays else None
         total = sum(a.nbytes for a in arrays)
@@ -65,17 +73,17 @@ class VolumeSource:
         return len(self.cases)
 
     def gather(self, index: Sequence[int]) -> torch.Tensor:
-        """uint8 (B, C, I, J, K) of the given case indices on the device (host read if not resident)."""
+        """uint8 (B, C, I, J, K) of the given case indices: on the device when resident, else in (pinned)
+        host memory, copied to the device asynchronously by :func:`Training.inference.prepare`."""
         if self.resident is not None:
-            return self.resident[torch.as_tensor(list(index), device=self.device)]
-        pin = self.device.type == "cuda"
-        host = torch.empty((len(index), *self.shape), dtype=torch.uint8, pin_memory=pin)
+            return self.resident[device_index(index, self.device)]
+        host = torch.empty((len(index), *self.shape), dtype=torch.uint8, pin_memory=self.device.type == "cuda")
         for n, i in enumerate(index):
             host[n].numpy()[...] = self.arrays[i]
-        return host.to(self.device, non_blocking=pin)
+        return host
 
     def batches(self, order: Sequence[Sequence[int]], prefetch: int = 2) -> Iterator[tuple[list[int], torch.Tensor]]:
-        """Yield (indices, uint8 batch) for each index list of ``order``; a thread reads ahead."""
+        """Yield (indices, uint8 batch) for each index list of ``order``; a thread reads host batches ahead."""
         if self.resident is not None:
             for idx in order:
                 yield list(idx), self.gather(idx)

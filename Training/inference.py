@@ -11,27 +11,34 @@ from torch import nn
 
 from BreastCMSLLib.config import ModelConfig
 
+from . import fastconv
 from .data import Augment, VolumeSource, augment_seed, to_input
 from .distributed import Dist, gather_objects
 from .methods import MethodConfig, Scores, forward
 
 
-def prepare(batch_u8: torch.Tensor, device: torch.device, pad_to: int = 0, augment: Augment | None = None,
+def prepare(batch_u8: torch.Tensor, device: torch.device, conv1: str = "none", augment: Augment | None = None,
             seed: int = 0, epoch: int = 0, index: Sequence[int] = ()) -> torch.Tensor:
-    """uint8 batch -> network input: augmented (when ``augment``), zero-padded to ``pad_to`` channels.
+    """uint8 batch (host or device) -> network input on ``device``: augmented (when ``augment``), laid out
+    for the conv1 rewrite ``conv1`` (:mod:`Training.fastconv`).
 
-    On CUDA the input is bf16 in channels_last_3d (what autocast would feed conv1 anyway), written
-    straight into one preallocated buffer; on CPU it is float32, contiguous.
+    On CUDA the input is bf16 (what autocast feeds conv1 anyway) in channels_last_3d, written straight
+    into one preallocated buffer; on CPU it is float32, contiguous.
     """
     cuda = device.type == "cuda"
-    x = to_input(batch_u8, torch.bfloat16 if cuda else torch.float32)
+    x = to_input(batch_u8.to(device, non_blocking=True), torch.bfloat16 if cuda else torch.float32)
+    if augment is None and conv1 == "none" and not cuda:
+        return x
     b, c, *grid = x.shape
-    out = torch.empty((b, max(c, pad_to), *grid), dtype=x.dtype, device=x.device,
-                      memory_format=torch.channels_last_3d if cuda else torch.contiguous_format)
-    out[:, c:].zero_()
+    layout = torch.channels_last_3d if cuda and conv1 != "s2d" else torch.contiguous_format
+    buf = torch.empty(fastconv.buffer_shape(conv1, b, c, tuple(grid)), dtype=x.dtype, device=device,
+                      memory_format=layout)
+    if buf.shape != x.shape:
+        buf.zero_()
+    inner = fastconv.interior(conv1, c, tuple(grid))
     for n in range(b):
-        out[n, :c].copy_(x[n] if augment is None else augment(x[n], augment_seed(seed, epoch, index[n])))
-    return out
+        buf[n][inner].copy_(x[n] if augment is None else augment(x[n], augment_seed(seed, epoch, index[n])))
+    return fastconv.finish(buf, conv1)
 
 
 def run_forward(method: MethodConfig, cfg: ModelConfig, model: nn.Module, x: torch.Tensor, label: torch.Tensor,
@@ -43,7 +50,7 @@ def run_forward(method: MethodConfig, cfg: ModelConfig, model: nn.Module, x: tor
 
 @torch.no_grad()
 def predict(method: MethodConfig, cfg: ModelConfig, model: nn.Module, source: VolumeSource, batch_size: int,
-            dist: Dist | None = None, pad_to: int = 0) -> dict[str, np.ndarray]:
+            dist: Dist | None = None, conv1: str = "none") -> dict[str, np.ndarray]:
     """Probability, cos(theta) (NaN for non-angular methods), per-case loss and label of every case of
     ``source``, in its order; each rank predicts every world-th case and the results are gathered."""
     dist = dist or Dist()
@@ -51,7 +58,7 @@ def predict(method: MethodConfig, cfg: ModelConfig, model: nn.Module, source: Vo
     mine = list(range(dist.rank, len(source), dist.world))
     out: dict[int, tuple[float, float, float]] = {}
     for idx, batch in source.batches([mine[n:n + batch_size] for n in range(0, len(mine), batch_size)]):
-        x = prepare(batch, source.device, pad_to)
+        x = prepare(batch, source.device, conv1)
         label, birads = source.labels[idx], source.birads[idx]
         for n, i in enumerate(idx):  # per-case loss: the loss of a batch of one (eval mode: no batch coupling)
             loss, scores = run_forward(method, cfg, model, x[n:n + 1], label[n:n + 1], birads[n:n + 1])

@@ -91,7 +91,7 @@ def forward(method: MethodConfig, cfg: ModelConfig, model: nn.Module, x: torch.T
         loss = bce_loss(out.logit, y)
     if method.name == "dkmt":
         aux = F.cross_entropy(out.aux_logits.float(), birads, ignore_index=-100, reduction="sum")
-        loss = loss + method.aux_weight * aux / max(1, int((birads >= 0).sum()))
+        loss = loss + method.aux_weight * aux / (birads >= 0).sum().clamp(min=1)  # no host sync
     if cfg.angular:
         return loss, Scores(torch.sigmoid(cfg.s * out.cos_theta), out.cos_theta.detach())
     return loss, Scores(torch.sigmoid(out.logit), None)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -28,11 +27,11 @@ from BreastCMSLLib.config import ModelConfig
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.modelfile import read_model_metadata, save_model
 
-from . import distributed
+from . import distributed, fastconv
 from .atomic import atomic_write_text
 from .cache import Cache, open_cache
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .data import Augment, VolumeSource
+from .data import Augment, VolumeSource, device_index
 from .inference import predict, prepare, run_forward
 from .methods import MethodConfig, build_network, model_config
 from .metrics import safe_auc
@@ -60,32 +59,13 @@ class FitConfig:
     resident_gb: float = 8.0  # keep a split on the device when it needs at most this many GB
     sparsity: float = 0.1
     aux_weight: float = 0.5
-    pad_channels: int = 8  # CUDA: zero-pad conv1's input channels to this multiple (exact; tensor cores)
+    conv1: str = "s2d"  # CUDA: exact conv1 rewrite for tensor cores, "s2d", "pad" or "none" (Training.fastconv)
 
 
 def run_files(out: str | Path) -> dict[str, Path]:
     out = Path(out)
     return {"run": out / "run.json", "checkpoint": out / "checkpoint.pt", "best": out / "model_best.safetensors",
             "last": out / "model_last.safetensors", "log": out / "log.csv", "tb": out / "tb"}
-
-
-class PaddedConv(nn.Module):
-    """A conv that accepts inputs zero-padded to more channels than its weight has (exact result).
-
-    Zero input channels contribute nothing, so padding the weight with zeros to the same channel count
-    gives the same output while the convolution runs with a tensor-core-friendly channel count. The
-    parameter itself keeps its shape, so state dicts and model files are unchanged.
-    """
-
-    def __init__(self, conv: nn.Conv3d):
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.conv.weight
-        if x.shape[1] > w.shape[1]:
-            w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, x.shape[1] - w.shape[1]))
-        return F.conv3d(x, w, self.conv.bias, self.conv.stride, self.conv.padding, self.conv.dilation)
 
 
 def load_init(model: nn.Module, source: str) -> list[str]:
@@ -112,7 +92,7 @@ def weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     net = unwrap(model)
-    if isinstance(net.backbone.conv1, PaddedConv):
+    if isinstance(getattr(getattr(net, "backbone", None), "conv1", None), fastconv.FastConv1):
         state = {k.replace("backbone.conv1.", "backbone.conv1.conv."): v for k, v in state.items()}
     net.load_state_dict(state)
 
@@ -142,10 +122,8 @@ class Trainer:
         if self.cfg.angular:  # cos(theta) does not involve the head's bias: freeze it (DDP needs every
             net.head.bias.requires_grad_(False)  # trainable parameter to get a gradient)
         cuda = self.device.type == "cuda"
-        self.pad_to = 0
-        if cuda and fit.pad_channels and hasattr(net, "backbone") and isinstance(net.backbone.conv1, nn.Conv3d):
-            net.backbone.conv1 = PaddedConv(net.backbone.conv1)
-            self.pad_to = math.ceil(channels / fit.pad_channels) * fit.pad_channels
+        torch.backends.cudnn.benchmark = cuda  # fixed input size: let cuDNN pick its fastest 3D kernels
+        self.conv1 = fit.conv1 if cuda and fastconv.install(net, fit.conv1) else "none"
         net.to(self.device)
         if cuda:
             net.to(memory_format=torch.channels_last_3d)
@@ -209,12 +187,44 @@ class Trainer:
         per_rank = self.fit.batch_size // self.dist.world
         return [idx[n:n + per_rank] for n in range(0, len(idx) - per_rank + 1, per_rank)]
 
-    def train_step(self, batch_u8: torch.Tensor, index: list[int], epoch: int) -> torch.Tensor:
-        """One optimizer step on a uint8 batch of train-split indices; returns the (detached) loss."""
+    def prepared(self, order: list[list[int]], epoch: int):
+        """Yield (indices, augmented network input) for each batch of ``order``.
+
+        On CUDA, batch t + 1 is gathered and augmented on a side stream while the model step of batch t
+        runs on the main stream (the data path overlaps the compute instead of adding to it).
+        """
+        def make(idx, batch):
+            return prepare(batch, self.device, self.conv1, self.augment, self.fit.seed, epoch, idx)
+
+        if self.device.type != "cuda":
+            for idx, batch in self.train_data.batches(order):
+                yield idx, make(idx, batch)
+            return
+        main, side = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
+        side.wait_stream(main)
+        batches, pending = iter(self.train_data.batches(order)), None
+        while True:
+            with torch.cuda.stream(side):  # the generator's gather runs here too
+                item = next(batches, None)
+                ready = None
+                if item is not None:
+                    ready = (item[0], make(*item), torch.cuda.Event())
+                    ready[2].record(side)
+            if pending is not None:
+                idx, x, event = pending
+                main.wait_event(event)
+                x.record_stream(main)  # allocated on the side stream, consumed on main
+                yield idx, x
+            if ready is None:
+                return
+            pending = ready
+
+    def train_step(self, x: torch.Tensor, index: list[int]) -> torch.Tensor:
+        """One optimizer step on a prepared input of train-split indices; returns the (detached) loss."""
         self.model.train()
-        x = prepare(batch_u8, self.device, self.pad_to, self.augment, self.fit.seed, epoch, index)
-        loss, _ = run_forward(self.method, self.cfg, self.model, x, self.train_data.labels[index],
-                              self.train_data.birads[index])
+        dev_index = device_index(index, self.device)
+        loss, _ = run_forward(self.method, self.cfg, self.model, x, self.train_data.labels_dev[dev_index],
+                              self.train_data.birads_dev[dev_index])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -222,7 +232,7 @@ class Trainer:
 
     def predict(self, source: VolumeSource) -> dict[str, np.ndarray]:
         return predict(self.method, self.cfg, unwrap(self.model), source,
-                       max(1, self.fit.batch_size // self.dist.world), self.dist, self.pad_to)
+                       max(1, self.fit.batch_size // self.dist.world), self.dist, self.conv1)
 
     # -- loop ----------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -237,8 +247,8 @@ class Trainer:
             epoch, t0 = st["epoch"], time.perf_counter()
             order = self._epoch_order(epoch)
             losses = []
-            for idx, batch in self.train_data.batches(order[st["step"]:]):
-                losses.append(self.train_step(batch, idx, epoch))
+            for idx, x in self.prepared(order[st["step"]:], epoch):
+                losses.append(self.train_step(x, idx))
                 st["step"] += 1
                 st["global_step"] += 1
                 if fit.checkpoint_every and st["global_step"] % fit.checkpoint_every == 0:
