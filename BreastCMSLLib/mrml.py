@@ -413,6 +413,8 @@ def centre_distances(scene, result: dict, centre_markups_node, table_node=None) 
     if table_node is None:
         table_node = _new_table(scene)
     table = table_node.GetTable()
+    if any(table.GetColumnByName(name) is None for name in TABLE_COLUMNS):
+        raise InputError(table_node.GetName(), f"is not a BreastCMSL evaluation table (columns {TABLE_COLUMNS})")
     row = {"case": result["case"], "probability": float(result["probability"]), "COAM mm": coam_mm,
            "CAM mm": cam_mm}
     table.GetColumnByName("case").InsertNextValue(row["case"])

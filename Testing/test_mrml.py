@@ -313,6 +313,11 @@ def test_centre_distances_against_numpy_and_csv(case, analyzed, tmp_path):
     with pytest.raises(InputError, match="no centre: has no control point"):
         mrml.centre_distances(scene, result, empty, table)
     assert table.GetNumberOfRows() == 2
+    other = slicer.vtkMRMLTableNode()
+    other.SetName("some table")
+    scene.AddNode(other)
+    with pytest.raises(InputError, match="some table: is not a BreastCMSL evaluation table"):
+        mrml.centre_distances(scene, result, markups, other)
 
 
 def test_check_inputs_reports_before_running(case, tmp_path):
