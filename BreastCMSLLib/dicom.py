@@ -107,13 +107,13 @@ def _normal(orientation) -> np.ndarray:
 
 
 def _seconds(value) -> float | None:
-    """DICOM TM (HHMMSS.frac) to seconds since midnight."""
-    text = str(value or "").strip()
-    if not text:
+    """DICOM TM (HHMMSS.frac, a DT's time part may carry a +/-HHMM offset) to seconds since midnight;
+    None when empty or not a time."""
+    text = str(value or "").strip().split("+")[0].split("-")[0]
+    try:
+        return 3600 * int(text[0:2]) + 60 * int(text[2:4] or 0) + float(text[4:] or 0) if text else None
+    except ValueError:
         return None
-    hh, mm = int(text[0:2]), int(text[2:4] or 0)
-    ss = float(text[4:] or 0)
-    return 3600 * hh + 60 * mm + ss
 
 
 def _strings(value) -> tuple[str, ...]:
