@@ -79,8 +79,9 @@ class Cache:
                 and list(arr.shape) == marker.get("shape") and arr.dtype == DTYPE)
 
     def write_entry(self, case: Case, array: np.ndarray) -> None:
-        """Store one preprocessed case (float (C, I, J, K) in [0, 1]) atomically, marker last."""
-        data = quantize(array)
+        """Store one preprocessed case (float (C, I, J, K) in [0, 1], or already quantized uint8)
+        atomically, marker last."""
+        data = array if array.dtype == DTYPE else quantize(array)
 
         def save(tmp: Path) -> None:
             with open(tmp, "wb") as f:
@@ -204,22 +205,26 @@ def synthetic_cache(root: str | Path, n: int, shape: tuple[int, int, int, int], 
                     cfg: PreprocessConfig | None = None) -> Cache:
     """A cache of random volumes (a bright blob in the malignant half) for benchmarks of the data path.
 
-    Not a phantom: only the array sizes and the labels are meaningful. Splits: 70/15/15 %.
+    Not a phantom: only the array sizes and the labels are meaningful. Splits: 90/5/5 % (at least one
+    val and one test case).
     """
     rng = np.random.default_rng(seed)
     root = Path(root)
     cfg = cfg or PreprocessConfig(input_size=tuple(shape[1:]))
     cases = []
+    held = max(1, round(0.05 * n))  # val and test cases each
     for n_case in range(n):
-        split = "train" if n_case < 0.7 * n else ("val" if n_case < 0.85 * n else "test")
+        split = "train" if n_case < n - 2 * held else ("val" if n_case < n - held else "test")
         cases.append(Case(f"syn{n_case:04d}", n_case % 2, split, root / "no_case_folder", 4 if n_case % 2 else 3))
     cache = create_cache(root, cfg, cases)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape[1:]], indexing="ij"))
+    grid = [np.linspace(-1, 1, s).astype(np.float32) for s in shape[1:]]
     for case in cache.cases:
         if cache.is_done(case.subject_id):
             continue
-        center = rng.uniform(-0.5, 0.5, 3)[:, None, None, None]
-        blob = np.exp(-((grid - center) ** 2).sum(0) / 0.05) * (0.6 if case.label else 0.3)
-        vol = rng.uniform(0, 0.3, shape).astype(np.float32) + blob[None]
-        cache.write_entry(case, np.clip(vol, 0, 1))
+        c = rng.uniform(-0.5, 0.5, 3)
+        blob = np.exp(-((grid[0] - c[0])[:, None, None] ** 2 + (grid[1] - c[1])[None, :, None] ** 2
+                        + (grid[2] - c[2])[None, None, :] ** 2) / 0.05)
+        vol = rng.integers(0, 77, shape, dtype=DTYPE)
+        vol += (blob * (153 if case.label else 77)).astype(DTYPE)[None]
+        cache.write_entry(case, vol)
     return cache

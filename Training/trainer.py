@@ -187,16 +187,16 @@ class Trainer:
         per_rank = self.fit.batch_size // self.dist.world
         return [idx[n:n + per_rank] for n in range(0, len(idx) - per_rank + 1, per_rank)]
 
-    def prepared(self, order: list[list[int]], epoch: int):
+    def prepared(self, order: list[list[int]], epoch: int, overlap: bool = True):
         """Yield (indices, augmented network input) for each batch of ``order``.
 
-        On CUDA, batch t + 1 is gathered and augmented on a side stream while the model step of batch t
-        runs on the main stream (the data path overlaps the compute instead of adding to it).
+        On CUDA (with ``overlap``), batch t + 1 is gathered and augmented on a side stream while the model
+        step of batch t runs on the main stream, so the data path overlaps the compute.
         """
         def make(idx, batch):
             return prepare(batch, self.device, self.conv1, self.augment, self.fit.seed, epoch, idx)
 
-        if self.device.type != "cuda":
+        if self.device.type != "cuda" or not overlap:
             for idx, batch in self.train_data.batches(order):
                 yield idx, make(idx, batch)
             return

@@ -56,14 +56,14 @@ def bare_steps(trainer: Trainer, steps: int) -> float:
     return time.perf_counter() - t0
 
 
-def trainer_steps(trainer: Trainer, steps: int) -> float:
+def trainer_steps(trainer: Trainer, steps: int, overlap: bool = True) -> float:
     """Seconds for ``steps`` steps of the fit loop's data path + train_step (epochs as needed)."""
     done, epoch = 0, 0
     sync(trainer.device)
     t0 = time.perf_counter()
     while done < steps:
         order = trainer._epoch_order(epoch)[: steps - done]
-        for idx, x in trainer.prepared(order, epoch):
+        for idx, x in trainer.prepared(order, epoch, overlap):
             trainer.train_step(x, idx)
             done += 1
         epoch += 1
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--width-factor", type=float, default=1.0)
     ap.add_argument("--method", default="cmsl")
-    ap.add_argument("--cases", type=int, default=0, help="synthetic train cases (default: 4 batches' worth)")
+    ap.add_argument("--cases", type=int, default=0,
+                    help="synthetic train cases (default: steps x batch size, so that one epoch covers a round)")
     ap.add_argument("--cache", type=Path, default=None,
                     help="cache to use; a synthetic one is written there if it has none (default: temporary)")
     ap.add_argument("--resident-gb", type=float, default=40.0, help="device-resident data budget")
@@ -94,9 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bcsl-bench-") as tmp:
         cache = args.cache or Path(tmp) / "cache"
         if not (cache / "cache.json").is_file():
-            n_train = args.cases or 4 * args.batch_size
+            n_train = args.cases or args.steps * args.batch_size
             t0 = time.perf_counter()
-            synthetic_cache(cache, int(n_train / 0.7) + 2, (args.channels, *args.input_size))
+            synthetic_cache(cache, n_train + 2 * max(1, round(0.05 * n_train)), (args.channels, *args.input_size))
             print(f"synthetic cache: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         fit = FitConfig(cache=str(cache), out=str(Path(tmp) / "run"), method=args.method, batch_size=args.batch_size,
                         device=args.device, width_factor=args.width_factor, resident_gb=args.resident_gb,
@@ -106,10 +107,13 @@ def main(argv: list[str] | None = None) -> dict:
         bare_steps(trainer, args.warmup)
         trainer_steps(trainer, args.warmup)
         warm_s = time.perf_counter() - t0
-        bare, whole = [], []
-        for _ in range(args.rounds):  # interleaved rounds: a load change on the machine hits both sides
-            bare.append(args.steps * args.batch_size / bare_steps(trainer, args.steps))
-            whole.append(args.steps * args.batch_size / trainer_steps(trainer, args.steps))
+        bare, whole, serial = [], [], []
+        rate = args.steps * args.batch_size
+        for _ in range(args.rounds):  # interleaved rounds: a load change on the machine hits every kind
+            bare.append(rate / bare_steps(trainer, args.steps))
+            whole.append(rate / trainer_steps(trainer, args.steps))
+            if trainer.device.type == "cuda":
+                serial.append(rate / trainer_steps(trainer, args.steps, overlap=False))
         a, b = statistics.median(bare), statistics.median(whole)
         device = trainer.device
         result = {
@@ -123,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
             "warmup_s": round(warm_s, 2),
             "rounds": args.rounds, "bare_model_vol_per_s": a, "trainer_vol_per_s": b, "ratio_trainer_to_bare": b / a,
             "bare_rounds": bare, "trainer_rounds": whole,
+            "trainer_without_overlap_vol_per_s": statistics.median(serial) if serial else None,
         }
     print(json.dumps(result, indent=1))
     return result
