@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from BreastCMSLLib import cli, mrml
+from BreastCMSLLib import background, cli, mrml
 from BreastCMSLLib.dicomsynth import write_study
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.phantom import synth_case
@@ -388,3 +390,35 @@ def test_assign_by_dicom_maps_the_role_rules_back_to_nodes(tmp_path):
     assert roles == descriptions  # duke style writes t1, pre, 1st, 2nd, 3rd pass in this order
     with pytest.raises(InputError, match="expected 4 post-contrast phases after pre-contrast series 200"):
         mrml.assign_by_dicom([written[d] for d in order], n_channels=4)
+
+
+def test_background_analyze_path_of_the_module(analyzed, case, tmp_path):
+    """What the module's Analyze button does: export the nodes, run the CLI in a background process, load
+    its folder; equal to the in-process analysis. A cancelled run leaves no output and the scene as it was."""
+    scene, t1, series = analyzed["scene"], analyzed["t1"], analyzed["series"]
+    t1_path, series_paths = mrml.export_input_nodes(t1, series, tmp_path / "inputs")
+    for node, path in zip([t1, *series], [t1_path, *series_paths]):
+        np.testing.assert_allclose(mrml.ijk_to_ras_of_image(sitk.ReadImage(str(path))), matrix_of(node), atol=1e-9)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = background.analyze_command(sys.executable, t1_path, series_paths, "phases", case["model"],
+                                         tmp_path / "out", "cpu")
+
+    cancelled = background.BackgroundCommand(command, tmp_path / "cancel.log", env=env, cwd=tmp_path)
+    count = scene.GetNumberOfNodes()
+    cancelled.start()
+    time.sleep(0.5)
+    cancelled.cancel()
+    assert cancelled.cancelled and cancelled.poll() is not None
+    assert not (tmp_path / "out").exists() and scene.GetNumberOfNodes() == count
+
+    job = background.BackgroundCommand(command, tmp_path / "job.log", env=env, cwd=tmp_path)
+    job.start()
+    assert job.wait(300) == 0, job.read_output()
+    loaded = mrml.load_result_folder(scene, tmp_path / "out", "background")
+    result = analyzed["result"]
+    assert loaded["probability"] == pytest.approx(result["probability"], abs=1e-6)
+    np.testing.assert_allclose(loaded["coam_peak_ras"], result["coam_peak_ras"], atol=1e-6)
+    np.testing.assert_allclose(loaded["cam_peak_ras"], result["cam_peak_ras"], atol=1e-6)
+    np.testing.assert_array_equal(
+        slicer.util.arrayFromVolume(scene.GetNodeByID(loaded["node_ids"]["coam_label"])),
+        slicer.util.arrayFromVolume(scene.GetNodeByID(result["node_ids"]["coam_label"])))
