@@ -161,10 +161,25 @@ def crop_window(mask: np.ndarray, size: tuple[int, int, int]) -> tuple[int, int,
     return tuple(start)
 
 
-def resample_onto(image: sitk.Image, grid: sitk.Image, interpolator: int = sitk.sitkLinear) -> sitk.Image:
-    """``image`` on ``grid``'s geometry (identity transform in LPS, 0 outside), float32 unless nearest."""
-    pixel = sitk.sitkUInt8 if interpolator == sitk.sitkNearestNeighbor else sitk.sitkFloat32
-    return sitk.Resample(image, grid, sitk.Transform(), interpolator, 0.0, pixel)
+def lattice_aligned(image: sitk.Image, grid: sitk.Image) -> bool:
+    """True when every voxel centre of ``grid`` is a voxel centre of ``image`` (same spacing and axes up to
+    a permutation and flips, integer offset): resampling is then an exact copy of voxels."""
+    m_image = np.reshape(image.GetDirection(), (3, 3)) * np.array(image.GetSpacing())
+    m_grid = np.reshape(grid.GetDirection(), (3, 3)) * np.array(grid.GetSpacing())
+    a = np.linalg.solve(m_image, m_grid)
+    b = np.linalg.solve(m_image, np.subtract(grid.GetOrigin(), image.GetOrigin()))
+    signed_permutation = np.allclose(np.abs(a).sum(axis=0), 1, atol=1e-6) and np.allclose(np.abs(a).max(axis=0), 1,
+                                                                                         atol=1e-6)
+    return bool(signed_permutation and np.allclose(b, np.round(b), atol=1e-4))
+
+
+def resample_onto(image: sitk.Image, grid: sitk.Image, label: bool = False) -> sitk.Image:
+    """``image`` on ``grid``'s geometry (identity transform in LPS, 0 outside): uint8 nearest for labels,
+    else float32, linear unless the voxel centres coincide (then nearest, the same values, faster)."""
+    if label:
+        return sitk.Resample(image, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8)
+    interpolator = sitk.sitkNearestNeighbor if lattice_aligned(image, grid) else sitk.sitkLinear
+    return sitk.Resample(image, grid, sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32)
 
 
 def preprocess_case(inputs: CaseInputs, cfg: PreprocessConfig) -> Preprocessed:
@@ -190,12 +205,15 @@ def preprocess_case(inputs: CaseInputs, cfg: PreprocessConfig) -> Preprocessed:
     grid.SetSpacing(canon.GetSpacing())
     grid.SetDirection(canon.GetDirection())
     grid.SetOrigin(canon.TransformContinuousIndexToPhysicalPoint([float(s) for s in start]))
-    mask_grid = resample_onto(mask_canon, grid, sitk.sitkNearestNeighbor)
-    valid_image = resample_onto(sitk.Add(geometry_proxy(inputs.reference), 1), grid, sitk.sitkNearestNeighbor)
+    mask_grid = resample_onto(mask_canon, grid, label=True)
+    valid_image = resample_onto(sitk.Add(geometry_proxy(inputs.reference), 1), grid, label=True)
 
-    resampled = [to_ijk(resample_onto(image, grid)) for image in inputs.series]
-    channels = [post - resampled[0] for post in resampled[1:]] if inputs.kind == "phases" else resampled
-    array = np.stack(channels).astype(np.float32, copy=False)
+    channels = [resample_onto(image, grid) for image in inputs.series]
+    if inputs.kind == "phases":
+        channels = [sitk.Subtract(post, channels[0]) for post in channels[1:]]
+    array = np.empty((len(channels), *cfg.input_size), dtype=np.float32)
+    for c, image in enumerate(channels):
+        array[c] = sitk.GetArrayViewFromImage(image).T  # (k, j, i) -> (i, j, k); `image` is alive here
     mask = to_ijk(mask_grid).astype(bool)
     array *= mask
     inside = array[:, mask]
