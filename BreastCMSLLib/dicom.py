@@ -86,15 +86,16 @@ class Series:
     number_of_temporal_positions: int | None
     phases: list[Phase] = field(default_factory=list)
     split_by: str | None = None  # the tag that separated the phases, None for one phase
-
-    @property
-    def orientation(self) -> tuple[float, ...]:
-        return self.phases[0].frames[0].orientation
+    problem: str | None = None  # why the series holds no usable volume (then ``phases`` is empty)
 
     @property
     def plane(self) -> str:
-        """``axial``, ``coronal`` or ``sagittal``: the patient axis closest to the slice normal."""
-        return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(_normal(self.orientation))))]
+        """``axial``, ``coronal`` or ``sagittal``: the patient axis closest to the slice normal
+        (``unknown`` for a series without a usable volume)."""
+        if not self.phases:
+            return "unknown"
+        normal = _normal(self.phases[0].frames[0].orientation)
+        return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
 
     @property
     def n_images(self) -> int:
@@ -176,8 +177,8 @@ def _split_phases(series: Series, frames: list[Frame]) -> list[list[Frame]]:
     if counts == {1}:
         return [frames]
     if len(counts) > 1:
-        raise InputError(series.description or series.uid, f"series {series.number} has {sorted(counts)} "
-                         "images at different slice positions; it cannot be split into phases")
+        raise InputError(series.description or series.uid, f"{sorted(counts)} images at different slice "
+                         "positions; it cannot be split into phases")
     n = counts.pop()
     for key in SPLIT_KEYS:
         values = [getattr(f, key) for f in frames]
@@ -186,8 +187,8 @@ def _split_phases(series: Series, frames: list[Frame]) -> list[list[Frame]]:
         if all(len({getattr(f, key) for f in group}) == n for group in by_position.values()):
             series.split_by = key
             return [[f for f in frames if getattr(f, key) == v] for v in sorted(set(values))]
-    raise InputError(series.description or series.uid, f"series {series.number} holds {n} images per slice "
-                     f"position but none of {', '.join(SPLIT_KEYS)} separates them into phases")
+    raise InputError(series.description or series.uid, f"{n} images per slice position but none of "
+                     f"{', '.join(SPLIT_KEYS)} separates them into phases")
 
 
 def _phase_time(frames: list[Frame], series_start: float | None) -> float | None:
@@ -231,7 +232,8 @@ def scan_files(paths) -> list[Series]:
             continue
         if "SeriesInstanceUID" not in ds or "Rows" not in ds:
             continue
-        if "ImagePositionPatient" not in ds and "PerFrameFunctionalGroupsSequence" not in ds:
+        if "PerFrameFunctionalGroupsSequence" not in ds and not (
+                "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds):
             continue
         headers[str(ds.SeriesInstanceUID)].append((path, ds))
     return sorted((_series_from(uid, files) for uid, files in headers.items()), key=lambda s: (s.number, s.uid))
@@ -247,11 +249,15 @@ def _series_from(uid: str, files: list[tuple[Path, pydicom.Dataset]]) -> Series:
         number_of_temporal_positions=ds.get("NumberOfTemporalPositions"))
     frames = [f for path, d in files for f in _frames_of(d, path)]
     orientations = {tuple(np.round(f.orientation, 3)) for f in frames}
-    if len(orientations) > 1:
-        raise InputError(series.description or uid, f"series {series.number} mixes {len(orientations)} slice "
-                         "orientations")
+    if len(orientations) > 1:  # a 3-plane localizer, say: kept, never a volume
+        series.problem = f"mixes {len(orientations)} slice orientations"
+        return series
+    try:
+        groups = _split_phases(series, frames)
+    except InputError as err:
+        series.problem = err.problem
+        return series
     start = _seconds(ds.get("SeriesTime"))
-    groups = _split_phases(series, frames)
     times = [_phase_time(g, start) for g in groups]
     if len(groups) > 1 and None not in times and len(set(times)) == 1:
         # phases acquired "at once" by the header (common for GE multi-phase): order by trigger time

@@ -7,7 +7,8 @@ without patient data. Styles (series descriptions and tags modelled on typical e
   ``t1_fl3d_tra_dynaVIEWS_spair`` (ScanOptions ``FS``), told apart only by AcquisitionTime; plus the
   scanner's subtraction series (ImageType ``...\\SUB``) and a MIP of the first one.
 - ``ge``: ``Ax T1 FSE`` (no fat suppression; FSE is not FS) and ONE multi-phase series
-  ``Ax Vibrant MultiPhase`` holding pre and all post phases (TemporalPositionIdentifier, TriggerTime).
+  ``Ax Vibrant MultiPhase`` holding pre and all post phases (TemporalPositionIdentifier, TriggerTime),
+  and a ``3-Plane Loc`` localizer (three orientations in one series).
 - ``philips``: ``T1W_TSE_tra`` and only scanner subtractions, one gzip-compressed series per phase
   ``SUB_eTHRIVE`` (ImageType ``DERIVED\\PRIMARY\\SUBTRACTION``), the T1 as an enhanced multi-frame file.
 - ``duke``: the Duke-Breast-Cancer-MRI (TCIA) layout: ``SUBJECT/DATE-NA-MRI BREAST.../N.000000-DESC-xxxxx/
@@ -32,6 +33,9 @@ import SimpleITK as sitk
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+SAGITTAL = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # i -> P, j -> I, k -> L
+CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0)  # i -> L, j -> I, k -> P
 ORDINALS = ("1st", "2nd", "3rd", "4th", "5th", "6th", "7th", "8th", "9th")
 STYLES = ("siemens", "ge", "philips", "duke")
 
@@ -53,6 +57,12 @@ class SeriesSpec:
     folder: str = ""  # sub-folder of the study folder
     file_name: str = "IM{n:04d}.dcm"
     uid: str = field(default_factory=generate_uid)
+
+
+def _with_direction(image: sitk.Image, direction: tuple[float, ...]) -> sitk.Image:
+    out = sitk.Image(image)
+    out.SetDirection(direction)
+    return out
 
 
 def _tm(seconds: float) -> str:
@@ -79,15 +89,15 @@ def _slice_datasets(spec: SeriesSpec, number: int, study: dict) -> list[list[pyd
     hi = max(float(a.max()) for a in arrays)
     integral = all(np.array_equal(a, np.rint(a)) for a in arrays) and hi - lo <= 65535
     slope = 1.0 if integral or hi == lo else (hi - lo) / 65535.0  # integer voxels are stored exactly
-    ref = spec.volumes[0]
-    size, spacing = ref.GetSize(), ref.GetSpacing()
-    direction = np.asarray(ref.GetDirection()).reshape(3, 3)
-    n_slices, n_phases = size[2], len(arrays)
+    n_phases, n_images = len(arrays), sum(v.GetSize()[2] for v in spec.volumes)
     out = []
-    for p, array in enumerate(arrays):
+    for p, (array, ref) in enumerate(zip(arrays, spec.volumes, strict=True)):  # phases may differ in geometry
+        size, spacing = ref.GetSize(), ref.GetSpacing()
+        direction = np.asarray(ref.GetDirection()).reshape(3, 3)
+        first = sum(v.GetSize()[2] for v in spec.volumes[:p])
         stored = np.clip(np.rint((array - lo) / slope), 0, 65535).astype(np.uint16)
         phase = []
-        for k in range(n_slices):
+        for k in range(size[2]):
             ds = pydicom.Dataset()
             ds.update({k_: v for k_, v in study.items() if k_ not in ("Manufacturer",)})
             ds.Manufacturer = study["Manufacturer"]
@@ -118,8 +128,7 @@ def _slice_datasets(spec: SeriesSpec, number: int, study: dict) -> list[list[pyd
             ds.SliceThickness = f"{spacing[2]:.6f}"
             ds.SpacingBetweenSlices = f"{spacing[2]:.6f}"
             ds.SliceLocation = f"{float(np.dot(position, direction[:, 2])):.6f}"
-            index = p * n_slices + k
-            ds.InstanceNumber = (n_phases * n_slices - index) if spec.reverse_instances else index + 1
+            ds.InstanceNumber = (n_images - first - k) if spec.reverse_instances else first + k + 1
             ds.Rows, ds.Columns = size[1], size[0]
             ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
             ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
@@ -183,9 +192,11 @@ def style_series(style: str, t1: sitk.Image, pre: sitk.Image, posts: list[sitk.I
                 SeriesSpec(f"{dyn}_SUB_MIP_TRA", [subs[0]], [times[1]],
                            image_type=("DERIVED", "PRIMARY", "MIP_TRA", "SUB"))]
     if style == "ge":
+        planes = [_with_direction(t1, d) for d in (AXIAL, SAGITTAL, CORONAL)]
         return [SeriesSpec("Ax T1 FSE", [t1], [0.0], scan_options="FAST_GEMS\\EDR_GEMS"),
                 SeriesSpec("Ax Vibrant MultiPhase", [pre, *posts], times, scan_options="FAST_GEMS\\EDR_GEMS\\FS",
-                           temporal_tags=True, one_acquisition_time=True)]
+                           temporal_tags=True, one_acquisition_time=True),
+                SeriesSpec("3-Plane Loc", planes, [-60.0] * 3)]
     if style == "philips":
         return [SeriesSpec("T1W_TSE_tra", [t1], [0.0], enhanced=True, file_name="IM_{n:04d}"),
                 *[SeriesSpec("SUB_eTHRIVE", [s], [t], image_type=("DERIVED", "PRIMARY", "SUBTRACTION", "M"),

@@ -95,7 +95,8 @@ class RoleAssignment:
         return {"kind": self.kind, "roles": [e.as_dict() for e in self.entries],
                 "series": [{"series_uid": s.uid, "series_number": s.number, "description": s.description,
                             "image_type": "\\".join(s.image_type), "scan_options": s.scan_options,
-                            "phases": len(s.phases), "images": s.n_images, "orientation": s.plane}
+                            "phases": len(s.phases), "images": s.n_images, "orientation": s.plane,
+                            "problem": s.problem}
                            for s in self.series]}
 
     def table(self) -> str:
@@ -185,6 +186,8 @@ def _resolve(ident, series: list[Series], source: str) -> list[Phase]:
         raise InputError(source, f"--roles names series {text!r}, which matches {len(hits)} series of the study "
                          f"(series: {known})")
     phases = hits[0].phases
+    if hits[0].problem:
+        raise InputError(source, f"--roles names series {text!r}, which holds no usable volume ({hits[0].problem})")
     if phase:
         if not phase.isdigit() or not 1 <= int(phase) <= len(phases):
             raise InputError(source, f"--roles names phase {text!r}; series {base} has {len(phases)} phase(s)")

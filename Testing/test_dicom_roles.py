@@ -86,6 +86,7 @@ def test_scan_tags_and_phase_split(studies, phantom, tmp_path):
     # GE stores one AcquisitionTime for all phases: trigger time orders them, 75 s apart
     assert np.diff([p.time_s for p in multi.phases]) == pytest.approx([75.0] * 6)
     assert "FS" in multi.scan_options.split("\\") and ge[100].plane == "axial"
+    assert ge[300].problem == "mixes 3 slice orientations" and not ge[300].phases  # the 3-plane localizer
     # a Siemens-like multi-phase series without temporal tags: split by AcquisitionTime
     images = phantom.images
     spec = dicomsynth.SeriesSpec("t1_fl3d_tra_dyn", [images[p] for p in ("pre", "post_1", "post_2")],
@@ -174,7 +175,7 @@ def test_two_pre_candidates_error_then_roles(tmp_path, phantom, capsys):
 
 def _sagittal(image: sitk.Image) -> sitk.Image:
     out = sitk.Image(image)
-    out.SetDirection((0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0))  # i -> P, j -> -S (I), k -> L
+    out.SetDirection(dicomsynth.SAGITTAL)
     return out
 
 
@@ -189,7 +190,7 @@ def test_mixed_orientations_error_then_roles(tmp_path, phantom, capsys):
     assert code == 2
     assert "mix slice orientations" in err
     assert "series 200:1 'Ax Vibrant MultiPhase' (axial" in err
-    assert "series 300:1 'Sag Vibrant MultiPhase' (sagittal" in err
+    assert "series 400:1 'Sag Vibrant MultiPhase' (sagittal" in err
     roles = tmp_path / "roles.json"
     roles.write_text(json.dumps({"pre": "200:1", "post": ["200"]}))
     code, table = roles_json(capsys, study, "--channels", "6", "--roles", roles, "--json")
@@ -197,7 +198,7 @@ def test_mixed_orientations_error_then_roles(tmp_path, phantom, capsys):
     assert [(r["series_number"], r["phase"], r["orientation"]) for r in table["roles"][1:]] == [
         (200, k, "axial") for k in range(1, 8)]
     # naming a sagittal phase next to axial ones is refused in turn
-    roles.write_text(json.dumps({"pre": "300:1", "post": ["200:2", "200:3", "200:4", "200:5", "200:6", "200:7"]}))
+    roles.write_text(json.dumps({"pre": "400:1", "post": ["200:2", "200:3", "200:4", "200:5", "200:6", "200:7"]}))
     code, err = roles_json(capsys, study, "--channels", "6", "--roles", roles)
     assert code == 2 and "mix slice orientations" in err
 
@@ -207,6 +208,9 @@ def test_bad_roles_file(tmp_path, studies, capsys):
     roles.write_text(json.dumps({"post": [4711]}))
     code, err = roles_json(capsys, studies["duke"], "--roles", roles)
     assert code == 2 and "4711" in err and "matches 0 series" in err
+    roles.write_text(json.dumps({"t1": 300}))
+    code, err = roles_json(capsys, studies["ge"], "--roles", roles)
+    assert code == 2 and "'300'" in err and "no usable volume (mixes 3 slice orientations)" in err
     roles.write_text("{not json")
     code, err = roles_json(capsys, studies["duke"], "--roles", roles)
     assert code == 2 and str(roles) in err and "JSON" in err
