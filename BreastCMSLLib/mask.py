@@ -30,52 +30,63 @@ from .config import MaskConfig
 DEFAULT_MASK_CONFIG = MaskConfig()
 
 
+def _slice_labels(mask: np.ndarray, min_pixels: int = 0) -> np.ndarray:
+    """2D connected components (4-connected) of every axial slice of ``mask`` (k, j, i) in one SimpleITK
+    call: empty separator slices between the slices keep 3D face connectivity within each slice.
+    Components smaller than ``min_pixels`` are dropped (label 0)."""
+    stack = np.zeros((2 * mask.shape[0] - 1, *mask.shape[1:]), np.uint8)
+    stack[::2] = mask
+    labels = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(stack)),
+                                   minimumObjectSize=min_pixels)
+    return sitk.GetArrayFromImage(labels)[::2]
+
+
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """2D hole filling: background components that do not touch the slice border become foreground.
-    (SimpleITK's BinaryFillhole gives the same result but is ~10x slower on slices.)"""
-    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray((~mask).astype(np.uint8))))
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    """Slice-wise hole filling: background components that do not touch their slice's border become
+    foreground (SimpleITK's BinaryFillhole gives the same per slice but is ~10x slower on slices)."""
+    labels = _slice_labels(~mask)
+    border = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(),
+                                       labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
     return mask | ~np.isin(labels, border)
 
 
-def _last_true(mask: np.ndarray) -> np.ndarray:
-    """Per column, the largest row index where ``mask`` is true, -1 where it never is."""
-    rows = mask.shape[0]
-    found = mask.any(axis=0)
-    return np.where(found, rows - 1 - mask[::-1].argmax(axis=0), -1)
+def _last_true(mask: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Largest index along ``axis`` where ``mask`` is true, -1 where it never is."""
+    n = mask.shape[axis]
+    return np.where(mask.any(axis=axis), n - 1 - np.flip(mask, axis=axis).argmax(axis=axis), -1)
 
 
-def _chest_wall_limit(vesselness: np.ndarray, edges: np.ndarray, body: np.ndarray, cfg: MaskConfig,
-                      spacing) -> np.ndarray | None:
-    """Posterior limit per column (i) of one slice, in fractional j (None if no column has one).
+def _chest_wall_limit(vesselness: np.ndarray, edges: np.ndarray, tissue: np.ndarray, cfg: MaskConfig,
+                      spacing) -> np.ndarray:
+    """Posterior limit per slice and column, (k, i), in fractional j; NaN for a slice without one.
 
     In each column the chest-wall edge is the last edge run before the thoracic cavity (the first large
-    dark non-body region posterior to the skin, i.e. the lungs); the limit is where the vesselness
+    dark non-tissue region posterior to the skin, i.e. the lungs); the limit is where the vesselness
     reaches ``edge_threshold`` at the anterior end of that run (linear sub-pixel crossing), shifted by
     ``offset_mm``. Columns without one are interpolated, then the limit is median-filtered over
     ``limit_median_mm`` of columns (robust to a broken edge or a fibroglandular strand).
     """
-    rows = np.arange(body.shape[0])[:, None]
-    labels = sitk.GetArrayFromImage(sitk.RelabelComponent(
-        sitk.ConnectedComponent(sitk.GetImageFromArray((~body).astype(np.uint8))),
-        minimumObjectSize=int(np.ceil(cfg.min_cavity_mm2 / (spacing[0] * spacing[1])))))
-    air = np.unique(labels[0])  # the anterior border row is air in a breast exam
-    skin = body.argmax(axis=0)
-    cavity = (labels > 0) & ~np.isin(labels, air) & (rows > skin[None, :])
-    lung = np.where(cavity.any(axis=0), cavity.argmax(axis=0), -1)
-    last = _last_true(edges & (rows < lung[None, :]))
-    start = _last_true(~edges & (rows <= last[None, :])) + 1
-    columns = np.flatnonzero((lung >= 0) & (last >= 0) & (start > 0))
-    if columns.size == 0:
-        return None
-    first = start[columns]
-    v0, v1 = vesselness[first - 1, columns], vesselness[first, columns]
-    crossing = first - np.clip((v1 - cfg.edge_threshold) / np.maximum(v1 - v0, 1e-6), 0, 1)
-    limit = np.interp(np.arange(body.shape[1]), columns, crossing)
+    rows = np.arange(tissue.shape[1])[None, :, None]
+    labels = _slice_labels(~tissue, int(np.ceil(cfg.min_cavity_mm2 / (spacing[0] * spacing[1]))))
+    air = np.unique(labels[:, 0])  # the anterior border row is air in a breast exam
+    skin = tissue.argmax(axis=1)[:, None, :]
+    cavity = (labels > 0) & ~np.isin(labels, air) & (rows > skin)
+    lung = np.where(cavity.any(axis=1), cavity.argmax(axis=1), -1)[:, None, :]
+    last = _last_true(edges & (rows < lung))[:, None, :]
+    start = _last_true(~edges & (rows <= last)) + 1
+    valid = (lung[:, 0] >= 0) & (last[:, 0] >= 0) & (start > 0)
+    first = np.maximum(start, 1)[:, None, :]
+    v0 = np.take_along_axis(vesselness, first - 1, axis=1)[:, 0]
+    v1 = np.take_along_axis(vesselness, first, axis=1)[:, 0]
+    crossing = first[:, 0] - np.clip((v1 - cfg.edge_threshold) / np.maximum(v1 - v0, 1e-6), 0, 1)
+    columns = np.arange(tissue.shape[2])
+    limit = np.full(crossing.shape, np.nan)
+    for k in np.flatnonzero(valid.any(axis=1)):
+        limit[k] = np.interp(columns, columns[valid[k]], crossing[k, valid[k]])
     half = round(cfg.limit_median_mm / spacing[0] / 2)
     if half:
-        windows = np.lib.stride_tricks.sliding_window_view(np.pad(limit, half, mode="edge"), 2 * half + 1)
-        limit = np.median(windows, axis=1)
+        padded = np.pad(limit, ((0, 0), (half, half)), mode="edge")
+        limit = np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1, axis=1), axis=2)
     return limit + cfg.offset_mm / spacing[1]
 
 
@@ -88,25 +99,24 @@ def breast_mask(t1: sitk.Image, cfg: MaskConfig = DEFAULT_MASK_CONFIG) -> sitk.I
     scale = float(np.percentile(sitk.GetArrayViewFromImage(work)[:, ::2, ::2], 99)) or 1.0
     # Scale-normalized Hessian: intensities relative to fat times sigma^2 make gamma dimensionless.
     work = sitk.Cast(work * (cfg.sigma_mm ** 2 / scale), sitk.sitkFloat32)
-    values = sitk.GetArrayViewFromImage(work)
-    body = values > cfg.body_fraction * cfg.sigma_mm ** 2  # outer outline of the region
+    values = sitk.GetArrayFromImage(work)
+    body = _fill_holes(values > cfg.body_fraction * cfg.sigma_mm ** 2)  # outer outline of the region
     tissue = values > cfg.tissue_fraction * cfg.sigma_mm ** 2  # not air, not lung (edges, cavity)
+    smooth = work  # in-plane Gaussian of every slice at once: x then y
+    for axis in (0, 1):
+        smooth = sitk.RecursiveGaussian(smooth, cfg.sigma_mm, False, sitk.RecursiveGaussianImageFilter.ZeroOrder,
+                                        axis)
+    vesselness = np.stack([sitk.GetArrayFromImage(sitk.ObjectnessMeasure(
+        smooth[:, :, k], alpha=cfg.alpha, beta=cfg.beta, gamma=cfg.gamma, scaleObjectnessMeasure=False,
+        objectDimension=1, brightObject=False)) for k in range(work.GetSize()[2])])
     wspacing = work.GetSpacing()
-    rows = np.arange(body.shape[1], dtype=np.float64)[:, None]
-    min_edge_pixels = int(np.ceil(cfg.min_component_mm2 / (wspacing[0] * wspacing[1])))
-    regions = np.zeros(body.shape, np.float32)
-    for k in range(work.GetSize()[2]):
-        smooth = sitk.SmoothingRecursiveGaussian(work[:, :, k], cfg.sigma_mm)
-        vesselness = sitk.GetArrayFromImage(sitk.ObjectnessMeasure(
-            smooth, alpha=cfg.alpha, beta=cfg.beta, gamma=cfg.gamma, scaleObjectnessMeasure=False,
-            objectDimension=1, brightObject=False))
-        edges = sitk.BinaryThreshold(sitk.GetImageFromArray(vesselness), cfg.edge_threshold, 1e30, 1, 0)
-        edges = sitk.RelabelComponent(sitk.ConnectedComponent(edges * sitk.GetImageFromArray(
-            tissue[k].astype(np.uint8))), minimumObjectSize=min_edge_pixels)
-        limit = _chest_wall_limit(vesselness, sitk.GetArrayViewFromImage(edges) > 0, tissue[k], cfg, wspacing)
-        if limit is not None:  # fraction of each voxel (rows j - 0.5 .. j + 0.5) anterior to the limit
-            regions[k] = _fill_holes(body[k]) * np.clip(limit[None, :] - rows + 0.5, 0.0, 1.0)
-    stacked = sitk.GetImageFromArray(regions)
+    edges = _slice_labels((vesselness > cfg.edge_threshold) & tissue,
+                          int(np.ceil(cfg.min_component_mm2 / (wspacing[0] * wspacing[1])))) > 0
+    limit = _chest_wall_limit(vesselness, edges, tissue, cfg, wspacing)
+    rows = np.arange(body.shape[1])[None, :, None]
+    # fraction of each voxel (rows j - 0.5 .. j + 0.5) anterior to the limit; slices without one are empty
+    regions = body * np.clip(np.nan_to_num(limit, nan=-1.0)[:, None, :] - rows + 0.5, 0.0, 1.0)
+    stacked = sitk.GetImageFromArray(regions.astype(np.float32))
     stacked.CopyInformation(work)
     smooth = sitk.SmoothingRecursiveGaussian(stacked, cfg.smooth_sigma_mm)
     resample = sitk.ResampleImageFilter()

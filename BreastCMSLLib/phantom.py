@@ -251,13 +251,13 @@ def _draw(rng: np.random.Generator, difficulty: float, label: int | None, malign
              "rx": rng.uniform(55, 68), "rz": rng.uniform(48, 60), "d": depth * rng.uniform(0.92, 1.08),
              "p": rng.uniform(1.6, 2.2)}
         blobs = []
-        for n_blobs, sig in ((rng.integers(4, 11), (8.0, 15.0)), (rng.integers(6, 17), (3.0, 6.0))):
+        for n_blobs, sig in ((rng.integers(5, 13), (8.0, 16.0)), (rng.integers(10, 31), (2.5, 5.5))):
             for _ in range(int(n_blobs)):
                 rho, phi, hf = math.sqrt(rng.random()) * 0.65, rng.uniform(0, 2 * math.pi), rng.uniform(0.12, 0.8)
                 blobs.append({"rho": rho, "phi": phi, "hf": hf, "sigma": rng.uniform(*sig),
                               "amp": rng.uniform(0.6, 1.0)})
         b["blobs"] = blobs
-        b["threshold"] = rng.uniform(0.35, 0.75)  # density: higher is fattier
+        b["threshold"] = rng.uniform(0.3, 0.8)  # density: higher is fattier
         b["vessels"] = [{"foot": (rng.uniform(-0.7, 0.7), rng.uniform(-0.7, 0.7)), "tip_hf": rng.uniform(0.55, 0.85),
                          "wiggle": rng.normal(0, 6, size=(2, 3)), "radius": rng.uniform(1.0, 2.0)}
                         for _ in range(int(rng.integers(3, 6)))]
