@@ -127,6 +127,20 @@ def _time_key(phase: Phase):
     return (phase.time_s if phase.time_s is not None else np.inf, phase.series.number, phase.index)
 
 
+def fat_suppression(s: Series, patterns: RolePatterns = RolePatterns()) -> tuple[bool | None, str]:
+    """Whether ``s`` is fat-suppressed (True/False, None when nothing says) and the hint that says so:
+    ScanOptions first, then the description."""
+    if re.search(patterns.scan_options_fat_sat, s.scan_options, flags=re.IGNORECASE):
+        return True, f"ScanOptions {s.scan_options}"
+    if patterns.match("non_fat_sat", s.description):
+        return False, "description says not fat-suppressed"
+    if patterns.match("fat_sat", s.description):
+        return True, "description says fat-suppressed"
+    if s.scan_options:
+        return False, f"no fat suppression in ScanOptions {s.scan_options}"
+    return None, ""
+
+
 class _Pools:
     """Candidate phases of a study by header facts."""
 
@@ -139,22 +153,6 @@ class _Pools:
             if pool is not None:
                 pool.extend(s.phases)
 
-    def fat_sat(self, s: Series) -> bool | None:
-        """True/False from ScanOptions or the description, None when nothing says."""
-        if re.search(self.patterns.scan_options_fat_sat, s.scan_options, flags=re.IGNORECASE):
-            self.hints[s.uid] = f"ScanOptions {s.scan_options}"
-            return True
-        if self.patterns.match("non_fat_sat", s.description):
-            self.hints[s.uid] = "description says not fat-suppressed"
-            return False
-        if self.patterns.match("fat_sat", s.description):
-            self.hints[s.uid] = "description says fat-suppressed"
-            return True
-        if s.scan_options:
-            self.hints[s.uid] = f"no fat suppression in ScanOptions {s.scan_options}"
-            return False
-        return None
-
     def _pool(self, s: Series) -> list | None:
         p, d = self.patterns, s.description
         if any(v.startswith(EXCLUDED_IMAGE_TYPES) for v in s.image_type) or p.match("exclude", d):
@@ -164,8 +162,12 @@ class _Pools:
         dynamic_words = p.match("dynamic", d) or p.match("pre", d) or p.match("post", d)
         if len(s.phases) > 1 or dynamic_words:
             return self.dynamic
-        if (p.match("t1", d) or p.match("non_fat_sat", d)) and self.fat_sat(s) is not True:
-            return self.t1
+        if p.match("t1", d) or p.match("non_fat_sat", d):
+            suppressed, hint = fat_suppression(s, p)
+            if suppressed is not True:
+                if hint:
+                    self.hints[s.uid] = hint
+                return self.t1
         return None
 
 

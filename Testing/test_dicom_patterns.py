@@ -1,0 +1,83 @@
+"""Role rules on whole clinical protocols (header facts only, no pixels): T2, DWI, localizers, MIPs and
+the usual Siemens / GE / Philips / Duke wording around the DCE series."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from BreastCMSLLib.dicom import Frame, Phase, Series
+from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.roles import RolePatterns, assign_roles, fat_suppression
+
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def series(number: int, description: str, phases: int = 1, t0: float = 0.0, image_type=("ORIGINAL", "PRIMARY"),
+           scan_options: str = "") -> Series:
+    """A header-only series: ``phases`` phases 60 s apart from ``t0`` s (after 08:00)."""
+    s = Series(f"1.2.3.{number}", number, description, tuple(image_type), scan_options, "", "", None)
+    s.phases = [Phase(s, i, [Frame(Path(f"{number}_{i}"), None, (0.0, 0.0, 0.0), AXIAL, i)], 28800 + t0 + 60 * i)
+                for i in range(1, phases + 1)]
+    return s
+
+
+def roles(protocol: list[Series], n: int = 4) -> list[tuple[str, int, int]]:
+    return [(e.role, e.phase.series.number, e.phase.index) for e in assign_roles(protocol, n_channels=n).entries]
+
+
+def test_siemens_protocol():
+    dyn = "t1_fl3d_tra_dynaVIEWS_spair"
+    protocol = [series(1, "localizer"), series(2, "t2_tse_tra"), series(3, "t2_tirm_tra"),
+                series(4, "ep2d_diff_b50_800_tra"), series(5, "ep2d_diff_b50_800_tra_ADC", image_type=("DERIVED",)),
+                series(6, "t1_fl3d_tra_nonFS"),
+                *[series(7 + i, dyn, t0=100 + 80 * i, scan_options="FS") for i in range(5)],
+                *[series(12 + i, f"{dyn}_SUB", t0=180 + 80 * i, image_type=("DERIVED", "PRIMARY", "SUB"))
+                  for i in range(4)],
+                series(16, f"{dyn}_SUB_MIP_TRA", image_type=("DERIVED", "PRIMARY", "MIP_TRA", "SUB"))]
+    assert roles(protocol) == [("t1", 6, 1), ("pre", 7, 1), *[(f"post_{k}", 7 + k, 1) for k in range(1, 5)]]
+    # without the raw phases the scanner subtractions are used, the MIP never
+    no_raw = [s for s in protocol if s.number not in range(7, 12)]
+    assert roles(no_raw) == [("t1", 6, 1), *[(f"sub_{k}", 11 + k, 1) for k in range(1, 5)]]
+
+
+def test_ge_protocol():
+    protocol = [series(1, "3-Plane Loc"), series(2, "Ax T2 FSE FS", scan_options="FAST_GEMS\\FS"),
+                series(3, "Ax DWI 800"), series(4, "Ax T1 NON FS", scan_options="FAST_GEMS"),
+                series(5, "Ax VIBRANT MPh", phases=5, t0=100, scan_options="FAST_GEMS\\FS"),
+                series(6, "Sag VIBRANT +C delay", t0=900)]
+    table = assign_roles(protocol[:5], n_channels=4)
+    assert [(e.role, e.phase.series.number, e.phase.index) for e in table.entries] == [
+        ("t1", 4, 1), ("pre", 5, 1), *[(f"post_{k}", 5, k + 1) for k in range(1, 5)]]
+    assert table.entries[0].confidence == "high" and "not fat-suppressed" in table.entries[0].reason
+    with pytest.raises(InputError, match=r"expected 4 post-contrast phases .* found 5"):
+        assign_roles(protocol, n_channels=4)  # the delayed series counts as a fifth phase: the user decides
+
+
+def test_philips_and_duke_wording():
+    philips = [series(1, "Survey"), series(2, "T2W_SPAIR"), series(3, "DWI_b0_1000"), series(4, "T1W_TSE"),
+               series(5, "Dyn_eTHRIVE_pre", t0=100), series(6, "Dyn_eTHRIVE_post", phases=4, t0=200)]
+    assert roles(philips) == [("t1", 4, 1), ("pre", 5, 1), *[(f"post_{k}", 6, k) for k in range(1, 5)]]
+    duke = [series(1, "ax t1 tse"), series(2, "ax dyn pre", t0=100),
+            *[series(3 + i, f"ax dyn {o} pass", t0=200 + 80 * i) for i, o in enumerate(["1st", "2nd", "3rd", "4th"])]]
+    assert roles(duke) == [("t1", 1, 1), ("pre", 2, 1), *[(f"post_{k}", 2 + k, 1) for k in range(1, 5)]]
+
+
+def test_ambiguous_t1_and_custom_patterns():
+    protocol = [series(1, "T1W_TSE"), series(2, "t1_fl3d_nonFS_sag"), series(3, "Dyn_eTHRIVE", phases=5, t0=100)]
+    with pytest.raises(InputError, match=r"2 candidates for the non-fat-suppressed T1 \(series 1 'T1W_TSE'.*"
+                                         r"series 2 't1_fl3d_nonFS_sag'"):
+        assign_roles(protocol, n_channels=4)
+    site = RolePatterns(exclude=RolePatterns().exclude + "|_sag")  # a site rule: sagittal T1s are not inputs
+    assert [e.phase.series.number for e in assign_roles(protocol, n_channels=4, patterns=site).entries] == [
+        1, 3, 3, 3, 3, 3]
+
+
+@pytest.mark.parametrize(("description", "scan_options", "expected"), [
+    ("Ax T1 FSE", "", None), ("Ax T1 FSE", "FAST_GEMS\\EDR_GEMS", False), ("T1W_TSE", "", None),
+    ("t1_fl3d_tra_nonFS", "", False), ("Ax T1 NON FS", "", False), ("t1 nfs", "", False),
+    ("T1_SPAIR", "", True), ("t1_fs_tra", "", True), ("T1 FatSat", "", True), ("T1 Dixon_W", "", True),
+    ("t1_fl3d_tra", "PFP\\FS", True), ("Ax T1", "FAST_GEMS\\SAT_GEMS\\FS", True)])
+def test_fat_suppression_hints(description, scan_options, expected):
+    assert fat_suppression(series(1, description, scan_options=scan_options))[0] is expected
