@@ -47,6 +47,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .volumes import VOLUME_SUFFIXES
 
 FOV_MM = (360.0, 232.0, 144.0)  # default field of view (x, y, z), mm
 DEFAULT_SHAPE = (360, 232, 120)  # default grid, voxels (i, j, k): 1.0 x 1.0 x 1.2 mm
@@ -97,6 +98,17 @@ class PhantomCase:
     breast_mask: sitk.Image
     tissue: sitk.Image
     truth: dict = field(default_factory=dict)
+
+    def series(self, inputs: str = "phases") -> dict[str, sitk.Image]:
+        """The input volumes by file stem: t1, pre, post_1..post_6 (``"phases"``) or t1, sub_1..sub_6
+        with sub_k = post_k - pre in int16 (``"subtractions"``)."""
+        if inputs not in ("phases", "subtractions"):
+            raise InputError("--inputs", f"expected 'phases' or 'subtractions', got {inputs!r}")
+        posts = sorted((n for n in self.images if n.startswith("post_")), key=lambda n: int(n[5:]))
+        if inputs == "phases":
+            return {"t1": self.images["t1"], "pre": self.images["pre"], **{n: self.images[n] for n in posts}}
+        pre = self.images["pre"]
+        return {"t1": self.images["t1"], **{f"sub_{n[5:]}": sitk.Subtract(self.images[n], pre) for n in posts}}
 
 
 # ---------------------------------------------------------------------------------------------- grid
@@ -635,8 +647,9 @@ def write_case(case: PhantomCase, out_dir: str | Path, inputs: str = "phases", s
     ``inputs="phases"``: t1, pre, post_1..post_6; ``"subtractions"``: t1, sub_k = post_k - pre (int16).
     Truth: truth/lesion_mask, truth/breast_mask, truth/tissue (labels in case.json).
     """
-    if inputs not in ("phases", "subtractions"):
-        raise InputError("--inputs", f"expected 'phases' or 'subtractions', got {inputs!r}")
+    volumes = case.series(inputs)
+    if suffix not in VOLUME_SUFFIXES or suffix == ".nhdr":
+        raise InputError("suffix", f"expected one of {', '.join(VOLUME_SUFFIXES)} (not .nhdr), got {suffix!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not (out_dir.is_dir() and (overwrite or not any(out_dir.iterdir()))):
         raise InputError(out_dir, "already exists and is not an empty folder")
@@ -644,13 +657,6 @@ def write_case(case: PhantomCase, out_dir: str | Path, inputs: str = "phases", s
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         (tmp / "truth").mkdir()
-        volumes = {"t1": case.images["t1"]}
-        posts = sorted((n for n in case.images if n.startswith("post_")), key=lambda n: int(n[5:]))
-        if inputs == "phases":
-            volumes["pre"] = case.images["pre"]
-            volumes.update((n, case.images[n]) for n in posts)
-        else:
-            volumes.update((f"sub_{n[5:]}", sitk.Subtract(case.images[n], case.images["pre"])) for n in posts)
         volumes.update({"truth/lesion_mask": case.lesion_mask, "truth/breast_mask": case.breast_mask,
                         "truth/tissue": case.tissue})
         for name, image in volumes.items():

@@ -218,6 +218,8 @@ def test_subtraction_files_equal_post_minus_pre(tmp_path, tiny_cases):
     write_case(case, tmp_path / "sub", inputs="subtractions", suffix=".nii.gz")
     files = find_case_files(tmp_path / "sub")
     assert files.kind == "subtractions" and len(files.series) == 6
+    assert list(case.series("subtractions")) == ["t1"] + [f"sub_{k}" for k in range(1, 7)]
+    assert list(case.series("phases")) == SERIES
     assert not (tmp_path / "sub" / "pre.nii.gz").exists()
     pre = arr(case.images["pre"]).astype(np.int32)
     for k, path in enumerate(files.series, start=1):
@@ -265,7 +267,8 @@ def _failing_after(n_ok: int):
 @pytest.mark.parametrize(
     ("kwargs", "source"),
     [({"spacing": (0.0, 1.0, 1.0)}, "--spacing"), ({"shape": (96, 2, 40)}, "--shape"),
-     ({"difficulty": 1.5}, "difficulty"), ({"direction": (1.0, 1.0, 0, 0, 1, 0, 0, 0, 1)}, "direction")],
+     ({"difficulty": 1.5}, "difficulty"), ({"direction": (1.0, 1.0, 0, 0, 1, 0, 0, 0, 1)}, "direction"),
+     ({"inputs": "both"}, "--inputs"), ({"suffix": ".png"}, "suffix")],
 )
 def test_bad_parameters_name_the_parameter(tmp_path, kwargs, source):
     with pytest.raises(InputError) as err:
