@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=None, help="folder for the phantom case and model")
+    parser.add_argument("--warm-only", action="store_true", help="skip (a), the fresh-process comparison")
     args = parser.parse_args()
 
     import torch
@@ -62,7 +63,7 @@ def main() -> None:
         subprocess.run([*cli, "init-model", "--out", str(model)], check=True, capture_output=True)
 
     cold_ours, cold_monai = [], []
-    for r in range(args.repeats):
+    for r in range(0 if args.warm_only else args.repeats):
         cold_ours.append(timed([*cli, "analyze", str(case), "--model", str(model), "--out", str(work / f"out{r}"),
                                 "--device", args.device]))
         cold_monai.append(timed([sys.executable, "-c", MONAI_COLD, args.device]))
@@ -108,9 +109,10 @@ def main() -> None:
         print(f"    MONAI bf16 channels_last forward median {med(bf16) * 1e3:.1f} ms")
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
           f"threads {torch.get_num_threads()}, input 6x{INPUT[0]}x{INPUT[1]}x{INPUT[2]}, repeats {args.repeats}")
-    print(f"(a) cold  analyze process  median {med(cold_ours):7.2f} s   {[round(t, 2) for t in cold_ours]}")
-    print(f"    cold  MONAI process    median {med(cold_monai):7.2f} s   {[round(t, 2) for t in cold_monai]}")
-    print(f"    ratio (a) = {med(cold_ours) / med(cold_monai):.3f}")
+    if cold_ours:
+        print(f"(a) cold  analyze process  median {med(cold_ours):7.2f} s   {[round(t, 2) for t in cold_ours]}")
+        print(f"    cold  MONAI process    median {med(cold_monai):7.2f} s   {[round(t, 2) for t in cold_monai]}")
+        print(f"    ratio (a) = {med(cold_ours) / med(cold_monai):.3f}")
     print(f"(b) warm  analyze inference median {med(warm_ours):7.3f} s   {[round(t, 3) for t in warm_ours]}")
     print(f"    warm  MONAI forward     median {med(warm_monai):7.3f} s   {[round(t, 3) for t in warm_monai]}")
     print(f"    ratio (b) = {med(warm_ours) / med(warm_monai):.3f}")
