@@ -58,12 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labelmaps are 1 where the map >= this fraction of its maximum")
     p.add_argument("--dicom", type=Path, help="DICOM study folder (series roles assigned automatically)")
     p.add_argument("--roles", type=Path, help="with --dicom: ROLES.json overriding roles by series UID or number")
+    p.add_argument("--patterns", type=Path, help="with --dicom: PATTERNS.json replacing role-rule patterns")
     p.add_argument("--dicom-seg", action="store_true", help="with --dicom: also write the COAM labelmap as "
                    "a DICOM Segmentation (coam_seg.dcm) referencing the reference series")
 
     p = sub.add_parser("roles", help="show which series of a DICOM study fill which role")
     p.add_argument("study_dir", type=Path, help="DICOM study folder (searched recursively, .gz included)")
     p.add_argument("--roles", type=Path, help="ROLES.json overriding roles by series UID or number")
+    p.add_argument("--patterns", type=Path, help="PATTERNS.json replacing role-rule patterns (site wording)")
     p.add_argument("--channels", type=int, help="number of subtraction channels the model takes")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
@@ -120,14 +122,14 @@ def cmd_analyze(args) -> dict:
 
     t0 = time.perf_counter()
     loaded = load_model(args.model)
-    if (args.roles or args.dicom_seg) and not args.dicom:
-        raise InputError("analyze", "--roles and --dicom-seg need --dicom STUDY_DIR")
+    if (args.roles or args.patterns or args.dicom_seg) and not args.dicom:
+        raise InputError("analyze", "--roles, --patterns and --dicom-seg need --dicom STUDY_DIR")
     if args.dicom:
         from .roles import study_inputs
 
         if args.case_dir or args.t1 or args.sub or args.pre or args.post:
             raise InputError(args.dicom, "give either --dicom or a case folder / named volumes, not both")
-        study, used = study_inputs(args.dicom, args.roles, loaded.config.in_channels)
+        study, used = study_inputs(args.dicom, args.roles, loaded.config.in_channels, args.patterns)
         inputs = study.inputs
     else:
         inputs, used = gather_inputs(args)
@@ -147,11 +149,9 @@ def cmd_analyze(args) -> dict:
 
 
 def cmd_roles(args) -> dict | None:
-    from .dicom import scan_study
-    from .roles import assign_roles, load_overrides
+    from .roles import study_roles
 
-    overrides = load_overrides(args.roles) if args.roles else None
-    assignment = assign_roles(scan_study(args.study_dir), overrides, args.channels, source=str(args.study_dir))
+    assignment = study_roles(args.study_dir, args.roles, args.channels, args.patterns)
     if args.json:
         return assignment.as_dict()
     print(assignment.table())

@@ -23,6 +23,7 @@ phase 2 of a multi-phase series) and the rules fill in the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -366,11 +367,39 @@ def load_study(study_dir: str | Path, overrides: dict | None = None, n_channels:
     return StudyCase(inputs, assignment)
 
 
-def study_inputs(study_dir: str | Path, roles_file: str | Path | None = None,
-                 n_channels: int | None = None) -> tuple[StudyCase, dict]:
+def load_patterns(path: str | Path | None) -> RolePatterns:
+    """PATTERNS.json: {"field": "regular expression", ...} replacing :class:`RolePatterns` defaults field by
+    field (e.g. a site's own wording); None gives the defaults."""
+    if path is None:
+        return RolePatterns()
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"cannot be read as JSON ({err})") from None
+    fields = [f.name for f in dataclasses.fields(RolePatterns)]
+    if not isinstance(data, dict) or not set(data) <= set(fields):
+        raise InputError(path, f"expected a JSON object with keys among {', '.join(fields)}")
+    for key, value in data.items():
+        try:
+            re.compile(value)
+        except (re.error, TypeError) as err:
+            raise InputError(path, f"{key}: not a regular expression ({err})") from None
+    return dataclasses.replace(RolePatterns(), **data)
+
+
+def study_roles(study_dir: str | Path, roles_file: str | Path | None = None, n_channels: int | None = None,
+                patterns_file: str | Path | None = None) -> RoleAssignment:
+    """``breastcmsl roles``: scan a study and assign its roles (ROLES.json and PATTERNS.json optional)."""
+    overrides = load_overrides(roles_file) if roles_file else None
+    return assign_roles(scan_study(study_dir), overrides, n_channels, load_patterns(patterns_file), str(study_dir))
+
+
+def study_inputs(study_dir: str | Path, roles_file: str | Path | None = None, n_channels: int | None = None,
+                 patterns_file: str | Path | None = None) -> tuple[StudyCase, dict]:
     """``analyze --dicom``: the study's case and the ``inputs`` record for result.json (series per role)."""
     overrides = load_overrides(roles_file) if roles_file else None
-    study = load_study(study_dir, overrides, n_channels)
+    study = load_study(study_dir, overrides, n_channels, load_patterns(patterns_file))
     sources = study.inputs.sources
     used = {"kind": study.inputs.kind, "t1": sources[0], "series": sources[1:],
             "dicom": {"study": str(study_dir), "roles_file": str(roles_file) if roles_file else None,

@@ -12,7 +12,7 @@ from BreastCMSLLib import dicomsynth
 from BreastCMSLLib.cli import main
 from BreastCMSLLib.dicom import read_phase, scan_study
 from BreastCMSLLib.phantom import PhantomConfig, make_case
-from BreastCMSLLib.roles import assign_roles
+from BreastCMSLLib.roles import RolePatterns, assign_roles
 
 from .conftest import run_cli
 
@@ -154,6 +154,14 @@ def test_missing_phase_error_then_roles(tmp_path, phantom, capsys):
     assert [(r["role"], r["series_number"]) for r in table["roles"]][1:4] == [("pre", 200), ("post_1", 300),
                                                                                ("post_2", 400)]
     assert table["roles"][4]["description"] == "ax 3d delayed" and table["roles"][4]["confidence"] == "user"
+    # or a site's wording taught once: "delayed" is a dynamic phase there
+    patterns = tmp_path / "patterns.json"
+    patterns.write_text(json.dumps({"dynamic": RolePatterns().dynamic + "|delayed"}))
+    code, table = roles_json(capsys, study, "--channels", "6", "--patterns", patterns, "--json")
+    assert code == 0 and [r["series_number"] for r in table["roles"]] == [100 * k for k in range(1, 9)]
+    patterns.write_text(json.dumps({"dynamic": "dyn("}))
+    code, err = roles_json(capsys, study, "--patterns", patterns)
+    assert code == 2 and "dynamic: not a regular expression" in err
 
 
 def test_two_pre_candidates_error_then_roles(tmp_path, phantom, capsys):

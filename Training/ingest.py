@@ -2,8 +2,9 @@
 
 Layout: one study per sub-folder of ``--dicom-root``, the folder name is the subject id (for
 Duke-Breast-Cancer-MRI from TCIA: ``Duke-Breast-Cancer-MRI/Breast_MRI_001/<study>/<series>/1-001.dcm``).
-Each study is scanned and its roles assigned with the runtime's rules (:mod:`BreastCMSLLib.roles`;
-a ``roles.json`` inside a study folder overrides roles as ``breastcmsl analyze --roles`` does), then
+Each study is scanned and its roles assigned with the runtime's rules (:mod:`BreastCMSLLib.roles`,
+``--patterns`` as in ``breastcmsl roles``; a ``roles.json`` inside a study folder overrides roles as
+``breastcmsl analyze --roles`` does), then
 written as a case folder ``<manifest folder>/cases/<subject>/`` (t1 + pre/post_k or sub_k NRRDs,
 case.json with label, BI-RADS, lesion centre and the role table, ``roles.txt``). A failing study is
 reported (``ingest_failures.csv`` and the summary) and the others go on. Finished case folders are
@@ -34,7 +35,7 @@ import SimpleITK as sitk
 
 from BreastCMSLLib.dicom import Phase, read_phase, scan_study
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.roles import assign_roles, load_overrides
+from BreastCMSLLib.roles import RolePatterns, assign_roles, load_overrides, load_patterns
 
 from .manifest import Case, write_manifest
 
@@ -128,10 +129,10 @@ def box_centre_lps(box: tuple[float, ...], phase: Phase, image: sitk.Image) -> t
 
 
 def ingest_study(study_dir: Path, case_dir: Path, label: StudyLabel, box: tuple[float, ...] | None,
-                 n_channels: int | None) -> Case:
+                 n_channels: int | None, patterns: RolePatterns) -> Case:
     """Convert one study into ``case_dir`` (written whole or not at all); returns its manifest row."""
     overrides = load_overrides(study_dir / "roles.json") if (study_dir / "roles.json").is_file() else None
-    assignment = assign_roles(scan_study(study_dir), overrides, n_channels, source=str(study_dir))
+    assignment = assign_roles(scan_study(study_dir), overrides, n_channels, patterns, source=str(study_dir))
     names = ["t1", *(["pre", *[f"post_{k}" for k in range(1, len(assignment.entries) - 1)]]
                      if assignment.kind == "phases" else [f"sub_{k}" for k in range(1, len(assignment.entries))])]
     reference = 2 if assignment.kind == "phases" else 1
@@ -166,9 +167,9 @@ def _existing(case_dir: Path, label: StudyLabel) -> Case | None:
 
 
 def _job(args) -> tuple[str, Case | None, str]:
-    study_dir, case_dir, label, box, n_channels = args
+    study_dir, case_dir, label, box, n_channels, patterns = args
     try:
-        case = _existing(case_dir, label) or ingest_study(study_dir, case_dir, label, box, n_channels)
+        case = _existing(case_dir, label) or ingest_study(study_dir, case_dir, label, box, n_channels, patterns)
         return label.subject_id, case, ""
     except InputError as err:
         return label.subject_id, None, str(err)
@@ -177,7 +178,8 @@ def _job(args) -> tuple[str, Case | None, str]:
 
 
 def ingest(dicom_root: str | Path, labels_csv: str | Path, manifest: str | Path, workers: int = 1,
-           boxes: str | Path | None = None, n_channels: int | None = None) -> dict:
+           boxes: str | Path | None = None, n_channels: int | None = None,
+           patterns_file: str | Path | None = None) -> dict:
     """Ingest every labelled study below ``dicom_root``; write the manifest; return a summary dict.
 
     Failures (a study folder missing, roles ambiguous, unreadable series) are listed in the summary and
@@ -188,6 +190,7 @@ def ingest(dicom_root: str | Path, labels_csv: str | Path, manifest: str | Path,
         raise InputError(dicom_root, "no such DICOM root folder")
     labels = read_labels(labels_csv)
     box_table = read_boxes(boxes) if boxes else {}
+    patterns = load_patterns(patterns_file)
     cases_root = manifest.parent / "cases"
     cases_root.mkdir(parents=True, exist_ok=True)
     jobs, failures = [], {}
@@ -196,7 +199,8 @@ def ingest(dicom_root: str | Path, labels_csv: str | Path, manifest: str | Path,
         if not study.is_dir():
             failures[label.subject_id] = f"{study}: no study folder for this subject"
             continue
-        jobs.append((study, cases_root / label.subject_id, label, box_table.get(label.subject_id), n_channels))
+        jobs.append((study, cases_root / label.subject_id, label, box_table.get(label.subject_id), n_channels,
+                     patterns))
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(pool.map(_job, jobs))
@@ -225,7 +229,8 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--boxes", type=Path, help="Duke Annotation_Boxes (.csv, or .xlsx with openpyxl)")
     p.add_argument("--channels", type=int, help="require this many post-contrast phases / subtractions")
+    p.add_argument("--patterns", type=Path, help="PATTERNS.json replacing role-rule patterns (site wording)")
 
 
 def cmd_ingest(args) -> dict:
-    return ingest(args.dicom_root, args.labels, args.out, args.workers, args.boxes, args.channels)
+    return ingest(args.dicom_root, args.labels, args.out, args.workers, args.boxes, args.channels, args.patterns)
