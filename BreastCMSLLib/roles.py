@@ -403,5 +403,6 @@ def study_inputs(study_dir: str | Path, roles_file: str | Path | None = None, n_
     sources = study.inputs.sources
     used = {"kind": study.inputs.kind, "t1": sources[0], "series": sources[1:],
             "dicom": {"study": str(study_dir), "roles_file": str(roles_file) if roles_file else None,
+                      "patterns_file": str(patterns_file) if patterns_file else None,
                       "roles": [e.as_dict() for e in study.assignment.entries]}}
     return study, used
