@@ -82,3 +82,16 @@ def test_config_parameters_act():
     base = sitk.GetArrayFromImage(breast_mask(t1)).sum()
     shifted = sitk.GetArrayFromImage(breast_mask(t1, MaskConfig(offset_mm=-10.0))).sum()
     assert shifted < 0.9 * base
+
+
+def test_oblique_acquisition():
+    """A grid rotated 15 degrees about z, brought to the nearest axial orientation (as preprocessing does):
+    the chest wall is tilted in-plane, the mask still follows it."""
+    c, s = np.cos(np.radians(15)), np.sin(np.radians(15))
+    case = make_case(0, PhantomConfig(shape=(96, 64, 40), direction=(c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0)))
+    t1 = sitk.DICOMOrient(sitk.Cast(case.images["t1"], sitk.sitkFloat32), "LPS")
+    mask = breast_mask(t1)
+    np.testing.assert_allclose(mask.GetDirection(), t1.GetDirection())
+    assert dice(mask, sitk.DICOMOrient(case.breast_mask, "LPS")) >= 0.9
+    heart = sitk.GetArrayFromImage(sitk.DICOMOrient(case.tissue, "LPS")) == TISSUE_LABELS["heart"]
+    assert not np.any(heart & (sitk.GetArrayFromImage(mask) > 0))
