@@ -58,13 +58,14 @@ def _last_true(mask: np.ndarray, axis: int = 1) -> np.ndarray:
 
 def _chest_wall_limit(vesselness: np.ndarray, edges: np.ndarray, tissue: np.ndarray, cfg: MaskConfig,
                       spacing) -> np.ndarray:
-    """Posterior limit per slice and column, (k, i), in fractional j; NaN for a slice without one.
+    """Posterior limit per slice and column, (k, i), in fractional j; NaN where no slice has one.
 
     In each column the chest-wall edge is the last edge run before the thoracic cavity (the first large
     dark non-tissue region posterior to the skin, i.e. the lungs); the limit is where the vesselness
     reaches ``edge_threshold`` at the anterior end of that run (linear sub-pixel crossing), shifted by
-    ``offset_mm``. Columns without one are interpolated, then the limit is median-filtered over
-    ``limit_median_mm`` of columns (robust to a broken edge or a fibroglandular strand).
+    ``offset_mm``. Columns without one are interpolated from the other columns of the slice, slices
+    without one from the nearest slices; then the limit is median-filtered over ``limit_median_mm`` of
+    columns (robust to a broken edge or a fibroglandular strand).
     """
     rows = np.arange(tissue.shape[1])[None, :, None]
     labels = _slice_labels(~tissue, int(np.ceil(cfg.min_cavity_mm2 / (spacing[0] * spacing[1]))))
@@ -83,6 +84,11 @@ def _chest_wall_limit(vesselness: np.ndarray, edges: np.ndarray, tissue: np.ndar
     limit = np.full(crossing.shape, np.nan)
     for k in np.flatnonzero(valid.any(axis=1)):
         limit[k] = np.interp(columns, columns[valid[k]], crossing[k, valid[k]])
+    found = ~np.isnan(limit[:, 0])
+    if found.any() and not found.all():  # slices without an edge: the limit of the nearest slices with one
+        slices = np.arange(limit.shape[0])
+        for i in columns:
+            limit[~found, i] = np.interp(slices[~found], slices[found], limit[found, i])
     half = round(cfg.limit_median_mm / spacing[0] / 2)
     if half:
         padded = np.pad(limit, ((0, 0), (half, half)), mode="edge")
@@ -114,7 +120,7 @@ def breast_mask(t1: sitk.Image, cfg: MaskConfig = DEFAULT_MASK_CONFIG) -> sitk.I
                           int(np.ceil(cfg.min_component_mm2 / (wspacing[0] * wspacing[1])))) > 0
     limit = _chest_wall_limit(vesselness, edges, tissue, cfg, wspacing)
     rows = np.arange(body.shape[1])[None, :, None]
-    # fraction of each voxel (rows j - 0.5 .. j + 0.5) anterior to the limit; slices without one are empty
+    # fraction of each voxel (rows j - 0.5 .. j + 0.5) anterior to the limit; empty where there is none
     regions = body * np.clip(np.nan_to_num(limit, nan=-1.0)[:, None, :] - rows + 0.5, 0.0, 1.0)
     stacked = sitk.GetImageFromArray(regions.astype(np.float32))
     stacked.CopyInformation(work)
