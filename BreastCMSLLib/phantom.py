@@ -102,8 +102,7 @@ class PhantomCase:
     def series(self, inputs: str = "phases") -> dict[str, sitk.Image]:
         """The input volumes by file stem: t1, pre, post_1..post_6 (``"phases"``) or t1, sub_1..sub_6
         with sub_k = post_k - pre in int16 (``"subtractions"``)."""
-        if inputs not in ("phases", "subtractions"):
-            raise InputError("--inputs", f"expected 'phases' or 'subtractions', got {inputs!r}")
+        _check_output(inputs)
         posts = sorted((n for n in self.images if n.startswith("post_")), key=lambda n: int(n[5:]))
         if inputs == "phases":
             return {"t1": self.images["t1"], "pre": self.images["pre"], **{n: self.images[n] for n in posts}}
@@ -185,19 +184,18 @@ class _Grid:
 def _resolve_grid(cfg: PhantomConfig) -> _Grid:
     """Apply the defaults of :class:`PhantomConfig` and check the geometry."""
     fov = np.array(FOV_MM)
-    if cfg.shape is None and cfg.spacing is None:
-        size = np.array(DEFAULT_SHAPE)
-        spacing = fov / size
-    elif cfg.spacing is None:
-        size = np.array(cfg.shape, dtype=int)
-        spacing = fov / np.maximum(size, 1)
-    else:
+    if cfg.spacing is not None:
         spacing = np.array(cfg.spacing, dtype=float)
         if spacing.shape != (3,) or np.any(spacing <= 0) or not np.all(np.isfinite(spacing)):
             raise InputError("--spacing", f"expected three positive numbers (mm), got {cfg.spacing}")
-        size = np.rint(fov / spacing).astype(int) if cfg.shape is None else np.array(cfg.shape, dtype=int)
+    if cfg.shape is not None:
+        size = np.array(cfg.shape, dtype=int)
+    else:
+        size = np.array(DEFAULT_SHAPE) if cfg.spacing is None else np.rint(fov / spacing).astype(int)
     if size.shape != (3,) or np.any(size < 4):
         raise InputError("--shape", f"expected three sizes of at least 4 voxels, got {tuple(size.tolist())}")
+    if cfg.spacing is None:
+        spacing = fov / size
     direction = np.array(cfg.direction, dtype=float)
     if direction.shape != (9,):
         raise InputError("direction", "expected 9 numbers (3x3 row-major)")
@@ -205,7 +203,7 @@ def _resolve_grid(cfg: PhantomConfig) -> _Grid:
     if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
         raise InputError("direction", "the direction matrix is not orthonormal")
     grid = _Grid(tuple(int(s) for s in size), spacing, np.zeros(3), direction)
-    origin = -(grid.centre) if cfg.origin is None else np.array(cfg.origin, dtype=float)
+    origin = -grid.centre if cfg.origin is None else np.array(cfg.origin, dtype=float)
     return _Grid(grid.size, spacing, origin, direction)
 
 
@@ -640,6 +638,14 @@ def make_case(seed: int, cfg: PhantomConfig = PhantomConfig()) -> PhantomCase:
     return case
 
 
+def _check_output(inputs: str, suffix: str | None = None) -> None:
+    """Raise :class:`InputError` for an unknown input kind or volume file suffix."""
+    if inputs not in ("phases", "subtractions"):
+        raise InputError("--inputs", f"expected 'phases' or 'subtractions', got {inputs!r}")
+    if suffix is not None and (suffix not in VOLUME_SUFFIXES or suffix == ".nhdr"):
+        raise InputError("suffix", f"expected one of {', '.join(VOLUME_SUFFIXES)} (not .nhdr), got {suffix!r}")
+
+
 def write_case(case: PhantomCase, out_dir: str | Path, inputs: str = "phases", suffix: str = ".nrrd",
                overwrite: bool = False) -> dict:
     """Write a case folder atomically (temporary folder, then rename) and return its case.json dict.
@@ -647,9 +653,8 @@ def write_case(case: PhantomCase, out_dir: str | Path, inputs: str = "phases", s
     ``inputs="phases"``: t1, pre, post_1..post_6; ``"subtractions"``: t1, sub_k = post_k - pre (int16).
     Truth: truth/lesion_mask, truth/breast_mask, truth/tissue (labels in case.json).
     """
+    _check_output(inputs, suffix)
     volumes = case.series(inputs)
-    if suffix not in VOLUME_SUFFIXES or suffix == ".nhdr":
-        raise InputError("suffix", f"expected one of {', '.join(VOLUME_SUFFIXES)} (not .nhdr), got {suffix!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not (out_dir.is_dir() and (overwrite or not any(out_dir.iterdir()))):
         raise InputError(out_dir, "already exists and is not an empty folder")
@@ -681,6 +686,7 @@ def synth_case(out_dir: str | Path, seed: int = 0, label: int | None = None,
 
     A plain top-level function of plain arguments, so cohorts can call it from worker processes.
     """
+    _check_output(inputs, suffix)
     cfg = PhantomConfig(shape=None if shape is None else tuple(shape),
                         spacing=None if spacing is None else tuple(spacing),
                         origin=None if origin is None else tuple(origin), direction=tuple(direction),

@@ -268,7 +268,8 @@ def _failing_after(n_ok: int):
     ("kwargs", "source"),
     [({"spacing": (0.0, 1.0, 1.0)}, "--spacing"), ({"shape": (96, 2, 40)}, "--shape"),
      ({"difficulty": 1.5}, "difficulty"), ({"direction": (1.0, 1.0, 0, 0, 1, 0, 0, 0, 1)}, "direction"),
-     ({"inputs": "both"}, "--inputs"), ({"suffix": ".png"}, "suffix")],
+     ({"inputs": "both"}, "--inputs"), ({"suffix": ".png"}, "suffix"), ({"shape": (96, 64)}, "--shape"),
+     ({"spacing": (1.0, 1.0)}, "--spacing")],
 )
 def test_bad_parameters_name_the_parameter(tmp_path, kwargs, source):
     with pytest.raises(InputError) as err:
