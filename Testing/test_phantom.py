@@ -250,8 +250,14 @@ def test_write_is_atomic_and_refuses_to_overwrite(tmp_path, tiny_cases, monkeypa
         write_case(tiny_cases[0], tmp_path / "half")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # neither the case nor a temporary folder
 
+    monkeypatch.undo()
+    truth = write_case(tiny_cases[1], tmp_path / "full", overwrite=True)
+    assert not (tmp_path / "full" / "keep.txt").exists()
+    assert json.loads((tmp_path / "full" / "case.json").read_text())["seed"] == truth["seed"] == 1
+
 
 def _failing_after(n_ok: int):
+    """A stand-in for sitk.WriteImage that writes ``n_ok`` files, then fails like a full disk."""
     real = sitk.WriteImage
     calls = []
 
