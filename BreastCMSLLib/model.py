@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from monai.networks.nets.resnet import ResNet
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
 from .config import ModelConfig
+from .resnet import ResNet3d
 
 RESNET34_LAYERS = [3, 4, 6, 3]
 RESNET_WIDTHS = [64, 128, 256, 512]
@@ -30,7 +30,8 @@ class NetOutput(NamedTuple):
 
 
 class CMSLNet(nn.Module):
-    """3D ResNet34 (BasicBlocks [3, 4, 6, 3], conv1 7x7x7 stride 2, max pooling) + 1x1x1 conv head.
+    """3D ResNet34 (BasicBlocks [3, 4, 6, 3], conv1 7x7x7 stride 2, max pooling; MONAI's, see resnet.py)
+    + 1x1x1 conv head.
 
     The paper replaces GAP + FC by a 1x1x1 convolution (512 -> 1) followed by global pooling; the
     convolution's weight is the classifier vector w of cos(theta).
@@ -39,17 +40,7 @@ class CMSLNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.backbone = ResNet(
-            block="basic",
-            layers=RESNET34_LAYERS,
-            block_inplanes=RESNET_WIDTHS,
-            spatial_dims=3,
-            n_input_channels=cfg.in_channels,
-            conv1_t_size=7,
-            conv1_t_stride=2,
-            widen_factor=cfg.width_factor,
-            feed_forward=False,
-        )
+        self.backbone = ResNet3d(RESNET34_LAYERS, RESNET_WIDTHS, cfg.in_channels, cfg.width_factor, conv1_stride=2)
         channels = self.backbone.in_planes
         self.head = nn.Conv3d(channels, 1, kernel_size=1)
         self.aux_head = nn.Linear(channels, cfg.aux_classes) if cfg.aux_classes else None
@@ -60,10 +51,7 @@ class CMSLNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last activation map of layer4, (B, C, I/32, J/32, K/32) rounded up."""
-        b = self.backbone
-        x = b.act(b.bn1(b.conv1(x)))
-        x = b.maxpool(x)
-        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+        return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> NetOutput:
         f = self.features(x)

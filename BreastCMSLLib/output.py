@@ -38,6 +38,7 @@ def result_dict(analysis: Analysis, inputs_used: dict, centre_lps=None) -> dict:
         "inputs": inputs_used,
         "reference_geometry": geometry_of(analysis.coam),
         "device": analysis.device,
+        "precision": analysis.precision,
         "timings": {k: round(v, 4) for k, v in analysis.timings.items()},
     }
     if centre_lps is not None:
@@ -61,9 +62,11 @@ def write_analysis(analysis: Analysis, out_dir: str | Path, inputs_used: dict, c
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        for name, image in [("coam", analysis.coam), ("cam", analysis.cam),
-                            ("coam_label", analysis.coam_label), ("cam_label", analysis.cam_label)]:
-            sitk.WriteImage(image, str(tmp / f"{name}.nrrd"), useCompression=True)
+        # gzip shrinks float32 maps by only ~20 % at ~0.3 s each; the uint8 labelmaps by ~50x
+        for name, image, compress in [("coam", analysis.coam, False), ("cam", analysis.cam, False),
+                                      ("coam_label", analysis.coam_label, True),
+                                      ("cam_label", analysis.cam_label, True)]:
+            sitk.WriteImage(image, str(tmp / f"{name}.nrrd"), useCompression=compress)
         save_figure(overview_figure(analysis, centre_lps), tmp / "overview.png")
         analysis.timings["write_s"] = time.perf_counter() - t0
         result = result_dict(analysis, inputs_used, centre_lps)

@@ -1,0 +1,73 @@
+"""The 3D ResNet34 trunk, module for module and key for key MONAI's ``ResNet(block="basic")`` (shortcut B).
+
+Written here instead of imported because ``import monai`` alone took 1.4 s of a cold ``breastcmsl
+analyze`` on 2 cores (``python -X importtime``: monai/__init__ loads monai.data, transforms, scipy.signal
+and matplotlib), more than the whole margin the runtime has over a bare MONAI forward. The state dict
+is MONAI's: ``Testing/test_model.py`` loads these weights into MONAI's ``resnet34`` and checks that both
+give the same features, so model files stay interchangeable with MONAI. Training still uses MONAI
+(transforms, 2D ResNet of the MIL baseline).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3x3 convolutions with BatchNorm and a residual connection (MONAI's ``ResNetBlock``)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv3d(in_planes, planes, kernel_size=3, padding=1, stride=stride, bias=False)
+        self.bn1 = nn.BatchNorm3d(planes)
+        self.act = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv3d(planes, planes, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm3d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        residual = x if self.downsample is None else self.downsample(x)
+        return self.act(out + residual)
+
+
+class ResNet3d(nn.Module):
+    """conv1 (7x7x7, ``conv1_stride``), BatchNorm, ReLU, 3x3x3 max pooling (stride 2), four stages of
+    BasicBlocks with ``widths`` x ``width_factor`` channels (stages 2-4 stride 2); no pooling, no FC."""
+
+    def __init__(self, layers: list[int], widths: list[int], in_channels: int, width_factor: float = 1.0,
+                 conv1_stride: int = 2):
+        super().__init__()
+        planes = [int(w * width_factor) for w in widths]
+        self.in_planes = planes[0]
+        self.conv1 = nn.Conv3d(in_channels, self.in_planes, kernel_size=7, stride=conv1_stride, padding=3,
+                               bias=False)
+        self.bn1 = nn.BatchNorm3d(self.in_planes)
+        self.act = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(planes[0], layers[0], stride=1)
+        self.layer2 = self._make_layer(planes[1], layers[1], stride=2)
+        self.layer3 = self._make_layer(planes[2], layers[2], stride=2)
+        self.layer4 = self._make_layer(planes[3], layers[3], stride=2)
+        for m in self.modules():  # MONAI's initialization
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm3d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.in_planes != planes:
+            downsample = nn.Sequential(nn.Conv3d(self.in_planes, planes, kernel_size=1, stride=stride, bias=True),
+                                       nn.BatchNorm3d(planes))
+        layers = [BasicBlock(self.in_planes, planes, stride, downsample)]
+        self.in_planes = planes
+        layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.act(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
