@@ -51,7 +51,7 @@ from BreastCMSLLib.errors import InputError  # noqa: E402
 PAPER = ("L. Luo, H. Chen, X. Wang, Q. Dou, H. Lin, J. Zhou, G. Li, P.-A. Heng: Deep Angular Embedding and "
          "Feature Correlation Attention for Breast MRI Cancer Analysis. MICCAI 2019 (arXiv:1906.02999).")
 # import name -> requirement; PyTorch itself comes from the PyTorch extension (PyTorchUtils)
-PYTHON_REQUIREMENTS = {"monai": "monai>=1.3", "safetensors": "safetensors>=0.4", "matplotlib": "matplotlib>=3.7"}
+PYTHON_REQUIREMENTS = {"safetensors": "safetensors>=0.4", "matplotlib": "matplotlib>=3.7"}
 TORCH_REQUIREMENT = ">=2.2"
 DEFAULT_CHANNELS = 6
 POLL_INTERVAL_MS = 250
