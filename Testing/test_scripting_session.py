@@ -1,6 +1,6 @@
 """Acceptance 2 of the Slicer issue: the README's scripting session, run as written on the slicer-core wheel.
 
-The session (BreastCMSL/README-slicer.md, "Scripting example") loads an oblique phantom case into volume
+The session (README.md, "Scripting example") loads an oblique phantom case into volume
 nodes, analyzes it, places a centre point and evaluates; here its output nodes' IJK-to-RAS matrices must
 equal the reference node's to 1e-6 and the table row must equal a hand computation.
 """
@@ -16,7 +16,7 @@ import pytest
 import vtk
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "BreastCMSL" / "README-slicer.md"
+README = ROOT / "README.md"
 
 
 def session_code() -> str:
