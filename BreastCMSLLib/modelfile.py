@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
 from .errors import InputError
@@ -120,13 +120,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     path = Path(path)
     cfg, provenance = read_model_metadata(path)
     try:
-        model = build_model(cfg)
+        with torch.device("meta"):  # no random initialization: every tensor comes from the file
+            model = build_model(cfg)
     except ValueError as err:
         raise InputError(path, str(err)) from None
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(load_file(str(path)), strict=True, assign=True)
     except RuntimeError as err:
         raise InputError(path, f"weights do not match its config ({str(err).splitlines()[0]})") from None
     model.to(device).eval()

@@ -1,6 +1,7 @@
 """The network is MONAI's ResNet34 (conv1 stride 2) with the paper's 1x1x1 head; model files are safetensors."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -100,3 +101,10 @@ def test_inference_module_folds_batchnorm_exactly():
     assert torch.allclose(a.features, b.features, rtol=1e-4, atol=1e-4)
     assert torch.allclose(a.cos_theta, b.cos_theta, atol=1e-6)
     assert torch.allclose(a.logit_map, b.logit_map, rtol=1e-4, atol=1e-4)
+
+
+def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_model(path, build_model(SMALL), replace(SMALL, width_factor=0.25), {"name": "mismatch"})
+    with pytest.raises(InputError, match="weights do not match its config"):
+        load_model(path)
