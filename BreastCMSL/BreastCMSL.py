@@ -68,7 +68,7 @@ class BreastCMSL(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "BreastCMSL"
-        self.parent.categories = ["Breast"]
+        self.parent.categories = ["Quantification"]
         self.parent.dependencies = []
         self.parent.contributors = ["BreastCMSL contributors"]
         self.parent.helpText = f"""

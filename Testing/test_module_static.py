@@ -52,6 +52,14 @@ def test_module_script_compiles_and_defines_the_template_classes():
     assert "Luo" in paper and "MICCAI 2019" in paper
 
 
+def test_module_category_is_the_extension_category():
+    tree = ast.parse(SCRIPT.read_text())
+    categories = next(ast.literal_eval(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                      and ast.unparse(n.targets[0]) == "self.parent.categories")
+    (extension,) = re.findall(r'set\(EXTENSION_CATEGORY "([^"]+)"\)', (ROOT / "CMakeLists.txt").read_text())
+    assert categories == [extension] == ["Quantification"]
+
+
 def test_ui_parses_and_every_self_ui_name_exists():
     widgets = ui_widgets()
     assert ET.parse(UI).getroot().find("widget").get("class") == "qMRMLWidget"
