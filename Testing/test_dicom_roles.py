@@ -120,16 +120,20 @@ def test_scan_tags_and_phase_split(studies, phantom, tmp_path):
 def test_volumes_have_phantom_geometry(style, studies, phantom):
     series = scan_study(studies[style])
     assignment = assign_roles(series, n_channels=6)
-    t1 = phantom.images["t1"]
-    expected = {"t1": t1, "pre": phantom.images["pre"], **{p: phantom.images[p] for p in POSTS}}
-    for entry in assignment.entries[:3]:
-        image = read_phase(entry.phase)
-        np.testing.assert_allclose(image.GetOrigin(), t1.GetOrigin(), atol=1e-4)
-        np.testing.assert_allclose(image.GetSpacing(), t1.GetSpacing(), atol=1e-4)
-        np.testing.assert_allclose(image.GetDirection(), t1.GetDirection(), atol=1e-6)
-        assert image.GetSize() == t1.GetSize()
+    expected = {"t1": phantom.images["t1"], "pre": phantom.images["pre"], **{p: phantom.images[p] for p in POSTS}}
+    assert len(assignment.entries) == (7 if style == "philips" else 8)
+    for entry in assignment.entries:
         role = entry.role if entry.role in expected else f"post_{entry.role.split('_')[1]}"
-        truth = sitk.GetArrayFromImage(expected[role]).astype(np.float32)
+        image, stored = read_phase(entry.phase), expected[role]
+        assert image.GetSize() == stored.GetSize(), entry.role
+        np.testing.assert_allclose(image.GetOrigin(), stored.GetOrigin(), atol=1e-4, err_msg=entry.role)
+        np.testing.assert_allclose(image.GetSpacing(), stored.GetSpacing(), atol=1e-4, err_msg=entry.role)
+        np.testing.assert_allclose(image.GetDirection(), stored.GetDirection(), atol=1e-6, err_msg=entry.role)
+        # every voxel centre where the phantom has it, to 1e-4 mm (the far corner adds up spacing and direction)
+        corner = [n - 1 for n in stored.GetSize()]
+        np.testing.assert_allclose(image.TransformIndexToPhysicalPoint(corner),
+                                   stored.TransformIndexToPhysicalPoint(corner), atol=1e-4, err_msg=entry.role)
+        truth = sitk.GetArrayFromImage(stored).astype(np.float32)
         if entry.role.startswith("sub"):
             truth = truth - sitk.GetArrayFromImage(phantom.images["pre"]).astype(np.float32)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(image), truth)  # integer voxels stored exactly
