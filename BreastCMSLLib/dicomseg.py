@@ -2,15 +2,12 @@
 
 The labelmap lies on the reference phase's grid (``analyze`` keeps every map there), so each source
 image (slice, or frame of an enhanced image) is one segmentation frame: we find its slice of the
-labelmap from its ImagePositionPatient (LPS mm) and never resample.
+labelmap from its ImagePositionPatient (LPS mm, as :mod:`.dicom` parsed it) and never resample.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pydicom
 import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
@@ -19,12 +16,14 @@ from .dicom import Phase, source_datasets
 from .errors import InputError
 
 
-def _positions(ds: pydicom.Dataset) -> list[tuple[float, float, float]]:
-    """ImagePositionPatient of each frame of a source image."""
-    if "PerFrameFunctionalGroupsSequence" in ds:
-        return [tuple(map(float, g.PlanePositionSequence[0].ImagePositionPatient))
-                for g in ds.PerFrameFunctionalGroupsSequence]
-    return [tuple(map(float, ds.ImagePositionPatient))]
+def _file_positions(phase: Phase) -> list[list[tuple[float, float, float]]]:
+    """ImagePositionPatient (LPS mm) of every frame of each of ``phase``'s files (in :func:`source_datasets`
+    order), frame by frame, as the scan parsed them. A multi-frame file may also hold frames of the
+    series' other phases: a segmentation frame is due for each of them too."""
+    frames = {path: [] for path in sorted({f.path for f in phase.frames})}
+    for f in (f for p in phase.series.phases for f in p.frames if f.path in frames):
+        frames[f.path].append(f)
+    return [[f.position for f in sorted(file_frames, key=lambda f: f.frame or 0)] for file_frames in frames.values()]
 
 
 def _slice_index(label: sitk.Image, position, source: str) -> int:
@@ -44,7 +43,8 @@ def coam_segmentation(label: sitk.Image, phase: Phase, software_version: str = "
     source = f"series {phase.label} '{phase.series.description}'"
     images = source_datasets(phase)
     array = sitk.GetArrayViewFromImage(label)  # (k, j, i) = (slice, row, column)
-    frames = np.stack([array[_slice_index(label, pos, source)] for ds in images for pos in _positions(ds)])
+    frames = np.stack([array[_slice_index(label, pos, source)] for positions in _file_positions(phase)
+                       for pos in positions])
     if frames.shape[1:] != (int(images[0].Rows), int(images[0].Columns)):
         raise InputError(source, f"labelmap slices {frames.shape[1:]} differ from the images' rows x columns")
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -62,9 +62,3 @@ def coam_segmentation(label: sitk.Image, phase: Phase, software_version: str = "
         series_description="BreastCMSL COAM labelmap (research use, not for diagnosis)",
         omit_empty_frames=False)
 
-
-def write_segmentation(seg, path: str | Path) -> Path:
-    """Save a Segmentation dataset (see :func:`coam_segmentation`)."""
-    path = Path(path)
-    seg.save_as(path)
-    return path
