@@ -25,7 +25,6 @@ import SimpleITK as sitk
 from .errors import InputError
 from .volumes import check_image
 
-ENHANCED_MR = {"1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4"}  # Enhanced / Legacy Converted
 SPLIT_KEYS = ("temporal_position", "trigger_time", "acquisition_time", "content_time")
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -81,8 +80,6 @@ class Series:
     description: str
     image_type: tuple[str, ...]
     scan_options: str
-    sop_class: str
-    frame_of_reference: str
     number_of_temporal_positions: int | None
     phases: list[Phase] = field(default_factory=list)
     split_by: str | None = None  # the tag that separated the phases, None for one phase
@@ -245,7 +242,6 @@ def _series_from(uid: str, files: list[tuple[Path, pydicom.Dataset]]) -> Series:
         uid=uid, number=int(ds.get("SeriesNumber") or 0), description=str(ds.get("SeriesDescription") or ""),
         image_type=tuple(v.upper() for v in _strings(ds.get("ImageType"))),
         scan_options="\\".join(_strings(ds.get("ScanOptions"))),
-        sop_class=str(ds.get("SOPClassUID") or ""), frame_of_reference=str(ds.get("FrameOfReferenceUID") or ""),
         number_of_temporal_positions=ds.get("NumberOfTemporalPositions"))
     frames = [f for path, d in files for f in _frames_of(d, path)]
     orientations = {tuple(np.round(f.orientation, 3)) for f in frames}

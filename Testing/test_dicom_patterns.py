@@ -17,7 +17,7 @@ AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 def series(number: int, description: str, phases: int = 1, t0: float = 0.0, image_type=("ORIGINAL", "PRIMARY"),
            scan_options: str = "") -> Series:
     """A header-only series: ``phases`` phases 60 s apart from ``t0`` s (after 08:00)."""
-    s = Series(f"1.2.3.{number}", number, description, tuple(image_type), scan_options, "", "", None)
+    s = Series(f"1.2.3.{number}", number, description, tuple(image_type), scan_options, None)
     s.phases = [Phase(s, i, [Frame(Path(f"{number}_{i}"), None, (0.0, 0.0, 0.0), AXIAL, i)], 28800 + t0 + 60 * i)
                 for i in range(1, phases + 1)]
     return s
