@@ -266,7 +266,11 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         nodes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
                  if not n.IsA("vtkMRMLLabelMapVolumeNode") and not n.GetHideFromEditors()]
-        patterns = self.logic.rolePatterns(p)
+        try:
+            patterns = self.logic.rolePatterns(p)
+        except InputError as err:
+            slicer.util.errorDisplay(str(err))
+            return
         files = [self.dicomFiles(n) for n in nodes]
         assigned, notes = None, []
         if any(files):
@@ -651,8 +655,12 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onExportCsv(self) -> None:
         path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Export evaluation table",
                                               "breastcmsl_evaluation.csv", "CSV (*.csv)")
-        if path:
+        if not path:
+            return
+        try:
             mrml.save_table_csv(self._parameterNode.evaluationTable, path)
+        except InputError as err:
+            slicer.util.errorDisplay(f"Not exported: {err}")
 
 
 #
@@ -760,13 +768,12 @@ class BreastCMSLLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def rolePatterns(p):
-        """The DICOM role rules' patterns with the user's edits (empty fields keep the defaults)."""
-        import dataclasses
-
+        """The DICOM role rules' patterns with the user's edits (empty fields keep the defaults), checked like
+        PATTERNS.json; an invalid regular expression is an InputError naming the field."""
         from BreastCMSLLib.roles import RolePatterns
 
         edits = {"t1": p.t1Pattern, "pre": p.prePattern, "post": p.postPattern, "subtraction": p.subPattern}
-        return dataclasses.replace(RolePatterns(), **{k: v for k, v in edits.items() if v})
+        return RolePatterns.from_overrides({k: v for k, v in edits.items() if v}, "Name patterns")
 
     @staticmethod
     def inputNodes(p):

@@ -66,6 +66,20 @@ class RolePatterns:
     def match(self, name: str, text: str) -> bool:
         return re.search(getattr(self, name), text, flags=re.IGNORECASE) is not None
 
+    @classmethod
+    def from_overrides(cls, overrides: dict, source) -> RolePatterns:
+        """The defaults with fields replaced by ``overrides`` ({"field": "regular expression"}, e.g. a site's
+        wording); an unknown field or an invalid expression is an :class:`InputError` naming ``source``."""
+        fields = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(overrides, dict) or not set(overrides) <= set(fields):
+            raise InputError(source, f"expected a JSON object with keys among {', '.join(fields)}")
+        for key, value in overrides.items():
+            try:
+                re.compile(value)
+            except (re.error, TypeError) as err:
+                raise InputError(source, f"{key}: not a regular expression ({err})") from None
+        return dataclasses.replace(cls(), **overrides)
+
 
 @dataclass(frozen=True)
 class RoleEntry:
@@ -377,15 +391,7 @@ def load_patterns(path: str | Path | None) -> RolePatterns:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise InputError(path, f"cannot be read as JSON ({err})") from None
-    fields = [f.name for f in dataclasses.fields(RolePatterns)]
-    if not isinstance(data, dict) or not set(data) <= set(fields):
-        raise InputError(path, f"expected a JSON object with keys among {', '.join(fields)}")
-    for key, value in data.items():
-        try:
-            re.compile(value)
-        except (re.error, TypeError) as err:
-            raise InputError(path, f"{key}: not a regular expression ({err})") from None
-    return dataclasses.replace(RolePatterns(), **data)
+    return RolePatterns.from_overrides(data, path)
 
 
 def study_roles(study_dir: str | Path, roles_file: str | Path | None = None, n_channels: int | None = None,

@@ -81,3 +81,16 @@ def test_ambiguous_t1_and_custom_patterns():
     ("t1_fl3d_tra", "PFP\\FS", True), ("Ax T1", "FAST_GEMS\\SAT_GEMS\\FS", True)])
 def test_fat_suppression_hints(description, scan_options, expected):
     assert fat_suppression(series(1, description, scan_options=scan_options))[0] is expected
+
+
+def test_pattern_overrides_are_checked_where_they_come_from():
+    """PATTERNS.json and the module's *Name patterns* fields go through the same check."""
+    site = RolePatterns.from_overrides({"post": r"kontrast|nach", "t1": r"t1w"}, "Name patterns")
+    assert (site.post, site.t1, site.pre) == (r"kontrast|nach", r"t1w", RolePatterns().pre)
+    assert site.match("post", "ax 3d nach KM") and not site.match("t1", "ax t1 fs")
+    with pytest.raises(InputError, match=r"^Name patterns: pre: not a regular expression \(missing \)"):
+        RolePatterns.from_overrides({"pre": "pre(", "post": "post"}, "Name patterns")
+    with pytest.raises(InputError, match=r"^site.json: expected a JSON object with keys among t1, non_fat_sat"):
+        RolePatterns.from_overrides({"t1": "t1", "posts": "post"}, "site.json")
+    with pytest.raises(InputError, match=r"^site.json: t1: not a regular expression"):
+        RolePatterns.from_overrides({"t1": 1}, "site.json")

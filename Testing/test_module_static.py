@@ -73,6 +73,25 @@ def test_ui_parses_and_every_self_ui_name_exists():
     assert sorted(buttons - used) == []
 
 
+# calls in the panel that raise InputError for a user mistake (a bad pattern, an unwritable CSV, ...)
+RAISING_CALLS = {"mrml.save_table_csv", "self.logic.rolePatterns", "mrml.centre_distances", "mrml.load_result_folder",
+                 "self.logic.importModel", "self.logic.checkInputs", "mrml.assign_by_dicom",
+                 "self.logic.importDemoModel"}
+
+
+def test_the_panel_shows_every_input_error_instead_of_raising():
+    tree = ast.parse(SCRIPT.read_text())
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "BreastCMSLWidget")
+    guarded, calls = set(), []
+    for node in ast.walk(widget):
+        if isinstance(node, ast.Try) and any("InputError" in ast.unparse(h.type) for h in node.handlers if h.type):
+            guarded |= {id(n) for statement in node.body for n in ast.walk(statement)}
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in RAISING_CALLS:
+            calls.append(node)
+    assert {ast.unparse(c.func) for c in calls} == RAISING_CALLS
+    assert sorted(f"line {c.lineno}: {ast.unparse(c.func)}" for c in calls if id(c) not in guarded) == []
+
+
 def test_every_slicer_parameter_name_is_a_parameter_node_field():
     tree = ast.parse(SCRIPT.read_text())
     node_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "BreastCMSLParameterNode")
