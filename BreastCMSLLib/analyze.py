@@ -6,28 +6,44 @@ subtraction or first post-contrast phase, as stored); labelmaps are uint8 {0, 1}
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 
-from .attention import cam, coam
+from .attention import coam
+from .config import NETWORK_STRIDE, ModelConfig
 from .errors import InputError
 from .model import NetOutput, probability
 from .modelfile import LoadedModel
-from .preprocess import CaseInputs, Preprocessed, preprocess_case, to_reference
+from .preprocess import CaseInputs, Preprocessed, preprocess_case, to_ijk, to_reference
+
+Progress = Callable[[float, str], None]
 
 
 def select_device(device: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
+    """``auto``: CUDA when available, else CPU; ``cpu``; ``cuda`` or ``cuda:N`` of an existing GPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device", f"{device} requested but no CUDA device is available")
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
+    if not match:
+        raise InputError("--device", f"expected auto, cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda"):
+        index = int(match.group(1) or 0)
+        if index >= torch.cuda.device_count():
+            raise InputError("--device", f"{device} requested but {torch.cuda.device_count()} CUDA devices exist")
     return torch.device(device)
+
+
+def check_channels(inputs: CaseInputs, cfg: ModelConfig, model_name: str) -> None:
+    """The model takes ``cfg.in_channels`` subtraction channels; the inputs must give exactly that."""
+    if inputs.n_channels != cfg.in_channels:
+        raise InputError(inputs.reference_source, f"the model {model_name} takes {cfg.in_channels} subtraction "
+                         f"channels, these inputs give {inputs.n_channels}")
 
 
 def bf16_native(device: torch.device) -> bool:
@@ -41,22 +57,40 @@ def bf16_native(device: torch.device) -> bool:
         return False
 
 
-def forward(loaded: LoadedModel, array: np.ndarray, device: torch.device) -> NetOutput:
+def forward(loaded: LoadedModel, array: np.ndarray, device: torch.device) -> tuple[NetOutput, str]:
     """One inference pass on a (C, I, J, K) array with the BN-folded channels_last_3d network, under
     bf16 autocast where the device runs bf16 natively (measured on the untrained full-size model on a
-    phantom: features within 0.8 % of float32, cos(theta) within 5e-6, same COAM/CAM maxima), else float32."""
+    phantom: features within 0.8 % of float32, cos(theta) within 5e-6, same COAM/CAM maxima), else float32.
+    Returns the output and the precision used ("bf16" or "fp32")."""
     module = loaded.inference_module(device)
     x = torch.from_numpy(array).unsqueeze(0).to(device).contiguous(memory_format=torch.channels_last_3d)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_native(device)):
-        return module(x)
+    bf16 = bf16_native(device)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        return module(x), "bf16" if bf16 else "fp32"
+
+
+def feature_map_image(small: torch.Tensor, input_grid: sitk.Image) -> sitk.Image:
+    """A (d, h, w) map on the network's feature grid as a physical image, padded by one edge-replicated
+    voxel on every side so that linear interpolation covers the whole input grid.
+
+    Every stage of the network (conv1 k7 s2 p3, max pooling k3 s2 p1, the k3 s2 p1 and k1 s2 shortcut
+    convolutions) centres output o on input 2 o, so feature voxel f is centred on input voxel 32 f:
+    the feature grid has the input grid's direction and 32 times its spacing.
+    """
+    padded = np.pad(small.float().cpu().numpy(), 1, mode="edge")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(padded.transpose(2, 1, 0)))
+    image.SetDirection(input_grid.GetDirection())
+    image.SetSpacing([s * NETWORK_STRIDE for s in input_grid.GetSpacing()])
+    image.SetOrigin(input_grid.TransformContinuousIndexToPhysicalPoint([-float(NETWORK_STRIDE)] * 3))
+    return image
 
 
 def normalized_on_input_grid(small: torch.Tensor, prep: Preprocessed) -> np.ndarray:
-    """Upsample a (d, h, w) feature-grid map trilinearly to the input grid, min-max to [0, 1] over the
-    voxels that lie inside the reference volume, 0 elsewhere. Returns float32 (I, J, K)."""
-    size = prep.array.shape[1:]
-    up = F.interpolate(small[None, None].float(), size=size, mode="trilinear", align_corners=False)[0, 0]
-    up = up.cpu().numpy()
+    """A feature-grid map resampled linearly onto the input grid (constant beyond the outer feature
+    centres), min-max normalized to [0, 1] over the voxels inside the reference volume, 0 elsewhere.
+    Returns float32 (I, J, K)."""
+    image = feature_map_image(small, prep.input_grid)
+    up = to_ijk(sitk.Resample(image, prep.input_grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
     inside = up[prep.valid]
     lo, hi = float(inside.min()), float(inside.max())
     out = (up - lo) / (hi - lo) if hi > lo else np.zeros_like(up)
@@ -65,7 +99,8 @@ def normalized_on_input_grid(small: torch.Tensor, prep: Preprocessed) -> np.ndar
 
 
 def peak_lps(map_ijk: np.ndarray, prep: Preprocessed) -> tuple[float, float, float]:
-    """LPS point (mm) of the map's maximum over the valid input-grid voxels (first one on ties)."""
+    """LPS point (mm) of the map's maximum over the valid input-grid voxels (first one on ties). The input
+    grid does not depend on how the volumes were stored, so neither does the peak."""
     masked = np.where(prep.valid, map_ijk, -np.inf)
     index = np.unravel_index(int(np.argmax(masked)), masked.shape)
     return tuple(prep.input_grid.TransformIndexToPhysicalPoint([int(i) for i in index]))
@@ -89,10 +124,10 @@ class Analysis:
     precision: str
     model: dict
     label_fraction: float
+    prep: Preprocessed
+    coam_input: np.ndarray  # (I, J, K) on the input grid, for figures
+    cam_input: np.ndarray
     timings: dict = field(default_factory=dict)
-    prep: Preprocessed | None = None
-    coam_input: np.ndarray | None = None  # (I, J, K) on the input grid, for figures
-    cam_input: np.ndarray | None = None
 
 
 def labelmap(image: sitk.Image, fraction: float) -> sitk.Image:
@@ -101,36 +136,33 @@ def labelmap(image: sitk.Image, fraction: float) -> sitk.Image:
     return sitk.Cast(sitk.GreaterEqual(image, fraction * top), sitk.sitkUInt8)
 
 
-def analyze_case(
-    inputs: CaseInputs, loaded: LoadedModel, device: str = "auto", label_fraction: float = 0.5
-) -> Analysis:
-    """Preprocess, run the network once and build COAM and CAM on the reference grid."""
-    cfg = loaded.config
-    if inputs.n_channels != cfg.in_channels:
-        raise InputError(
-            inputs.reference_source,
-            f"the model {loaded.name} takes {cfg.in_channels} subtraction channels, "
-            f"these inputs give {inputs.n_channels}",
-        )
+def analyze_case(inputs: CaseInputs, loaded: LoadedModel, device: str = "auto", label_fraction: float = 0.5,
+                 progress: Progress | None = None) -> Analysis:
+    """Preprocess, run the network once and build COAM and CAM on the reference grid.
+
+    ``progress(fraction, stage)`` is called before each stage (preprocess, inference, maps).
+    """
+    report = progress or (lambda fraction, stage: None)
+    check_channels(inputs, loaded.config, loaded.name)
     if not 0.0 < label_fraction <= 1.0:
         raise InputError("--label-fraction", f"must be in (0, 1], got {label_fraction}")
     dev = select_device(device)
-    timings = {}
+    report(0.1, "preprocess")
     t0 = time.perf_counter()
-    prep = preprocess_case(inputs, cfg.preprocess)
+    prep = preprocess_case(inputs, loaded.config.preprocess)
+    report(0.4, "inference")
     t1 = time.perf_counter()
-    out = forward(loaded, prep.array, dev)
+    out, precision = forward(loaded, prep.array, dev)
     if dev.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(dev)
+    report(0.8, "maps")
     t2 = time.perf_counter()
-    p = float(probability(out, cfg)[0])
-    head = loaded.model.head
     with torch.inference_mode():
         coam_in = normalized_on_input_grid(coam(out.features)[0], prep)
-        cam_in = normalized_on_input_grid(cam(out.features, head.weight, head.bias)[0], prep)
+        cam_in = normalized_on_input_grid(out.logit_map[0], prep)  # the head's per-position logit is CAM
     coam_ref, cam_ref = to_reference(coam_in, prep), to_reference(cam_in, prep)
+    p = float(probability(out, loaded.config)[0])
     t3 = time.perf_counter()
-    timings.update(preprocess_s=t1 - t0, inference_s=t2 - t1, maps_s=t3 - t2)
     return Analysis(
         probability=p,
         cos_theta=float(out.cos_theta[0]),
@@ -143,11 +175,11 @@ def analyze_case(
         coam_peak_lps=peak_lps(coam_in, prep),
         cam_peak_lps=peak_lps(cam_in, prep),
         device=str(dev),
-        precision="bf16" if bf16_native(dev) else "fp32",
+        precision=precision,
         model=loaded.info(),
         label_fraction=label_fraction,
-        timings=timings,
         prep=prep,
         coam_input=coam_in,
         cam_input=cam_in,
+        timings={"preprocess_s": t1 - t0, "inference_s": t2 - t1, "maps_s": t3 - t2},
     )

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, type=Path, help="model .safetensors file")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--progress", action="store_true",
+                   help="print 'progress <fraction> <stage>' lines on stderr before each stage (for GUIs)")
     p.add_argument("--label-fraction", type=float, default=0.5,
                    help="labelmaps are 1 where the map >= this fraction of its maximum")
     p.add_argument("--dicom", type=Path, help="DICOM study folder (series roles assigned automatically)")
@@ -85,8 +87,11 @@ def cmd_init_model(args) -> dict:
     from .model import build_model
     from .modelfile import save_model
 
-    pre = PreprocessConfig() if args.input_size is None else PreprocessConfig(input_size=tuple(args.input_size))
-    cfg = ModelConfig(in_channels=args.channels, width_factor=args.width_factor, loss=args.loss, preprocess=pre)
+    try:
+        pre = PreprocessConfig() if args.input_size is None else PreprocessConfig(input_size=tuple(args.input_size))
+        cfg = ModelConfig(in_channels=args.channels, width_factor=args.width_factor, loss=args.loss, preprocess=pre)
+    except ValueError as err:
+        raise InputError("init-model", str(err)) from None
     torch.manual_seed(args.seed)
     model = build_model(cfg)
     provenance = {"name": args.out.stem, "untrained": True, "seed": args.seed,
@@ -115,11 +120,21 @@ def gather_inputs(args):
     return inputs, used
 
 
+def print_progress(fraction: float, stage: str) -> None:
+    """``progress <fraction> <stage>`` on stderr, before each stage (the Slicer module's progress bar)."""
+    print(f"progress {fraction:.2f} {stage}", file=sys.stderr, flush=True)
+
+
 def cmd_analyze(args) -> dict:
-    from .analyze import analyze_case
+    from .analyze import analyze_case, select_device
     from .modelfile import load_model
     from .output import write_analysis
 
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(args.out, "the output folder is an existing file")
+    select_device(args.device)
+    report = print_progress if args.progress else lambda fraction, stage: None
+    report(0.0, "read")
     t0 = time.perf_counter()
     loaded = load_model(args.model)
     if (args.roles or args.patterns or args.dicom_seg) and not args.dicom:
@@ -134,17 +149,19 @@ def cmd_analyze(args) -> dict:
     else:
         inputs, used = gather_inputs(args)
     t_read = time.perf_counter() - t0
-    analysis = analyze_case(inputs, loaded, device=args.device, label_fraction=args.label_fraction)
+    analysis = analyze_case(inputs, loaded, device=args.device, label_fraction=args.label_fraction,
+                            progress=report)
     analysis.timings["read_s"] = t_read
     centre = (inputs.extra or {}).get("center_lps")
-    seg = None
+    extra = {}
     if args.dicom_seg:
         from .dicomseg import coam_segmentation
 
         seg = coam_segmentation(analysis.coam_label, study.reference)
-    result = write_analysis(analysis, args.out, used, centre)
-    if seg is not None:
-        seg.save_as(args.out / "coam_seg.dcm")
+        extra["coam_seg.dcm"] = lambda path: seg.save_as(path)
+    report(0.9, "write")
+    result = write_analysis(analysis, args.out, used, centre, extra)
+    report(1.0, "done")
     return {k: result[k] for k in ("probability", "cos_theta", "prediction", "coam_peak_lps", "cam_peak_lps")}
 
 
@@ -161,16 +178,25 @@ def cmd_roles(args) -> dict | None:
 COMMANDS = {"synth": cmd_synth, "init-model": cmd_init_model, "analyze": cmd_analyze, "roles": cmd_roles}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(prog: str, parser: argparse.ArgumentParser, commands: dict, argv: list[str] | None) -> int:
+    """Parse ``argv`` and run the chosen command; its summary (if any) is printed as JSON. A user mistake
+    (:class:`InputError`, or a file the system refuses) is one line on stderr and exit code 2."""
+    args = parser.parse_args(argv)
     try:
-        summary = COMMANDS[args.command](args)
+        summary = commands[args.command](args)
     except InputError as err:
-        print(f"breastcmsl {args.command}: error: {err}", file=sys.stderr)
+        print(f"{prog} {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"{prog} {args.command}: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 2
     if summary is not None:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("breastcmsl", build_parser(), COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+NETWORK_STRIDE = 32  # conv1 (2) x max pool (2) x layer2..4 (2 each): input voxels per feature voxel
+
 
 @dataclass(frozen=True)
 class MaskConfig:
@@ -41,6 +43,15 @@ class PreprocessConfig:
     clip_percentile: float = 99.5  # upper clip: this percentile of masked subtraction voxels
     mask: MaskConfig = field(default_factory=MaskConfig)
 
+    def __post_init__(self) -> None:
+        if len(self.input_size) != 3 or min(self.input_size) < NETWORK_STRIDE:
+            raise ValueError(f"input_size must be 3 sizes of at least {NETWORK_STRIDE} voxels (the network's "
+                             f"stride), got {tuple(self.input_size)}")
+        if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
+            raise ValueError(f"spacing must be 3 positive lengths in mm, got {self.spacing}")
+        if not 0 < self.clip_percentile <= 100:
+            raise ValueError(f"clip_percentile must be in (0, 100], got {self.clip_percentile}")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -55,6 +66,15 @@ class ModelConfig:
     aux_classes: int = 0  # >0 adds an auxiliary head (e.g. BI-RADS for the DK-MT baseline)
     arch: str = "resnet34_3d"
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    def __post_init__(self) -> None:
+        if self.in_channels < 1 or self.width_factor <= 0 or int(64 * self.width_factor) < 1:
+            raise ValueError(f"in_channels must be >= 1 and width_factor > 0 with at least one conv1 channel, "
+                             f"got {self.in_channels} and {self.width_factor}")
+        if self.pooling not in ("avg", "max") or self.loss not in ("cmsl", "nsl", "bce"):
+            raise ValueError(f"pooling must be avg or max and loss cmsl, nsl or bce, got {self.pooling}, {self.loss}")
+        if self.aux_classes < 0:
+            raise ValueError(f"aux_classes must be >= 0, got {self.aux_classes}")
 
     @property
     def angular(self) -> bool:
@@ -71,6 +91,8 @@ class ModelConfig:
 
 def from_dict(cls: type, data: dict[str, Any]):
     """Rebuild a (nested) config dataclass from ``dataclasses.asdict`` output; unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names

@@ -1,4 +1,4 @@
-"""The CMSL network: MONAI's 3D ResNet34 backbone with a 1x1x1 convolutional head and global pooling.
+"""The CMSL network: a 3D ResNet34 trunk (MONAI-identical, resnet.py) with a 1x1x1 convolutional head and pooling.
 
 Tensors are (B, C, I, J, K): spatial axes in (i, j, k) order of the canonical LPS input grid.
 """
@@ -16,7 +16,6 @@ from .resnet import ResNet3d
 
 RESNET34_LAYERS = [3, 4, 6, 3]
 RESNET_WIDTHS = [64, 128, 256, 512]
-NETWORK_STRIDE = 32  # conv1 (2) x max pool (2) x layer2..4 (2 each): input voxels per feature voxel
 
 
 class NetOutput(NamedTuple):
@@ -30,7 +29,7 @@ class NetOutput(NamedTuple):
 
 
 class CMSLNet(nn.Module):
-    """3D ResNet34 (BasicBlocks [3, 4, 6, 3], conv1 7x7x7 stride 2, max pooling; MONAI's, see resnet.py)
+    """3D ResNet34 (BasicBlocks [3, 4, 6, 3], conv1 7x7x7 stride 2, max pooling; MONAI-identical, resnet.py)
     + 1x1x1 conv head.
 
     The paper replaces GAP + FC by a 1x1x1 convolution (512 -> 1) followed by global pooling; the
@@ -44,10 +43,6 @@ class CMSLNet(nn.Module):
         channels = self.backbone.in_planes
         self.head = nn.Conv3d(channels, 1, kernel_size=1)
         self.aux_head = nn.Linear(channels, cfg.aux_classes) if cfg.aux_classes else None
-
-    @property
-    def feature_channels(self) -> int:
-        return self.head.in_channels
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last activation map of layer4, (B, C, I/32, J/32, K/32) rounded up."""
@@ -76,9 +71,9 @@ def probability(out: NetOutput, cfg: ModelConfig) -> torch.Tensor:
 
 def inference_module(model: CMSLNet, device: torch.device) -> nn.Module:
     """An eval-mode copy for inference on ``device``: BatchNorm folded into the convolutions (torch.fx,
-    exact up to float rounding) and channels_last_3d memory, which oneDNN and cuDNN run fastest."""
-    fused = fuse(model.eval().to(device))
-    return fused.to(memory_format=torch.channels_last_3d)
+    exact up to float rounding) and channels_last_3d memory, which oneDNN and cuDNN run fastest.
+    ``model`` itself stays where it is (``fuse`` copies)."""
+    return fuse(model.eval()).to(device, memory_format=torch.channels_last_3d)
 
 
 def build_model(cfg: ModelConfig) -> CMSLNet:

@@ -95,22 +95,25 @@ def read_model_metadata(path: str | Path) -> tuple[ModelConfig, dict]:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such model file")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        raise InputError(path, "is a PyTorch/pickle checkpoint, not a BreastCMSL .safetensors model; "
-                         "refusing to unpickle it (export one with `breastcmsl-train export`)")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        # only once safetensors refused it: a valid header length can also start with these bytes
+        if head == b"PK" or head[:1] == b"\x80":
+            raise InputError(path, "is a PyTorch/pickle checkpoint, not a BreastCMSL .safetensors model; "
+                             "refusing to unpickle it (export one with `breastcmsl-train export`)") from None
         raise InputError(path, f"is not a safetensors model file ({err})") from None
     if meta.get("format") != FORMAT:
         raise InputError(path, "is a safetensors file but not a BreastCMSL model (no breastcmsl metadata)")
     try:
         cfg = ModelConfig.from_json(meta["config"])
         provenance = json.loads(meta.get("provenance", "{}"))
-    except (KeyError, ValueError, TypeError) as err:
+        if not isinstance(provenance, dict):
+            raise ValueError("provenance is not a JSON object")
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
         raise InputError(path, f"has unreadable BreastCMSL metadata ({err})") from None
     return cfg, provenance
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from .analyze import Analysis
+from .atomic import staging_folder
 
 RESULT_FILES = ("result.json", "coam.nrrd", "cam.nrrd", "coam_label.nrrd", "cam_label.nrrd", "overview.png")
+OPTIONAL_FILES = {"coam_seg.dcm"}  # written only on request (``breastcmsl analyze --dicom-seg``)
 
 
 def geometry_of(image: sitk.Image) -> dict:
@@ -49,31 +50,35 @@ def result_dict(analysis: Analysis, inputs_used: dict, centre_lps=None) -> dict:
     return result
 
 
-def write_analysis(analysis: Analysis, out_dir: str | Path, inputs_used: dict, centre_lps=None) -> dict:
+def write_analysis(analysis: Analysis, out_dir: str | Path, inputs_used: dict, centre_lps=None,
+                   extra: dict[str, Callable[[Path], None]] | None = None) -> dict:
     """Write every result file into ``out_dir`` (created if needed) atomically; return result.json's dict.
 
-    Files are first written into a hidden temporary folder beside them and moved in only when all
-    succeeded, so a failure leaves no partial output.
+    ``extra`` maps further file names to writers ``write(path)`` (e.g. the DICOM SEG). Everything is
+    written into a hidden staging folder beside ``out_dir`` and moved in only when all succeeded, so a
+    failure leaves no partial output; result files of an earlier run that this one does not write
+    (an old ``coam_seg.dcm``) are removed.
     """
     from .figures import overview_figure, save_figure
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    extra = extra or {}
+    with staging_folder(out_dir) as tmp:
         # gzip shrinks float32 maps by only ~20 % at ~0.3 s each; the uint8 labelmaps by ~50x
         for name, image, compress in [("coam", analysis.coam, False), ("cam", analysis.cam, False),
                                       ("coam_label", analysis.coam_label, True),
                                       ("cam_label", analysis.cam_label, True)]:
             sitk.WriteImage(image, str(tmp / f"{name}.nrrd"), useCompression=compress)
         save_figure(overview_figure(analysis, centre_lps), tmp / "overview.png")
+        for name, write in extra.items():
+            write(tmp / name)
         analysis.timings["write_s"] = time.perf_counter() - t0
         result = result_dict(analysis, inputs_used, centre_lps)
         (tmp / "result.json").write_text(json.dumps(result, indent=2))
         out_dir.mkdir(exist_ok=True)
-        for name in RESULT_FILES:
+        for name in (*RESULT_FILES, *extra):
             os.replace(tmp / name, out_dir / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for name in OPTIONAL_FILES.difference(extra):
+            (out_dir / name).unlink(missing_ok=True)
     return result

@@ -37,15 +37,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import replace_folder, staging_folder
 from .errors import InputError
 from .volumes import VOLUME_SUFFIXES
 
@@ -658,9 +656,7 @@ def write_case(case: PhantomCase, out_dir: str | Path, inputs: str = "phases", s
     out_dir = Path(out_dir)
     if out_dir.exists() and not (out_dir.is_dir() and (overwrite or not any(out_dir.iterdir()))):
         raise InputError(out_dir, "already exists and is not an empty folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staging_folder(out_dir) as tmp:
         (tmp / "truth").mkdir()
         volumes.update({"truth/lesion_mask": case.lesion_mask, "truth/breast_mask": case.breast_mask,
                         "truth/tissue": case.tissue})
@@ -668,12 +664,7 @@ def write_case(case: PhantomCase, out_dir: str | Path, inputs: str = "phases", s
             sitk.WriteImage(image, str(tmp / f"{name}{suffix}"), useCompression=suffix.endswith(".gz"))
         truth = dict(case.truth, inputs=inputs, files=sorted(f"{n}{suffix}" for n in volumes))
         (tmp / "case.json").write_text(json.dumps(truth, indent=1))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        replace_folder(tmp, out_dir)
     return truth
 
 

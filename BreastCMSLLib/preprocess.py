@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .config import PreprocessConfig
+from .config import NETWORK_STRIDE, PreprocessConfig
 from .errors import InputError
 from .mask import breast_mask
-from .model import NETWORK_STRIDE
 from .volumes import find_case_files, read_volume
 
 
@@ -29,6 +28,7 @@ class CaseInputs:
 
     ``kind == "subtractions"``: ``series`` are the N subtraction volumes; ``"phases"``: ``series`` is
     pre-contrast then N post-contrast phases. ``sources`` names t1 then each series volume (files or nodes).
+    Construction checks the combination and raises :class:`InputError`.
     """
 
     t1: sitk.Image
@@ -36,6 +36,16 @@ class CaseInputs:
     kind: str
     sources: list[str]
     extra: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("subtractions", "phases"):
+            raise InputError(self.sources[0], f"unknown input kind {self.kind!r} (subtractions or phases)")
+        if len(self.sources) != 1 + len(self.series):
+            raise ValueError("sources must name the T1 and every series volume")
+        if self.kind == "phases" and len(self.series) < 2:
+            raise InputError(self.sources[-1], "phases need a pre-contrast and at least one post-contrast volume")
+        if not self.series:
+            raise InputError(self.sources[0], "no subtraction volumes given")
 
     @property
     def n_channels(self) -> int:
@@ -53,12 +63,6 @@ class CaseInputs:
 
 def load_inputs(t1: str | Path, series: list[str | Path], kind: str, extra: dict | None = None) -> CaseInputs:
     """Read and check the volumes of one case (see :class:`CaseInputs` for ``kind``)."""
-    if kind not in ("subtractions", "phases"):
-        raise ValueError(f"unknown input kind {kind!r}")
-    if kind == "phases" and len(series) < 2:
-        raise InputError(series[0] if series else None, "phases need a pre-contrast and >= 1 post-contrast")
-    if not series:
-        raise InputError(t1, "no subtraction volumes given")
     paths = [Path(t1), *map(Path, series)]
     images = [read_volume(p) for p in paths]
     return CaseInputs(images[0], images[1:], kind, [str(p) for p in paths], extra)
@@ -83,11 +87,6 @@ class Preprocessed:
     input_grid: sitk.Image
     reference: sitk.Image
     valid: np.ndarray
-    crop_start: tuple[int, int, int]
-
-    @property
-    def mask(self) -> np.ndarray:
-        return to_ijk(self.input_grid).astype(bool)
 
 
 def to_ijk(image: sitk.Image) -> np.ndarray:
@@ -223,8 +222,7 @@ def preprocess_case(inputs: CaseInputs, cfg: PreprocessConfig) -> Preprocessed:
                          "(all subtraction values <= 0)")
     np.clip(array, 0.0, upper, out=array)
     array /= upper
-    return Preprocessed(array, mask_grid, geometry_proxy(inputs.reference), to_ijk(valid_image).astype(bool),
-                        start)
+    return Preprocessed(array, mask_grid, geometry_proxy(inputs.reference), to_ijk(valid_image).astype(bool))
 
 
 def to_reference(array_ijk: np.ndarray, prep: Preprocessed) -> sitk.Image:

@@ -31,3 +31,49 @@ def test_cam_is_the_logit_map_and_pools_to_the_logit():
     w = model.head.weight.reshape(-1)
     cos = (pooled @ w) / (pooled.norm(dim=1) * w.norm())
     assert torch.allclose(out.cos_theta, cos, atol=1e-6)
+
+
+def test_feature_voxel_f_is_centred_on_input_voxel_32f():
+    """The geometry the maps rely on: gradient centroid of feature (2, 1, 1) lies at input (64, 32, 32).
+
+    Positive constant weights and a positive input keep every ReLU open, and each axis has 64 f + 1 voxels,
+    so the receptive field is clipped symmetrically; a half-stride shift would put it at (79.5, 47.5, 47.5).
+    """
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(in_channels=1, width_factor=0.125)).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            torch.nn.init.constant_(module.weight, 0.01)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    x = (torch.rand(1, 1, 129, 65, 65) + 0.5).requires_grad_()
+    features = model.features(x)
+    assert features.shape[2:] == (5, 3, 3)
+    features[0, :, 2, 1, 1].sum().backward()
+    grad = x.grad[0, 0].abs().double()
+    for axis, expected in enumerate((64, 32, 32)):
+        profile = grad.sum(dim=tuple(a for a in range(3) if a != axis))
+        centroid = float((profile * torch.arange(profile.numel())).sum() / profile.sum())
+        assert abs(centroid - expected) < 0.5, (axis, centroid)
+
+
+def test_a_one_hot_feature_peaks_at_input_voxel_32f():
+    import numpy as np
+    import SimpleITK as sitk
+
+    from BreastCMSLLib.analyze import normalized_on_input_grid, peak_lps
+    from BreastCMSLLib.preprocess import Preprocessed
+
+    grid = sitk.Image([96, 64, 64], sitk.sitkUInt8)
+    grid.SetSpacing((0.9, 1.1, 2.0))
+    grid.SetOrigin((-40.0, 12.5, 7.0))
+    grid.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    prep = Preprocessed(np.zeros((1, 96, 64, 64), np.float32), grid, grid, np.ones((96, 64, 64), bool))
+    small = torch.zeros(3, 2, 2)
+    small[1, 1, 0] = 5.0
+    up = normalized_on_input_grid(small, prep)
+    assert up.shape == (96, 64, 64) and up.max() == 1.0 and up.min() == 0.0
+    assert np.unravel_index(up.argmax(), up.shape) == (32, 32, 0)
+    assert peak_lps(up, prep) == grid.TransformIndexToPhysicalPoint((32, 32, 0))
+    assert up[16, 32, 0] == 0.5  # linear between feature centres 0 and 32
+    assert up[16, 63, 0] == 0.5  # and constant beyond the last centre (j = 32), still linear along i

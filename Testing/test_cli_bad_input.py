@@ -113,13 +113,48 @@ def test_pickle_model_is_refused_by_the_cli(tiny_case, tmp_path):
     assert not out.exists()
 
 
-def test_foreign_safetensors_model_is_refused(tiny_case, tmp_path, capsys):
+def test_foreign_safetensors_model_is_refused(tiny_case, tmp_path):
     from safetensors.torch import save_file
 
     other = tmp_path / "other.safetensors"
     save_file({"w": torch.zeros(2)}, str(other))
     out = tmp_path / "out"
-    assert main(["analyze", str(tiny_case), "--model", str(other), "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "other.safetensors" in err and "not a BreastCMSL model" in err
+    proc = run_cli("analyze", tiny_case, "--model", other, "--out", out)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert "other.safetensors" in proc.stderr and "not a BreastCMSL model" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("args", "problem"), [
+    (["--device", "gpu"], "expected auto, cpu, cuda or cuda:N"),
+    (["--device", "cuda:7"], "cuda:7 requested"),
+    (["--label-fraction", "1.5"], "must be in (0, 1]"),
+])
+def test_bad_options(args, problem, tiny_case, tiny_model_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["analyze", str(tiny_case), "--model", str(tiny_model_path), "--out", str(out), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and problem in err, err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_output_folder_that_is_a_file(tiny_case, tiny_model_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("not a folder")
+    assert main(["analyze", str(tiny_case), "--model", str(tiny_model_path), "--out", str(out)]) == 2
+    assert "the output folder is an existing file" in capsys.readouterr().err
+    assert out.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(("args", "problem"), [
+    (["--channels", "0"], "in_channels must be >= 1"),
+    (["--width-factor", "0"], "width_factor > 0"),
+    (["--input-size", "64", "16", "64"], "at least 32 voxels"),
+])
+def test_init_model_refuses_impossible_networks(args, problem, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    assert main(["init-model", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and problem in err, err
     assert not out.exists()

@@ -43,8 +43,11 @@ def same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
 
 def test_cli_maps_have_exactly_the_reference_geometry(oblique_case, tiny_model_path, tmp_path):
     out = tmp_path / "out"
-    proc = run_cli("analyze", oblique_case, "--model", tiny_model_path, "--out", out)
+    proc = run_cli("analyze", oblique_case, "--model", tiny_model_path, "--out", out, "--progress")
     assert proc.returncode == 0, proc.stderr
+    stages = [line.split()[1:] for line in proc.stderr.splitlines() if line.startswith("progress ")]
+    assert [s for _, s in stages] == ["read", "preprocess", "inference", "maps", "write", "done"]
+    assert [float(f) for f, _ in stages] == sorted(float(f) for f, _ in stages)
     assert sorted(p.name for p in out.iterdir()) == sorted(RESULT_FILES)
     reference = sitk.ReadImage(str(oblique_case / "post_1.nrrd"))
     assert not np.allclose(np.reshape(reference.GetDirection(), (3, 3)), np.eye(3))
