@@ -131,7 +131,7 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.job = None  # (BackgroundCommand, work folder, on-finished callback, start time)
         self.fileNames = {}  # exported file path -> node name, to name nodes in the CLI's messages
         self.pendingReference = None  # the reference node of the running analysis
-        self.compareNodes = []  # the two slice nodes of "Compare CAM vs COAM", kept in step
+        self.compareNodes = []  # (slice node, its map's peak RAS) of "Compare CAM vs COAM", kept in step
         self.compareSync = False
 
     def setup(self) -> None:
@@ -582,14 +582,17 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             layoutManager.sliceWidget(name).mrmlSliceNode().JumpSliceByCentering(*self.peakRas())
 
     def onCompare(self) -> None:
-        """Side-by-side axial views, CAM left and COAM right, both centred on the shown map's peak and kept
-        in step by copying the slice geometry (composite-node linking would copy the volumes as well)."""
+        """Side-by-side axial views, CAM left and COAM right, each centred on its own map's peak and kept in
+        step by copying the slice geometry shifted by the difference of the peaks (composite-node linking
+        would copy the volumes and centre both views on one point)."""
         p = self._parameterNode
+        result = self.result()
         layoutManager = slicer.app.layoutManager()
         layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
         self.compareNodes = []
         for viewName, cam in (("Red", True), ("Yellow", False)):
             heat, label = self.shownMaps(cam)
+            peak = result["cam_peak_ras" if cam else "coam_peak_ras"]
             widget = layoutManager.sliceWidget(viewName)
             composite = widget.mrmlSliceCompositeNode()
             composite.SetLinkedControl(False)
@@ -600,22 +603,21 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             sliceNode = widget.mrmlSliceNode()
             sliceNode.SetOrientation("Axial")
             sliceNode.SetUseLabelOutline(p.showOutline)
-            sliceNode.JumpSliceByCentering(*self.peakRas())
-            self.compareNodes.append(sliceNode)
+            sliceNode.JumpSliceByCentering(*peak)
+            self.compareNodes.append((sliceNode, peak))
             if not self.hasObserver(sliceNode, vtk.vtkCommand.ModifiedEvent, self.onCompareSliceModified):
                 self.addObserver(sliceNode, vtk.vtkCommand.ModifiedEvent, self.onCompareSliceModified)
 
     def onCompareSliceModified(self, caller, event) -> None:
-        if self.compareSync or caller not in self.compareNodes:
+        """Move the other compare view with ``caller``, offset by (its peak - caller's peak) in RAS mm."""
+        peaks = [peak for node, peak in self.compareNodes if node is caller]
+        if self.compareSync or not peaks:
             return
         self.compareSync = True
         try:
-            for other in self.compareNodes:
+            for other, peak in self.compareNodes:
                 if other is not caller:
-                    other.GetSliceToRAS().DeepCopy(caller.GetSliceToRAS())
-                    other.SetFieldOfView(*caller.GetFieldOfView())
-                    other.SetXYZOrigin(*caller.GetXYZOrigin())
-                    other.UpdateMatrices()
+                    mrml.follow_slice(caller, other, [a - b for a, b in zip(peak, peaks[0])])
         finally:
             self.compareSync = False
 

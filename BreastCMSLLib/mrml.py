@@ -246,6 +246,19 @@ def check_inputs(t1_node, series_nodes, inputs: str = "subtractions", model_path
             if not same_grid(image, case.reference)]
 
 
+def follow_slice(leader, follower, offset_ras) -> None:
+    """Move slice node ``follower`` as ``leader`` is: the same orientation, zoom and pan, with its slice
+    origin ``offset_ras`` (RAS mm) away from the leader's. "Compare CAM vs COAM" keeps each view on its
+    own map's peak this way (offset = follower's peak - leader's peak) while both scroll together."""
+    slice_to_ras = follower.GetSliceToRAS()
+    slice_to_ras.DeepCopy(leader.GetSliceToRAS())
+    for row in range(3):
+        slice_to_ras.SetElement(row, 3, slice_to_ras.GetElement(row, 3) + float(offset_ras[row]))
+    follower.SetFieldOfView(*leader.GetFieldOfView())
+    follower.SetXYZOrigin(*leader.GetXYZOrigin())
+    follower.UpdateMatrices()
+
+
 def _heat_color_node(scene):
     """Slicer's "Inferno" colour table when the scene has it, else one made from :data:`INFERNO_STOPS`."""
     existing = scene.GetFirstNodeByName(HEAT_COLOR_NAME)

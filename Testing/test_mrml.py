@@ -361,6 +361,38 @@ def test_sequence_frames_become_pre_and_posts():
         mrml.sequence_volume_nodes(sequence, pre_index=4)
 
 
+def test_follow_slice_keeps_each_compare_view_on_its_own_peak():
+    scene = slicer.vtkMRMLScene()
+    cam_view, coam_view = slicer.vtkMRMLSliceNode(), slicer.vtkMRMLSliceNode()
+    for node, name in ((cam_view, "Red"), (coam_view, "Yellow")):
+        node.SetLayoutName(name)
+        node.SetDimensions(400, 300, 1)
+        scene.AddNode(node)
+    cam_peak, coam_peak = np.array([10.0, -42.5, 31.0]), np.array([-3.5, -30.0, 43.0])
+    cam_view.SetFieldOfView(180.0, 135.0, 1.0)
+    cam_view.JumpSliceByCentering(*cam_peak)
+    coam_view.JumpSliceByCentering(*coam_peak)
+
+    def slice_to_ras(node) -> np.ndarray:
+        m = node.GetSliceToRAS()
+        return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+    # scroll and tilt the CAM view: the COAM view follows, still offset by the difference of the peaks
+    tilted = np.eye(4)
+    tilted[:3, :3] = rotation(0.2, 0.0, 0.1)
+    tilted[:3, 3] = cam_peak + np.array([0.0, 0.0, 7.5])
+    cam_view.GetSliceToRAS().DeepCopy(tilted.ravel())
+    cam_view.UpdateMatrices()
+    mrml.follow_slice(cam_view, coam_view, coam_peak - cam_peak)
+    expected = tilted.copy()
+    expected[:3, 3] = coam_peak + np.array([0.0, 0.0, 7.5])
+    np.testing.assert_allclose(slice_to_ras(coam_view), expected, atol=1e-9)
+    assert coam_view.GetFieldOfView() == pytest.approx((180.0, 135.0, 1.0))
+    # and back: following the COAM view puts the CAM view on its own peak again
+    mrml.follow_slice(coam_view, cam_view, cam_peak - coam_peak)
+    np.testing.assert_allclose(slice_to_ras(cam_view), tilted, atol=1e-9)
+
+
 def test_assign_by_name_phantom_and_vendor_wording():
     names = ["t1", "post_2", "pre", "post_1", "post_3", "coam map"]
     assert mrml.assign_by_name(names, "phases", 3) == {"inputs": "phases", "t1": 0, "series": [2, 3, 1, 4], "notes": []}
