@@ -117,7 +117,7 @@ def create_cache(root: str | Path, cfg: PreprocessConfig, cases: list[Case]) -> 
                                              indent=1))
     (root / "entries").mkdir(exist_ok=True)
     write_manifest(root / "manifest.csv", cases)
-    return Cache(root, cfg, read_manifest(root / "manifest.csv"))
+    return Cache(root, cfg, cases)
 
 
 def open_cache(root: str | Path) -> Cache:

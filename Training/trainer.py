@@ -52,7 +52,8 @@ class FitConfig:
     width_factor: float = 1.0
     s: float = 20.0
     m: float = 0.35
-    lr_patience: int = 3  # epochs without validation-loss improvement before lr /= 10
+    lr_patience: int = 3  # epochs without improvement of the monitored loss before lr /= 10
+    plateau_on: str = "train"  # the loss whose stagnation divides the lr by 10: "train" or "val"
     early_stop: int = 8  # epochs without validation-loss improvement before stopping
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
     init: str | None = None
@@ -139,8 +140,8 @@ class Trainer:
         self.train_data = VolumeSource(self.cache, self.train_cases, self.device, budget)
         self.val_data = VolumeSource(self.cache, self.val_cases, self.device, budget)
         self.augment = Augment()
-        self.state = {"epoch": 0, "step": 0, "global_step": 0, "best_loss": math.inf, "bad_epochs": 0,
-                      "stopped": False, "history": []}
+        self.state = {"epoch": 0, "step": 0, "global_step": 0, "epoch_losses": [], "best_loss": math.inf,
+                      "bad_epochs": 0, "stopped": False, "history": []}
         if resume:
             self._resume()
         elif self.dist.main:
@@ -246,14 +247,17 @@ class Trainer:
         while st["epoch"] < fit.epochs and not st["stopped"]:
             epoch, t0 = st["epoch"], time.perf_counter()
             order = self._epoch_order(epoch)
-            losses = []
+            done = list(st["epoch_losses"])  # step losses before a mid-epoch resume
+            losses: list[torch.Tensor] = []  # kept on the device: no host sync per step
             for idx, x in self.prepared(order[st["step"]:], epoch):
                 losses.append(self.train_step(x, idx))
                 st["step"] += 1
                 st["global_step"] += 1
                 if fit.checkpoint_every and st["global_step"] % fit.checkpoint_every == 0:
+                    st["epoch_losses"] = done + [float(v) for v in losses]
                     self._checkpoint()
-            train_loss = float(torch.stack(losses).mean()) if losses else math.nan
+            step_losses = done + [float(v) for v in losses]
+            train_loss = math.fsum(step_losses) / len(step_losses) if step_losses else math.nan  # split-exact
             if self.dist.world > 1:
                 train_loss = float(np.nanmean(distributed.gather_objects(train_loss, self.dist)))
             self._end_epoch(epoch, train_loss, time.perf_counter() - t0, writer)
@@ -274,13 +278,13 @@ class Trainer:
                "val_auc": safe_auc(val["label"], val["probability"]),
                "val_accuracy": float((pred == val["label"]).mean()),
                "lr": self.optimizer.param_groups[0]["lr"], "seconds": seconds}
-        self.scheduler.step(val_loss)
+        self.scheduler.step(train_loss if self.fit.plateau_on == "train" else val_loss)
         improved = val_loss < st["best_loss"]
         st["best_loss"] = min(st["best_loss"], val_loss)
         st["bad_epochs"] = 0 if improved else st["bad_epochs"] + 1
         st["stopped"] = st["bad_epochs"] >= self.fit.early_stop
         st["history"].append(row)
-        st["epoch"], st["step"] = epoch + 1, 0
+        st["epoch"], st["step"], st["epoch_losses"] = epoch + 1, 0, []
         if self.dist.main:
             if improved:
                 self._save_model(self.files["best"], {"epoch": epoch + 1, "val_loss": val_loss,
