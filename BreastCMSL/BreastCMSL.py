@@ -263,6 +263,8 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         rules find the study ambiguous) the same patterns on node names."""
         if not self.ensureDependencies():
             return
+        from BreastCMSLLib.roles import assign_by_name
+
         p = self._parameterNode
         nodes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
                  if not n.IsA("vtkMRMLLabelMapVolumeNode") and not n.GetHideFromEditors()]
@@ -281,7 +283,7 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 notes.append(f"DICOM roles: {err}")
         if assigned is None:
             kind = "subtractions" if p.inputMode == "subtractions" else "phases"
-            assigned = mrml.assign_by_name([n.GetName() for n in nodes], kind, self.channelCount(), patterns)
+            assigned = assign_by_name([n.GetName() for n in nodes], kind, self.channelCount(), patterns)
         p.inputMode = assigned["inputs"]
         self.updateSeriesSelectors()
         p.t1Volume = nodes[assigned["t1"]] if assigned["t1"] is not None else None

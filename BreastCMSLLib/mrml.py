@@ -9,7 +9,6 @@ place that converts: (x, y, z)_RAS = (-x, -y, z)_LPS, and IJK-to-RAS = diag(-1, 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -114,15 +113,9 @@ def inputs_from_nodes(t1_node, series_nodes, inputs: str = "subtractions"):
     """The Lib's :class:`CaseInputs` from volume nodes (checked like files; sources are node names)."""
     from .preprocess import CaseInputs
 
-    if inputs not in ("subtractions", "phases"):
-        raise ValueError(f"inputs must be 'subtractions' or 'phases', not {inputs!r}")
     nodes = [t1_node, *series_nodes]
     if any(node is None for node in nodes):
         raise InputError("inputs", "a volume selector is empty")
-    if inputs == "phases" and len(series_nodes) < 2:
-        raise InputError("inputs", "phases need a pre-contrast and at least one post-contrast volume")
-    if not series_nodes:
-        raise InputError("inputs", "no subtraction volumes selected")
     names = [node.GetName() for node in nodes]
     images = [check_image(image_from_volume_node(node), name) for node, name in zip(nodes, names)]
     return CaseInputs(images[0], images[1:], inputs, names)
@@ -139,44 +132,6 @@ def export_input_nodes(t1_node, series_nodes, folder: str | Path) -> tuple[Path,
         sitk.WriteImage(image_from_volume_node(node), str(path))
         paths.append(path)
     return paths[0], paths[1:]
-
-
-def _phase_number(text: str) -> int:
-    """The last number in a name ("post_3" -> 3, "5: ax dyn 2nd pass" -> 2); 0 when there is none."""
-    numbers = re.findall(r"\d+", text)
-    return int(numbers[-1]) if numbers else 0
-
-
-def assign_by_name(texts: list[str], inputs: str, n_channels: int, patterns=None) -> dict:
-    """Pre-fill the selectors from volume names with the DICOM role rules' patterns
-    (:class:`BreastCMSLLib.roles.RolePatterns`), for volumes that carry no DICOM headers.
-
-    Returns {"inputs": inputs, "t1": index or None, "series": [index or None, ...], "notes": [...]} with
-    ``n_channels`` subtractions, or pre + ``n_channels`` posts for phases; posts and subtractions are
-    ordered by the last number in their name. The user can override any of it.
-    """
-    from .roles import RolePatterns
-
-    p = patterns or RolePatterns()
-    usable = [i for i, text in enumerate(texts) if not p.match("exclude", text)]
-    subs = [i for i in usable if p.match("subtraction", texts[i])]
-    rest = [i for i in usable if i not in subs]
-    t1 = [i for i in rest if p.match("non_fat_sat", texts[i]) or (
-        p.match("t1", texts[i]) and not any(p.match(k, texts[i]) for k in ("fat_sat", "dynamic", "pre", "post")))]
-    pre = [i for i in rest if i not in t1 and p.match("pre", texts[i])]
-    post = sorted((i for i in rest if i not in t1 and i not in pre and p.match("post", texts[i])),
-                  key=lambda i: _phase_number(texts[i]))
-    subs.sort(key=lambda i: _phase_number(texts[i]))
-
-    def padded(found: list[int]) -> list[int | None]:
-        return found[:n_channels] + [None] * (n_channels - len(found[:n_channels]))
-
-    series = [pre[0] if pre else None, *padded(post)] if inputs == "phases" else padded(subs)
-    notes = [f"{len(found)} {what} candidates ({', '.join(texts[i] for i in found)}); took the first"
-             for what, found, wanted in (("T1", t1, 1), ("pre-contrast", pre, 1)) if len(found) > wanted]
-    if None in series or not t1:
-        notes.append("some inputs were not recognized by name; choose them by hand")
-    return {"inputs": inputs, "t1": t1[0] if t1 else None, "series": series, "notes": notes}
 
 
 def assign_by_dicom(node_files: list[list[str | Path]], n_channels: int, patterns=None) -> dict:
@@ -216,34 +171,26 @@ def sequence_volume_nodes(sequence_node, pre_index: int = 0) -> list:
     return [sequence_node.GetNthDataNode(i) for i in range(pre_index, count)]
 
 
-def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
-    """Equal size, and spacing, origin (mm) and direction within ``tol``."""
-    return a.GetSize() == b.GetSize() and all(
-        np.allclose(x, y, atol=tol) for x, y in [(a.GetSpacing(), b.GetSpacing()), (a.GetOrigin(), b.GetOrigin()),
-                                                   (a.GetDirection(), b.GetDirection())])
-
-
 def check_inputs(t1_node, series_nodes, inputs: str = "subtractions", model_path=None) -> list[str]:
     """What Analyze would say about these inputs, before running it.
 
     Raises :class:`InputError` for what would fail (empty selector, bad voxels, no overlap with the
-    reference, channel count the model does not take); returns notes on volumes that will be
-    resampled onto the reference grid.
+    reference, channel count the model does not take); returns notes on volumes whose voxel centres are
+    not those of the reference, which preprocessing interpolates.
     """
+    from .analyze import check_channels
     from .modelfile import read_model_metadata
-    from .preprocess import check_overlap
+    from .preprocess import check_overlap, lattice_aligned
 
     case = inputs_from_nodes(t1_node, series_nodes, inputs)
     check_overlap(case)
     if model_path:
-        cfg, _ = read_model_metadata(model_path)
-        if cfg.in_channels != case.n_channels:
-            raise InputError(case.reference_source, f"the model takes {cfg.in_channels} subtraction channels, "
-                             f"these inputs give {case.n_channels}")
+        cfg, provenance = read_model_metadata(model_path)
+        check_channels(case, cfg, provenance.get("name") or Path(model_path).stem)
     return [f"{source}: on another grid than the reference {case.reference_source}; it will be resampled "
             "onto the reference grid (linear)"
             for image, source in zip([case.t1, *case.series], case.sources)
-            if not same_grid(image, case.reference)]
+            if not lattice_aligned(image, case.reference)]
 
 
 def follow_slice(leader, follower, offset_ras) -> None:

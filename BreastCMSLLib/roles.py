@@ -333,6 +333,42 @@ def assign_roles(series: list[Series], overrides: dict | None = None, n_channels
                               series)
 
 
+def _phase_number(text: str) -> int:
+    """The last number in a name ("post_3" -> 3, "5: ax dyn 2nd pass" -> 2); 0 when there is none."""
+    numbers = re.findall(r"\d+", text)
+    return int(numbers[-1]) if numbers else 0
+
+
+def assign_by_name(names: list[str], inputs: str, n_channels: int, patterns: RolePatterns = RolePatterns()) -> dict:
+    """Roles from volume names alone with the same :class:`RolePatterns`, for volumes that carry no DICOM
+    headers (the Slicer module passes its node names).
+
+    Returns {"inputs": inputs, "t1": index or None, "series": [index or None, ...], "notes": [...]} with
+    ``n_channels`` subtractions, or pre + ``n_channels`` posts for phases; posts and subtractions are
+    ordered by the last number in their name. The user can override any of it.
+    """
+    p = patterns
+    usable = [i for i, name in enumerate(names) if not p.match("exclude", name)]
+    subs = [i for i in usable if p.match("subtraction", names[i])]
+    rest = [i for i in usable if i not in subs]
+    t1 = [i for i in rest if p.match("non_fat_sat", names[i]) or (
+        p.match("t1", names[i]) and not any(p.match(k, names[i]) for k in ("fat_sat", "dynamic", "pre", "post")))]
+    pre = [i for i in rest if i not in t1 and p.match("pre", names[i])]
+    post = sorted((i for i in rest if i not in t1 and i not in pre and p.match("post", names[i])),
+                  key=lambda i: _phase_number(names[i]))
+    subs.sort(key=lambda i: _phase_number(names[i]))
+
+    def padded(found: list[int]) -> list[int | None]:
+        return found[:n_channels] + [None] * (n_channels - len(found[:n_channels]))
+
+    series = [pre[0] if pre else None, *padded(post)] if inputs == "phases" else padded(subs)
+    notes = [f"{len(found)} {what} candidates ({', '.join(names[i] for i in found)}); took the first"
+             for what, found in (("T1", t1), ("pre-contrast", pre)) if len(found) > 1]
+    if None in series or not t1:
+        notes.append("some inputs were not recognized by name; choose them by hand")
+    return {"inputs": inputs, "t1": t1[0] if t1 else None, "series": series, "notes": notes}
+
+
 def load_overrides(path: str | Path) -> dict:
     """Read ROLES.json: {"t1": id, "pre": id, "post": [id, ...]} or {"t1": id, "sub": [id, ...]}, any subset.
 

@@ -9,7 +9,7 @@ import pytest
 
 from BreastCMSLLib.dicom import Frame, Phase, Series
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.roles import RolePatterns, assign_roles, fat_suppression
+from BreastCMSLLib.roles import RolePatterns, assign_by_name, assign_roles, fat_suppression
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -94,3 +94,20 @@ def test_pattern_overrides_are_checked_where_they_come_from():
         RolePatterns.from_overrides({"t1": "t1", "posts": "post"}, "site.json")
     with pytest.raises(InputError, match=r"^site.json: t1: not a regular expression"):
         RolePatterns.from_overrides({"t1": 1}, "site.json")
+
+
+def test_assign_by_name_phantom_and_vendor_wording():
+    names = ["t1", "post_2", "pre", "post_1", "post_3", "coam map"]
+    assert assign_by_name(names, "phases", 3) == {"inputs": "phases", "t1": 0, "series": [2, 3, 1, 4], "notes": []}
+    duke = ["1: 3 plane loc", "3: ax t1 non fs", "5: ax dyn pre", "7: ax dyn 2nd pass", "6: ax dyn 1st pass",
+            "8: ax dyn 3rd pass", "9: ax t2 fs"]
+    assert assign_by_name(duke, "phases", 3) == {"inputs": "phases", "t1": 1, "series": [2, 4, 3, 5], "notes": []}
+    subs = ["sub_2", "T1", "sub_1", "sub_3"]
+    assert assign_by_name(subs, "subtractions", 3) == {"inputs": "subtractions", "t1": 1, "series": [2, 0, 3],
+                                                       "notes": []}
+    missing = assign_by_name(["t1", "sub_1"], "subtractions", 2)
+    assert missing["series"] == [1, None] and missing["notes"] == [
+        "some inputs were not recognized by name; choose them by hand"]
+    two = assign_by_name(["ax t1 a", "ax t1 b", "pre", "post_1"], "phases", 1)
+    assert two == {"inputs": "phases", "t1": 0, "series": [2, 3],
+                   "notes": ["2 T1 candidates (ax t1 a, ax t1 b); took the first"]}

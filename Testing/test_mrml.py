@@ -343,6 +343,15 @@ def test_check_inputs_reports_before_running(case, tmp_path):
         mrml.check_inputs(t1, series[:6], "phases", case["model"])
     with pytest.raises(InputError, match="a volume selector is empty"):
         mrml.check_inputs(t1, [series[0], None], "phases")
+    # the combination is checked by CaseInputs itself, naming the nodes
+    with pytest.raises(InputError, match=r"^pre: phases need a pre-contrast and at least one post-contrast"):
+        mrml.check_inputs(t1, series[:1], "phases")
+    with pytest.raises(InputError, match=r"^t1: no subtraction volumes given"):
+        mrml.check_inputs(t1, [], "subtractions")
+    # a T1 cropped on the reference's own voxel lattice is copied, not interpolated: no note
+    cropped = mrml.volume_node_from_image(scene, sitk.ReadImage(str(case["dir"] / "t1.nrrd"))[4:90, 2:60, 3:],
+                                          "cropped T1")
+    assert mrml.check_inputs(cropped, series, "phases") == []
 
 
 def test_sequence_frames_become_pre_and_posts():
@@ -391,20 +400,6 @@ def test_follow_slice_keeps_each_compare_view_on_its_own_peak():
     # and back: following the COAM view puts the CAM view on its own peak again
     mrml.follow_slice(coam_view, cam_view, cam_peak - coam_peak)
     np.testing.assert_allclose(slice_to_ras(cam_view), tilted, atol=1e-9)
-
-
-def test_assign_by_name_phantom_and_vendor_wording():
-    names = ["t1", "post_2", "pre", "post_1", "post_3", "coam map"]
-    assert mrml.assign_by_name(names, "phases", 3) == {"inputs": "phases", "t1": 0, "series": [2, 3, 1, 4], "notes": []}
-    duke = ["1: 3 plane loc", "3: ax t1 non fs", "5: ax dyn pre", "7: ax dyn 2nd pass", "6: ax dyn 1st pass",
-            "8: ax dyn 3rd pass", "9: ax t2 fs"]
-    assert mrml.assign_by_name(duke, "phases", 3) == {"inputs": "phases", "t1": 1, "series": [2, 4, 3, 5], "notes": []}
-    subs = ["sub_2", "T1", "sub_1", "sub_3"]
-    assert mrml.assign_by_name(subs, "subtractions", 3) == {"inputs": "subtractions", "t1": 1, "series": [2, 0, 3],
-                                                           "notes": []}
-    missing = mrml.assign_by_name(["t1", "sub_1"], "subtractions", 2)
-    assert missing["series"] == [1, None] and missing["notes"] == [
-        "some inputs were not recognized by name; choose them by hand"]
 
 
 def test_assign_by_dicom_maps_the_role_rules_back_to_nodes(tmp_path):
