@@ -79,6 +79,8 @@ def test_manifest_cases_and_centres(cohort):
     assert header == "subject_id,label,split,case_dir,birads,center_lps_x,center_lps_y,center_lps_z"
     cases = {c.subject_id: c for c in read_manifest(manifest)}
     assert set(cases) == set(SUBJECTS)
+    # finished cases only: no staging folder is left, not even of the failed study
+    assert sorted(p.name for p in (manifest.parent / "cases").iterdir()) == sorted(SUBJECTS)
     for subject, (_, label, split) in SUBJECTS.items():
         case = cases[subject]
         assert (case.label, case.split) == (label, split)

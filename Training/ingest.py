@@ -23,9 +23,6 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing
-import os
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from BreastCMSLLib.dicom import Phase, read_phase, scan_study
+from BreastCMSLLib.atomic import replace_folder, staging_folder
+from BreastCMSLLib.dicom import Phase
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.roles import RolePatterns, assign_roles, load_overrides, load_patterns
+from BreastCMSLLib.roles import RolePatterns, load_overrides, load_patterns, load_study
 
 from .manifest import Case, write_manifest
 
@@ -130,29 +128,23 @@ def box_centre_lps(box: tuple[float, ...], phase: Phase, image: sitk.Image) -> t
 
 def ingest_study(study_dir: Path, case_dir: Path, label: StudyLabel, box: tuple[float, ...] | None,
                  n_channels: int | None, patterns: RolePatterns) -> Case:
-    """Convert one study into ``case_dir`` (written whole or not at all); returns its manifest row."""
+    """Convert one study into ``case_dir`` (written whole or not at all); returns its manifest row.
+
+    The study is read as :func:`BreastCMSLLib.roles.load_study` reads it for ``analyze --dicom``; each
+    volume is stored under its role's name (t1, pre, post_k or sub_k).
+    """
     overrides = load_overrides(study_dir / "roles.json") if (study_dir / "roles.json").is_file() else None
-    assignment = assign_roles(scan_study(study_dir), overrides, n_channels, patterns, source=str(study_dir))
-    names = ["t1", *(["pre", *[f"post_{k}" for k in range(1, len(assignment.entries) - 1)]]
-                     if assignment.kind == "phases" else [f"sub_{k}" for k in range(1, len(assignment.entries))])]
-    reference = 2 if assignment.kind == "phases" else 1
-    tmp = Path(tempfile.mkdtemp(prefix=f".{case_dir.name}.tmp-", dir=case_dir.parent))
-    try:
-        centre = None
-        for i, (name, phase) in enumerate(zip(names, assignment.phases(), strict=True)):
-            image = read_phase(phase)
-            sitk.WriteImage(image, str(tmp / f"{name}.nrrd"), useCompression=True)
-            if i == reference and box is not None:
-                centre = box_centre_lps(box, phase, image)
+    study = load_study(study_dir, overrides, n_channels, patterns)
+    centre = box_centre_lps(box, study.reference, study.inputs.reference) if box is not None else None
+    with staging_folder(case_dir) as tmp:
+        images = [study.inputs.t1, *study.inputs.series]
+        for entry, image in zip(study.assignment.entries, images, strict=True):
+            sitk.WriteImage(image, str(tmp / f"{entry.role}.nrrd"), useCompression=True)
         info = {"label": label.label, "birads": label.birads, "center_lps": list(centre) if centre else None,
-                "source": str(study_dir), "roles": assignment.as_dict()}
+                "source": str(study_dir), "roles": study.assignment.as_dict()}
         (tmp / "case.json").write_text(json.dumps(info, indent=2))
-        (tmp / "roles.txt").write_text(assignment.table() + "\n")
-        if case_dir.exists():
-            shutil.rmtree(case_dir)
-        os.replace(tmp, case_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "roles.txt").write_text(study.assignment.table() + "\n")
+        replace_folder(tmp, case_dir)
     return Case(label.subject_id, label.label, label.split, case_dir, label.birads, centre)
 
 
