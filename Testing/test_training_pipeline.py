@@ -26,6 +26,7 @@ from BreastCMSLLib.modelfile import load_model, read_model_metadata
 from BreastCMSLLib.preprocess import load_case
 from Training.cache import open_cache, preprocess_cohort
 from Training.cohort import synth_cohort
+from Training.data import VolumeSource
 from Training.evaluate import compare, evaluate, export, predict_split
 from Training.localize import localize
 from Training.methods import METHODS
@@ -186,3 +187,16 @@ def test_torchrun_two_ranks_matches_single_process(cache_dir, tmp_path):
         assert abs(float(r1["val_loss"]) - float(r2["val_loss"])) <= 0.25 * float(r1["val_loss"])
         assert abs(float(r1["val_accuracy"]) - float(r2["val_accuracy"])) <= 0.5
     assert (tmp_path / "ddp" / "model_last.safetensors").is_file() and (tmp_path / "ddp" / "checkpoint.pt").is_file()
+
+
+def test_streamed_and_resident_batches_are_equal(cache_dir):
+    cache = open_cache(cache_dir)
+    cases = cache.split("train")
+    resident = VolumeSource(cache, cases, torch.device("cpu"), resident_bytes=1 << 40)
+    streamed = VolumeSource(cache, cases, torch.device("cpu"), resident_bytes=0)
+    assert resident.resident is not None and streamed.resident is None
+    order = [[3, 0], [1], [2, 4]]
+    for (i1, b1), (i2, b2) in zip(resident.batches(order), streamed.batches(order), strict=True):
+        assert i1 == i2
+        torch.testing.assert_close(b1, b2, rtol=0, atol=0)
+        np.testing.assert_array_equal(b1[0].numpy(), cache.load(cases[i1[0]].subject_id))

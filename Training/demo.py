@@ -29,15 +29,16 @@ class DemoConfig:
     """Sizes of the demo (see the module docstring for why they are small)."""
 
     n_cases: int = 240
-    difficulty: float = 0.3  # phantom class overlap (the phantom's own default is 0.5; see report)
+    difficulty: float = 0.5  # phantom class overlap (the phantom's default)
     phantom_shape: tuple[int, int, int] = (96, 64, 40)
     input_size: tuple[int, int, int] = (64, 48, 32)
+    clip_percentile: float = 99.9  # see the report: at 99.5 lesion voxels saturate in all phases
     width_factor: float = 0.25
     epochs: int = 30
-    batch_size: int = 8
+    batch_size: int = 4
     lr: float = 1e-4
-    lr_patience: int = 2
-    early_stop: int = 8
+    lr_patience: int = 3
+    early_stop: int = 10
     seed: int = 0
     methods: tuple[str, ...] = ("cmsl", "bce")
 
@@ -60,7 +61,8 @@ def demo(out: str | Path, workers: int = 2, cfg: DemoConfig = DemoConfig(), devi
     stage("synth", synth_cohort, out / "cohort", cfg.n_cases, seed=cfg.seed, shape=cfg.phantom_shape,
           difficulty=cfg.difficulty, workers=workers)
     prep = stage("preprocess", preprocess_cohort, out / "cohort" / "manifest.csv", out / "cache",
-                 PreprocessConfig(input_size=cfg.input_size), workers=workers, seed=cfg.seed)
+                 PreprocessConfig(input_size=cfg.input_size, clip_percentile=cfg.clip_percentile), workers=workers,
+                 seed=cfg.seed)
     runs, results = {}, {}
     for method in cfg.methods:
         runs[method] = out / "runs" / method
@@ -113,6 +115,10 @@ def _report(cfg: DemoConfig, table: str, loc: dict, results: dict, runs: dict, o
         "these sizes keep the demo within minutes on 2 CPU cores)",
         f"- Adam lr {cfg.lr}, batch {cfg.batch_size}, ≤ {cfg.epochs} epochs, lr ÷10 after {cfg.lr_patience} "
         f"epochs without validation improvement, early stop after {cfg.early_stop}; best validation loss kept",
+        f"- preprocessing: the core's, with the upper intensity clip at the {cfg.clip_percentile} percentile of "
+        "the masked subtraction voxels (at the core's default 99.5, 11 % of the lesion voxels of these "
+        "phantoms, up to 32 % in a case, saturate in all six phases, which flattens their kinetic curves; "
+        "measured on 12 cases; at 99.9 none do)",
         f"- cases that failed preprocessing: {len(failed)}", "",
         "## Table 1 (test split)", "", table, "",
         "## Localization (CMSL model, test cases it calls malignant)", "",
