@@ -457,16 +457,22 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logTextEdit.clear()
         self.log(f"{title}...")
         self.ui.progressBar.visible = True
-        self.ui.progressBar.setRange(0, 0)  # busy: the CLI reports no fractions
+        self.ui.progressBar.setRange(0, 0)  # busy until the command reports a first "progress" line
+        self.ui.progressBar.format = "%p%"
         self.pollTimer.start()
         self.updateButtons()
 
     def onPollJob(self) -> None:
         process, work, onFinished, started = self.job
-        text = process.read_output()
+        returnCode = process.poll()  # before reading, so that a finished command's last line is read too
+        text, progress = background.split_progress(process.read_output())
         if text:
             self.log(text)
-        returnCode = process.poll()
+        if progress:
+            fraction, stage = progress
+            self.ui.progressBar.setRange(0, 100)
+            self.ui.progressBar.setValue(round(100 * fraction))
+            self.ui.progressBar.format = f"{stage} %p%"
         if returnCode is None:
             return
         self.log(f"Finished in {time.monotonic() - started:.1f} s (exit code {returnCode}).")

@@ -3,12 +3,14 @@
 Used by the Slicer module so that the GUI stays responsive: the caller polls :meth:`poll` and
 :meth:`read_output` from a timer. Output goes to a log file (no pipes, so no reader thread), and
 cancelling kills the whole process tree (the Python launcher of Slicer starts a child interpreter).
+``breastcmsl analyze`` reports its stages as ``progress <fraction> <stage>`` lines (:func:`split_progress`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,6 +31,25 @@ def analyze_command(python: str, t1: str | Path, series: list[str | Path], kind:
         raise ValueError(f"unknown input kind {kind!r}")
     return [python, "-m", "BreastCMSLLib.cli", "analyze", "--t1", str(t1), *volumes, "--model", str(model),
             "--out", str(out_dir), "--device", device, "--label-fraction", repr(float(label_fraction))]
+
+
+PROGRESS_LINE = re.compile(r"progress ([0-9]*\.?[0-9]+) (\S+)")
+
+
+def split_progress(text: str) -> tuple[str, tuple[float, str] | None]:
+    """Separate the ``progress <fraction> <stage>`` lines that ``breastcmsl analyze`` prints on stderr
+    before each stage from the rest of a log text.
+
+    Returns (the text without those lines, the last (fraction clipped to [0, 1], stage) or None).
+    """
+    kept, last = [], None
+    for line in text.splitlines(keepends=True):
+        match = PROGRESS_LINE.fullmatch(line.rstrip("\r\n"))
+        if match:
+            last = (min(max(float(match.group(1)), 0.0), 1.0), match.group(2))
+        else:
+            kept.append(line)
+    return "".join(kept), last
 
 
 class BackgroundCommand:
@@ -64,13 +85,16 @@ class BackgroundCommand:
         return self.process.wait(timeout)
 
     def read_output(self) -> str:
-        """Text logged since the previous call."""
+        """Whole lines logged since the previous call (once the process has ended, the rest as well)."""
+        finished = self.poll() is not None
         try:
             with open(self.log_path, "rb") as log:
                 log.seek(self._read_offset)
                 data = log.read()
         except FileNotFoundError:
             return ""
+        if not finished:
+            data = data[:data.rfind(b"\n") + 1]  # a line still being written waits for the next call
         self._read_offset += len(data)
         return data.decode("utf-8", errors="replace")
 

@@ -207,3 +207,29 @@ def test_background_command_logs_and_returns_the_exit_code(tmp_path):
     assert job.wait(30) == 2
     assert job.read_output().split() == ["one", "two"]
     assert job.read_output() == ""
+
+
+def test_split_progress_separates_the_stage_lines_of_analyze():
+    text = ("progress 0.00 read\nUsing CPU\nprogress 0.10 preprocess\r\nprogress 1.5 done\n"
+            "the progress bar is a busy indicator\nprogress 0.4\n")
+    assert background.split_progress(text) == (
+        "Using CPU\nthe progress bar is a busy indicator\nprogress 0.4\n", (1.0, "done"))
+    assert background.split_progress("no stages\n") == ("no stages\n", None)
+    assert background.split_progress("progress 0 read\nprogress -0.2 read\n") == ("progress -0.2 read\n", (0.0, "read"))
+
+
+def test_read_output_holds_back_a_line_still_being_written(tmp_path):
+    script = ("import sys, time; sys.stdout.write('progress 0.10 prepro'); sys.stdout.flush(); time.sleep(1.0); "
+              "print('cess', flush=True); time.sleep(60)")
+    job = background.BackgroundCommand([sys.executable, "-c", script], tmp_path / "job.log")
+    job.start()
+    deadline = time.monotonic() + 20
+    while (tmp_path / "job.log").stat().st_size == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert job.read_output() == ""  # half a line: not yet
+    text = ""
+    while not text and time.monotonic() < deadline:
+        time.sleep(0.05)
+        text = job.read_output()
+    job.cancel()
+    assert background.split_progress(text) == ("", (0.1, "preprocess"))
