@@ -883,7 +883,7 @@ class BreastCMSLTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_CancelLeavesSceneUnchanged(self):
-        self.delayDisplay("Cancel a background Analyze")
+        self.delayDisplay("Cancel a background Analyze while it computes")
         t1, series, model = self.makeCase()
         before = slicer.mrmlScene.GetNumberOfNodes()
         t1Path, seriesPaths = mrml.export_input_nodes(t1, series, self.work / "inputs")
@@ -893,9 +893,18 @@ class BreastCMSLTest(ScriptedLoadableModuleTest):
         env["PYTHONPATH"] = str(libraryRoot())
         process = background.BackgroundCommand(command, self.work / "job.log", env=env)
         process.start()
-        time.sleep(1.0)
+        stage, deadline = None, time.monotonic() + 300
+        while stage not in ("preprocess", "inference"):  # past the imports and the reading of the model
+            self.assertIsNone(process.poll(), process.read_output())
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+            progress = background.split_progress(process.read_output())[1]
+            stage = progress[1] if progress else stage
         process.cancel()
         self.assertIsNotNone(process.poll())
-        self.assertFalse((self.work / "out" / "result.json").exists())
+        if sys.platform != "win32":
+            with self.assertRaises(ProcessLookupError):  # the whole process group is gone
+                os.killpg(process.process.pid, 0)
+        self.assertEqual(sorted(p.name for p in self.work.iterdir() if p.name.startswith((".out", "out"))), [])
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
         self.delayDisplay("Test passed")

@@ -19,7 +19,8 @@ from pathlib import Path
 
 def analyze_command(python: str, t1: str | Path, series: list[str | Path], kind: str, model: str | Path,
                     out_dir: str | Path, device: str = "auto", label_fraction: float = 0.5) -> list[str]:
-    """The ``breastcmsl analyze`` command line for named input files, run as ``python -m BreastCMSLLib.cli``.
+    """The ``breastcmsl analyze`` command line for named input files, run as ``python -m BreastCMSLLib.cli``,
+    reporting its stages (``--progress``, see :func:`split_progress`).
 
     ``kind="subtractions"``: ``series`` are the subtractions; ``"phases"``: pre-contrast then posts.
     """
@@ -30,7 +31,7 @@ def analyze_command(python: str, t1: str | Path, series: list[str | Path], kind:
     else:
         raise ValueError(f"unknown input kind {kind!r}")
     return [python, "-m", "BreastCMSLLib.cli", "analyze", "--t1", str(t1), *volumes, "--model", str(model),
-            "--out", str(out_dir), "--device", device, "--label-fraction", repr(float(label_fraction))]
+            "--out", str(out_dir), "--device", device, "--label-fraction", repr(float(label_fraction)), "--progress"]
 
 
 PROGRESS_LINE = re.compile(r"progress ([0-9]*\.?[0-9]+) (\S+)")

@@ -160,8 +160,8 @@ def test_analyze_command_is_what_the_cli_parses(kind):
     command = background.analyze_command("python", "t1.nrrd", series, kind, "m.safetensors", "out", "cpu", 0.4)
     assert command[:3] == ["python", "-m", "BreastCMSLLib.cli"]
     args = cli.build_parser().parse_args(command[3:])
-    assert (args.command, str(args.t1), str(args.model), str(args.out), args.device, args.label_fraction) == (
-        "analyze", "t1.nrrd", "m.safetensors", "out", "cpu", 0.4)
+    assert (args.command, str(args.t1), str(args.model), str(args.out), args.device, args.label_fraction,
+            args.progress) == ("analyze", "t1.nrrd", "m.safetensors", "out", "cpu", 0.4, True)
     if kind == "subtractions":
         assert [str(p) for p in args.sub] == series and args.pre is None
     else:

@@ -419,9 +419,16 @@ def test_assign_by_dicom_maps_the_role_rules_back_to_nodes(tmp_path):
         mrml.assign_by_dicom([written[d] for d in order], n_channels=4)
 
 
+def progress_stages(text: str) -> list[tuple[float, str]]:
+    """Every (fraction, stage) that ``breastcmsl analyze`` reported in a log, in order."""
+    stages = [background.split_progress(line)[1] for line in text.splitlines()]
+    return [stage for stage in stages if stage is not None]
+
+
 def test_background_analyze_path_of_the_module(analyzed, case, tmp_path):
     """What the module's Analyze button does: export the nodes, run the CLI in a background process, load
-    its folder; equal to the in-process analysis. A cancelled run leaves no output and the scene as it was."""
+    its folder; equal to the in-process analysis. A run cancelled while it computes leaves no process, no
+    output (not even a staging folder) and the scene as it was."""
     scene, t1, series = analyzed["scene"], analyzed["t1"], analyzed["series"]
     t1_path, series_paths = mrml.export_input_nodes(t1, series, tmp_path / "inputs")
     for node, path in zip([t1, *series], [t1_path, *series_paths]):
@@ -430,17 +437,31 @@ def test_background_analyze_path_of_the_module(analyzed, case, tmp_path):
     command = background.analyze_command(sys.executable, t1_path, series_paths, "phases", case["model"],
                                          tmp_path / "out", "cpu")
 
+    before = snapshot(scene, [t1, *series])
     cancelled = background.BackgroundCommand(command, tmp_path / "cancel.log", env=env, cwd=tmp_path)
-    count = scene.GetNumberOfNodes()
     cancelled.start()
-    time.sleep(0.5)
+    seen, deadline = [], time.monotonic() + 120
+    while not {"preprocess", "inference"} & {stage for _, stage in seen}:  # torch imported, the model read
+        assert cancelled.poll() is None and time.monotonic() < deadline, cancelled.read_output()
+        time.sleep(0.01)
+        seen += progress_stages(cancelled.read_output())
+    os.killpg(cancelled.process.pid, 0)  # alive until cancelled
     cancelled.cancel()
-    assert cancelled.cancelled and cancelled.poll() is not None
-    assert not (tmp_path / "out").exists() and scene.GetNumberOfNodes() == count
+    assert cancelled.cancelled and cancelled.poll() == -9
+    with pytest.raises(ProcessLookupError):  # its process group (the whole tree) is gone
+        os.killpg(cancelled.process.pid, 0)
+    seen += progress_stages(cancelled.read_output())
+    assert "write" not in {stage for _, stage in seen}, "killed too late to test a cancel before writing"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cancel.log", "inputs"]  # no out, no .out.tmp-*
+    assert_unchanged(before, snapshot(scene, [t1, *series]))
 
     job = background.BackgroundCommand(command, tmp_path / "job.log", env=env, cwd=tmp_path)
     job.start()
     assert job.wait(300) == 0, job.read_output()
+    stages = progress_stages(job.read_output())
+    assert [stage for _, stage in stages] == ["read", "preprocess", "inference", "maps", "write", "done"]
+    fractions = [fraction for fraction, _ in stages]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and np.all(np.diff(fractions) > 0)
     loaded = mrml.load_result_folder(scene, tmp_path / "out", "background")
     result = analyzed["result"]
     assert loaded["probability"] == pytest.approx(result["probability"], abs=1e-6)
