@@ -441,7 +441,7 @@ def test_background_analyze_path_of_the_module(analyzed, case, tmp_path):
     cancelled = background.BackgroundCommand(command, tmp_path / "cancel.log", env=env, cwd=tmp_path)
     cancelled.start()
     seen, deadline = [], time.monotonic() + 120
-    while not {"preprocess", "inference"} & {stage for _, stage in seen}:  # torch imported, the model read
+    while not {"read", "preprocess", "inference"} & {stage for _, stage in seen}:  # torch imported, working
         assert cancelled.poll() is None and time.monotonic() < deadline, cancelled.read_output()
         time.sleep(0.01)
         seen += progress_stages(cancelled.read_output())
