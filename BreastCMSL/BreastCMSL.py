@@ -712,7 +712,7 @@ class BreastCMSLLogic(ScriptedLoadableModuleLogic):
         models = []
         for path in sorted(self.modelFolder().glob("*.safetensors")):
             try:
-                from BreastCMSLLib.modelfile import file_sha256, read_model_metadata
+                from BreastCMSLLib.modelfile import file_sha256, model_name, read_model_metadata
 
                 cfg, provenance = read_model_metadata(path)
             except ImportError:
@@ -723,7 +723,7 @@ class BreastCMSLLogic(ScriptedLoadableModuleLogic):
                 logging.warning(str(err))
                 continue
             sha = file_sha256(path)
-            name = provenance.get("name") or path.stem
+            name = model_name(path, provenance)
             flags = [flag for flag in ("untrained", "synthetic") if provenance.get(flag)]
             models.append({
                 "path": str(path), "in_channels": cfg.in_channels,

@@ -75,7 +75,7 @@ class LoadedModel:
 
     @property
     def name(self) -> str:
-        return str(self.provenance.get("name") or self.path.stem)
+        return model_name(self.path, self.provenance)
 
     def info(self) -> dict:
         """What result.json records about the model."""
@@ -88,6 +88,11 @@ class LoadedModel:
             "method": self.config.loss if self.config.arch == "resnet34_3d" else self.config.arch,
             "version": self.provenance.get("version"),
         }
+
+
+def model_name(path: str | Path, provenance: dict) -> str:
+    """The name a model is shown by: its provenance's ``name``, else the file's stem."""
+    return str(provenance.get("name") or Path(path).stem)
 
 
 def read_model_metadata(path: str | Path) -> tuple[ModelConfig, dict]:

@@ -179,14 +179,14 @@ def check_inputs(t1_node, series_nodes, inputs: str = "subtractions", model_path
     not those of the reference, which preprocessing interpolates.
     """
     from .analyze import check_channels
-    from .modelfile import read_model_metadata
+    from .modelfile import model_name, read_model_metadata
     from .preprocess import check_overlap, lattice_aligned
 
     case = inputs_from_nodes(t1_node, series_nodes, inputs)
     check_overlap(case)
     if model_path:
         cfg, provenance = read_model_metadata(model_path)
-        check_channels(case, cfg, provenance.get("name") or Path(model_path).stem)
+        check_channels(case, cfg, model_name(model_path, provenance))
     return [f"{source}: on another grid than the reference {case.reference_source}; it will be resampled "
             "onto the reference grid (linear)"
             for image, source in zip([case.t1, *case.series], case.sources)
