@@ -177,7 +177,7 @@ def preprocess_cohort(manifest: str | Path, cache_dir: str | Path, cfg: Preproce
     skipped = [c.subject_id for c in cache.cases if c not in todo]
     done: list[str] = []
     failed: dict[str, str] = {}
-    bar = tqdm(total=len(todo), desc="preprocess", unit="case", disable=not progress)
+    bar = tqdm(total=len(todo), desc="preprocess", unit="case", disable=not progress, mininterval=2.0)
     args = [(str(cache.root), c, config_json(cfg), 1 if workers > 1 else 0) for c in todo]
     if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
