@@ -200,3 +200,14 @@ def test_streamed_and_resident_batches_are_equal(cache_dir):
         assert i1 == i2
         torch.testing.assert_close(b1, b2, rtol=0, atol=0)
         np.testing.assert_array_equal(b1[0].numpy(), cache.load(cases[i1[0]].subject_id))
+
+
+def test_init_from_trained_base_model(runs, cache_dir, tmp_path):
+    fit(FitConfig(cache=str(cache_dir), out=str(tmp_path / "dkmt"), method="dkmt", init=str(runs["cmsl"]),
+                  **{**FIT, "epochs": 1}))
+    run = json.loads((tmp_path / "dkmt" / "run.json").read_text())
+    assert run["not_initialized"] == ["aux_head.bias", "aux_head.weight"]  # everything else came from CMSL
+    with pytest.raises(InputError, match="refusing to unpickle"):
+        bad = tmp_path / "pickle.pt"
+        torch.save({"a": torch.zeros(1)}, bad)
+        fit(FitConfig(cache=str(cache_dir), out=str(tmp_path / "x"), init=str(bad), **FIT))
