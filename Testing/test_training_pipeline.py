@@ -122,6 +122,9 @@ def test_localize_matches_analyze_and_compare_table(runs, cache_dir, tmp_path):
     case = next(c for c in cases if c.subject_id == rows[0]["subject_id"])
     a = analyze_case(load_case(case.case_dir), load_model(run / "model_best.safetensors"), device="cpu")
     assert [float(rows[0][f"coam_{x}"]) for x in "xyz"] == pytest.approx(a.coam_peak_lps, abs=1e-3)
+    # the uint8 cache changes cos(theta) only by its quantization (analyze preprocesses in float)
+    cos_cache = pred["cos_theta"][[c.subject_id for c in cases].index(case.subject_id)]
+    assert abs(cos_cache - a.cos_theta) < 0.02
     assert [float(rows[0][f"cam_{x}"]) for x in "xyz"] == pytest.approx(a.cam_peak_lps, abs=1e-3)
     assert float(rows[0]["cam_mm"]) == pytest.approx(
         np.linalg.norm(np.subtract(a.cam_peak_lps, case.center_lps)), abs=1e-3)
