@@ -17,6 +17,7 @@ instead of 115 MB, and a quantization step of 1/255 of the clipped range, below 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -44,8 +45,7 @@ def config_hash(cfg: PreprocessConfig) -> str:
 
 
 def config_json(cfg: PreprocessConfig) -> str:
-    import dataclasses
-
+    """Canonical JSON of a PreprocessConfig."""
     return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from BreastCMSLLib.errors import InputError
 
 from . import ingest
+from .fastconv import MODES
 from .methods import METHODS
 
 
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-patience", type=int, default=3)
     p.add_argument("--early-stop", type=int, default=8)
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
-    p.add_argument("--resident-gb", type=float, default=8.0)
+    p.add_argument("--resident-gb", type=float, default=8.0, help="keep a split on the device up to this size")
+    p.add_argument("--conv1", choices=MODES, default="s2d", help="CUDA: exact conv1 rewrite (Training/fastconv.py)")
 
     p = sub.add_parser("evaluate", help="Table-1 metrics with bootstrap CIs, ROC, cos histograms")
     p.add_argument("--run", type=Path, required=True)
@@ -106,7 +108,10 @@ def cmd_preprocess(args) -> dict:
 
     cfg = PreprocessConfig()
     if args.input_size:
-        cfg = dataclasses.replace(cfg, input_size=tuple(args.input_size))
+        try:
+            cfg = dataclasses.replace(cfg, input_size=tuple(args.input_size))
+        except ValueError as err:
+            raise InputError("--input-size", str(err)) from None
     r = preprocess_cohort(args.manifest, args.cache, cfg, workers=args.workers, seed=args.seed)
     return {"done": len(r.done), "skipped_finished": len(r.skipped), "failed": r.failed,
             "seconds": round(r.seconds, 1)}
@@ -119,7 +124,7 @@ def cmd_fit(args) -> dict:
                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                     width_factor=args.width_factor, s=args.s, m=args.m, lr_patience=args.lr_patience,
                     early_stop=args.early_stop, checkpoint_every=args.checkpoint_every, init=args.init,
-                    resident_gb=args.resident_gb)
+                    resident_gb=args.resident_gb, conv1=args.conv1)
     return fit(cfg, resume=args.resume)
 
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from BreastCMSLLib.config import PreprocessConfig
+from BreastCMSLLib.config import NETWORK_STRIDE, PreprocessConfig
 from BreastCMSLLib.phantom import FOV_MM
 
 from .cache import preprocess_cohort
@@ -23,8 +23,6 @@ from .cohort import synth_cohort
 from .evaluate import compare, evaluate, export
 from .localize import localize
 from .trainer import FitConfig, fit
-
-STRIDE = 32  # input voxels per position of the ResNet34's last feature grid (conv1, max pool, 3 stages)
 
 
 @dataclass(frozen=True)
@@ -99,8 +97,8 @@ def _report(cfg: DemoConfig, table: str, loc: dict, results: dict, runs: dict, o
         return f"{d['mean']:.1f} ± {d['std']:.1f} mm (n = {d['n']})" if d["n"] else "n/a (n = 0)"
 
     test = results["cmsl"]
-    grid = [-(-n // STRIDE) for n in cfg.input_size]
-    cell = [STRIDE * f / p for f, p in zip(FOV_MM, cfg.phantom_shape, strict=True)]  # mm (phantom spacing)
+    grid = [-(-n // NETWORK_STRIDE) for n in cfg.input_size]
+    cell = [NETWORK_STRIDE * f / p for f, p in zip(FOV_MM, cfg.phantom_shape, strict=True)]  # mm (phantom spacing)
     figures = []
     for m, run in runs.items():
         figures.append(f"![ROC {m}]({rel(run / 'eval' / 'roc.png')})")

@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from Training.cache import synthetic_cache
+from Training.fastconv import MODES
 from Training.inference import prepare, run_forward
 from Training.trainer import FitConfig, Trainer
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cache", type=Path, default=None,
                     help="cache to use; a synthetic one is written there if it has none (default: temporary)")
     ap.add_argument("--resident-gb", type=float, default=40.0, help="device-resident data budget")
-    ap.add_argument("--conv1", choices=["s2d", "pad", "none"], default="s2d", help="CUDA conv1 rewrite")
+    ap.add_argument("--conv1", choices=MODES, default="s2d", help="CUDA conv1 rewrite (Training.fastconv)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     args = ap.parse_args(argv)
     if args.threads:
