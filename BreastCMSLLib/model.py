@@ -50,16 +50,17 @@ class CMSLNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> NetOutput:
         f = self.features(x)
+        logit_map = self.head(f)[:, 0]
+        w = self.head.weight.reshape(-1).float()
         if self.cfg.pooling == "avg":
             pooled = f.mean(dim=(2, 3, 4))
         elif self.cfg.pooling == "max":
             pooled = f.amax(dim=(2, 3, 4))
-        else:
-            raise ValueError(f"unknown pooling {self.cfg.pooling!r}")
-        w = self.head.weight.reshape(-1)
-        logit = pooled.float() @ w.float() + self.head.bias.float()
-        cos_theta = nn.functional.cosine_similarity(pooled.float(), w.float().unsqueeze(0), dim=1, eps=1e-8)
-        logit_map = self.head(f)[:, 0]
+        else:  # "instance_max": the bag is its strongest position (the sparse MIL baseline)
+            strongest = logit_map.flatten(1).argmax(dim=1)
+            pooled = f.flatten(2)[torch.arange(f.shape[0], device=f.device), :, strongest]
+        logit = pooled.float() @ w + self.head.bias.float()
+        cos_theta = nn.functional.cosine_similarity(pooled.float(), w.unsqueeze(0), dim=1, eps=1e-8)
         aux = self.aux_head(pooled) if self.aux_head is not None else None
         return NetOutput(cos_theta, logit, f, logit_map, aux)
 

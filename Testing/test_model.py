@@ -120,3 +120,13 @@ def test_a_header_length_that_starts_like_a_pickle_still_loads(tmp_path):
             assert load_model(path).provenance["name"] == "x" * pad
             return
     pytest.fail("no provenance length gave a header starting with 0x80")
+
+
+def test_instance_max_pooling_takes_the_strongest_position():
+    torch.manual_seed(7)
+    cfg = replace(SMALL, pooling="instance_max", loss="bce")
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 6, 64, 64, 32))
+    assert torch.allclose(out.logit, out.logit_map.flatten(1).amax(dim=1), atol=1e-5)
+    assert torch.allclose(probability(out, cfg), torch.sigmoid(out.logit_map.flatten(1)).amax(dim=1), atol=1e-6)

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from BreastCMSLLib.atomic import atomic_write, atomic_write_text
 from BreastCMSLLib.config import PreprocessConfig, from_dict
 from BreastCMSLLib.errors import InputError
 
-from .atomic import atomic_write, atomic_write_text
 from .manifest import Case, read_manifest, write_manifest
 
 FORMAT = "breastcmsl-cache"

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from BreastCMSLLib.atomic import atomic_write
 from BreastCMSLLib.errors import InputError
-
-from .atomic import atomic_write
 
 
 def rng_state() -> dict:

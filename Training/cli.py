@@ -6,10 +6,10 @@ User mistakes (:class:`InputError`) print one line naming the file and the probl
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from BreastCMSLLib.cli import run
 from BreastCMSLLib.errors import InputError
 
 from . import ingest
@@ -167,15 +167,7 @@ COMMANDS = {"synth": cmd_synth, "preprocess": cmd_preprocess, "fit": cmd_fit, "e
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        summary = COMMANDS[args.command](args)
-    except InputError as err:
-        print(f"breastcmsl-train {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    if summary is not None:
-        print(json.dumps(summary, indent=2, default=str))
-    return 0
+    return run("breastcmsl-train", build_parser(), COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ class DemoConfig:
     difficulty: float = 0.4  # phantom class overlap (default 0.5: CMSL test AUC 0.835; 0.3: 0.993, see README)
     phantom_shape: tuple[int, int, int] = (96, 64, 40)
     input_size: tuple[int, int, int] = (64, 48, 32)
-    clip_percentile: float = 99.9  # see the report: at 99.5 lesion voxels saturate in all phases
     width_factor: float = 0.25
     epochs: int = 30
     batch_size: int = 4
@@ -62,7 +61,7 @@ def demo(out: str | Path, workers: int = 2, cfg: DemoConfig = DemoConfig(), devi
     stage("synth", synth_cohort, out / "cohort", cfg.n_cases, seed=cfg.seed, shape=cfg.phantom_shape,
           difficulty=cfg.difficulty, workers=workers)
     prep = stage("preprocess", preprocess_cohort, out / "cohort" / "manifest.csv", out / "cache",
-                 PreprocessConfig(input_size=cfg.input_size, clip_percentile=cfg.clip_percentile), workers=workers,
+                 PreprocessConfig(input_size=cfg.input_size), workers=workers,
                  seed=cfg.seed)
     runs, results = {}, {}
     for method in cfg.methods:
@@ -119,10 +118,10 @@ def _report(cfg: DemoConfig, table: str, loc: dict, results: dict, runs: dict, o
         f"- Adam lr {cfg.lr}, batch {cfg.batch_size}, ≤ {cfg.epochs} epochs, lr ÷10 after {cfg.lr_patience} "
         f"epochs without training-loss improvement, early stop after {cfg.early_stop} epochs without "
         "validation-loss improvement; the model of the lowest validation loss is kept",
-        f"- preprocessing: the core's, with the upper intensity clip at the {cfg.clip_percentile} percentile of "
-        "the masked subtraction voxels (at the core's default 99.5, 11 % of the lesion voxels of these "
-        "phantoms, up to 32 % in a case, saturate in all six phases, which flattens their kinetic curves; "
-        "measured on 12 cases; at 99.9 none do)",
+        f"- preprocessing: the core's, with the upper intensity clip at the {PreprocessConfig().clip_percentile} "
+        "percentile of the masked subtraction voxels (at 99.5, 11 % of the lesion voxels of these phantoms, up "
+        "to 32 % in a case, saturate in all six phases, which flattens their kinetic curves; measured on 12 "
+        "cases; at 99.9 none do)",
         f"- cases that failed preprocessing: {len(failed)}", "",
         "## Table 1 (test split)", "", table, "",
         "## Localization (CMSL model, test cases it calls malignant)", "",

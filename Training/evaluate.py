@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_curve
 
+from BreastCMSLLib.atomic import atomic_path, atomic_write_text
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.modelfile import save_model
 
-from .atomic import atomic_path, atomic_write_text
 from .cache import open_cache
 from .data import VolumeSource
 from .distributed import setup

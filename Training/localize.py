@@ -22,12 +22,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from BreastCMSLLib.analyze import analyze_case
+from BreastCMSLLib.atomic import atomic_path, atomic_write_text
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.figures import axial_row
 from BreastCMSLLib.modelfile import load_model, read_model_metadata
 from BreastCMSLLib.preprocess import load_case
 
-from .atomic import atomic_path, atomic_write_text
 from .evaluate import predict_split
 from .manifest import read_centers
 from .methods import MIL2D_ARCH

@@ -124,7 +124,7 @@ def manifest_text(cases: list[Case], root: Path) -> str:
 
 def write_manifest(path: str | Path, cases: list[Case]) -> None:
     """Write ``cases`` as a manifest at ``path`` (atomically)."""
-    from .atomic import atomic_write_text
+    from BreastCMSLLib.atomic import atomic_write_text
 
     path = Path(path)
     atomic_write_text(path, manifest_text(cases, path.parent))

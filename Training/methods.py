@@ -57,7 +57,7 @@ def model_config(method: str, base: ModelConfig) -> ModelConfig:
     if method in ("cmsl", "nsl", "bce"):
         return dataclasses.replace(base, loss=method, aux_classes=0, arch="resnet34_3d")
     if method == "sparse_mil":
-        return dataclasses.replace(base, loss="bce", aux_classes=0, arch=SPARSE_MIL_ARCH)
+        return dataclasses.replace(base, loss="bce", aux_classes=0, arch=SPARSE_MIL_ARCH, pooling="instance_max")
     if method == "dkmt":
         return dataclasses.replace(base, loss="bce", aux_classes=BIRADS_CLASSES, arch="resnet34_3d")
     if method == "mil2d":
@@ -80,9 +80,8 @@ def forward(method: MethodConfig, cfg: ModelConfig, model: nn.Module, x: torch.T
     out = model(x)
     if method.name == "sparse_mil":
         instance = out.logit_map.float().flatten(1)  # (B, N) instance logits over the feature grid
-        bag = instance.amax(dim=1)
-        loss = bce_loss(bag, y) + method.sparsity * torch.sigmoid(instance).mean()
-        return loss, Scores(torch.sigmoid(bag), None)
+        loss = bce_loss(out.logit, y) + method.sparsity * torch.sigmoid(instance).mean()  # logit: the max instance
+        return loss, Scores(torch.sigmoid(out.logit), None)
     if cfg.loss == "cmsl":
         loss = cmsl_loss(out.cos_theta, y, s=cfg.s, m=cfg.m)
     elif cfg.loss == "nsl":

@@ -23,12 +23,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 
+from BreastCMSLLib.atomic import atomic_write_text
 from BreastCMSLLib.config import ModelConfig
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.modelfile import read_model_metadata, save_model
 
 from . import distributed, fastconv
-from .atomic import atomic_write_text
 from .cache import Cache, open_cache
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import Augment, VolumeSource, device_index
