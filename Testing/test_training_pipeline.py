@@ -89,9 +89,9 @@ def test_every_method_trains_evaluates_exports(runs, method, tmp_path):
     assert json.loads((run / "eval" / "metrics.json").read_text())["method"] == method
     assert (run / "eval" / "roc.png").stat().st_size > 0
     assert (run / "eval" / "cos_hist.png").is_file() == (method in ("cmsl", "nsl"))
-    sha = export(run, tmp_path / f"{method}.safetensors")
+    sha = export(run, tmp_path / f"{method}.safetensors", synthetic=True)
     cfg, provenance = read_model_metadata(tmp_path / f"{method}.safetensors")
-    assert provenance["method"] == method and provenance["untrained"] is False
+    assert provenance["method"] == method and provenance["untrained"] is False and provenance["synthetic"] is True
     assert provenance["thresholds"]["probability"] == 0.5
     assert provenance["evaluation"]["metrics"]["auc"]["value"] == result["metrics"]["auc"]["value"]
     best = load_file(str(run / "model_best.safetensors"))
@@ -104,6 +104,8 @@ def test_every_method_trains_evaluates_exports(runs, method, tmp_path):
         loaded = load_model(tmp_path / f"{method}.safetensors")
         assert loaded.sha256 == sha and loaded.config == cfg
         assert (loaded.config.aux_classes == 7) == (method == "dkmt")
+        assert (loaded.config.pooling == "instance_max") == (method == "sparse_mil")
+        assert loaded.info()["synthetic"] is True
 
 
 def test_localize_matches_analyze_and_compare_table(runs, cache_dir, tmp_path):

@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--name", default=None)
+    p.add_argument("--synthetic", action="store_true",
+                   help="mark the model as trained on synthetic phantoms (shown as such, not for diagnosis)")
 
     p = sub.add_parser("demo", help="phantom cohort -> CMSL and BCE -> evaluate, localize, compare, export")
     p.add_argument("--out", type=Path, required=True)
@@ -152,7 +154,7 @@ def cmd_localize(args) -> dict:
 def cmd_export(args) -> dict:
     from .evaluate import export
 
-    return {"model": str(args.out), "sha256": export(args.run, args.out, args.name)}
+    return {"model": str(args.out), "sha256": export(args.run, args.out, args.name, args.synthetic)}
 
 
 def cmd_demo(args) -> dict:

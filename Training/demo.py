@@ -77,7 +77,7 @@ def demo(out: str | Path, workers: int = 2, cfg: DemoConfig = DemoConfig(), devi
     table = compare([runs[m] for m in cfg.methods], out / "table1.md")
     models = {m: str(out / f"{m}.safetensors") for m in cfg.methods}
     for m in cfg.methods:
-        export(runs[m], models[m], name=f"demo-{m}")
+        export(runs[m], models[m], name=f"demo-{m}", synthetic=True)
     times["total"] = round(time.perf_counter() - t_all, 1)
     summary = {"config": dataclasses.asdict(cfg), "seconds": times, "failed_cases": prep.failed,
                "auc": {m: results[m]["metrics"]["auc"]["value"] for m in cfg.methods},

@@ -138,13 +138,14 @@ def compare(run_dirs: list[str | Path], out: str | Path) -> str:
     return text
 
 
-def export(run_dir: str | Path, out: str | Path, name: str | None = None) -> str:
-    """Write the run's best model as the deployable model file; returns its sha256."""
+def export(run_dir: str | Path, out: str | Path, name: str | None = None, synthetic: bool = False) -> str:
+    """Write the run's best model as the deployable model file; returns its sha256. ``synthetic`` marks a
+    model trained on phantoms (the Slicer module then labels it synthetic, not for diagnosis)."""
     run_dir = Path(run_dir)
     net, cfg, provenance = load_network(run_model_path(run_dir), torch.device("cpu"))
     metrics = run_dir / "eval" / "metrics.json"
     provenance = {**provenance, "name": name or f"{provenance.get('method', cfg.loss)}-{run_dir.name}",
                   "thresholds": {"probability": 0.5, **({"cos_theta": 0.0} if cfg.angular else {})},
-                  "run": str(run_dir.resolve()),
+                  "run": str(run_dir.resolve()), "synthetic": synthetic,
                   "evaluation": json.loads(metrics.read_text()) if metrics.is_file() else None}
     return save_model(out, net, cfg, provenance)
