@@ -179,7 +179,7 @@ def test_torchrun_two_ranks_matches_single_process(cache_dir, tmp_path):
     assert single.wait() == 0, single.stdout.read()
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "Training.cli",
+    ddp = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "Training.cli",
                           *fit_args(cache_dir, tmp_path / "ddp", **opts)], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
