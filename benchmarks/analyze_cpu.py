@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runs from a source checkout too (subprocesses start in ROOT)
 INPUT = (340, 220, 128)
 MONAI_COLD = f"""
 import sys, torch
@@ -34,7 +36,7 @@ if device.type == "cuda":
 
 def timed(cmd: list[str]) -> float:
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
     return time.perf_counter() - t0
 
 
@@ -58,9 +60,9 @@ def main() -> None:
     cli = [sys.executable, "-m", "BreastCMSLLib.cli"]
     if not case.exists():
         subprocess.run([*cli, "synth", "--out", str(case), "--seed", "1", "--malignant"], check=True,
-                       capture_output=True)
+                       capture_output=True, cwd=ROOT)
     if not model.exists():
-        subprocess.run([*cli, "init-model", "--out", str(model)], check=True, capture_output=True)
+        subprocess.run([*cli, "init-model", "--out", str(model)], check=True, capture_output=True, cwd=ROOT)
 
     cold_ours, cold_monai = [], []
     for r in range(0 if args.warm_only else args.repeats):
