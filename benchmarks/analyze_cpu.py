@@ -55,7 +55,7 @@ def main() -> None:
     from BreastCMSLLib.modelfile import load_model
     from BreastCMSLLib.preprocess import load_case
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench-analyze-"))
+    work = (args.work or Path(tempfile.mkdtemp(prefix="bench-analyze-"))).resolve()
     case, model = work / "case", work / "model.safetensors"
     cli = [sys.executable, "-m", "BreastCMSLLib.cli"]
     if not case.exists():
