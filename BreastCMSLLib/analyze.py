@@ -91,17 +91,22 @@ def normalized_on_input_grid(small: torch.Tensor, prep: Preprocessed) -> np.ndar
     Returns float32 (I, J, K)."""
     image = feature_map_image(small, prep.input_grid)
     up = to_ijk(sitk.Resample(image, prep.input_grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-    inside = up[prep.valid]
+    everywhere = bool(prep.valid.all())  # the usual crop: the input grid lies inside the reference volume
+    inside = up if everywhere else up[prep.valid]
     lo, hi = float(inside.min()), float(inside.max())
-    out = (up - lo) / (hi - lo) if hi > lo else np.zeros_like(up)
-    out[~prep.valid] = 0.0
-    return out.astype(np.float32, copy=False)
+    if hi <= lo:
+        return np.zeros_like(up)
+    up -= lo
+    up *= 1.0 / (hi - lo)
+    if not everywhere:
+        up[~prep.valid] = 0.0
+    return up
 
 
 def peak_lps(map_ijk: np.ndarray, prep: Preprocessed) -> tuple[float, float, float]:
     """LPS point (mm) of the map's maximum over the valid input-grid voxels (first one on ties). The input
     grid does not depend on how the volumes were stored, so neither does the peak."""
-    masked = np.where(prep.valid, map_ijk, -np.inf)
+    masked = map_ijk if prep.valid.all() else np.where(prep.valid, map_ijk, -np.inf)
     index = np.unravel_index(int(np.argmax(masked)), masked.shape)
     return tuple(prep.input_grid.TransformIndexToPhysicalPoint([int(i) for i in index]))
 

@@ -36,10 +36,11 @@ class CMSLNet(nn.Module):
     convolution's weight is the classifier vector w of cos(theta).
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, initialize: bool = True):
         super().__init__()
         self.cfg = cfg
-        self.backbone = ResNet3d(RESNET34_LAYERS, RESNET_WIDTHS, cfg.in_channels, cfg.width_factor, conv1_stride=2)
+        self.backbone = ResNet3d(RESNET34_LAYERS, RESNET_WIDTHS, cfg.in_channels, cfg.width_factor, conv1_stride=2,
+                                 initialize=initialize)
         channels = self.backbone.in_planes
         self.head = nn.Conv3d(channels, 1, kernel_size=1)
         self.aux_head = nn.Linear(channels, cfg.aux_classes) if cfg.aux_classes else None
@@ -77,8 +78,8 @@ def inference_module(model: CMSLNet, device: torch.device) -> nn.Module:
     return fuse(model.eval()).to(device, memory_format=torch.channels_last_3d)
 
 
-def build_model(cfg: ModelConfig) -> CMSLNet:
-    """The network a :class:`ModelConfig` describes."""
+def build_model(cfg: ModelConfig, initialize: bool = True) -> CMSLNet:
+    """The network a :class:`ModelConfig` describes; ``initialize=False`` when its weights are loaded next."""
     if cfg.arch != "resnet34_3d":
         raise ValueError(f"architecture {cfg.arch!r} is not one the runtime can build (resnet34_3d)")
-    return CMSLNet(cfg)
+    return CMSLNet(cfg, initialize)

@@ -129,7 +129,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     cfg, provenance = read_model_metadata(path)
     try:
         with torch.device("meta"):  # no random initialization: every tensor comes from the file
-            model = build_model(cfg)
+            model = build_model(cfg, initialize=False)
     except ValueError as err:
         raise InputError(path, str(err)) from None
     try:

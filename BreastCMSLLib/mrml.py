@@ -179,8 +179,9 @@ def check_inputs(t1_node, series_nodes, inputs: str = "subtractions", model_path
     not those of the reference, which preprocessing interpolates.
     """
     from .analyze import check_channels
+    from .grids import lattice_aligned
     from .modelfile import model_name, read_model_metadata
-    from .preprocess import check_overlap, lattice_aligned
+    from .preprocess import check_overlap
 
     case = inputs_from_nodes(t1_node, series_nodes, inputs)
     check_overlap(case)

@@ -4,7 +4,7 @@ Frames: every volume keeps its own LPS geometry until it is resampled onto the *
 axial LPS grid (the reference volume's grid reoriented with ``DICOMOrient``, optionally at another
 spacing) cropped or padded to ``input_size`` around the breast mask. Crop, pad, reorientation and
 resampling are therefore one ``sitk.Resample`` forward and one back (:func:`to_reference`); where
-voxel centres coincide (no spacing change) both directions copy voxels exactly.
+voxel centres coincide (no spacing change) both directions copy voxels exactly (:mod:`.grids`).
 Arrays are (C, I, J, K): spatial axes in (i, j, k) order of the input grid.
 """
 
@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from .config import NETWORK_STRIDE, PreprocessConfig
 from .errors import InputError
+from .grids import copy_onto, coverage, image_from_ijk, resample, values_on
 from .mask import breast_mask
 from .volumes import find_case_files, read_volume
 
@@ -160,27 +161,6 @@ def crop_window(mask: np.ndarray, size: tuple[int, int, int]) -> tuple[int, int,
     return tuple(start)
 
 
-def lattice_aligned(image: sitk.Image, grid: sitk.Image) -> bool:
-    """True when every voxel centre of ``grid`` is a voxel centre of ``image`` (same spacing and axes up to
-    a permutation and flips, integer offset): resampling is then an exact copy of voxels."""
-    m_image = np.reshape(image.GetDirection(), (3, 3)) * np.array(image.GetSpacing())
-    m_grid = np.reshape(grid.GetDirection(), (3, 3)) * np.array(grid.GetSpacing())
-    a = np.linalg.solve(m_image, m_grid)
-    b = np.linalg.solve(m_image, np.subtract(grid.GetOrigin(), image.GetOrigin()))
-    signed_permutation = np.allclose(np.abs(a).sum(axis=0), 1, atol=1e-6) and np.allclose(np.abs(a).max(axis=0), 1,
-                                                                                         atol=1e-6)
-    return bool(signed_permutation and np.allclose(b, np.round(b), atol=1e-4))
-
-
-def resample_onto(image: sitk.Image, grid: sitk.Image, label: bool = False) -> sitk.Image:
-    """``image`` on ``grid``'s geometry (identity transform in LPS, 0 outside): uint8 nearest for labels,
-    else float32, linear unless the voxel centres coincide (then nearest, the same values, faster)."""
-    if label:
-        return sitk.Resample(image, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8)
-    interpolator = sitk.sitkNearestNeighbor if lattice_aligned(image, grid) else sitk.sitkLinear
-    return sitk.Resample(image, grid, sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32)
-
-
 def preprocess_case(inputs: CaseInputs, cfg: PreprocessConfig) -> Preprocessed:
     """Breast mask, masked subtractions clipped and scaled to [0, 1], on the cropped/padded input grid.
 
@@ -194,7 +174,7 @@ def preprocess_case(inputs: CaseInputs, cfg: PreprocessConfig) -> Preprocessed:
     if too_small:
         raise InputError(inputs.reference_source, f"volume size {canon.GetSize()} is smaller than the network "
                          f"can take (at least {NETWORK_STRIDE} voxels along every axis)")
-    mask_canon = breast_mask(resample_onto(inputs.t1, canon), cfg.mask)
+    mask_canon = breast_mask(image_from_ijk(values_on(inputs.t1, canon), canon), cfg.mask)
     mask_ijk = to_ijk(mask_canon)
     if not mask_ijk.any():
         raise InputError(inputs.sources[0], "the breast mask found no breast in this T1 volume")
@@ -204,16 +184,18 @@ def preprocess_case(inputs: CaseInputs, cfg: PreprocessConfig) -> Preprocessed:
     grid.SetSpacing(canon.GetSpacing())
     grid.SetDirection(canon.GetDirection())
     grid.SetOrigin(canon.TransformContinuousIndexToPhysicalPoint([float(s) for s in start]))
-    mask_grid = resample_onto(mask_canon, grid, label=True)
-    valid_image = resample_onto(sitk.Add(geometry_proxy(inputs.reference), 1), grid, label=True)
+    mask = values_on(mask_canon, grid, label=True)
+    mask_grid = image_from_ijk(mask, grid)
+    mask = mask.astype(bool)
 
-    channels = [resample_onto(image, grid) for image in inputs.series]
+    array = np.empty((inputs.n_channels, *cfg.input_size), dtype=np.float32)
     if inputs.kind == "phases":
-        channels = [sitk.Subtract(post, channels[0]) for post in channels[1:]]
-    array = np.empty((len(channels), *cfg.input_size), dtype=np.float32)
-    for c, image in enumerate(channels):
-        array[c] = sitk.GetArrayViewFromImage(image).T  # (k, j, i) -> (i, j, k); `image` is alive here
-    mask = to_ijk(mask_grid).astype(bool)
+        pre = values_on(inputs.series[0], grid)
+        for c, post in enumerate(inputs.series[1:]):
+            np.subtract(values_on(post, grid, out=array[c]), pre, out=array[c])
+    else:
+        for c, image in enumerate(inputs.series):
+            values_on(image, grid, out=array[c])
     array *= mask
     inside = array[:, mask]
     upper = float(np.percentile(inside, cfg.clip_percentile)) if inside.size else 0.0
@@ -222,11 +204,15 @@ def preprocess_case(inputs: CaseInputs, cfg: PreprocessConfig) -> Preprocessed:
                          "(all subtraction values <= 0)")
     np.clip(array, 0.0, upper, out=array)
     array /= upper
-    return Preprocessed(array, mask_grid, geometry_proxy(inputs.reference), to_ijk(valid_image).astype(bool))
+    return Preprocessed(array, mask_grid, geometry_proxy(inputs.reference), coverage(inputs.reference, grid))
 
 
 def to_reference(array_ijk: np.ndarray, prep: Preprocessed) -> sitk.Image:
-    """Carry an (I, J, K) array on the input grid back onto the reference input's grid (float32, linear)."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array_ijk, dtype=np.float32).transpose(2, 1, 0)))
-    image.CopyInformation(prep.input_grid)
-    return resample_onto(image, prep.reference)
+    """Carry an (I, J, K) array on the input grid back onto the reference input's grid (float32, linear;
+    an exact voxel copy where the voxel centres coincide)."""
+    out = np.empty(prep.reference.GetSize()[::-1], np.float32)  # (K, J, I): SimpleITK's order
+    if copy_onto(array_ijk, prep.input_grid, prep.reference, out.T):
+        image = sitk.GetImageFromArray(out)
+        image.CopyInformation(prep.reference)
+        return image
+    return resample(image_from_ijk(np.asarray(array_ijk, np.float32), prep.input_grid), prep.reference)

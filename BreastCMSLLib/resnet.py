@@ -35,10 +35,13 @@ class BasicBlock(nn.Module):
 
 class ResNet3d(nn.Module):
     """conv1 (7x7x7, ``conv1_stride``), BatchNorm, ReLU, 3x3x3 max pooling (stride 2), four stages of
-    BasicBlocks with ``widths`` x ``width_factor`` channels (stages 2-4 stride 2); no pooling, no FC."""
+    BasicBlocks with ``widths`` x ``width_factor`` channels (stages 2-4 stride 2); no pooling, no FC.
+
+    ``initialize=False`` skips MONAI's Kaiming initialization, for networks whose weights are loaded next
+    (on the meta device ``kaiming_normal_`` imports torch._dynamo: ~1 s of a cold analyze)."""
 
     def __init__(self, layers: list[int], widths: list[int], in_channels: int, width_factor: float = 1.0,
-                 conv1_stride: int = 2):
+                 conv1_stride: int = 2, initialize: bool = True):
         super().__init__()
         planes = [int(w * width_factor) for w in widths]
         self.in_planes = planes[0]
@@ -51,7 +54,7 @@ class ResNet3d(nn.Module):
         self.layer2 = self._make_layer(planes[1], layers[1], stride=2)
         self.layer3 = self._make_layer(planes[2], layers[2], stride=2)
         self.layer4 = self._make_layer(planes[3], layers[3], stride=2)
-        for m in self.modules():  # MONAI's initialization
+        for m in self.modules() if initialize else ():  # MONAI's initialization
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm3d):
