@@ -87,7 +87,8 @@ def values_on(image: sitk.Image, grid: sitk.Image, label: bool = False, out: np.
     if out is None:
         out = np.empty(grid.GetSize(), np.uint8 if label else np.float32)
     if not copy_onto(sitk.GetArrayViewFromImage(image).T, image, grid, out):
-        out[...] = sitk.GetArrayViewFromImage(resample(image, grid, label)).T
+        resampled = resample(image, grid, label)  # named: the array view must not outlive the image
+        out[...] = sitk.GetArrayViewFromImage(resampled).T
     return out
 
 
@@ -97,7 +98,7 @@ def coverage(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
     if not copy_onto(np.broadcast_to(True, image.GetSize()), image, grid, out):
         ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
         ones.CopyInformation(image)
-        out[...] = sitk.GetArrayViewFromImage(resample(ones, grid, label=True)).T.astype(bool)
+        out[...] = sitk.GetArrayFromImage(resample(ones, grid, label=True)).T.astype(bool)
     return out
 
 

@@ -31,6 +31,11 @@ def aligned_grids(image: sitk.Image, rng):
             grid.SetDirection((DIRECTION @ p).ravel().tolist())
             grid.SetOrigin(image.TransformIndexToPhysicalPoint([int(n) for n in rng.integers(-6, 12, 3)]))
             yield grid
+    window = sitk.Image([3, 4, 5], sitk.sitkUInt8)  # a crop window inside the volume
+    window.SetSpacing(image.GetSpacing())
+    window.SetDirection(image.GetDirection())
+    window.SetOrigin(image.TransformIndexToPhysicalPoint([1, 2, 3]))
+    yield window
 
 
 def nearest(image: sitk.Image, grid: sitk.Image, pixel) -> np.ndarray:
