@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--resident-gb", type=float, default=8.0, help="keep a split on the device up to this size")
     p.add_argument("--conv1", choices=MODES, default="s2d", help="CUDA: exact conv1 rewrite (Training/fastconv.py)")
+    p.add_argument("--compile", action="store_true", help="CUDA: torch.compile the network (slow first steps)")
 
     p = sub.add_parser("evaluate", help="Table-1 metrics with bootstrap CIs, ROC, cos histograms")
     p.add_argument("--run", type=Path, required=True)
@@ -126,7 +127,7 @@ def cmd_fit(args) -> dict:
                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                     width_factor=args.width_factor, s=args.s, m=args.m, lr_patience=args.lr_patience,
                     early_stop=args.early_stop, checkpoint_every=args.checkpoint_every, init=args.init,
-                    resident_gb=args.resident_gb, conv1=args.conv1)
+                    resident_gb=args.resident_gb, conv1=args.conv1, compile=args.compile)
     return fit(cfg, resume=args.resume)
 
 

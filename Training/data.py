@@ -3,9 +3,9 @@
 The data path is built so that it never starves a GPU at the paper's size (57 MB per uint8 volume):
 when the split fits the ``resident_bytes`` budget it is copied once into device memory and batches are
 gathered there; otherwise a background thread reads the memory-mapped entries into pinned host memory
-and copies them asynchronously. Augmentation (MONAI transforms) runs on the device, per volume, with a
-seed derived from (run seed, epoch, case index): it is identical whatever the process, the rank or a
-resume, and needs no random state of its own.
+and copies them asynchronously. Augmentation runs on the device, per volume, with parameters drawn
+from a seed derived from (run seed, epoch, case index): identical whatever the process, the rank or a
+resume, and needing no random state of its own.
 """
 
 from __future__ import annotations
@@ -13,28 +13,30 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
-from monai.transforms import Compose, RandFlip, RandScaleIntensity, RandShiftIntensity
-from monai.utils import convert_to_tensor
 
-from .cache import SCALE, Cache
+from .cache import Cache
 from .manifest import Case
 
 
+@dataclass(frozen=True)
 class Augment:
-    """Left-right flip along i (axis 1 of C, I, J, K), mild intensity scale and shift (MONAI)."""
+    """Random left-right flip along i (axis 1 of C, I, J, K), intensity gain 1 + U(-scale, scale) and
+    offset U(-shift, shift) per volume: the draws of MONAI's RandFlip, RandScaleIntensity and
+    RandShiftIntensity. :func:`Training.inference.prepare` applies them in one pass with the uint8 ->
+    float conversion (why there, and not with MONAI's transforms, is said there)."""
 
-    def __init__(self, flip_prob: float = 0.5, scale: float = 0.1, shift: float = 0.05):
-        self.transform = Compose([
-            RandFlip(prob=flip_prob, spatial_axis=0),  # MONAI spatial axis 0 = i, the left-right axis
-            RandScaleIntensity(factors=scale, prob=1.0, dtype=None),  # keep the input dtype
-            RandShiftIntensity(offsets=shift, prob=1.0),
-        ])
+    flip_prob: float = 0.5
+    scale: float = 0.1
+    shift: float = 0.05
 
-    def __call__(self, volume: torch.Tensor, seed: int) -> torch.Tensor:
-        self.transform.set_random_state(seed=seed % (2**32))
-        return convert_to_tensor(self.transform(volume), track_meta=False)
+    def draw(self, seed: int) -> tuple[bool, float, float]:
+        """(flip, gain, offset) of the volume with this augmentation seed."""
+        flip, gain, offset = np.random.default_rng(seed).random(3)
+        return bool(flip < self.flip_prob), float(1 + self.scale * (2 * gain - 1)), float(self.shift * (2 * offset - 1))
 
 
 def augment_seed(seed: int, epoch: int, index: int) -> int:
@@ -110,8 +112,3 @@ class VolumeSource:
                     q.get_nowait()
                 except queue.Empty:
                     thread.join(0.01)
-
-
-def to_input(batch_u8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 batch -> intensities in [0, 1] (the preprocessed values, quantized) of ``dtype``."""
-    return batch_u8.to(dtype).mul_(1.0 / SCALE)

@@ -12,32 +12,36 @@ from torch import nn
 from BreastCMSLLib.config import ModelConfig
 
 from . import fastconv
-from .data import Augment, VolumeSource, augment_seed, to_input
+from .cache import SCALE
+from .data import Augment, VolumeSource, augment_seed
 from .distributed import Dist, gather_objects
 from .methods import MethodConfig, Scores, forward
 
 
 def prepare(batch_u8: torch.Tensor, device: torch.device, conv1: str = "none", augment: Augment | None = None,
             seed: int = 0, epoch: int = 0, index: Sequence[int] = ()) -> torch.Tensor:
-    """uint8 batch (host or device) -> network input on ``device``: augmented (when ``augment``), laid out
-    for the conv1 rewrite ``conv1`` (:mod:`Training.fastconv`).
+    """uint8 batch (host or device) -> network input on ``device``: intensities u / SCALE (the cached
+    preprocessed values), augmented when ``augment`` is given, laid out for the conv1 rewrite ``conv1``
+    (:mod:`Training.fastconv`). On CUDA the input is bf16 (what autocast feeds conv1 anyway), else float32.
 
-    On CUDA the input is bf16 (what autocast feeds conv1 anyway) in channels_last_3d, written straight
-    into one preallocated buffer; on CPU it is float32, contiguous.
+    One pass per volume: the flip is taken on the uint8 volume, then ``offset + gain * u`` is written
+    straight into the (padded) input buffer. Written here rather than with MONAI's RandFlip,
+    RandScaleIntensity and RandShiftIntensity, which convert first and then flip, scale and shift in
+    separate passes over each float volume: at the paper's size the data path then cost 9 % of an H200
+    training step (trainer 88.8 vs bare model 97.3 volumes/s).
     """
     cuda = device.type == "cuda"
-    x = to_input(batch_u8.to(device, non_blocking=True), torch.bfloat16 if cuda else torch.float32)
-    if augment is None and conv1 == "none" and not cuda:
-        return x
-    b, c, *grid = x.shape
+    u8 = batch_u8.to(device, non_blocking=True)
+    b, c, *grid = u8.shape
     layout = torch.channels_last_3d if cuda and conv1 != "s2d" else torch.contiguous_format
-    buf = torch.empty(fastconv.buffer_shape(conv1, b, c, tuple(grid)), dtype=x.dtype, device=device,
-                      memory_format=layout)
-    if buf.shape != x.shape:
+    buf = torch.empty(fastconv.buffer_shape(conv1, b, c, tuple(grid)), dtype=torch.bfloat16 if cuda else torch.float32,
+                      device=device, memory_format=layout)
+    if buf.shape != u8.shape:
         buf.zero_()
     inner = fastconv.interior(conv1, c, tuple(grid))
     for n in range(b):
-        buf[n][inner].copy_(x[n] if augment is None else augment(x[n], augment_seed(seed, epoch, index[n])))
+        flip, gain, offset = augment.draw(augment_seed(seed, epoch, index[n])) if augment else (False, 1.0, 0.0)
+        torch.add(torch.tensor(offset), u8[n].flip(1) if flip else u8[n], alpha=gain / SCALE, out=buf[n][inner])
     return fastconv.finish(buf, conv1)
 
 

@@ -61,6 +61,7 @@ class FitConfig:
     sparsity: float = 0.1
     aux_weight: float = 0.5
     conv1: str = "s2d"  # CUDA: exact conv1 rewrite for tensor cores, "s2d", "pad" or "none" (Training.fastconv)
+    compile: bool = False  # CUDA: torch.compile the network (inductor; its first steps then take minutes)
 
 
 def run_files(out: str | Path) -> dict[str, Path]:
@@ -128,12 +129,14 @@ class Trainer:
         net.to(self.device)
         if cuda:
             net.to(memory_format=torch.channels_last_3d)
+            if fit.compile:
+                net.compile()  # in place: parameter names and state dicts stay those of the plain network
         self.model: nn.Module = net
         if self.dist.world > 1:
             if cuda:  # batch statistics over the global batch (SyncBatchNorm has no CPU implementation)
                 net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
             self.model = DistributedDataParallel(net, device_ids=[self.device.index] if cuda else None)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=fit.lr)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=fit.lr, fused=cuda)  # fused: one kernel
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=0.1,
                                                                     patience=fit.lr_patience)
         budget = int(fit.resident_gb * 1e9)

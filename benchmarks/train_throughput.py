@@ -3,7 +3,7 @@
 (a) forward + loss + backward + Adam step of the fit loop's model on one fixed input batch already on
     the device (no data path at all);
 (b) the fit loop's own step: batches from the cache (device-resident or streamed through pinned
-    memory), uint8 -> input conversion, MONAI augmentation on the device, channel padding, then (a).
+    memory), uint8 -> input conversion and augmentation on the device, conv1 layout, then (a).
 
 Self-contained: it writes a synthetic cache of random volumes (``Training.cache.synthetic_cache``) of
 the requested size unless ``--cache`` names one. On CUDA the fit loop uses bf16 autocast,
@@ -72,6 +72,17 @@ def trainer_steps(trainer: Trainer, steps: int, overlap: bool = True) -> float:
     return time.perf_counter() - t0
 
 
+def write_profile(trainer: Trainer, path: Path) -> None:
+    """The profiler's operator table (sorted by self device time) of two bare model steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        bare_steps(trainer, 2)
+    key = "self_cuda_time_total" if trainer.device.type == "cuda" else "self_cpu_time_total"
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70))
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input-size", nargs=3, type=int, default=[64, 48, 32], metavar=("I", "J", "K"))
@@ -89,6 +100,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="cache to use; a synthetic one is written there if it has none (default: temporary)")
     ap.add_argument("--resident-gb", type=float, default=40.0, help="device-resident data budget")
     ap.add_argument("--conv1", choices=MODES, default="s2d", help="CUDA conv1 rewrite (Training.fastconv)")
+    ap.add_argument("--compile", action="store_true", help="CUDA: torch.compile the network (fit --compile)")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="also write the torch profiler's table of two bare model steps to this file")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     args = ap.parse_args(argv)
     if args.threads:
@@ -102,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"synthetic cache: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         fit = FitConfig(cache=str(cache), out=str(Path(tmp) / "run"), method=args.method, batch_size=args.batch_size,
                         device=args.device, width_factor=args.width_factor, resident_gb=args.resident_gb,
-                        conv1=args.conv1)
+                        conv1=args.conv1, compile=args.compile)
         trainer = Trainer(fit)
         t0 = time.perf_counter()
         bare_steps(trainer, args.warmup)
@@ -116,6 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
             if trainer.device.type == "cuda":
                 serial.append(rate / trainer_steps(trainer, args.steps, overlap=False))
         a, b = statistics.median(bare), statistics.median(whole)
+        if args.profile:
+            write_profile(trainer, args.profile)
         device = trainer.device
         result = {
             "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -123,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
             "input": [args.channels, *args.input_size], "batch_size": args.batch_size, "steps": args.steps,
             "width_factor": args.width_factor, "method": args.method,
             "precision": "bf16 autocast, channels_last_3d" if device.type == "cuda" else "fp32",
-            "conv1": trainer.conv1,
+            "conv1": trainer.conv1, "compiled": args.compile,
             "data_resident_on_device": trainer.train_data.resident is not None,
             "warmup_s": round(warm_s, 2),
             "rounds": args.rounds, "bare_model_vol_per_s": a, "trainer_vol_per_s": b, "ratio_trainer_to_bare": b / a,
