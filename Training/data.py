@@ -44,11 +44,15 @@ def augment_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + index) % (2**32)
 
 
-def device_index(index: Sequence[int], device: torch.device) -> torch.Tensor:
-    """A long tensor of ``index`` on ``device``, copied asynchronously (pinned), so that the host never
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device``, copied asynchronously (pinned) on CUDA, so that the host never
     waits for the GPU to drain its queue (a plain host-to-device copy would synchronize every step)."""
-    cpu = torch.tensor(list(index), dtype=torch.long)
-    return cpu.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else cpu
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
+
+
+def device_index(index: Sequence[int], device: torch.device) -> torch.Tensor:
+    """A long tensor of ``index`` on ``device`` (:func:`to_device`)."""
+    return to_device(torch.tensor(list(index), dtype=torch.long), device)
 
 
 class VolumeSource:

@@ -56,23 +56,16 @@ class FastConv1(nn.Module):
         return F.conv3d(x, w, bias, self.conv.stride, self.conv.padding)
 
 
-def buffer_shape(mode: str, batch: int, channels: int, grid: tuple[int, int, int]) -> tuple[int, ...]:
-    """Shape of the buffer the augmented volumes are written into for ``mode`` (before space-to-depth)."""
+def arrange(x: torch.Tensor, mode: str, channels_last: bool) -> torch.Tensor:
+    """The network input for ``mode`` from a (B, C, I, J, K) batch: zero-padded and space-to-depth
+    rearranged (``s2d``), zero channels appended (``pad``) or as is (``none``); channels_last_3d when
+    ``channels_last`` (always for ``s2d``)."""
     if mode == "s2d":
-        return (batch, channels, *(sum(s2d_padding(n)) + n for n in grid))
-    return (batch, 8 * -(-channels // 8) if mode == "pad" else channels, *grid)
-
-
-def interior(mode: str, channels: int, grid: tuple[int, int, int]) -> tuple[slice, ...]:
-    """Where a volume's (C, I, J, K) values go inside one sample of the buffer."""
-    if mode == "s2d":
-        return (slice(0, channels), *(slice(PAD, PAD + n) for n in grid))
-    return (slice(0, channels), slice(None), slice(None), slice(None))
-
-
-def finish(buffer: torch.Tensor, mode: str) -> torch.Tensor:
-    """The network input from the filled buffer."""
-    return space_to_depth(buffer) if mode == "s2d" else buffer
+        pads = [p for n in reversed(x.shape[2:]) for p in s2d_padding(n)]
+        return space_to_depth(F.pad(x, pads))
+    if mode == "pad":
+        x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, 8 * -(-x.shape[1] // 8) - x.shape[1]))
+    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
 
 
 def install(net: nn.Module, mode: str) -> bool:

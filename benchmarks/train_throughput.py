@@ -3,7 +3,8 @@
 (a) forward + loss + backward + Adam step of the fit loop's model on one fixed input batch already on
     the device (no data path at all);
 (b) the fit loop's own step: batches from the cache (device-resident or streamed through pinned
-    memory), uint8 -> input conversion and augmentation on the device, conv1 layout, then (a).
+    memory), uint8 -> input conversion and augmentation on the device, conv1 layout, then (a);
+also the data path of (b) alone, without the model step.
 
 Self-contained: it writes a synthetic cache of random volumes (``Training.cache.synthetic_cache``) of
 the requested size unless ``--cache`` names one. On CUDA the fit loop uses bf16 autocast,
@@ -57,15 +58,17 @@ def bare_steps(trainer: Trainer, steps: int) -> float:
     return time.perf_counter() - t0
 
 
-def trainer_steps(trainer: Trainer, steps: int, overlap: bool = True) -> float:
-    """Seconds for ``steps`` steps of the fit loop's data path + train_step (epochs as needed)."""
+def trainer_steps(trainer: Trainer, steps: int, overlap: bool = True, train: bool = True) -> float:
+    """Seconds for ``steps`` steps of the fit loop's data path + train_step (epochs as needed); the data
+    path alone when not ``train``."""
     done, epoch = 0, 0
     sync(trainer.device)
     t0 = time.perf_counter()
     while done < steps:
         order = trainer._epoch_order(epoch)[: steps - done]
         for idx, x in trainer.prepared(order, epoch, overlap):
-            trainer.train_step(x, idx)
+            if train:
+                trainer.train_step(x, idx)
             done += 1
         epoch += 1
     sync(trainer.device)
@@ -122,11 +125,12 @@ def main(argv: list[str] | None = None) -> dict:
         bare_steps(trainer, args.warmup)
         trainer_steps(trainer, args.warmup)
         warm_s = time.perf_counter() - t0
-        bare, whole, serial = [], [], []
+        bare, whole, serial, data = [], [], [], []
         rate = args.steps * args.batch_size
         for _ in range(args.rounds):  # interleaved rounds: a load change on the machine hits every kind
             bare.append(rate / bare_steps(trainer, args.steps))
             whole.append(rate / trainer_steps(trainer, args.steps))
+            data.append(rate / trainer_steps(trainer, args.steps, train=False))
             if trainer.device.type == "cuda":
                 serial.append(rate / trainer_steps(trainer, args.steps, overlap=False))
         a, b = statistics.median(bare), statistics.median(whole)
@@ -145,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
             "rounds": args.rounds, "bare_model_vol_per_s": a, "trainer_vol_per_s": b, "ratio_trainer_to_bare": b / a,
             "bare_rounds": bare, "trainer_rounds": whole,
             "trainer_without_overlap_vol_per_s": statistics.median(serial) if serial else None,
+            "data_path_alone_vol_per_s": statistics.median(data),
         }
     print(json.dumps(result, indent=1))
     return result
