@@ -63,8 +63,10 @@ def forward(loaded: LoadedModel, array: np.ndarray, device: torch.device) -> tup
     phantom: features within 0.8 % of float32, cos(theta) within 5e-6, same COAM/CAM maxima), else float32.
     Returns the output and the precision used ("bf16" or "fp32")."""
     module = loaded.inference_module(device)
-    x = torch.from_numpy(array).unsqueeze(0).to(device).contiguous(memory_format=torch.channels_last_3d)
     bf16 = bf16_native(device)
+    # one pass to the dtype autocast would give conv1 and to channels_last_3d
+    x = torch.from_numpy(array).unsqueeze(0).to(device=device, dtype=torch.bfloat16 if bf16 else torch.float32,
+                                                memory_format=torch.channels_last_3d)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         return module(x), "bf16" if bf16 else "fp32"
 

@@ -6,6 +6,7 @@ User mistakes (:class:`InputError`) print one line naming the file and the probl
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -199,5 +200,19 @@ def main(argv: list[str] | None = None) -> int:
     return run("breastcmsl", build_parser(), COMMANDS, argv)
 
 
+def console() -> None:
+    """The ``breastcmsl`` executable: :func:`main` in a process that ends with it.
+
+    Python's cyclic garbage collector is switched off and what survives is frozen before exit: a
+    command creates few reference cycles, while each collection, and the interpreter's last one at
+    exit, walks the ~300k objects that importing torch, SimpleITK and matplotlib leaves behind
+    (measured on 2 cores: importing them and exiting took 1.5 s, 0.95 s this way).
+    """
+    gc.disable()
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,14 +128,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     """Build the network its config describes and load the weights (strict), in eval mode."""
     path = Path(path)
     cfg, provenance = read_model_metadata(path)
-    try:
-        with torch.device("meta"):  # no random initialization: every tensor comes from the file
-            model = build_model(cfg, initialize=False)
-    except ValueError as err:
-        raise InputError(path, str(err)) from None
-    try:
-        model.load_state_dict(load_file(str(path)), strict=True, assign=True)
-    except RuntimeError as err:
-        raise InputError(path, f"weights do not match its config ({str(err).splitlines()[0]})") from None
-    model.to(device).eval()
-    return LoadedModel(model, cfg, provenance, file_sha256(path), path)
+    with ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(file_sha256, path)  # hashlib releases the GIL: hashed while the weights load
+        try:
+            with torch.device("meta"):  # no random initialization: every tensor comes from the file
+                model = build_model(cfg, initialize=False)
+        except ValueError as err:
+            raise InputError(path, str(err)) from None
+        try:
+            model.load_state_dict(load_file(str(path)), strict=True, assign=True)
+        except RuntimeError as err:
+            raise InputError(path, f"weights do not match its config ({str(err).splitlines()[0]})") from None
+        model.to(device).eval()
+        return LoadedModel(model, cfg, provenance, digest.result(), path)
