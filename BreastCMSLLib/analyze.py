@@ -18,7 +18,7 @@ import torch
 from .attention import coam
 from .config import NETWORK_STRIDE, ModelConfig
 from .errors import InputError
-from .model import NetOutput, probability
+from .model import NetOutput, bf16_native, probability
 from .modelfile import LoadedModel
 from .preprocess import CaseInputs, Preprocessed, preprocess_case, to_ijk, to_reference
 
@@ -44,17 +44,6 @@ def check_channels(inputs: CaseInputs, cfg: ModelConfig, model_name: str) -> Non
     if inputs.n_channels != cfg.in_channels:
         raise InputError(inputs.reference_source, f"the model {model_name} takes {cfg.in_channels} subtraction "
                          f"channels, these inputs give {inputs.n_channels}")
-
-
-def bf16_native(device: torch.device) -> bool:
-    """True where bf16 runs natively and fast: CUDA, and CPUs whose oneDNN has bf16 kernels
-    (AVX512-BF16 / AMX). Elsewhere bf16 would be emulated and slower than float32."""
-    if device.type == "cuda":
-        return True
-    try:
-        return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def forward(loaded: LoadedModel, array: np.ndarray, device: torch.device) -> tuple[NetOutput, str]:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
 from .errors import InputError
-from .model import CMSLNet, build_model, inference_module
+from .model import CMSLNet, bf16_native, build_model, inference_module
 
 FORMAT = "breastcmsl-model"
 FORMAT_VERSION = "1"
@@ -71,7 +71,7 @@ class LoadedModel:
         """The network prepared for inference on ``device`` (built once per device)."""
         key = str(device)
         if key not in self._inference:
-            self._inference[key] = inference_module(self.model, device)
+            self._inference[key] = inference_module(self.model, device, bf16_native(device))
         return self._inference[key]
 
     @property

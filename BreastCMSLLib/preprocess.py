@@ -174,7 +174,7 @@ def preprocess_case(inputs: CaseInputs, cfg: PreprocessConfig) -> Preprocessed:
     if too_small:
         raise InputError(inputs.reference_source, f"volume size {canon.GetSize()} is smaller than the network "
                          f"can take (at least {NETWORK_STRIDE} voxels along every axis)")
-    mask_canon = breast_mask(image_from_ijk(values_on(inputs.t1, canon), canon), cfg.mask)
+    mask_canon = breast_mask(resample(inputs.t1, canon), cfg.mask)
     mask_ijk = to_ijk(mask_canon)
     if not mask_ijk.any():
         raise InputError(inputs.sources[0], "the breast mask found no breast in this T1 volume")
@@ -198,7 +198,7 @@ def preprocess_case(inputs: CaseInputs, cfg: PreprocessConfig) -> Preprocessed:
             values_on(image, grid, out=array[c])
     array *= mask
     inside = array[:, mask]
-    upper = float(np.percentile(inside, cfg.clip_percentile)) if inside.size else 0.0
+    upper = float(np.percentile(inside, cfg.clip_percentile, overwrite_input=True)) if inside.size else 0.0
     if upper <= 0:
         raise InputError(inputs.reference_source, "no contrast enhancement inside the breast mask "
                          "(all subtraction values <= 0)")

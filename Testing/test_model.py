@@ -93,14 +93,22 @@ def test_inference_module_folds_batchnorm_exactly():
         if isinstance(module, torch.nn.BatchNorm3d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     fast = inference_module(model, torch.device("cpu"))
     assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fast.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is unchanged
     x = torch.rand(2, 6, 64, 64, 32)
     with torch.no_grad():
         a, b = model(x), fast(x.contiguous(memory_format=torch.channels_last_3d))
     assert torch.allclose(a.features, b.features, rtol=1e-4, atol=1e-4)
     assert torch.allclose(a.cos_theta, b.cos_theta, atol=1e-6)
     assert torch.allclose(a.logit_map, b.logit_map, rtol=1e-4, atol=1e-4)
+    low = inference_module(model, torch.device("cpu"), bf16=True)  # bf16 weights, as bf16 autocast rounds them
+    assert low.backbone.conv1.weight.dtype == torch.bfloat16 and low.head.weight.dtype == torch.float32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        c = low(x.contiguous(memory_format=torch.channels_last_3d))
+        d = fast(x.contiguous(memory_format=torch.channels_last_3d))  # fp32 weights rounded by autocast
+    assert torch.equal(c.features, d.features) and torch.equal(c.cos_theta, d.cos_theta)
 
 
 def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
