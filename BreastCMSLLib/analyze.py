@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,9 +155,14 @@ def analyze_case(inputs: CaseInputs, loaded: LoadedModel, device: str = "auto", 
     report(0.8, "maps")
     t2 = time.perf_counter()
     with torch.inference_mode():
-        coam_in = normalized_on_input_grid(coam(out.features)[0], prep)
-        cam_in = normalized_on_input_grid(out.logit_map[0], prep)  # the head's per-position logit is CAM
-    coam_ref, cam_ref = to_reference(coam_in, prep), to_reference(cam_in, prep)
+        small = [coam(out.features)[0], out.logit_map[0]]  # the head's per-position logit is CAM
+
+    def carried(feature_map: torch.Tensor) -> tuple[np.ndarray, sitk.Image]:
+        on_input = normalized_on_input_grid(feature_map, prep)
+        return on_input, to_reference(on_input, prep)
+
+    with ThreadPoolExecutor(2) as pool:  # SimpleITK and numpy release the GIL: both maps at once
+        (coam_in, coam_ref), (cam_in, cam_ref) = pool.map(carried, small)
     p = float(probability(out, loaded.config)[0])
     t3 = time.perf_counter()
     return Analysis(

@@ -10,6 +10,8 @@ Arrays are (C, I, J, K): spatial axes in (i, j, k) order of the input grid.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,14 +191,18 @@ def preprocess_case(inputs: CaseInputs, cfg: PreprocessConfig) -> Preprocessed:
     mask = mask.astype(bool)
 
     array = np.empty((inputs.n_channels, *cfg.input_size), dtype=np.float32)
-    if inputs.kind == "phases":
-        pre = values_on(inputs.series[0], grid)
-        for c, post in enumerate(inputs.series[1:]):
-            np.subtract(values_on(post, grid, out=array[c]), pre, out=array[c])
-    else:
-        for c, image in enumerate(inputs.series):
-            values_on(image, grid, out=array[c])
-    array *= mask
+    pre = values_on(inputs.series[0], grid) if inputs.kind == "phases" else None
+    series = inputs.series[1:] if pre is not None else inputs.series
+
+    def fill(c: int) -> None:
+        values_on(series[c], grid, out=array[c])
+        if pre is not None:
+            np.subtract(array[c], pre, out=array[c])
+        np.multiply(array[c], mask, out=array[c])
+
+    # numpy's copies and SimpleITK release the GIL: the channels are filled in parallel
+    with ThreadPoolExecutor(min(len(series), os.cpu_count() or 1)) as pool:
+        list(pool.map(fill, range(len(series))))
     inside = array[:, mask]
     upper = float(np.percentile(inside, cfg.clip_percentile, overwrite_input=True)) if inside.size else 0.0
     if upper <= 0:
