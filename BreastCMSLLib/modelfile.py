@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +56,9 @@ def save_model(path: str | Path, model: torch.nn.Module, cfg: ModelConfig, prove
     return file_sha256(path)
 
 
+_HASHING = ThreadPoolExecutor(1, thread_name_prefix="model-sha256")
+
+
 @dataclass
 class LoadedModel:
     """A network in eval mode with its config, provenance (``untrained``, ``method``, ...) and sha256."""
@@ -63,9 +66,15 @@ class LoadedModel:
     model: CMSLNet
     config: ModelConfig
     provenance: dict
-    sha256: str
     path: Path
+    _digest: Future = field(repr=False, compare=False)
     _inference: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of the model file, hashed in the background from loading on (hashlib releases the
+        GIL: it overlaps reading and preprocessing the volumes instead of delaying them)."""
+        return self._digest.result()
 
     def inference_module(self, device: torch.device) -> torch.nn.Module:
         """The network prepared for inference on ``device`` (built once per device)."""
@@ -128,16 +137,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     """Build the network its config describes and load the weights (strict), in eval mode."""
     path = Path(path)
     cfg, provenance = read_model_metadata(path)
-    with ThreadPoolExecutor(1) as pool:
-        digest = pool.submit(file_sha256, path)  # hashlib releases the GIL: hashed while the weights load
-        try:
-            with torch.device("meta"):  # no random initialization: every tensor comes from the file
-                model = build_model(cfg, initialize=False)
-        except ValueError as err:
-            raise InputError(path, str(err)) from None
-        try:
-            model.load_state_dict(load_file(str(path)), strict=True, assign=True)
-        except RuntimeError as err:
-            raise InputError(path, f"weights do not match its config ({str(err).splitlines()[0]})") from None
-        model.to(device).eval()
-        return LoadedModel(model, cfg, provenance, digest.result(), path)
+    try:
+        with torch.device("meta"):  # no random initialization: every tensor comes from the file
+            model = build_model(cfg, initialize=False)
+    except ValueError as err:
+        raise InputError(path, str(err)) from None
+    try:
+        model.load_state_dict(load_file(str(path)), strict=True, assign=True)
+    except RuntimeError as err:
+        raise InputError(path, f"weights do not match its config ({str(err).splitlines()[0]})") from None
+    model.to(device).eval()
+    return LoadedModel(model, cfg, provenance, path, _HASHING.submit(file_sha256, path))
