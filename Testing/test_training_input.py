@@ -6,7 +6,7 @@ import torch
 from Training import fastconv
 from Training.cache import SCALE
 from Training.data import Augment, augment_seed
-from Training.inference import prepare
+from Training.inference import network_input, prepare
 
 CPU = torch.device("cpu")
 
@@ -45,3 +45,15 @@ def test_conv1_rewrites_equal_conv1(mode):
     got = fastconv.FastConv1(conv, mode)(prepare(u8.clone(), CPU, mode))
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_compiled_input_equals_eager():
+    """The batch function compiles as one graph (as on CUDA, where it runs compiled) to the same values and
+    layout; compiled here for the CPU (inductor, C++)."""
+    u8 = batch((2, 6, 21, 16, 13))
+    gain, offset = torch.tensor([1 / SCALE, 1.05 / SCALE]), torch.tensor([0.0, 0.02])
+    compiled = torch.compile(network_input, dynamic=False, fullgraph=True)
+    for mode in fastconv.MODES:
+        expected = network_input(u8, gain, offset, mode, torch.bfloat16, True)
+        got = compiled(u8, gain, offset, mode, torch.bfloat16, True)
+        assert torch.equal(got, expected) and got.stride() == expected.stride()

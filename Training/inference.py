@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 from collections.abc import Sequence
 
@@ -29,7 +30,10 @@ def network_input(u8: torch.Tensor, gain: torch.Tensor, offset: torch.Tensor, co
 
 @functools.cache
 def _compiled_network_input():
-    return torch.compile(network_input, dynamic=False)
+    """:func:`network_input` compiled for the GPU; as is where Triton (inductor's GPU code generator) is missing."""
+    if importlib.util.find_spec("triton") is None:
+        return network_input
+    return torch.compile(network_input, dynamic=False, fullgraph=True)
 
 
 def prepare(batch_u8: torch.Tensor, device: torch.device, conv1: str = "none", augment: Augment | None = None,
