@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -63,6 +65,44 @@ def test_preprocess_kill_resume_and_corrupt_case(tmp_path):
     # a second run has nothing left but the broken case
     again = preprocess_cohort(manifest, cache_dir, PreprocessConfig(input_size=INPUT), progress=False)
     assert again.done == [] and set(again.failed) == {"case_0005"}
+
+
+def spawned_workers():
+    """pids of this process's multiprocessing (spawn) workers (Linux /proc)."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"spawn_main" in cmdline:
+            yield int(entry)
+
+
+def test_a_dying_worker_fails_no_other_case(tmp_path):
+    """A worker killed mid-run, as the out-of-memory killer would: the pool breaks, every case still ends done."""
+    synth_cohort(tmp_path / "cohort", 6, seed=12, shape=(96, 64, 40))
+    manifest, entries = tmp_path / "cohort" / "manifest.csv", tmp_path / "cache" / "entries"
+    killed: list[int] = []
+
+    def kill_a_worker() -> None:  # once the first case is done, the workers are past their start
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            if entries.is_dir() and any(entries.glob("*.json")):
+                for pid in spawned_workers():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    break
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    report = preprocess_cohort(manifest, tmp_path / "cache", PreprocessConfig(input_size=INPUT), workers=2,
+                               progress=False)
+    killer.join()
+    assert len(killed) == 1
+    assert report.failed == {}
+    assert sorted(report.done) == sorted(c.subject_id for c in read_manifest(manifest))
 
 
 def test_cache_refuses_another_config(tmp_path):

@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,15 +181,47 @@ def preprocess_cohort(manifest: str | Path, cache_dir: str | Path, cfg: Preproce
     bar = tqdm(total=len(todo), desc="preprocess", unit="case", disable=not progress, mininterval=2.0)
     args = [(str(cache.root), c, config_json(cfg), 1 if workers > 1 else 0) for c in todo]
     if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_preprocess_one, *a) for a in args]
-            results = (f.result() for f in as_completed(futures))
-            _collect(results, done, failed, bar)
+        _run_pool(args, workers, done, failed, bar)
     else:
         _collect((_preprocess_one(*a) for a in args), done, failed, bar)
     bar.close()
     atomic_write_text(cache.root / "failures.json", json.dumps(failed, indent=1, sort_keys=True))
     return PreprocessReport(done, skipped, failed, time.perf_counter() - t0)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _run_pool(args: list[tuple], workers: int, done: list[str], failed: dict[str, str], bar) -> None:
+    """Run ``args`` in a pool of ``workers`` processes. A worker that dies (a crash in native code, the
+    out-of-memory killer) breaks the whole pool: the cases it may have held, the first still unfinished
+    ones (the pool hands cases out in order, at most two per worker ahead), are then run one process
+    each, where a death fails only that case; the others go on in a new pool."""
+    pending = list(args)
+    while pending:
+        finished: set[str] = set()
+        try:
+            with _pool(workers) as pool:
+                futures = {pool.submit(_preprocess_one, *a): a[1].subject_id for a in pending}
+                for future in as_completed(futures):
+                    _collect([future.result()], done, failed, bar)
+                    finished.add(futures[future])
+            pending = []
+        except BrokenProcessPool:
+            left = [a for a in pending if a[1].subject_id not in finished]
+            suspects, pending = left[:2 * workers], left[2 * workers:]
+            _collect((_alone(a) for a in suspects), done, failed, bar)
+
+
+def _alone(args: tuple) -> tuple[str, str | None, float]:
+    """One case in a process of its own; its death is that case's failure."""
+    try:
+        with _pool(1) as pool:
+            return pool.submit(_preprocess_one, *args).result()
+    except BrokenProcessPool:
+        case = args[1]
+        return case.subject_id, f"{case.case_dir}: the preprocessing process died (a crash or out of memory)", 0.0
 
 
 def _collect(results, done: list[str], failed: dict[str, str], bar) -> None:
