@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from BreastCMSLLib import dicomsynth
 from BreastCMSLLib.cli import main
 from BreastCMSLLib.dicom import read_dataset, scan_study, volume_to_image
 from BreastCMSLLib.preprocess import load_case
+from Testing import dicomsynth
 
 MAPS = ("coam", "cam", "coam_label", "cam_label")
 

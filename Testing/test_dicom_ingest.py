@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from BreastCMSLLib import dicomsynth
 from BreastCMSLLib.config import PreprocessConfig
 from BreastCMSLLib.modelfile import load_model
 from BreastCMSLLib.phantom import PhantomConfig, make_case
 from BreastCMSLLib.preprocess import load_case
+from Testing import dicomsynth
 from Training.ingest import ingest
 from Training.manifest import read_manifest
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from BreastCMSLLib import dicomsynth
 from BreastCMSLLib.cli import main
 from BreastCMSLLib.dicom import read_phase, scan_study
 from BreastCMSLLib.phantom import PhantomConfig, make_case
 from BreastCMSLLib.roles import RolePatterns, assign_roles
+from Testing import dicomsynth
 
 from .conftest import run_cli
 

@@ -17,9 +17,9 @@ import slicer
 import vtk
 
 from BreastCMSLLib import background, cli, mrml
-from BreastCMSLLib.dicomsynth import write_study
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.phantom import synth_case
+from Testing.dicomsynth import write_study
 
 ROOT = Path(__file__).resolve().parent.parent
 
