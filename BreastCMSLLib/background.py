@@ -1,9 +1,10 @@
-"""Running ``breastcmsl analyze`` (or any command) in a background process that can be cancelled.
+"""Background processes that can be cancelled: the analysis worker's process group, other commands.
 
-Used by the Slicer module so that the GUI stays responsive: the caller polls :meth:`poll` and
-:meth:`read_output` from a timer. Output goes to a log file (no pipes, so no reader thread), and
-cancelling kills the whole process tree (the Python launcher of Slicer starts a child interpreter).
-``breastcmsl analyze`` reports its stages as ``progress <fraction> <stage>`` lines (:func:`split_progress`).
+The session starts the warm worker (:mod:`.worker`) with :func:`start_group` and cancels it with
+:func:`kill_group`, which ends the whole process tree (the Python launcher of Slicer starts a child
+interpreter). :class:`BackgroundCommand` runs a one-off command logging to a file (building the demo model).
+``breastcmsl analyze --progress`` reports its stages as ``progress <fraction> <stage>`` lines
+(:func:`split_progress`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import sys
 from pathlib import Path
 
 
-def analyze_command(python: str, t1: str | Path, series: list[str | Path], kind: str, model: str | Path,
-                    out_dir: str | Path, device: str = "auto", label_fraction: float = 0.5) -> list[str]:
-    """The ``breastcmsl analyze`` command line for named input files, run as ``python -m BreastCMSLLib.cli``,
-    reporting its stages (``--progress``, see :func:`split_progress`).
+def analyze_arguments(t1: str | Path | None, series: list[str | Path], kind: str, model: str | Path,
+                      out_dir: str | Path, device: str = "auto", label_fraction: float = 0.5) -> list[str]:
+    """The arguments of ``breastcmsl analyze`` for named input files (``t1`` None: no T1).
 
     ``kind="subtractions"``: ``series`` are the subtractions; ``"phases"``: pre-contrast then posts.
     """
@@ -30,8 +30,9 @@ def analyze_command(python: str, t1: str | Path, series: list[str | Path], kind:
         volumes = ["--pre", str(series[0]), "--post", *map(str, series[1:])]
     else:
         raise ValueError(f"unknown input kind {kind!r}")
-    return [python, "-m", "BreastCMSLLib.cli", "analyze", "--t1", str(t1), *volumes, "--model", str(model),
-            "--out", str(out_dir), "--device", device, "--label-fraction", repr(float(label_fraction)), "--progress"]
+    t1_args = [] if t1 is None else ["--t1", str(t1)]
+    return ["analyze", *t1_args, *volumes, "--model", str(model), "--out", str(out_dir), "--device", device,
+            "--label-fraction", repr(float(label_fraction))]
 
 
 PROGRESS_LINE = re.compile(r"progress ([0-9]*\.?[0-9]+) (\S+)")
@@ -53,8 +54,30 @@ def split_progress(text: str) -> tuple[str, tuple[float, str] | None]:
     return "".join(kept), last
 
 
+def start_group(command: list[str], stdout, stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT, env: dict | None = None,
+                cwd: str | Path | None = None) -> subprocess.Popen:
+    """Start ``command`` in its own process group (POSIX) or process tree (Windows), so that
+    :func:`kill_group` ends it with everything it started (Slicer's Python launcher starts a child)."""
+    flags = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if sys.platform == "win32" else \
+        {"start_new_session": True}
+    return subprocess.Popen(command, stdout=stdout, stderr=stderr, stdin=stdin, env=env, cwd=cwd, **flags)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """Kill a process started by :func:`start_group` and everything it started; wait for it. Safe to call
+    when it has already ended."""
+    if process.poll() is not None:
+        return
+    if sys.platform == "win32":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the session leader's group is its tree
+    process.wait()
+
+
 class BackgroundCommand:
-    """One command in its own process group (POSIX) or process tree (Windows), logging to ``log_path``."""
+    """One command in its own process group, logging to ``log_path`` (e.g. building the demo model)."""
 
     def __init__(self, command: list[str], log_path: str | Path, env: dict | None = None,
                  cwd: str | Path | None = None):
@@ -69,14 +92,7 @@ class BackgroundCommand:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
-            if sys.platform == "win32":
-                self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
-                                                creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)
-            else:
-                self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
-                                                start_new_session=True)
+            self.process = start_group(self.command, stdout=log, env=self.env, cwd=self.cwd)
 
     def poll(self) -> int | None:
         """The exit code once finished, else None."""
@@ -104,10 +120,4 @@ class BackgroundCommand:
         if self.process is None or self.process.poll() is not None:
             return
         self.cancelled = True
-        if sys.platform == "win32":
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True,
-                           check=False)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)  # the session leader's group is its tree
-        self.process.wait()
+        kill_group(self.process)

@@ -126,7 +126,10 @@ def print_progress(fraction: float, stage: str) -> None:
     print(f"progress {fraction:.2f} {stage}", file=sys.stderr, flush=True)
 
 
-def cmd_analyze(args) -> dict:
+def cmd_analyze(args, load=None, report=None) -> dict:
+    """``breastcmsl analyze``. ``load(path)`` loads the model (default :func:`modelfile.load_model`; the session's
+    warm worker passes its cache) and ``report(fraction, stage)`` receives the progress (default: ``--progress``
+    lines on stderr)."""
     from .analyze import analyze_case, select_device
     from .modelfile import load_model
     from .output import write_analysis
@@ -134,10 +137,10 @@ def cmd_analyze(args) -> dict:
     if args.out.exists() and not args.out.is_dir():
         raise InputError(args.out, "the output folder is an existing file")
     select_device(args.device)
-    report = print_progress if args.progress else lambda fraction, stage: None
+    report = report or (print_progress if args.progress else lambda fraction, stage: None)
     report(0.0, "read")
     t0 = time.perf_counter()
-    loaded = load_model(args.model)
+    loaded = (load or load_model)(args.model)
     if (args.roles or args.patterns or args.dicom_seg) and not args.dicom:
         raise InputError("analyze", "--roles, --patterns and --dicom-seg need --dicom STUDY_DIR")
     if args.dicom:
@@ -179,17 +182,21 @@ def cmd_roles(args) -> dict | None:
 COMMANDS = {"synth": cmd_synth, "init-model": cmd_init_model, "analyze": cmd_analyze, "roles": cmd_roles}
 
 
+def user_error(err: InputError | OSError) -> str:
+    """The one line a user mistake is reported by: the file (or node, argument) and the problem."""
+    if isinstance(err, InputError):
+        return str(err)
+    return f"{err.filename or ''}: {err.strerror or err}"
+
+
 def run(prog: str, parser: argparse.ArgumentParser, commands: dict, argv: list[str] | None) -> int:
     """Parse ``argv`` and run the chosen command; its summary (if any) is printed as JSON. A user mistake
     (:class:`InputError`, or a file the system refuses) is one line on stderr and exit code 2."""
     args = parser.parse_args(argv)
     try:
         summary = commands[args.command](args)
-    except InputError as err:
-        print(f"{prog} {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"{prog} {args.command}: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+    except (InputError, OSError) as err:
+        print(f"{prog} {args.command}: error: {user_error(err)}", file=sys.stderr)
         return 2
     if summary is not None:
         print(json.dumps(summary, indent=2, default=str))

@@ -1,0 +1,236 @@
+"""MRML adapter, geometry <-> nodes: volume nodes <-> SimpleITK images, the inputs of an analysis, its result nodes.
+
+The scene is always an argument: this module uses MRML, numpy and the Lib only (no qt, ctk, ``slicer.app``
+or ``slicer.mrmlScene``), so it runs unchanged inside 3D Slicer and on the ``slicer-core`` wheel. MRML
+works in RAS millimetres, the Lib in LPS millimetres; the MRML adapter modules (this one, :mod:`.display`,
+:mod:`.evaluation`) are the only places that convert: (x, y, z)_RAS = (-x, -y, z)_LPS, and
+IJK-to-RAS = diag(-1, -1, 1) @ IJK-to-LPS.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from .display import style_heat_volume, style_label_volume
+from .errors import InputError
+from .volumes import check_image
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+MAP_NAMES = ("coam", "cam", "coam_label", "cam_label")
+
+
+def lps_to_ras(point) -> list[float]:
+    """An LPS point (mm) as RAS (mm)."""
+    return (LPS_TO_RAS @ np.asarray(point, dtype=float)).tolist()
+
+
+def ijk_to_ras_matrix(node) -> np.ndarray:
+    """The 4x4 IJK-to-RAS matrix of a volume node in world coordinates (linear parent transforms applied)."""
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    matrix = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    parent = node.GetParentTransformNode()
+    if parent is not None:
+        if not parent.IsTransformToWorldLinear():
+            raise InputError(node.GetName(), "is under a non-linear transform; harden it first")
+        to_world = vtk.vtkMatrix4x4()
+        parent.GetMatrixTransformToWorld(to_world)
+        matrix = np.array([[to_world.GetElement(r, c) for c in range(4)] for r in range(4)]) @ matrix
+    return matrix
+
+
+def image_from_volume_node(node) -> sitk.Image:
+    """A copy of a scalar volume node's voxels as a SimpleITK image with the node's geometry in LPS.
+
+    The voxel type is kept; the geometry is the node's world IJK-to-RAS (linear parent transforms
+    applied) converted to LPS: origin, spacing and direction exactly, oblique directions included.
+    """
+    image_data = node.GetImageData() if node is not None else None
+    if image_data is None or image_data.GetPointData().GetScalars() is None:
+        raise InputError(node.GetName() if node is not None else "volume", "has no image data")
+    scalars = image_data.GetPointData().GetScalars()
+    if scalars.GetNumberOfComponents() != 1:
+        raise InputError(node.GetName(), f"has {scalars.GetNumberOfComponents()} components per voxel; "
+                         "a scalar volume is needed")
+    dims = image_data.GetDimensions()
+    array = numpy_support.vtk_to_numpy(scalars).reshape(dims[2], dims[1], dims[0]).copy()
+    image = sitk.GetImageFromArray(array)
+    ijk_to_lps = LPS_TO_RAS @ ijk_to_ras_matrix(node)[:3]  # diag(-1,-1,1) is its own inverse
+    spacing = np.linalg.norm(ijk_to_lps[:, :3], axis=0)
+    image.SetSpacing(spacing.tolist())
+    image.SetOrigin(ijk_to_lps[:, 3].tolist())
+    image.SetDirection((ijk_to_lps[:, :3] / spacing).ravel().tolist())
+    return image
+
+
+def ijk_to_ras_of_image(image: sitk.Image) -> np.ndarray:
+    """The 4x4 IJK-to-RAS matrix of a SimpleITK image's (LPS) geometry."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    matrix = np.eye(4)
+    matrix[:3, :3] = LPS_TO_RAS @ direction @ np.diag(image.GetSpacing())
+    matrix[:3, 3] = LPS_TO_RAS @ np.array(image.GetOrigin())
+    return matrix
+
+
+def volume_node_from_image(scene, image: sitk.Image, name: str, labelmap: bool = False):
+    """Add a scalar (or labelmap) volume node holding ``image``'s voxels on its exact grid; return it."""
+    array = np.ascontiguousarray(sitk.GetArrayViewFromImage(image))
+    if labelmap:
+        array = array.astype(np.uint8, copy=False)
+    image_data = vtk.vtkImageData()
+    image_data.SetDimensions(*image.GetSize())
+    vtk_array = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
+    image_data.GetPointData().SetScalars(vtk_array)
+    node = slicer.vtkMRMLLabelMapVolumeNode() if labelmap else slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(name)
+    matrix = vtk.vtkMatrix4x4()
+    for r, row in enumerate(ijk_to_ras_of_image(image)):
+        for c, value in enumerate(row):
+            matrix.SetElement(r, c, float(value))
+    node.SetIJKToRASMatrix(matrix)
+    node.SetAndObserveImageData(image_data)
+    scene.AddNode(node)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def inputs_from_nodes(t1_node, series_nodes, inputs: str = "subtractions"):
+    """The Lib's :class:`CaseInputs` from volume nodes (checked like files; sources are node names).
+    ``t1_node`` may be None: the breast mask then comes from the pre-contrast phase."""
+    from .preprocess import CaseInputs
+
+    if not series_nodes or any(node is None for node in series_nodes):
+        raise InputError("inputs", "a DCE volume selector is empty")
+    series = [check_image(image_from_volume_node(node), node.GetName()) for node in series_nodes]
+    t1 = None if t1_node is None else check_image(image_from_volume_node(t1_node), t1_node.GetName())
+    names = [None if t1_node is None else t1_node.GetName(), *(node.GetName() for node in series_nodes)]
+    return CaseInputs(t1, series, inputs, names)
+
+
+def export_input_nodes(t1_node, series_nodes, folder: str | Path) -> tuple[Path | None, list[Path]]:
+    """Write the input nodes as NRRD files (exact LPS geometry, uncompressed) for ``breastcmsl analyze`` in a
+    background process; returns (t1 path or None without a T1, series paths), by position of the nodes."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, node in enumerate([t1_node, *series_nodes]):
+        if node is None:
+            paths.append(None)
+            continue
+        path = folder / ("t1.nrrd" if index == 0 else f"series_{index}.nrrd")
+        sitk.WriteImage(image_from_volume_node(node), str(path))
+        paths.append(path)
+    return paths[0], paths[1:]
+
+
+def assign_by_dicom(node_files: list[list[str | Path]], n_channels: int, patterns=None) -> dict:
+    """Pre-fill the selectors of volumes loaded from DICOM with the command line's role rules.
+
+    ``node_files``: the DICOM files behind each volume node (Slicer keeps their instance UIDs on the node).
+    Runs :func:`BreastCMSLLib.roles.assign_roles` on those series and maps each role back to its node:
+    returns {"inputs": "phases"|"subtractions", "t1": index or None, "series": [index or None, ...],
+    "notes": [...]}. A role filled by one phase of a multi-phase series has no node of its own (load that
+    series as a Sequence); an ambiguous study raises :class:`InputError` listing the candidates.
+    """
+    from .dicom import scan_files
+    from .roles import RolePatterns, assign_roles
+
+    owner = {Path(f): index for index, files in enumerate(node_files) for f in files}
+    assignment = assign_roles(scan_files(list(owner)), n_channels=n_channels, patterns=patterns or RolePatterns(),
+                              source="loaded DICOM volumes")
+    indexes, notes = [], []
+    for entry in assignment.entries:
+        nodes = {owner[frame.path] for frame in entry.phase.frames}
+        if len(entry.phase.series.phases) > 1 or len(nodes) != 1:
+            notes.append(f"{entry.role}: phase {entry.phase.label} of a multi-phase series; load that series as "
+                         "a volume Sequence and choose it as the dynamic sequence")
+            indexes.append(None)
+        else:
+            indexes.append(nodes.pop())
+    return {"inputs": assignment.kind, "t1": indexes[0], "series": indexes[1:], "notes": notes}
+
+
+def sequence_volume_nodes(sequence_node, pre_index: int = 0) -> list:
+    """Pre-contrast then post-contrast phases from a volume Sequence: frame ``pre_index``, then the
+    frames after it in order (frames before it are left out)."""
+    count = sequence_node.GetNumberOfDataNodes()
+    if not 0 <= pre_index < count - 1:
+        raise InputError(sequence_node.GetName(), f"pre-contrast frame {pre_index} leaves no post-contrast "
+                         f"frame among its {count} frames")
+    return [sequence_node.GetNthDataNode(i) for i in range(pre_index, count)]
+
+
+def check_inputs(t1_node, series_nodes, inputs: str = "subtractions", model_path=None) -> list[str]:
+    """What Analyze would say about these inputs, before running it.
+
+    Raises :class:`InputError` for what would fail (empty selector, bad voxels, no overlap with the
+    reference, channel count the model does not take); returns notes on volumes whose voxel centres are
+    not those of the reference, which preprocessing interpolates.
+    """
+    from .analyze import check_channels
+    from .grids import lattice_aligned
+    from .modelfile import model_name, read_model_metadata
+    from .preprocess import check_overlap
+
+    case = inputs_from_nodes(t1_node, series_nodes, inputs)
+    check_overlap(case)
+    if model_path:
+        cfg, provenance = read_model_metadata(model_path)
+        check_channels(case, cfg, model_name(model_path, provenance))
+    return [f"{source}: on another grid than the reference {case.reference_source}; it will be resampled "
+            "onto the reference grid (linear)"
+            for image, source in zip([case.t1, *case.series], case.sources)
+            if image is not None and not lattice_aligned(image, case.reference)]
+
+
+def add_result_nodes(scene, case: str, maps: dict[str, sitk.Image], peaks_lps: dict[str, tuple]) -> dict:
+    """Add the COAM/CAM heat volumes, their labelmaps and a peaks point list; return the new node IDs
+    (``coam_volume``, ``coam_label``, ``cam_volume``, ``cam_label``, ``peaks``).
+
+    ``maps`` holds ``coam``, ``cam`` (float, [0, 1]) and ``coam_label``, ``cam_label`` ({0, 1}) images;
+    ``peaks_lps`` holds ``coam`` and ``cam`` points in LPS mm; the peaks node holds them in RAS, COAM first.
+    All or nothing: if anything fails, every node added here (display and colour nodes included) is removed.
+    """
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    try:
+        ids = {}
+        for which in ("coam", "cam"):
+            volume = volume_node_from_image(scene, sitk.Cast(maps[which], sitk.sitkFloat32), f"{case} {which.upper()}")
+            style_heat_volume(scene, volume)
+            label = volume_node_from_image(scene, maps[f"{which}_label"], f"{case} {which.upper()} label",
+                                           labelmap=True)
+            style_label_volume(scene, label, which)
+            ids[f"{which}_volume"], ids[f"{which}_label"] = volume.GetID(), label.GetID()
+        points = slicer.vtkMRMLMarkupsFiducialNode()
+        points.SetName(f"{case} peaks")
+        scene.AddNode(points)
+        points.CreateDefaultDisplayNodes()
+        for which in ("coam", "cam"):
+            index = points.AddControlPoint(vtk.vtkVector3d(*lps_to_ras(peaks_lps[which])), f"{which.upper()} peak")
+            points.SetNthControlPointLocked(index, True)
+        ids["peaks"] = points.GetID()
+        return ids
+    except Exception:
+        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        for node in reversed(added):
+            if node.GetID() not in before:
+                scene.RemoveNode(node)
+        raise
+
+
+def read_result_folder(out_dir: str | Path) -> tuple[dict, dict[str, sitk.Image]]:
+    """result.json and the four maps written by ``breastcmsl analyze --out OUT_DIR``."""
+    out_dir = Path(out_dir)
+    try:
+        result = json.loads((out_dir / "result.json").read_text())
+        maps = {name: sitk.ReadImage(str(out_dir / f"{name}.nrrd")) for name in MAP_NAMES}
+    except (OSError, ValueError, RuntimeError) as err:
+        raise InputError(out_dir, f"is not a complete analyze output folder ({err})") from None
+    return result, maps

@@ -1,0 +1,106 @@
+"""The warm analysis worker: one background process that keeps the model loaded between analyses.
+
+The session (:mod:`.session`) starts ``python -m BreastCMSLLib.worker`` in its own process group and talks
+to it in JSON lines. Each request on stdin is ``{"argv": [...]}``, the arguments of ``breastcmsl analyze``
+(so the worker runs exactly the command line's analysis, :func:`.cli.cmd_analyze`); the worker answers on
+stdout with ``{"progress": [fraction, stage]}`` lines, then ``{"ok": summary}``, ``{"error": "<file>:
+<problem>"}`` (a user mistake) or ``{"crash": traceback}``. Everything else the Lib prints goes to stderr
+(the session's log file), so stdout carries the protocol alone.
+
+The model stays loaded, with its inference module built, keyed by the model file's sha256 and the device:
+the sha256 is hashed again only when the file's path, size or modification time change. The worker exits
+when stdin closes (the session closed or died) or after ``--idle-timeout`` seconds without a request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+PROTOCOL_VERSION = 1
+
+
+class ModelCache:
+    """The last model loaded, reused while the file (by sha256) stays the same."""
+
+    def __init__(self) -> None:
+        self.stat_key: tuple | None = None  # (path, size, mtime_ns) of the file last hashed
+        self.sha256: str | None = None
+        self.loaded = None
+
+    def load(self, path: str | Path):
+        from .modelfile import file_sha256, load_model
+
+        path = Path(path).resolve()
+        try:
+            stat = path.stat()
+        except OSError:
+            return load_model(path)  # the usual "no such model file" message
+        stat_key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if stat_key != self.stat_key:
+            self.stat_key, self.sha256 = stat_key, file_sha256(path)
+        if self.loaded is None or self.loaded.sha256 != self.sha256:
+            self.loaded = None  # free the previous model's memory before loading the next one
+            self.loaded = load_model(path)
+        return self.loaded
+
+
+def serve(requests, send, idle_timeout_s: float) -> None:
+    """Answer requests until stdin closes or ``idle_timeout_s`` pass without one."""
+    from .cli import build_parser, cmd_analyze, user_error
+    from .errors import InputError
+
+    cache = ModelCache()
+    parser = build_parser()
+    while True:
+        line = requests(idle_timeout_s)
+        if not line:
+            return
+        try:
+            args = parser.parse_args(json.loads(line)["argv"])
+            summary = cmd_analyze(args, load=cache.load, report=lambda f, stage: send({"progress": [f, stage]}))
+        except (InputError, OSError) as err:
+            send({"error": user_error(err)})
+        except (Exception, SystemExit):  # a bug, not a user mistake: the session shows the traceback
+            send({"crash": traceback.format_exc()})
+        else:
+            send({"ok": summary})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m BreastCMSLLib.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--idle-timeout", type=float, default=600.0, help="seconds without a request before exit")
+    args = parser.parse_args(argv)
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints of any library go to the log, not the protocol
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read_stdin() -> None:  # a thread, not select(): select() does not take pipes on Windows
+        for line in sys.stdin:
+            lines.put(line)
+        lines.put("")  # end of input: the session closed
+
+    threading.Thread(target=read_stdin, daemon=True).start()
+
+    def requests(timeout: float) -> str:
+        try:
+            return lines.get(timeout=timeout)
+        except queue.Empty:
+            return ""
+
+    def send(message: dict) -> None:
+        protocol.write(json.dumps(message) + "\n")
+        protocol.flush()
+
+    send({"ready": PROTOCOL_VERSION, "pid": os.getpid()})
+    serve(requests, send, args.idle_timeout)
+
+
+if __name__ == "__main__":
+    main()
