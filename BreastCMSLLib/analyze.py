@@ -21,6 +21,7 @@ from .config import NETWORK_STRIDE, ModelConfig
 from .errors import InputError
 from .model import NetOutput, bf16_native, probability
 from .modelfile import LoadedModel
+from .peaks import plateau_peak_lps
 from .preprocess import CaseInputs, Preprocessed, preprocess_case, to_ijk, to_reference
 
 Progress = Callable[[float, str], None]
@@ -96,11 +97,9 @@ def normalized_on_input_grid(small: torch.Tensor, prep: Preprocessed) -> np.ndar
 
 
 def peak_lps(map_ijk: np.ndarray, prep: Preprocessed) -> tuple[float, float, float]:
-    """LPS point (mm) of the map's maximum over the valid input-grid voxels (first one on ties). The input
-    grid does not depend on how the volumes were stored, so neither does the peak."""
-    masked = map_ijk if prep.valid.all() else np.where(prep.valid, map_ijk, -np.inf)
-    index = np.unravel_index(int(np.argmax(masked)), masked.shape)
-    return tuple(prep.input_grid.TransformIndexToPhysicalPoint([int(i) for i in index]))
+    """LPS point (mm) of the map's maximum over the valid input-grid voxels; a plateau of maxima resolves
+    to the voxel nearest its centroid (:mod:`BreastCMSLLib.peaks`), whatever the storage order."""
+    return plateau_peak_lps(map_ijk, prep.input_grid, None if prep.valid.all() else prep.valid)
 
 
 @dataclass

@@ -54,6 +54,10 @@ DEFAULT_DIFFICULTY = 0.5
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 TISSUE_LABELS = {"air": 0, "fat": 1, "fibroglandular": 2, "skin": 3, "muscle": 4, "chest_wall": 5,
                  "lung": 6, "heart": 7, "vessel": 8, "lesion": 9}
+# Where the lesion goes: "tissue" in the first large fibroglandular blob deep enough in the breast (the
+# original rule, so often near the breast's middle); "spread" at the first of 8 drawn points (footprint
+# radius sqrt(u) x 0.8, any angle, height fraction 0.1-0.85) clear of skin and chest wall, else as "tissue".
+LESION_PLACEMENTS = ("tissue", "spread")
 BREAST_MASK_DEFINITION = ("body voxels (skin included) anterior to the anterior surface of the pectoral/"
                           "chest-wall muscle layer and to the coronal plane of the anterior axillary line")
 
@@ -84,6 +88,7 @@ class PhantomConfig:
     difficulty: float = DEFAULT_DIFFICULTY
     label: int | None = None
     malignant_fraction: float = 0.5
+    lesion_placement: str = "tissue"  # see LESION_PLACEMENTS
 
 
 @dataclass
@@ -310,6 +315,7 @@ def _draw(rng: np.random.Generator, difficulty: float, label: int | None, malign
     lesion["suspicion"] = suspicion
     p["lesion"] = lesion
     return p
+    lesion["spread"] = rng.random((8, 3)).tolist()  # drawn last: the parameters above stay those of the seed
 
 
 # ------------------------------------------------------------------------------------------ shapes
@@ -474,7 +480,7 @@ def _render(p: dict, grid: _Grid, noise_rng: np.random.Generator) -> PhantomCase
     for index, (br, bbox) in enumerate(zip(p["breasts"], breast_boxes)):
         blobs = [(_breast_point(p, br, b["rho"], b["phi"], b["hf"]), b["sigma"], b["amp"]) for b in br["blobs"]]
         if index == lesion_p["side_index"]:
-            lesion_centre = _lesion_centre(p, br, blobs, radius, lesion_p["offset"])
+            lesion_centre = _lesion_centre(p, br, blobs, radius, lesion_p)
             blobs.append((lesion_centre, radius + 4.0, 1.3))
         if bbox is None:
             continue
@@ -510,17 +516,18 @@ def _render(p: dict, grid: _Grid, noise_rng: np.random.Generator) -> PhantomCase
     return _finish(p, grid, canvas, noise_rng, lesion_mask, breast_truth, lesion_centre)
 
 
-def _lesion_centre(p: dict, br: dict, blobs: list, radius: float, offset) -> np.ndarray:
-    """Centre of the lesion: the first large fibroglandular blob deep enough inside the breast (clear of
+def _lesion_centre(p: dict, br: dict, blobs: list, radius: float, lp: dict) -> np.ndarray:
+    """Centre of the lesion (:data:`LESION_PLACEMENTS`): a point deep enough inside the breast (clear of
     skin and chest wall by the lesion radius + 6 mm), else a point in the middle of the breast."""
-    for c, sigma, _ in blobs:
-        if sigma < 8.0:
-            continue
+    spread = [_breast_point(p, br, 0.8 * math.sqrt(u), 2 * math.pi * v, 0.1 + 0.75 * w) for u, v, w in lp["spread"]]
+    tissue = [c for c, sigma, _ in blobs if sigma >= 8.0]
+    for c in (spread if lp.get("placement") == "spread" else []) + tissue:
         sd_b, h = _breast_sd(p, br, *(np.array([v]) for v in c))
         if sd_b[0] <= -(radius + 6.0) and h[0] >= radius + 8.0:
             return c
     return _breast_point(p, br, 0.15 + 0.1 * offset[0], math.pi * (1 + offset[1]), 0.4 + 0.1 * offset[2])
 
+    offset = lp["offset"]
 
 def _paint_lesion(canvas: _Canvas, grid: _Grid, lp: dict, c: np.ndarray, width: float,
                   mask: np.ndarray) -> None:
@@ -621,7 +628,9 @@ def _streams(seed: int) -> list[np.random.SeedSequence]:
 def draw_parameters(seed: int, cfg: PhantomConfig = PhantomConfig()) -> dict:
     """The random parameters of case ``seed`` (label, anatomy, lesion appearance, BI-RADS; patient
     frame, mm), without rendering: cheap, and the same for every grid."""
-    return _draw(np.random.default_rng(_streams(seed)[0]), cfg.difficulty, cfg.label, cfg.malignant_fraction)
+    p = _draw(np.random.default_rng(_streams(seed)[0]), cfg.difficulty, cfg.label, cfg.malignant_fraction)
+    p["lesion"]["placement"] = cfg.lesion_placement
+    return p
 
 
 def make_case(seed: int, cfg: PhantomConfig = PhantomConfig()) -> PhantomCase:
@@ -632,7 +641,10 @@ def make_case(seed: int, cfg: PhantomConfig = PhantomConfig()) -> PhantomCase:
         raise InputError("label", f"must be 0 (benign), 1 (malignant) or None, got {cfg.label}")
     grid = _resolve_grid(cfg)
     case = _render(draw_parameters(seed, cfg), grid, np.random.default_rng(_streams(seed)[1]))
-    case.truth.update(seed=int(seed), difficulty=float(cfg.difficulty))
+    if cfg.lesion_placement not in LESION_PLACEMENTS:
+        raise InputError("lesion_placement", f"expected one of {', '.join(LESION_PLACEMENTS)}, "
+                         f"got {cfg.lesion_placement!r}")
+    case.truth.update(seed=int(seed), difficulty=float(cfg.difficulty), lesion_placement=cfg.lesion_placement)
     return case
 
 
@@ -672,7 +684,7 @@ def synth_case(out_dir: str | Path, seed: int = 0, label: int | None = None,
                shape: tuple[int, int, int] | None = None, spacing: tuple[float, float, float] | None = None,
                inputs: str = "phases", difficulty: float = DEFAULT_DIFFICULTY, malignant_fraction: float = 0.5,
                origin: tuple[float, float, float] | None = None, direction: tuple[float, ...] = IDENTITY,
-               suffix: str = ".nrrd", overwrite: bool = False) -> dict:
+               suffix: str = ".nrrd", overwrite: bool = False, lesion_placement: str = "tissue") -> dict:
     """``breastcmsl synth``: synthesize one case and write its folder; returns the case.json dict.
 
     A plain top-level function of plain arguments, so cohorts can call it from worker processes.
@@ -681,5 +693,6 @@ def synth_case(out_dir: str | Path, seed: int = 0, label: int | None = None,
     cfg = PhantomConfig(shape=None if shape is None else tuple(shape),
                         spacing=None if spacing is None else tuple(spacing),
                         origin=None if origin is None else tuple(origin), direction=tuple(direction),
-                        difficulty=difficulty, label=label, malignant_fraction=malignant_fraction)
+                        difficulty=difficulty, label=label, malignant_fraction=malignant_fraction,
+                        lesion_placement=lesion_placement)
     return write_case(make_case(seed, cfg), out_dir, inputs=inputs, suffix=suffix, overwrite=overwrite)

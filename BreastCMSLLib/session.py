@@ -36,8 +36,6 @@ MODULE_NAME = "BreastCMSL"
 LIBRARY_ROOT = Path(__file__).resolve().parent.parent  # the folder holding the BreastCMSLLib package
 MAP_ROLES = {"coam_volume": "coamVolume", "coam_label": "coamLabel", "cam_volume": "camVolume",
              "cam_label": "camLabel", "peaks": "peaks"}
-RESULT_VALUES = ("case", "probability", "cosTheta", "prediction", "labelFraction", "maskSource", "device",
-                 "precision", "modelName", "modelSha256", "modelVersion", "modelUntrained", "modelSynthetic")
 
 
 def disclaimer(model: dict) -> str:
@@ -145,8 +143,9 @@ class Worker:
 
     def usable(self) -> bool:
         """Alive, idle, and not about to exit for idleness (a margin against sending into its exit)."""
+        margin = min(5.0, self.idle_timeout_s / 2)
         return (self.process.poll() is None and self.listener is None
-                and time.monotonic() - self.last_used < self.idle_timeout_s - 5.0)
+                and time.monotonic() - self.last_used < self.idle_timeout_s - margin)
 
     def submit(self, job: AnalysisJob, argv: list[str]) -> None:
         self.listener = job
@@ -194,6 +193,7 @@ class AnalysisJob:
         self.reference = reference
         self.names = names  # exported file -> node name, to name nodes in the worker's messages
         self.progress: tuple[float, str] = (0.0, "queued")
+        self.stages: list[tuple[float, str]] = []  # every (fraction, stage) reported, in order
         self.cancelled = False
         self._messages: queue.Queue[dict] = queue.Queue()
         self._final: dict | None = None
@@ -214,6 +214,7 @@ class AnalysisJob:
         if "progress" in message:
             fraction, stage = message["progress"]
             self.progress = (float(fraction), str(stage))
+            self.stages.append(self.progress)
         else:
             self._messages.put(message)
 
@@ -475,7 +476,9 @@ class Session:
                   "maskSource": result.get("mask_source", "t1"), "device": result["device"],
                   "precision": result["precision"], "modelName": model["name"], "modelSha256": model["sha256"],
                   "modelVersion": model.get("version") or "", "modelUntrained": model["untrained"],
-                  "modelSynthetic": model["synthetic"]}
+                  "modelSynthetic": model["synthetic"],
+                  "coamPeakRAS": " ".join(map(repr, nodes.lps_to_ras(peaks["coam"]))),
+                  "camPeakRAS": " ".join(map(repr, nodes.lps_to_ras(peaks["cam"])))}
         for key, value in values.items():
             p.SetParameter(key, repr(value) if isinstance(value, float) else str(value))
         p.EndModify(was)
@@ -486,8 +489,7 @@ class Session:
         """The current result from the parameter node (None before the first analysis): case, probability,
         cos_theta, prediction, model, label_fraction, mask_source, peaks in RAS mm, node IDs."""
         p = self.parameter_node
-        peaks = self._ref("peaks")
-        if not p.GetParameter("probability") or peaks is None or peaks.GetNumberOfControlPoints() < 2:
+        if not p.GetParameter("probability"):
             return None
         get = p.GetParameter
         ids = {key: (self._ref(role).GetID() if self._ref(role) else None) for key, role in MAP_ROLES.items()}
@@ -498,8 +500,8 @@ class Session:
             "mask_source": get("maskSource"), "device": get("device"), "precision": get("precision"),
             "model": {"name": get("modelName"), "sha256": get("modelSha256"), "version": get("modelVersion") or None,
                       "untrained": get("modelUntrained") == "True", "synthetic": get("modelSynthetic") == "True"},
-            "coam_peak_ras": list(peaks.GetNthControlPointPosition(0)),
-            "cam_peak_ras": list(peaks.GetNthControlPointPosition(1)),
+            "coam_peak_ras": [float(v) for v in get("coamPeakRAS").split()],
+            "cam_peak_ras": [float(v) for v in get("camPeakRAS").split()],
             "node_ids": {**ids, "reference_id": reference.GetID() if reference else None},
         }
 

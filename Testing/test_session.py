@@ -1,0 +1,362 @@
+"""The panel's session (BreastCMSLLib.session) on a real vtkMRMLScene: each button's path, end to end.
+
+Analyze runs in the session's real worker process; its result must equal the real CLI's output for the same
+case (an oblique phantom, nodes read by MRML's own reader), land exactly on the reference node's grid, survive
+saving and loading the scene, and leave the scene untouched when cancelled or failing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+
+from BreastCMSLLib import cli, display
+from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.phantom import synth_case
+from BreastCMSLLib.session import Session, models_in
+from Testing.scenes import assert_unchanged, case_nodes, make_oblique_case, matrix_of, snapshot
+
+STAGES = ["read", "preprocess", "inference", "maps", "write", "done"]
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    return make_oblique_case(tmp_path_factory.mktemp("session"))
+
+
+@pytest.fixture(scope="module")
+def analyzed(case, tmp_path_factory):
+    """A session that analyzed the case twice (cold, then warm) and is still open."""
+    temp = tmp_path_factory.mktemp("session_tmp")
+    scene = slicer.vtkMRMLScene()
+    t1, series = case_nodes(scene, case["dir"])
+    session = Session(scene, temp_dir=temp)
+    session.set_inputs(t1=t1, phases=series)
+    count = scene.GetNumberOfNodes()
+    cold_job = session.analyze(case["model"], device="cpu")
+    cold = cold_job.wait(timeout=300)
+    added = scene.GetNumberOfNodes() - count
+    warm_job = session.analyze(case["model"], device="cpu")
+    warm = warm_job.wait(timeout=300)
+    yield {"scene": scene, "session": session, "t1": t1, "series": series, "cold": cold, "warm": warm,
+           "cold_job": cold_job, "warm_job": warm_job, "added": added, "temp": temp}
+    session.close()
+
+
+def test_analyze_reports_its_stages_in_order(analyzed):
+    for job in (analyzed["cold_job"], analyzed["warm_job"]):
+        assert [stage for _, stage in job.stages] == STAGES
+        fractions = [fraction for fraction, _ in job.stages]
+        assert fractions[0] == 0.0 and fractions[-1] == 1.0 and np.all(np.diff(fractions) > 0)
+        assert job.progress == (1.0, "done") and job.done
+
+
+def test_result_nodes_lie_exactly_on_the_reference_grid_and_equal_the_cli(case, analyzed):
+    scene, result = analyzed["scene"], analyzed["cold"]
+    reference = analyzed["series"][1]  # the first post-contrast phase
+    ids = result["node_ids"]
+    assert ids["reference_id"] == reference.GetID()
+    expected = {"coam_volume": "vtkMRMLScalarVolumeNode", "cam_volume": "vtkMRMLScalarVolumeNode",
+                "coam_label": "vtkMRMLLabelMapVolumeNode", "cam_label": "vtkMRMLLabelMapVolumeNode",
+                "peaks": "vtkMRMLMarkupsFiducialNode"}
+    assert {k: scene.GetNodeByID(ids[k]).GetClassName() for k in expected} == expected
+    for key in ("coam", "cam"):
+        heat, label = scene.GetNodeByID(ids[f"{key}_volume"]), scene.GetNodeByID(ids[f"{key}_label"])
+        for node in (heat, label):
+            np.testing.assert_allclose(matrix_of(node), matrix_of(reference), atol=1e-6)
+            assert node.GetImageData().GetDimensions() == reference.GetImageData().GetDimensions()
+        values = slicer.util.arrayFromVolume(heat)
+        assert values.dtype == np.float32 and values.min() >= 0.0 and values.max() == pytest.approx(1.0)
+        labels = slicer.util.arrayFromVolume(label)
+        np.testing.assert_array_equal(labels, (values >= 0.5 * values.max()).astype(np.uint8))
+        np.testing.assert_allclose(values, sitk.GetArrayFromImage(sitk.ReadImage(str(case["out"] / f"{key}.nrrd"))),
+                                   atol=1e-5)
+        heat_display = heat.GetDisplayNode()
+        assert heat_display.GetColorNode().GetName() == "Inferno"
+        assert (heat_display.GetWindowLevelMin(), heat_display.GetWindowLevelMax()) == (0.0, 1.0)
+        x, y, z = case["result"][f"{key}_peak_lps"]
+        np.testing.assert_allclose(result[f"{key}_peak_ras"], [-x, -y, z], atol=1e-6)
+    cli_result = case["result"]
+    assert result["probability"] == pytest.approx(cli_result["probability"], abs=1e-6)
+    assert result["cos_theta"] == pytest.approx(cli_result["cos_theta"], abs=1e-6)
+    assert result["prediction"] == cli_result["prediction"]
+    assert result["model"]["sha256"] == hashlib.sha256(case["model"].read_bytes()).hexdigest()
+    assert result["model"]["untrained"] is True
+    # 2 heat volumes, 2 labelmaps, the peaks point list, their 5 display nodes, the heat colour table and the 2
+    # labelmap colour tables: nothing else (the inputs were not touched, no copies, no storage nodes)
+    assert analyzed["added"] == 13
+
+
+def test_heat_colour_table_is_perceptually_ordered(analyzed):
+    scene = analyzed["scene"]
+    heat = scene.GetNodeByID(analyzed["cold"]["node_ids"]["coam_volume"]).GetDisplayNode().GetColorNode()
+    rgb = np.array([heat.GetColorTransferFunction().GetColor(t) for t in np.linspace(0, 1, 33)])
+    assert np.all(np.diff(rgb @ [0.2126, 0.7152, 0.0722]) > 0), "lightness must rise with the map value"
+    np.testing.assert_allclose(rgb[0], display.INFERNO_STOPS[0], atol=1e-4)
+    np.testing.assert_allclose(rgb[-1], display.INFERNO_STOPS[-1], atol=1e-4)
+    assert len([n for n in range(scene.GetNumberOfNodes()) if scene.GetNthNode(n).GetName() == "Inferno"]) == 1
+
+
+def test_the_warm_second_run_reuses_the_worker_and_equals_the_cold_run(analyzed):
+    cold, warm = analyzed["cold"], analyzed["warm"]
+    assert analyzed["warm_job"].worker_pid == analyzed["cold_job"].worker_pid
+    assert analyzed["session"].worker.process.poll() is None  # still alive, waiting for the next analysis
+    for key in ("probability", "cos_theta", "prediction", "coam_peak_ras", "cam_peak_ras", "label_fraction"):
+        assert warm[key] == pytest.approx(cold[key], abs=1e-6)
+    scene = analyzed["scene"]
+    for key in ("coam_volume", "cam_label"):
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(scene.GetNodeByID(warm["node_ids"][key])),
+                                      slicer.util.arrayFromVolume(scene.GetNodeByID(cold["node_ids"][key])))
+    # the parameter node holds the latest result
+    assert analyzed["session"].result["node_ids"] == warm["node_ids"]
+
+
+def test_evaluation_against_a_hand_computation_and_csv(case, analyzed, tmp_path):
+    session, result = analyzed["session"], analyzed["warm"]
+    peaks_ras = {k: np.array(case["result"][f"{k}_peak_lps"]) * [-1, -1, 1] for k in ("coam", "cam")}
+    truth_ras = np.array(case["truth"]["center_lps"]) * [-1, -1, 1]
+    centres = [truth_ras, truth_ras + np.array([4.0, -3.0, 12.0])]
+    for centre in centres:
+        session.set_lesion_centre(centre)
+        evaluation = session.evaluate()
+        assert evaluation["row"]["COAM mm"] == pytest.approx(np.linalg.norm(centre - peaks_ras["coam"]), abs=1e-6)
+        assert evaluation["row"]["CAM mm"] == pytest.approx(np.linalg.norm(centre - peaks_ras["cam"]), abs=1e-6)
+    assert session.lesion_centre.GetNumberOfControlPoints() == 1
+    rows = session.evaluation_rows()
+    assert rows[0]["COAM mm"] == pytest.approx(case["result"]["coam_distance_mm"], abs=1e-6)  # the CLI's, in LPS
+    coam = [float(np.linalg.norm(c - peaks_ras["coam"])) for c in centres]
+    cam = [float(np.linalg.norm(c - peaks_ras["cam"])) for c in centres]
+    summary = session.evaluation_summary()
+    assert summary["n"] == 2 and len(rows) == 2
+    assert summary["coam_mean_mm"] == pytest.approx(np.mean(coam)) and summary["coam_std_mm"] == pytest.approx(
+        np.std(coam))
+    assert summary["cam_mean_mm"] == pytest.approx(np.mean(cam)) and summary["cam_std_mm"] == pytest.approx(np.std(cam))
+    path = session.save_table_csv(tmp_path / "evaluation.csv")
+    with open(path, newline="") as f:
+        saved = list(csv.DictReader(f))
+    assert [r["case"] for r in saved] == [result["case"]] * 2
+    np.testing.assert_allclose([float(r["COAM mm"]) for r in saved], coam, rtol=1e-5)
+
+
+def test_display_compare_and_jump_to_peak(analyzed):
+    scene, session, result = analyzed["scene"], analyzed["session"], analyzed["warm"]
+    views = []
+    for name in ("Red", "Yellow"):
+        view = slicer.vtkMRMLSliceNode()
+        view.SetLayoutName(name)
+        view.SetDimensions(400, 300, 1)
+        scene.AddNode(view)
+        composite = slicer.vtkMRMLSliceCompositeNode()
+        composite.SetLayoutName(name)
+        scene.AddNode(composite)
+        views.append(view)
+    session.show(views[:1], which="cam", opacity=0.3, outline=False)
+    composite = slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(views[0])
+    ids = result["node_ids"]
+    assert (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID(), composite.GetLabelVolumeID()) == (
+        ids["reference_id"], ids["cam_volume"], ids["cam_label"])
+    assert composite.GetForegroundOpacity() == pytest.approx(0.3) and not views[0].GetUseLabelOutline()
+
+    session.compare(*views)
+    cam_view, coam_view = views
+
+    def origin(view) -> np.ndarray:
+        m = view.GetSliceToRAS()
+        return np.array([m.GetElement(r, 3) for r in range(3)])
+
+    np.testing.assert_allclose(origin(cam_view), result["cam_peak_ras"], atol=1e-6)
+    np.testing.assert_allclose(origin(coam_view), result["coam_peak_ras"], atol=1e-6)
+    assert slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(coam_view).GetForegroundVolumeID() == ids["coam_volume"]
+    cam_view.SetSliceOffset(cam_view.GetSliceOffset() + 7.0)  # scroll the CAM view: the COAM view follows
+    offset = np.array(result["coam_peak_ras"]) - np.array(result["cam_peak_ras"])
+    np.testing.assert_allclose(origin(coam_view) - origin(cam_view), offset, atol=1e-6)
+    assert origin(cam_view)[2] == pytest.approx(result["cam_peak_ras"][2] + 7.0)
+    session.stop_compare()
+    cam_view.SetSliceOffset(cam_view.GetSliceOffset() + 5.0)  # unlinked: the COAM view stays
+    np.testing.assert_allclose(origin(coam_view)[2], result["coam_peak_ras"][2] + 7.0, atol=1e-6)
+    session.jump_to_peak([coam_view], "coam")
+    np.testing.assert_allclose(origin(coam_view), result["coam_peak_ras"], atol=1e-6)
+
+
+def test_saved_and_reloaded_scene_shows_the_same_result_and_table(analyzed, tmp_path):
+    session = analyzed["session"]
+    if session.evaluation_table is None:
+        session.set_lesion_centre([1.0, 2.0, 3.0])
+        session.evaluate()
+    before, rows = session.result, session.evaluation_rows()
+    bundle = tmp_path / "scene.mrb"
+    for scene in (analyzed["scene"], loaded_scene := slicer.vtkMRMLScene()):
+        scene.RegisterNodeClass(slicer.vtkMRMLMarkupsJsonStorageNode())  # as Slicer's Markups module does
+    assert analyzed["scene"].WriteToMRB(str(bundle))
+    io_manager, cache = slicer.vtkDataIOManager(), slicer.vtkCacheManager()
+    cache.SetRemoteCacheDirectory(str(tmp_path / "cache"))
+    io_manager.SetCacheManager(cache)
+    loaded_scene.SetDataIOManager(io_manager)
+    assert loaded_scene.ReadFromMRB(str(bundle))
+    loaded = Session(loaded_scene)
+    after = loaded.result
+    for key in ("case", "prediction", "model", "mask_source", "label_fraction"):
+        assert after[key] == before[key]
+    for key in ("probability", "cos_theta"):
+        assert after[key] == pytest.approx(before[key], abs=1e-12)
+    for key in ("coam_peak_ras", "cam_peak_ras"):
+        np.testing.assert_allclose(after[key], before[key], atol=1e-6)
+    _assert_same_rows(loaded.evaluation_rows(), rows)
+    scene = analyzed["scene"]
+    for key in ("coam_volume", "cam_label"):
+        original = scene.GetNodeByID(before["node_ids"][key])
+        restored = loaded_scene.GetNodeByID(after["node_ids"][key])
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(restored), slicer.util.arrayFromVolume(original))
+        np.testing.assert_allclose(matrix_of(restored), matrix_of(original), atol=1e-6)
+    reference = loaded_scene.GetNodeByID(after["node_ids"]["reference_id"])
+    assert reference.GetName() == scene.GetNodeByID(before["node_ids"]["reference_id"]).GetName()
+    peaks = loaded_scene.GetNodeByID(after["node_ids"]["peaks"])
+    np.testing.assert_allclose(peaks.GetNthControlPointPosition(0), before["coam_peak_ras"], atol=1e-3)
+    np.testing.assert_allclose(loaded.lesion_centre.GetNthControlPointPosition(0),
+                               analyzed["session"].lesion_centre.GetNthControlPointPosition(0), atol=1e-3)
+    loaded.close()
+
+
+def _assert_same_rows(a: list[dict], b: list[dict]) -> None:
+    assert [r["case"] for r in a] == [r["case"] for r in b]
+    for x, y in zip(a, b):
+        for key in ("probability", "COAM mm", "CAM mm"):
+            assert x[key] == pytest.approx(y[key], rel=1e-5)  # the table's TSV keeps 6 digits
+
+
+def test_cancel_kills_the_worker_leaves_the_scene_and_no_temporary_folder(case, tmp_path):
+    """Cancel while the worker preprocesses: a larger case (1.75 mm, 8x the voxels) so that preprocessing lasts
+    long enough on a loaded machine to be caught by a polling caller, as the panel's timer polls."""
+    synth_case(tmp_path / "large", seed=5, label=1, shape=(192, 128, 80), spacing=(1.75, 1.6, 1.9))
+    scene = slicer.vtkMRMLScene()
+    t1, series = case_nodes(scene, tmp_path / "large")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    session = Session(scene, temp_dir=temp)
+    session.set_inputs(t1=t1, phases=series)
+    session.parameter_node  # noqa: B018 (created before the snapshot: the session's own node)
+    before = snapshot(scene, [t1, *series])
+    job = session.analyze(case["model"], device="cpu")
+    deadline = time.monotonic() + 120
+    while job.progress[1] != "preprocess":
+        assert not job.done and time.monotonic() < deadline, job.stages
+        time.sleep(0.002)
+    pid = job.worker_pid
+    os.killpg(pid, 0)  # alive until cancelled
+    job.cancel()
+    with pytest.raises(ProcessLookupError):  # its whole process group is gone
+        os.killpg(pid, 0)
+    assert "write" not in [stage for _, stage in job.stages], "cancelled too late to test a cancel before writing"
+    assert job.done and session.worker is None
+    with pytest.raises(InputError, match="cancelled"):
+        job.poll()
+    assert_unchanged(before, snapshot(scene, [t1, *series]))
+    assert session.result is None
+    assert [p.name for p in temp.iterdir() if not p.name.startswith("BreastCMSL-log-")] == []
+    # the next analysis starts a new worker and works
+    again = session.analyze(case["model"], device="cpu")
+    assert again.worker_pid != pid
+    assert 0.0 <= again.wait(timeout=300)["probability"] <= 1.0
+    assert [stage for _, stage in again.stages] == STAGES and session.result is not None
+    session.close()
+    assert again.worker.process.poll() is not None
+    assert list(temp.iterdir()) == []
+
+
+def test_a_failing_input_names_the_node_and_leaves_the_scene_unchanged(case, tmp_path):
+    scene = slicer.vtkMRMLScene()
+    t1, series = case_nodes(scene, case["dir"])
+    broken = slicer.util.arrayFromVolume(series[3])
+    kept = broken.copy()
+    broken[:] = 0  # a blank phase (the phantom's voxels are integers, so no NaN)
+    series[3].Modified()
+    session = Session(scene, temp_dir=tmp_path)
+    session.set_inputs(t1=t1, phases=series)
+    before = snapshot(scene, [t1, *series])
+    job = session.analyze(case["model"], device="cpu")
+    with pytest.raises(InputError, match=r"^post_3: the volume is empty \(every voxel is 0.0\)$"):
+        job.wait(timeout=300)
+    assert_unchanged(before, snapshot(scene, [t1, *series]))
+    wrong = tmp_path / "four.safetensors"
+    assert cli.main(["init-model", "--out", str(wrong), "--input-size", "64", "48", "32", "--width-factor", "0.125",
+                     "--channels", "4"]) == 0
+    broken[:] = kept
+    series[3].Modified()
+    before = snapshot(scene, [t1, *series])
+    pid = job.worker_pid
+    job = session.analyze(wrong, device="cpu")
+    with pytest.raises(InputError, match=r"^post_1: the model four takes 4 subtraction channels, these inputs give 6$"):
+        job.wait(timeout=300)
+    assert job.worker_pid == pid  # a user mistake does not cost the warm worker
+    pickle = tmp_path / "model.pt"
+    pickle.write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(InputError, match="refusing to unpickle"):
+        session.analyze(pickle, device="cpu").wait(timeout=300)
+    assert_unchanged(before, snapshot(scene, [t1, *series]))
+    assert session.result is None
+    assert session.analyze(case["model"], device="cpu").wait(timeout=300)["prediction"] == case["result"]["prediction"]
+    session.close()
+
+
+def test_the_worker_exits_after_its_idle_time_and_the_next_analysis_starts_another(case, tmp_path):
+    scene = slicer.vtkMRMLScene()
+    session = Session(scene, idle_timeout_s=1.5, temp_dir=tmp_path)
+    session.load_case_folder(case["dir"])
+    first = session.analyze(case["model"], device="cpu")
+    first.wait(timeout=300)
+    first.worker.process.wait(timeout=30)  # exits by itself
+    second = session.analyze(case["model"], device="cpu")
+    assert second.worker_pid != first.worker_pid
+    assert second.wait(timeout=300)["probability"] == pytest.approx(case["result"]["probability"], abs=1e-6)
+    session.close()
+
+
+def test_load_case_folder_makes_the_inputs(case):
+    scene = slicer.vtkMRMLScene()
+    session = Session(scene)
+    loaded = session.load_case_folder(case["dir"])
+    t1, series, kind = session.inputs()
+    assert kind == "phases" and t1 is loaded["t1"] and series == loaded["series"] and len(series) == 7
+    assert loaded["reference"] is series[1] and loaded["reference"].GetName() == "case post_1"
+    np.testing.assert_allclose(loaded["center_lps"], case["truth"]["center_lps"])
+    assert session.check_inputs(case["model"]) == []
+
+
+def test_model_store_imports_refuses_pickles_downloads_with_sha256_and_clears(case, tmp_path):
+    store = tmp_path / "models"
+    session = Session(slicer.vtkMRMLScene(), model_dir=store)
+    assert session.models() == []
+    sha = hashlib.sha256(case["model"].read_bytes()).hexdigest()
+    imported = session.import_model(case["model"])
+    assert imported == store / f"model-{sha[:12]}.safetensors"
+    [info] = session.models()
+    assert (info["sha256"], info["short_sha"], info["untrained"], info["in_channels"]) == (sha, sha[:12], True, 6)
+    assert models_in(store) == session.models()
+    pickle = tmp_path / "evil.safetensors"
+    pickle.write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(InputError, match="refusing to unpickle"):
+        session.import_model(pickle)
+    (store / "evil.safetensors").write_bytes(pickle.read_bytes())  # dropped in by hand: not listed
+    assert [m["path"] for m in session.models()] == [str(imported)]
+    entry = {"id": "demo", "version": "1", "url": case["model"].as_uri(), "sha256": "0" * 64}
+    with pytest.raises(InputError, match="differs from the registry's"):
+        session.download_model(entry)
+    assert sorted(p.name for p in store.iterdir()) == ["evil.safetensors", imported.name]  # nothing left behind
+    downloaded = session.download_model({**entry, "sha256": sha})
+    assert downloaded == store / "demo-1.safetensors" and downloaded.read_bytes() == case["model"].read_bytes()
+    assert session.clear_models() == 3 and session.models() == []
+
+
+def test_readme_contract_rejects_analyze_without_inputs(case):
+    session = Session(slicer.vtkMRMLScene())
+    with pytest.raises(InputError, match="a DCE volume selector is empty"):
+        session.analyze(case["model"])
+    with pytest.raises(InputError, match="either phases or subtractions"):
+        session.set_inputs(t1=None)
