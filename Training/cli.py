@@ -1,4 +1,4 @@
-"""``breastcmsl-train``: synth, preprocess, fit, evaluate, compare, localize, export, demo.
+"""``breastcmsl-train``: synth, preprocess, fit, evaluate, compare, localize, export, demo, localization-study.
 
 User mistakes (:class:`InputError`) print one line naming the file and the problem and exit with 2.
 """
@@ -88,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", action="store_true",
                    help="mark the model as trained on synthetic phantoms (shown as such, not for diagnosis)")
 
+    p = sub.add_parser("localization-study", help="COAM vs CAM localization at the paper's feature grid (phantoms)")
+    p.add_argument("--out", type=Path, required=True, help="study folder")
+    p.add_argument("--input-size", **_triple(), default=(340, 220, 128), help="network input (the paper's)")
+    p.add_argument("--spacing", nargs=3, type=float, metavar=("X", "Y", "Z"), default=(1.1, 1.1, 1.1),
+                   help="phantom voxel size, mm (the paper's 1.1)")
+    p.add_argument("--width-factor", type=float, default=0.125)
+    p.add_argument("--n", type=int, default=110, help="number of phantom cases")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="processes for synthesis and preprocessing")
+
     p = sub.add_parser("demo", help="phantom cohort -> CMSL and BCE -> evaluate, localize, compare, export")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--workers", type=int, default=2)
@@ -158,6 +170,15 @@ def cmd_export(args) -> dict:
     return {"model": str(args.out), "sha256": export(args.run, args.out, args.name, args.synthetic)}
 
 
+def cmd_study(args) -> dict:
+    from .study import StudyConfig, run_study
+
+    cfg = StudyConfig(n_cases=args.n, epochs=args.epochs, input_size=tuple(args.input_size),
+                      spacing_mm=tuple(args.spacing), width_factor=args.width_factor, seed=args.seed,
+                      device=args.device, workers=args.workers)
+    return run_study(args.out, cfg)
+
+
 def cmd_demo(args) -> dict:
     from .demo import demo
 
@@ -166,6 +187,7 @@ def cmd_demo(args) -> dict:
 
 COMMANDS = {"synth": cmd_synth, "preprocess": cmd_preprocess, "fit": cmd_fit, "evaluate": cmd_evaluate,
             "compare": cmd_compare, "localize": cmd_localize, "export": cmd_export, "demo": cmd_demo,
+            "localization-study": cmd_study,
             "ingest": ingest.cmd_ingest}
 
 

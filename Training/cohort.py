@@ -21,19 +21,20 @@ def case_seed(seed: int, index: int) -> int:
     return seed * 100_003 + index
 
 
-def _one(folder: str, seed: int, label: int, shape, spacing, difficulty: float) -> dict:
+def _one(folder: str, seed: int, label: int, shape, spacing, difficulty: float, lesion_placement: str) -> dict:
     done = Path(folder) / "case.json"
     if done.is_file():  # written last by the phantom's atomic folder write: the case is complete
         return json.loads(done.read_text())
     return synth_case(folder, seed=seed, label=label, shape=shape, spacing=spacing, difficulty=difficulty,
-                      overwrite=True)
+                      overwrite=True, lesion_placement=lesion_placement)
 
 
 def synth_cohort(out: str | Path, n: int, seed: int = 0, shape=None, spacing=None, malignant_fraction: float = 0.5,
-                 difficulty: float | None = None, workers: int = 1) -> dict:
+                 difficulty: float | None = None, workers: int = 1, lesion_placement: str = "tissue") -> dict:
     """Write ``n`` phantom cases under ``out/cases`` and ``out/manifest.csv`` (splits left empty, so the
     seeded stratified split is applied when the manifest is read). Exactly round(n * fraction) cases
-    are malignant, in a seeded order. Existing complete case folders are kept (resumable)."""
+    are malignant, in a seeded order. Existing complete case folders are kept (resumable).
+    ``lesion_placement``: see :data:`BreastCMSLLib.phantom.LESION_PLACEMENTS`."""
     if n < 1:
         raise InputError("--n", f"must be at least 1, got {n}")
     if not 0.0 <= malignant_fraction <= 1.0:
@@ -45,7 +46,8 @@ def synth_cohort(out: str | Path, n: int, seed: int = 0, shape=None, spacing=Non
     labels[: round(n * malignant_fraction)] = 1
     labels = np.random.default_rng(seed).permutation(labels)
     jobs = [(str(out / "cases" / f"case_{i:04d}"), case_seed(seed, i), int(labels[i]),
-             None if shape is None else tuple(shape), None if spacing is None else tuple(spacing), difficulty)
+             None if shape is None else tuple(shape), None if spacing is None else tuple(spacing), difficulty,
+             lesion_placement)
             for i in range(n)]
     if workers > 1:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
