@@ -74,6 +74,9 @@ def test_a_one_hot_feature_peaks_at_input_voxel_32f():
     up = normalized_on_input_grid(small, prep)
     assert up.shape == (96, 64, 64) and up.max() == 1.0 and up.min() == 0.0
     assert np.unravel_index(up.argmax(), up.shape) == (32, 32, 0)
-    assert peak_lps(up, prep) == grid.TransformIndexToPhysicalPoint((32, 32, 0))
+    # feature j = 1 is the last along j: voxels j = 32..63 form a plateau of maxima; its centroid j = 47.5 is
+    # equidistant from j = 47 and 48, and j runs towards +L, so the smaller L coordinate (j = 47) is the peak
+    assert int((up == 1.0).sum()) == 32
+    assert peak_lps(up, prep) == grid.TransformIndexToPhysicalPoint((32, 47, 0))
     assert up[16, 32, 0] == 0.5  # linear between feature centres 0 and 32
     assert up[16, 63, 0] == 0.5  # and constant beyond the last centre (j = 32), still linear along i
