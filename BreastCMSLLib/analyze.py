@@ -123,6 +123,7 @@ class Analysis:
     prep: Preprocessed
     coam_input: np.ndarray  # (I, J, K) on the input grid, for figures
     cam_input: np.ndarray
+    mask_source: str  # what the breast mask came from: "t1", or "pre" (no T1; CaseInputs.mask_source)
     timings: dict = field(default_factory=dict)
 
 
@@ -182,5 +183,6 @@ def analyze_case(inputs: CaseInputs, loaded: LoadedModel, device: str = "auto", 
         prep=prep,
         coam_input=coam_in,
         cam_input=cam_in,
+        mask_source=inputs.mask_source,
         timings={"preprocess_s": t1 - t0, "inference_s": t2 - t1, "maps_s": t3 - t2},
     )

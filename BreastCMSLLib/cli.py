@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("analyze", help="malignancy probability and COAM/CAM maps for one case")
-    p.add_argument("case_dir", nargs="?", type=Path, help="case folder (t1 + pre/post_k or sub_k)")
-    p.add_argument("--t1", type=Path, help="non-fat-suppressed T1 (instead of a case folder)")
+    p.add_argument("case_dir", nargs="?", type=Path, help="case folder ([t1] + pre/post_k or sub_k)")
+    p.add_argument("--t1", type=Path, help="non-fat-suppressed T1 (optional; without it the breast mask comes "
+                   "from the pre-contrast phase)")
     p.add_argument("--sub", type=Path, nargs="+", help="subtraction volumes, in phase order")
     p.add_argument("--pre", type=Path, help="pre-contrast phase")
     p.add_argument("--post", type=Path, nargs="+", help="post-contrast phases, in time order")
@@ -103,20 +104,21 @@ def cmd_init_model(args) -> dict:
 
 
 def gather_inputs(args):
-    """The case's volumes from a case folder or from --t1/--sub/--pre/--post; returns (inputs, used)."""
+    """The case's volumes from a case folder or from [--t1] --sub/--pre/--post; returns (inputs, used)."""
     from .preprocess import load_case, load_inputs
 
     named = args.t1 or args.sub or args.pre or args.post
     if args.case_dir and named:
-        raise InputError(args.case_dir, "give either a case folder or --t1 with --sub/--pre/--post, not both")
+        raise InputError(args.case_dir, "give either a case folder or --sub/--pre/--post (and --t1), not both")
     if args.case_dir:
         inputs = load_case(args.case_dir)
-    elif args.t1 and args.sub and not (args.pre or args.post):
+    elif args.sub and not (args.pre or args.post):
         inputs = load_inputs(args.t1, args.sub, "subtractions")
-    elif args.t1 and args.pre and args.post and not args.sub:
+    elif args.pre and args.post and not args.sub:
         inputs = load_inputs(args.t1, [args.pre, *args.post], "phases")
     else:
-        raise InputError("analyze", "give a case folder, or --t1 with either --sub F... or --pre F --post F...")
+        raise InputError("analyze", "give a case folder, or either --sub F... or --pre F --post F... "
+                         "(--t1 F optional)")
     used = {"kind": inputs.kind, "t1": inputs.sources[0], "series": inputs.sources[1:]}
     return inputs, used
 
@@ -170,9 +172,18 @@ def cmd_analyze(args, load=None, report=None) -> dict:
 
 
 def cmd_roles(args) -> dict | None:
-    from .roles import study_roles
+    """``breastcmsl roles``: the role table (or JSON). When the roles cannot be assigned, the study's series
+    inventory (table, or JSON with the error) goes to stdout before the one-line error."""
+    from .roles import RolesError, inventory, inventory_table, study_roles
 
-    assignment = study_roles(args.study_dir, args.roles, args.channels, args.patterns)
+    try:
+        assignment = study_roles(args.study_dir, args.roles, args.channels, args.patterns)
+    except RolesError as err:
+        if args.json:
+            print(json.dumps({"error": str(err), "series": inventory(err.series, err.patterns)}, indent=2))
+        else:
+            print(inventory_table(err.series, err.patterns))
+        raise
     if args.json:
         return assignment.as_dict()
     print(assignment.table())

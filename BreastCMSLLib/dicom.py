@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,8 +26,14 @@ import SimpleITK as sitk
 from .errors import InputError
 from .volumes import check_image
 
-SPLIT_KEYS = ("temporal_position", "trigger_time", "acquisition_time", "content_time")
+# keys that order the images at one slice position into phases, first present on all of them wins;
+# never AcquisitionNumber (GE numbers its phases 1, 2, 2: not a phase index)
+SPLIT_KEYS = ("temporal_position", "trigger_time", "acquisition_time", "content_time", "instance")
 GZIP_MAGIC = b"\x1f\x8b"
+MR_IMAGE_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1",
+                                  "1.2.840.10008.5.1.4.1.1.4.4"})  # MR, Enhanced MR, Legacy Converted Enh. MR
+SUBTRACTION_IMAGE_TYPES = frozenset({"SUB", "SUBTRACT", "SUBTRACTION"})
+NON_VOLUME_IMAGE_TYPES = ("MIP", "PROJECTION", "LOCALIZER", "MPR", "REFORMATTED")  # ImageType value prefixes
 
 
 @dataclass(frozen=True)
@@ -82,8 +89,9 @@ class Series:
     scan_options: str
     number_of_temporal_positions: int | None
     phases: list[Phase] = field(default_factory=list)
-    split_by: str | None = None  # the tag that separated the phases, None for one phase
+    split_by: str | None = None  # the tag that ordered the images at each position into phases, None for one
     problem: str | None = None  # why the series holds no usable volume (then ``phases`` is empty)
+    excluded: str | None = None  # why it never takes a role (derived map, SEG/SR/PR, localizer); no phases
 
     @property
     def plane(self) -> str:
@@ -160,11 +168,18 @@ def _frames_of(ds: pydicom.Dataset, path: Path) -> list[Frame]:
                   ds.get("TemporalPositionIdentifier"), _float(ds.get("TriggerTime")), acq, content)]
 
 
-def _split_phases(series: Series, frames: list[Frame]) -> list[list[Frame]]:
-    """Split a series' frames into phases: one frame per slice position in each phase.
+def _clock_time(frame: Frame) -> float | None:
+    """AcquisitionTime, else ContentTime (s since midnight, fractions kept)."""
+    return frame.acquisition_time if frame.acquisition_time is not None else frame.content_time
 
-    Tries TemporalPositionIdentifier, TriggerTime, AcquisitionTime, ContentTime in turn and takes the
-    first that gives every position exactly one frame per value; raises InputError when none does.
+
+def _split_phases(series: Series, frames: list[Frame]) -> list[list[Frame]]:
+    """Split a series' frames into phases by slice position: with N images at every position, the images
+    at each position are ordered by the first of :data:`SPLIT_KEYS` that is present on all frames and
+    distinct at every position, and the k-th image of every position is phase k.
+
+    Raises InputError when positions hold different numbers of images, when no key orders them, or when
+    the phases' clock-time ranges overlap (then the split cannot be the acquisition order).
     """
     normal = _normal(frames[0].orientation)
     by_position: dict[float, list[Frame]] = defaultdict(list)
@@ -177,21 +192,41 @@ def _split_phases(series: Series, frames: list[Frame]) -> list[list[Frame]]:
         raise InputError(series.description or series.uid, f"{sorted(counts)} images at different slice "
                          "positions; it cannot be split into phases")
     n = counts.pop()
+    keys = {"acquisition_time": _clock_time}  # AcquisitionTime or, where absent on all, ContentTime
     for key in SPLIT_KEYS:
-        values = [getattr(f, key) for f in frames]
-        if None in values or len(set(values)) != n:
+        value = keys.get(key, lambda f, key=key: getattr(f, key))
+        if key == "acquisition_time" and any(f.acquisition_time is None for f in frames):
+            continue  # ContentTime (next key) then
+        if any(value(f) is None for f in frames):
             continue
-        if all(len({getattr(f, key) for f in group}) == n for group in by_position.values()):
-            series.split_by = key
-            return [[f for f in frames if getattr(f, key) == v] for v in sorted(set(values))]
+        if any(len({value(f) for f in group}) != n for group in by_position.values()):
+            continue
+        series.split_by = key
+        ordered = [sorted(group, key=value) for group in by_position.values()]
+        phases = [[group[k] for group in ordered] for k in range(n)]
+        _check_time_ranges(series, phases)
+        return phases
     raise InputError(series.description or series.uid, f"{n} images per slice position but none of "
-                     f"{', '.join(SPLIT_KEYS)} separates them into phases")
+                     f"{', '.join(SPLIT_KEYS)} orders them into phases")
+
+
+def _check_time_ranges(series: Series, phases: list[list[Frame]]) -> None:
+    """Phase k must end (clock time) no later than phase k + 1 starts; frames without a time are skipped."""
+    ranges = []
+    for frames in phases:
+        times = [t for t in map(_clock_time, frames) if t is not None]
+        ranges.append((min(times), max(times)) if times else None)
+    for k, (a, b) in enumerate(itertools.pairwise(ranges), start=1):
+        if a is not None and b is not None and a[1] > b[0]:
+            raise InputError(series.description or series.uid, f"split by {series.split_by} into {len(phases)} "
+                             f"phases whose acquisition times overlap (phase {k} ends at {a[1]:.2f} s, phase "
+                             f"{k + 1} starts at {b[0]:.2f} s); not a time series")
 
 
 def _phase_time(frames: list[Frame], series_start: float | None) -> float | None:
-    acquisition = [f.acquisition_time for f in frames if f.acquisition_time is not None]
-    content = [f.content_time for f in frames if f.content_time is not None]
-    return min(acquisition) if acquisition else (min(content) if content else series_start)
+    """A phase's time: its earliest AcquisitionTime, else ContentTime, else the series' start."""
+    times = [t for t in map(_clock_time, frames) if t is not None]
+    return min(times) if times else series_start
 
 
 def _dicom_files(folder: Path):
@@ -201,22 +236,23 @@ def _dicom_files(folder: Path):
 
 
 def scan_study(folder: str | Path) -> list[Series]:
-    """Scan ``folder`` recursively for MR image series; returns them sorted by series number.
+    """Scan ``folder`` recursively for DICOM series; returns them sorted by series number.
 
-    Files that are not DICOM images (other files, SEG/SR objects, localizers without pixels) are skipped.
-    Raises InputError when the folder holds no DICOM image series.
+    Files that are not DICOM are skipped; DICOM objects that are no MR image volume (SEG, SR, PR, derived
+    maps, localizers) are listed with :attr:`Series.excluded`. Raises InputError when the folder holds no
+    DICOM image series.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "no such study folder")
     series = scan_files(_dicom_files(folder))
-    if not series:
+    if not any(s.phases or s.problem for s in series):
         raise InputError(folder, "no DICOM image series found (searched recursively, .gz included)")
     return series
 
 
 def scan_files(paths) -> list[Series]:
-    """Group DICOM image files into series (sorted by series number); non-image files are skipped.
+    """Group DICOM files into series (sorted by series number); files that are not DICOM are skipped.
 
     The Slicer module passes the files behind its loaded volumes (``DICOM.instanceUIDs``) here to
     pre-fill its selectors with the same role rules as the command line.
@@ -227,22 +263,44 @@ def scan_files(paths) -> list[Series]:
             ds = read_dataset(path, stop_before_pixels=True)
         except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
             continue
-        if "SeriesInstanceUID" not in ds or "Rows" not in ds:
-            continue
-        if "PerFrameFunctionalGroupsSequence" not in ds and not (
-                "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds):
-            continue
-        headers[str(ds.SeriesInstanceUID)].append((path, ds))
+        if "SeriesInstanceUID" in ds:
+            headers[str(ds.SeriesInstanceUID)].append((path, ds))
     return sorted((_series_from(uid, files) for uid, files in headers.items()), key=lambda s: (s.number, s.uid))
+
+
+def exclusion(ds: pydicom.Dataset, image_type: tuple[str, ...]) -> str | None:
+    """Why a DICOM object never takes a role (header facts only), or None for an MR image volume:
+    a non-MR-image SOP class (SEG, SR, PR, parametric map, secondary capture ...), no pixels or no
+    image position, ImageType DERIVED\\SECONDARY (a derived map; scanner subtractions excepted), or a
+    localizer, projection or reformat by ImageType."""
+    sop = str(ds.get("SOPClassUID") or "")
+    if sop and sop not in MR_IMAGE_SOP_CLASSES:
+        return f"SOP class {pydicom.uid.UID(sop).name} (not an MR image)"
+    modality = str(ds.get("Modality") or "MR")
+    if modality != "MR":
+        return f"modality {modality} (not an MR image)"
+    if "Rows" not in ds:
+        return "no image pixels"
+    if "PerFrameFunctionalGroupsSequence" not in ds and not (
+            "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds):
+        return "no image position or orientation"
+    if image_type[:2] == ("DERIVED", "SECONDARY") and not SUBTRACTION_IMAGE_TYPES & set(image_type):
+        return "ImageType DERIVED\\SECONDARY (a derived map)"
+    flagged = [v for v in image_type if v.startswith(NON_VOLUME_IMAGE_TYPES)]
+    if flagged:
+        return f"ImageType {flagged[0]} (a localizer, projection or reformat)"
+    return None
 
 
 def _series_from(uid: str, files: list[tuple[Path, pydicom.Dataset]]) -> Series:
     ds = files[0][1]
+    image_type = tuple(v.upper() for v in _strings(ds.get("ImageType")))
     series = Series(
         uid=uid, number=int(ds.get("SeriesNumber") or 0), description=str(ds.get("SeriesDescription") or ""),
-        image_type=tuple(v.upper() for v in _strings(ds.get("ImageType"))),
-        scan_options="\\".join(_strings(ds.get("ScanOptions"))),
-        number_of_temporal_positions=ds.get("NumberOfTemporalPositions"))
+        image_type=image_type, scan_options="\\".join(_strings(ds.get("ScanOptions"))),
+        number_of_temporal_positions=ds.get("NumberOfTemporalPositions"), excluded=exclusion(ds, image_type))
+    if series.excluded:
+        return series
     frames = [f for path, d in files for f in _frames_of(d, path)]
     orientations = {tuple(np.round(f.orientation, 3)) for f in frames}
     if len(orientations) > 1:  # a 3-plane localizer, say: kept, never a volume

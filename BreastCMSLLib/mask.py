@@ -18,6 +18,15 @@ Per axial slice, on an in-plane grid of about ``work_spacing_mm``:
 The slices are stacked, smoothed in 3D with ``smooth_sigma_mm``, brought back to the T1 grid (linear)
 and re-binarized at ``rebinarize``. The heart, lungs and ribs lie posterior to the chest wall edge and
 are excluded.
+
+Without a T1 (``fat_suppressed=True``: the fat-suppressed pre-contrast phase) the same steps run with
+one change: on a fat-suppressed image fat is dark and the pectoral muscle and chest wall are a *bright*
+band between the dark retromammary fat and the dark lungs, so step 2 looks for bright line-like
+structures (``ObjectnessMeasure`` with ``brightObject``) and step 3 takes the last bright run before
+the thoracic cavity, i.e. the muscle band, as the chest wall. Body and tissue thresholds stay relative
+to the 99th percentile (on a fat-suppressed image the brightest tissue is gland, skin or vessels;
+suppressed fat stays well above air). Bright glandular strands that touch the chest wall, or a heart
+flush against it, can move the limit, so the T1 stays preferred when there is one.
 """
 
 from __future__ import annotations
@@ -96,8 +105,9 @@ def _chest_wall_limit(vesselness: np.ndarray, edges: np.ndarray, tissue: np.ndar
     return limit + cfg.offset_mm / spacing[1]
 
 
-def breast_mask(t1: sitk.Image, cfg: MaskConfig = DEFAULT_MASK_CONFIG) -> sitk.Image:
-    """Binary breast mask (uint8 0/1) on ``t1``'s grid; ``t1`` on the canonical axial grid (see module)."""
+def breast_mask(t1: sitk.Image, cfg: MaskConfig = DEFAULT_MASK_CONFIG, fat_suppressed: bool = False) -> sitk.Image:
+    """Binary breast mask (uint8 0/1) on ``t1``'s grid; ``t1`` on the canonical axial grid (see module).
+    ``fat_suppressed``: the image is a fat-suppressed pre-contrast phase (or subtraction), not a T1."""
     t1 = sitk.Cast(t1, sitk.sitkFloat32)
     spacing = t1.GetSpacing()
     shrink = [max(1, round(cfg.work_spacing_mm / spacing[a])) for a in range(2)] + [1]
@@ -114,7 +124,7 @@ def breast_mask(t1: sitk.Image, cfg: MaskConfig = DEFAULT_MASK_CONFIG) -> sitk.I
                                         axis)
     vesselness = np.stack([sitk.GetArrayFromImage(sitk.ObjectnessMeasure(
         smooth[:, :, k], alpha=cfg.alpha, beta=cfg.beta, gamma=cfg.gamma, scaleObjectnessMeasure=False,
-        objectDimension=1, brightObject=False)) for k in range(work.GetSize()[2])])
+        objectDimension=1, brightObject=fat_suppressed)) for k in range(work.GetSize()[2])])
     wspacing = work.GetSpacing()
     edges = _slice_labels((vesselness > cfg.edge_threshold) & tissue,
                           int(np.ceil(cfg.min_component_mm2 / (wspacing[0] * wspacing[1])))) > 0

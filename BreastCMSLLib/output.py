@@ -37,6 +37,7 @@ def result_dict(analysis: Analysis, inputs_used: dict, centre_lps=None) -> dict:
         "coam_peak_lps": list(analysis.coam_peak_lps),
         "cam_peak_lps": list(analysis.cam_peak_lps),
         "label_fraction": analysis.label_fraction,
+        "mask_source": analysis.mask_source,
         "inputs": inputs_used,
         "reference_geometry": geometry_of(analysis.coam),
         "device": analysis.device,

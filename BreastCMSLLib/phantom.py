@@ -102,15 +102,17 @@ class PhantomCase:
     tissue: sitk.Image
     truth: dict = field(default_factory=dict)
 
-    def series(self, inputs: str = "phases") -> dict[str, sitk.Image]:
+    def series(self, inputs: str = "phases", with_t1: bool = True) -> dict[str, sitk.Image]:
         """The input volumes by file stem: t1, pre, post_1..post_6 (``"phases"``) or t1, sub_1..sub_6
-        with sub_k = post_k - pre in int16 (``"subtractions"``)."""
+        with sub_k = post_k - pre in int16 (``"subtractions"``). ``with_t1=False``: the fat-suppressed,
+        T1-less mode (only the fat-suppressed dynamic series, as many DCE protocols and cohorts hold)."""
         _check_output(inputs)
         posts = sorted((n for n in self.images if n.startswith("post_")), key=lambda n: int(n[5:]))
+        t1 = {"t1": self.images["t1"]} if with_t1 else {}
         if inputs == "phases":
-            return {"t1": self.images["t1"], "pre": self.images["pre"], **{n: self.images[n] for n in posts}}
+            return {**t1, "pre": self.images["pre"], **{n: self.images[n] for n in posts}}
         pre = self.images["pre"]
-        return {"t1": self.images["t1"], **{f"sub_{n[5:]}": sitk.Subtract(self.images[n], pre) for n in posts}}
+        return {**t1, **{f"sub_{n[5:]}": sitk.Subtract(self.images[n], pre) for n in posts}}
 
 
 # ---------------------------------------------------------------------------------------------- grid
@@ -657,14 +659,15 @@ def _check_output(inputs: str, suffix: str | None = None) -> None:
 
 
 def write_case(case: PhantomCase, out_dir: str | Path, inputs: str = "phases", suffix: str = ".nrrd",
-               overwrite: bool = False) -> dict:
+               overwrite: bool = False, with_t1: bool = True) -> dict:
     """Write a case folder atomically (temporary folder, then rename) and return its case.json dict.
 
-    ``inputs="phases"``: t1, pre, post_1..post_6; ``"subtractions"``: t1, sub_k = post_k - pre (int16).
+    ``inputs="phases"``: t1, pre, post_1..post_6; ``"subtractions"``: t1, sub_k = post_k - pre (int16);
+    ``with_t1=False`` leaves the T1 out (fat-suppressed series only).
     Truth: truth/lesion_mask, truth/breast_mask, truth/tissue (labels in case.json).
     """
     _check_output(inputs, suffix)
-    volumes = case.series(inputs)
+    volumes = case.series(inputs, with_t1)
     out_dir = Path(out_dir)
     if out_dir.exists() and not (out_dir.is_dir() and (overwrite or not any(out_dir.iterdir()))):
         raise InputError(out_dir, "already exists and is not an empty folder")

@@ -3,12 +3,15 @@ are pre- and post-contrast (in time order), or which are the scanner's subtracti
 
 Rules (each assigned role carries a confidence and the reason):
 
-1. Series are sorted into candidate pools by header facts: excluded first (localizers, T2, diffusion,
-   MIPs and reformats by ImageType or description), subtraction (ImageType SUB/SUBTRACT/
-   SUBTRACTION or a ``sub`` description), non-fat-suppressed T1 (one phase, ``t1`` or ``non fs``
-   wording, no fat-suppression hint in ScanOptions or the description, no dynamic wording), dynamic
-   (several phases, or dynamic/pre/post wording).
-2. T1: exactly one candidate, else an error listing the candidates.
+1. Series are sorted into candidate pools by header facts: excluded first (never a role, even named in
+   ROLES.json: SEG, SR, PR and other non-MR-image objects, ImageType DERIVED\\SECONDARY maps, localizers,
+   MIPs and reformats, see :func:`BreastCMSLLib.dicom.exclusion`; by wording, for the rules only: T2,
+   diffusion, parametric maps ...), subtraction (ImageType SUB/SUBTRACT/SUBTRACTION or a ``sub``
+   description), non-fat-suppressed T1 (one phase, ``t1`` or ``non fs`` wording, no fat-suppression hint
+   in ScanOptions or the description, no dynamic wording), dynamic (several phases, or dynamic/pre/post
+   wording).
+2. T1 (optional): one candidate is the T1; none means no T1 (the breast mask then comes from the
+   pre-contrast phase, ``mask_source`` ``"pre"``); two or more are an error listing the candidates.
 3. Dynamic phases must share one slice orientation, else an error listing them by plane.
    Pre-contrast: the one phase whose description says pre-contrast; if none does, the earliest
    dynamic phase (confidence medium). Two pre-contrast candidates are an error. Post-contrast: the
@@ -18,7 +21,9 @@ Rules (each assigned role carries a confidence and the reason):
 
 Every ambiguity is an :class:`InputError` that lists the candidate series; ``--roles ROLES.json``
 (:func:`load_overrides`) fixes roles by SeriesInstanceUID or series number (``"7"``, or ``"7:2"`` for
-phase 2 of a multi-phase series) and the rules fill in the rest.
+phase 2 of a multi-phase series; ``"t1": null`` for no T1) and the rules fill in the rest. Where a
+series' name and its acquisition time disagree (a series named pre-contrast acquired after other
+dynamic phases), the reason or the error says so.
 """
 
 from __future__ import annotations
@@ -33,14 +38,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import SimpleITK as sitk
 
-from .dicom import Phase, Series, read_phase, scan_study
+from .dicom import SUBTRACTION_IMAGE_TYPES, Phase, Series, read_phase, scan_study
 from .errors import InputError
 
 if TYPE_CHECKING:  # preprocess pulls in torch; ``roles`` alone stays light
     from .preprocess import CaseInputs
 
-SUBTRACTION_IMAGE_TYPES = frozenset({"SUB", "SUBTRACT", "SUBTRACTION"})
-EXCLUDED_IMAGE_TYPES = ("MIP", "PROJECTION", "LOCALIZER", "MPR", "REFORMATTED")  # ImageType value prefixes
 ROLE_KEYS = ("t1", "pre", "post", "sub")
 
 
@@ -55,13 +58,13 @@ class RolePatterns:
                     r"|vibrant|thrive")
     scan_options_fat_sat: str = r"(?<![a-z])(fs|sfs|fat[-_]?sat\w*|spair|spir)(?![a-z])"
     dynamic: str = (r"dyn|vibrant|thrive|twist|views|multi[-_ ]?phase|(?<![a-z])ph(ase)?[-_ ]?\d"
-                    r"|(?<![a-z])pass(?![a-z])")
+                    r"|(?<![a-z])(pass|dce)(?![a-z])")
     pre: str = r"(?<![a-z])(pre|pre[-_ ]?contrast|nativ\w*|unenhanced)(?![a-z])"
     post: str = (r"(?<![a-z])post|\d+(st|nd|rd|th)[-_ ]?pass|(?<![a-z])ph(ase)?[-_ ]?[1-9]|\+c(?![a-z])"
                  r"|(?<![a-z])(c\+|gd|gad\w*|contrast)(?![a-z])")
     subtraction: str = r"(?<![a-z])sub(s|tract\w*)?(?![a-z])"
     exclude: str = (r"(?<![a-z0-9])t2|dwi|diff|adc|(?<![a-z])(stir|tirm|loc|localizer|survey|scout|mip|mpr|"
-                    r"cad|perfusion|map)(?![a-z])")
+                    r"cad|perfusion|map|ser|pe\d*)(?![a-z])")
 
     def match(self, name: str, text: str) -> bool:
         return re.search(getattr(self, name), text, flags=re.IGNORECASE) is not None
@@ -94,35 +97,76 @@ class RoleEntry:
         return {"role": self.role, **self.phase.describe(), "confidence": self.confidence, "reason": self.reason}
 
 
+MASK_SOURCES = {"t1": "breast mask from the non-fat-suppressed T1",
+                "pre": "breast mask from the fat-suppressed pre-contrast phase (no T1)",
+                "sub": "no breast mask: subtractions without a T1 (analyze refuses; name a T1 in ROLES.json)"}
+
+
+def _columns(rows: list[tuple[str, ...]]) -> str:
+    """Rows as left-aligned columns, the last column unpadded."""
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join([*(v.ljust(w) for v, w in zip(r[:-1], widths, strict=True)), r[-1]]).rstrip()
+                     for r in rows)
+
+
+def inventory(series: list[Series], patterns: RolePatterns | None = None) -> list[dict]:
+    """Every series of a study as JSON-ready dicts: number, UID, description, ImageType, ScanOptions,
+    phases, images, orientation, problem (no usable volume) and excluded (why it never takes a role)."""
+    return [{"series_uid": s.uid, "series_number": s.number, "description": s.description,
+             "image_type": "\\".join(s.image_type), "scan_options": s.scan_options, "phases": len(s.phases),
+             "images": s.n_images, "orientation": s.plane, "problem": s.problem,
+             "excluded": excluded_reason(s, patterns or RolePatterns())} for s in series]
+
+
+def inventory_table(series: list[Series], patterns: RolePatterns | None = None) -> str:
+    """The study's series as a plain-text table (what a ROLES.json can name)."""
+    rows = [("series", "description", "image_type", "phases", "orientation", "problem")]
+    rows += [(str(d["series_number"]), d["description"], d["image_type"], str(d["phases"]), d["orientation"],
+              d["problem"] or (f"excluded: {d['excluded']}" if d["excluded"] else "")) for d in inventory(
+                  series, patterns)]
+    return _columns(rows)
+
+
 @dataclass
 class RoleAssignment:
-    """The roles of one study; ``kind`` is ``"phases"`` (t1, pre, post_k) or ``"subtractions"`` (t1, sub_k)."""
+    """The roles of one study; ``kind`` is ``"phases"`` ([t1], pre, post_k) or ``"subtractions"`` ([t1], sub_k).
+    The t1 entry, first when present, is absent when the study has no non-fat-suppressed T1."""
 
     kind: str
     entries: list[RoleEntry]
     series: list[Series] = field(default_factory=list)
+    patterns: RolePatterns | None = None
+
+    @property
+    def t1(self) -> RoleEntry | None:
+        return self.entries[0] if self.entries and self.entries[0].role == "t1" else None
+
+    @property
+    def mask_source(self) -> str:
+        """Where the breast mask comes from: ``"t1"``, ``"pre"`` (no T1) or ``"sub"`` (no T1, no phases)."""
+        return "t1" if self.t1 else ("pre" if self.kind == "phases" else "sub")
+
+    @property
+    def reference(self) -> RoleEntry:
+        """The entry whose grid every output map lands on: first post-contrast phase, or first subtraction."""
+        return next(e for e in self.entries if e.role in ("post_1", "sub_1"))
 
     def phases(self) -> list[Phase]:
-        """t1 first, then the series volumes in the order of :class:`CaseInputs`."""
+        """The T1 (when there is one), then the series volumes in the order of :class:`CaseInputs`."""
         return [e.phase for e in self.entries]
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "roles": [e.as_dict() for e in self.entries],
-                "series": [{"series_uid": s.uid, "series_number": s.number, "description": s.description,
-                            "image_type": "\\".join(s.image_type), "scan_options": s.scan_options,
-                            "phases": len(s.phases), "images": s.n_images, "orientation": s.plane,
-                            "problem": s.problem}
-                           for s in self.series]}
+        return {"kind": self.kind, "mask_source": self.mask_source, "roles": [e.as_dict() for e in self.entries],
+                "series": inventory(self.series, self.patterns)}
 
     def table(self) -> str:
-        """A plain-text table: role, series number, phase, description, confidence, reason."""
+        """A plain-text table: role, series number, phase, description, confidence, reason; then the mask
+        source."""
         rows = [("role", "series", "phase", "description", "confidence", "reason")]
         rows += [(e.role, str(e.phase.series.number),
                   f"{e.phase.index}/{len(e.phase.series.phases)}" if len(e.phase.series.phases) > 1 else "-",
                   e.phase.series.description, e.confidence, e.reason) for e in self.entries]
-        widths = [max(len(r[c]) for r in rows) for c in range(5)]
-        return "\n".join("  ".join(v.ljust(w) for v, w in zip(r[:5], widths, strict=True)) + "  " + r[5]
-                         for r in rows)
+        return _columns(rows) + f"\n{MASK_SOURCES[self.mask_source]} (mask_source {self.mask_source})"
 
 
 def _clock(seconds: float | None) -> str:
@@ -156,6 +200,16 @@ def fat_suppression(s: Series, patterns: RolePatterns = RolePatterns()) -> tuple
     return None, ""
 
 
+def excluded_reason(s: Series, patterns: RolePatterns) -> str | None:
+    """Why the rules leave ``s`` out: its header (:attr:`Series.excluded`, final) or its wording (T2,
+    diffusion, maps ...: a ROLES.json may still name it)."""
+    if s.excluded:
+        return s.excluded
+    if patterns.match("exclude", s.description):
+        return f"description '{s.description}' says it is no T1 or DCE volume (RolePatterns.exclude)"
+    return None
+
+
 class _Pools:
     """Candidate phases of a study by header facts."""
 
@@ -170,7 +224,7 @@ class _Pools:
 
     def _pool(self, s: Series) -> list | None:
         p, d = self.patterns, s.description
-        if any(v.startswith(EXCLUDED_IMAGE_TYPES) for v in s.image_type) or p.match("exclude", d):
+        if excluded_reason(s, p):
             return None  # before subtractions: a MIP of a subtraction is no subtraction volume
         if SUBTRACTION_IMAGE_TYPES & set(s.image_type) or p.match("subtraction", d):
             return self.subtractions
@@ -193,23 +247,54 @@ def _check_orientation(phases: list[Phase], source: str, what: str) -> None:
                          "choose one set with --roles ROLES.json")
 
 
-def _resolve(ident, series: list[Series], source: str) -> list[Phase]:
-    """Phases named by a SeriesInstanceUID, a series number, or ``"number:phase"``."""
+def _resolve(key: str, ident, series: list[Series], source: str) -> list[Phase]:
+    """Phases named for role ``key`` by a SeriesInstanceUID, a series number, or ``"number:phase"``."""
     text = str(ident).strip()
     base, _, phase = text.partition(":")  # UIDs hold digits and dots only
     hits = [s for s in series if s.uid == base or str(s.number) == base]
     if len(hits) != 1:
         known = ", ".join(f"{s.number} '{s.description}'" for s in series)
-        raise InputError(source, f"--roles names series {text!r}, which matches {len(hits)} series of the study "
+        raise InputError(source, f"{key}: names series {text!r}, which matches {len(hits)} series of the study "
                          f"(series: {known})")
-    phases = hits[0].phases
-    if hits[0].problem:
-        raise InputError(source, f"--roles names series {text!r}, which holds no usable volume ({hits[0].problem})")
+    named = hits[0]
+    if named.excluded:
+        raise InputError(source, f"{key}: names series {text!r}, which never takes a role ({named.excluded})")
+    if named.problem:
+        raise InputError(source, f"{key}: names series {text!r}, which holds no usable volume ({named.problem})")
     if phase:
-        if not phase.isdigit() or not 1 <= int(phase) <= len(phases):
-            raise InputError(source, f"--roles names phase {text!r}; series {base} has {len(phases)} phase(s)")
-        return [phases[int(phase) - 1]]
-    return list(phases)
+        if not phase.isdigit() or not 1 <= int(phase) <= len(named.phases):
+            raise InputError(source, f"{key}: names phase {text!r}; series {base} has {len(named.phases)} phase(s)")
+        return [named.phases[int(phase) - 1]]
+    return list(named.phases)
+
+
+def _named_roles(overrides: dict, series: list[Series], source: str) -> dict[str, list[Phase]]:
+    """The phases ROLES.json names per role. A whole multi-phase series named for a later role leaves out
+    the phases named for an earlier one; a volume named twice, or a role left without a volume, is an
+    :class:`InputError` naming the key."""
+    named: dict[str, list[Phase]] = {}
+    for key in ROLE_KEYS:
+        if key not in overrides or overrides[key] is None:
+            continue
+        idents = [overrides[key]] if isinstance(overrides[key], (str, int)) else overrides[key]
+        chosen: list[Phase] = []
+        for ident in idents:
+            phases = _resolve(key, ident, series, source)
+            explicit = len(phases) == 1  # "N:k" or a one-phase series: exactly this volume is meant
+            for phase in phases:
+                owner = next((k for k, ps in [*named.items(), (key, chosen)] if any(phase is q for q in ps)), None)
+                if owner is None:
+                    chosen.append(phase)
+                elif explicit:
+                    raise InputError(source, f"{key}: names {phase.label} '{phase.series.description}', which is "
+                                     f"already named for {owner}; a volume takes one role")
+        if not chosen:
+            raise InputError(source, f"{key}: names {idents}, whose phases are all named for other roles")
+        if key in ("t1", "pre") and len(chosen) != 1:
+            raise InputError(source, f"{key}: must name one volume (a series of one phase, or \"N:phase\"); "
+                             f"{idents} names {len(chosen)}")
+        named[key] = chosen
+    return named
 
 
 def _entries(role: str, phases: list[Phase], confidence: str, reasons) -> list[RoleEntry]:
@@ -218,11 +303,14 @@ def _entries(role: str, phases: list[Phase], confidence: str, reasons) -> list[R
     return [RoleEntry(f"{role}_{k}", p, confidence, r) for k, (p, r) in enumerate(zip(phases, reasons, strict=True), 1)]
 
 
-def _auto_t1(pools: _Pools, source: str) -> RoleEntry:
-    if len(pools.t1) != 1:
-        found = describe_candidates(pools.t1) if pools.t1 else "none"
-        raise InputError(source, f"{len(pools.t1)} candidates for the non-fat-suppressed T1 ({found}); "
-                         "name it with --roles ROLES.json, e.g. {\"t1\": \"SERIES_NUMBER\"}")
+def _auto_t1(pools: _Pools, source: str) -> RoleEntry | None:
+    """The one T1 candidate, None when there is none (the mask then comes from the pre-contrast phase)."""
+    if not pools.t1:
+        return None
+    if len(pools.t1) > 1:
+        raise InputError(source, f"{len(pools.t1)} candidates for the non-fat-suppressed T1 "
+                         f"({describe_candidates(pools.t1)}); name one with --roles ROLES.json, e.g. "
+                         "{\"t1\": \"SERIES_NUMBER\"}, or none with {\"t1\": null}")
     phase = pools.t1[0]
     hint = pools.hints.get(phase.series.uid, "no fat-suppression hint")
     confidence = "high" if phase.series.uid in pools.hints else "medium"
@@ -241,8 +329,9 @@ def _auto_phases(dynamic: list[Phase], pre: list[Phase] | None, posts: list[Phas
             _check_orientation(free, source, "dynamic series")
         worded = [p for p in free if patterns.match("pre", p.series.description) and len(p.series.phases) == 1]
         if len(worded) > 1:
-            raise InputError(source, f"{len(worded)} candidate pre-contrast series ({describe_candidates(worded)});"
-                             " name one with --roles ROLES.json, e.g. {\"pre\": \"SERIES_NUMBER\"}")
+            raise InputError(source, f"{len(worded)} candidate pre-contrast series ({describe_candidates(worded)})"
+                             f"{_name_time_note(worded, free)}; name one with --roles ROLES.json, e.g. "
+                             "{\"pre\": \"SERIES_NUMBER\"}")
         if worded:
             pre = worded
             entries += _entries("pre", pre, "high", ["description says pre-contrast"])
@@ -261,8 +350,11 @@ def _auto_phases(dynamic: list[Phase], pre: list[Phase] | None, posts: list[Phas
         start = pre[0].time_s
         early = [p for p in free if start is not None and p.time_s is not None and p.time_s < start]
         if early:
+            note = ("; its name says pre-contrast but its acquisition time does not: name and time disagree"
+                    if patterns.match("pre", pre[0].series.description) else "")
             raise InputError(source, f"dynamic series acquired before the pre-contrast phase "
-                             f"{describe_candidates(pre)}: {describe_candidates(early)}; name the roles with --roles")
+                             f"{describe_candidates(pre)}: {describe_candidates(early)}{note}; name the roles "
+                             "with --roles ROLES.json")
         if not free or (n_post is not None and len(free) != n_post):
             want = f"{n_post}" if n_post is not None else "at least 1"
             raise InputError(source, f"expected {want} post-contrast phases after pre-contrast "
@@ -278,6 +370,19 @@ def _auto_phases(dynamic: list[Phase], pre: list[Phase] | None, posts: list[Phas
     return entries
 
 
+def _name_time_note(worded: list[Phase], dynamic: list[Phase]) -> str:
+    """Where series named pre-contrast were acquired after other dynamic phases (as in Duke studies whose
+    post-contrast series are labelled ``pre``): which ones, since their names and times disagree."""
+    first = min(dynamic, key=_time_key)
+    late = [p for p in worded if p is not first and first.time_s is not None and p.time_s is not None
+            and p.time_s > first.time_s]
+    if not late:
+        return ""
+    return (f"; by acquisition time series {first.label} '{first.series.description}' ({_clock(first.time_s)}) "
+            f"comes first, and {', '.join(p.label for p in late)} named pre-contrast came after it: "
+            "name and acquisition time disagree")
+
+
 def _auto_subtractions(subs: list[Phase], n_sub: int | None, source: str, why: str) -> list[RoleEntry]:
     subs = sorted(subs, key=_time_key)
     if not subs or (n_sub is not None and len(subs) != n_sub):
@@ -289,48 +394,48 @@ def _auto_subtractions(subs: list[Phase], n_sub: int | None, source: str, why: s
 
 
 def assign_roles(series: list[Series], overrides: dict | None = None, n_channels: int | None = None,
-                 patterns: RolePatterns = RolePatterns(), source: str = "study") -> RoleAssignment:
+                 patterns: RolePatterns = RolePatterns(), source: str = "study",
+                 overrides_source: str | None = None) -> RoleAssignment:
     """Assign roles to the series of one study (see the module docstring for the rules).
 
-    ``overrides``: {"t1": id, "pre": id, "post": [ids], "sub": [ids]} as read by :func:`load_overrides`.
+    ``overrides``: {"t1": id or None, "pre": id, "post": [ids], "sub": [ids]} as read by
+    :func:`load_overrides`; errors in them name ``overrides_source`` (the ROLES.json) and the key.
     ``n_channels``: the number of subtraction channels the model takes (None: any number).
     """
     overrides = overrides or {}
     pools = _Pools(series, patterns)
-    named: dict[str, list[Phase]] = {}
-    for key in ROLE_KEYS:  # a whole series named for a later role leaves out phases named for an earlier one
-        if key in overrides:
-            taken = [p for phases in named.values() for p in phases]
-            idents = [overrides[key]] if isinstance(overrides[key], (str, int)) else overrides[key]
-            named[key] = [p for i in idents for p in _resolve(i, series, source) if p not in taken]
+    named = _named_roles(overrides, series, overrides_source or source)
     if "t1" in named:
-        if len(named["t1"]) != 1:
-            raise InputError(source, "--roles t1 must name one volume (a series of one phase, or \"N:phase\")")
         t1 = RoleEntry("t1", named["t1"][0], "user", "--roles")
+    elif "t1" in overrides:  # "t1": null, no T1 wanted
+        t1 = None
     else:
         t1 = _auto_t1(pools, source)
+    head = [t1] if t1 else []
+
+    def assignment(kind: str, entries: list[RoleEntry]) -> RoleAssignment:
+        return RoleAssignment(kind, [*head, *entries], series, patterns)
+
     if "sub" in named:
         if n_channels is not None and len(named["sub"]) != n_channels:
-            raise InputError(source, f"--roles names {len(named['sub'])} subtractions; the model takes {n_channels}")
+            raise InputError(overrides_source or source, f"sub: names {len(named['sub'])} subtractions; the model "
+                             f"takes {n_channels}")
         _check_orientation(named["sub"], source, "subtraction series")
-        return RoleAssignment("subtractions", [t1, *_entries("sub", named["sub"], "user", ["--roles"] * len(
-            named["sub"]))], series)
-    dynamic = [p for p in pools.dynamic if p is not t1.phase]
+        return assignment("subtractions", _entries("sub", named["sub"], "user", ["--roles"] * len(named["sub"])))
+    dynamic = [p for p in pools.dynamic if not (t1 and p is t1.phase)]
     if "pre" in named or "post" in named:
-        return RoleAssignment("phases", [t1, *_auto_phases(dynamic, named.get("pre"), named.get("post"), n_channels,
-                                                         patterns, source)], series)
+        return assignment("phases", _auto_phases(dynamic, named.get("pre"), named.get("post"), n_channels, patterns,
+                                                 source))
     if not dynamic:
-        return RoleAssignment("subtractions", [t1, *_auto_subtractions(pools.subtractions, n_channels, source,
-                                                                       "no dynamic phases in the study")], series)
+        return assignment("subtractions", _auto_subtractions(pools.subtractions, n_channels, source,
+                                                             "no dynamic phases in the study"))
     try:
-        return RoleAssignment("phases", [t1, *_auto_phases(dynamic, None, None, n_channels, patterns, source)],
-                              series)
+        return assignment("phases", _auto_phases(dynamic, None, None, n_channels, patterns, source))
     except InputError as err:
         if not pools.subtractions:
             raise
         why = f"dynamic phases unusable: {err.problem}"
-        return RoleAssignment("subtractions", [t1, *_auto_subtractions(pools.subtractions, n_channels, source, why)],
-                              series)
+        return assignment("subtractions", _auto_subtractions(pools.subtractions, n_channels, source, why))
 
 
 def _phase_number(text: str) -> int:
@@ -372,7 +477,8 @@ def assign_by_name(names: list[str], inputs: str, n_channels: int, patterns: Rol
 def load_overrides(path: str | Path) -> dict:
     """Read ROLES.json: {"t1": id, "pre": id, "post": [id, ...]} or {"t1": id, "sub": [id, ...]}, any subset.
 
-    An id is a SeriesInstanceUID, a series number, or "number:phase" (1-based phase of a multi-phase series).
+    An id is a SeriesInstanceUID, a series number, or "number:phase" (1-based phase of a multi-phase series);
+    ``"t1": null`` says the study has no T1 to use (the mask then comes from the pre-contrast phase).
     """
     path = Path(path)
     try:
@@ -384,8 +490,11 @@ def load_overrides(path: str | Path) -> dict:
     if "sub" in data and ("pre" in data or "post" in data):
         raise InputError(path, "give either sub or pre/post roles, not both")
     for key, value in data.items():
-        values = [value] if isinstance(value, (str, int)) else value
-        if not isinstance(values, list) or not values or not all(isinstance(v, (str, int)) for v in values):
+        if key == "t1" and value is None:
+            continue
+        values = [value] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+        if not isinstance(values, list) or not values or not all(
+                isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
             raise InputError(path, f"{key}: expected a series id or a list of series ids")
     return data
 
@@ -400,19 +509,22 @@ class StudyCase:
     @property
     def reference(self) -> Phase:
         """The phase whose grid every output map lands on (first post-contrast, or first subtraction)."""
-        return self.assignment.entries[2 if self.assignment.kind == "phases" else 1].phase
+        return self.assignment.reference.phase
 
 
 def load_study(study_dir: str | Path, overrides: dict | None = None, n_channels: int | None = None,
-               patterns: RolePatterns = RolePatterns()) -> StudyCase:
-    """Scan a DICOM study, assign the roles and read the chosen volumes as :class:`CaseInputs`."""
+               patterns: RolePatterns = RolePatterns(), overrides_source: str | None = None) -> StudyCase:
+    """Scan a DICOM study, assign the roles and read the chosen volumes as :class:`CaseInputs` (``t1`` None
+    and ``sources[0]`` None when the study has no T1)."""
     from .preprocess import CaseInputs
 
     series = scan_study(study_dir)
-    assignment = assign_roles(series, overrides, n_channels, patterns, source=str(study_dir))
+    assignment = assign_roles(series, overrides, n_channels, patterns, str(study_dir), overrides_source)
     images: list[sitk.Image] = [read_phase(p) for p in assignment.phases()]
     sources = [f"{study_dir} series {e.phase.label} '{e.phase.series.description}' ({e.role})"
                for e in assignment.entries]
+    if assignment.t1 is None:
+        images, sources = [None, *images], [None, *sources]
     inputs = CaseInputs(images[0], images[1:], assignment.kind, sources)
     return StudyCase(inputs, assignment)
 
@@ -430,18 +542,34 @@ def load_patterns(path: str | Path | None) -> RolePatterns:
     return RolePatterns.from_overrides(data, path)
 
 
+class RolesError(InputError):
+    """Roles could not be assigned; carries the study's series so that the user sees what to name."""
+
+    def __init__(self, err: InputError, series: list[Series], patterns: RolePatterns):
+        super().__init__(err.source, err.problem)
+        self.series, self.patterns = series, patterns
+
+
 def study_roles(study_dir: str | Path, roles_file: str | Path | None = None, n_channels: int | None = None,
                 patterns_file: str | Path | None = None) -> RoleAssignment:
-    """``breastcmsl roles``: scan a study and assign its roles (ROLES.json and PATTERNS.json optional)."""
+    """``breastcmsl roles``: scan a study and assign its roles (ROLES.json and PATTERNS.json optional).
+    Raises :class:`RolesError` (with the study's series) when the roles cannot be assigned."""
     overrides = load_overrides(roles_file) if roles_file else None
-    return assign_roles(scan_study(study_dir), overrides, n_channels, load_patterns(patterns_file), str(study_dir))
+    patterns = load_patterns(patterns_file)
+    series = scan_study(study_dir)
+    try:
+        return assign_roles(series, overrides, n_channels, patterns, str(study_dir),
+                            str(roles_file) if roles_file else None)
+    except InputError as err:
+        raise RolesError(err, series, patterns) from None
 
 
 def study_inputs(study_dir: str | Path, roles_file: str | Path | None = None, n_channels: int | None = None,
                  patterns_file: str | Path | None = None) -> tuple[StudyCase, dict]:
     """``analyze --dicom``: the study's case and the ``inputs`` record for result.json (series per role)."""
     overrides = load_overrides(roles_file) if roles_file else None
-    study = load_study(study_dir, overrides, n_channels, load_patterns(patterns_file))
+    study = load_study(study_dir, overrides, n_channels, load_patterns(patterns_file),
+                       str(roles_file) if roles_file else None)
     sources = study.inputs.sources
     used = {"kind": study.inputs.kind, "t1": sources[0], "series": sources[1:],
             "dicom": {"study": str(study_dir), "roles_file": str(roles_file) if roles_file else None,

@@ -61,28 +61,28 @@ def _volume_files(folder: Path) -> dict[str, Path]:
 
 @dataclass
 class CaseFiles:
-    """The files of one case: the non-fat-suppressed T1 and a series of subtractions or phases.
+    """The files of one case: the non-fat-suppressed T1 (None when the folder has none) and a series of
+    subtractions or phases.
 
     ``kind`` is ``"subtractions"`` (``series`` are sub_1..sub_N) or ``"phases"`` (``series`` is
     pre, post_1..post_N). ``extra`` carries case.json when the folder has one.
     """
 
-    t1: Path
+    t1: Path | None
     series: list[Path]
     kind: str
     extra: dict = field(default_factory=dict)
 
 
 def find_case_files(case_dir: str | Path) -> CaseFiles:
-    """Find t1, pre/post_k or sub_k volumes (any SimpleITK-readable suffix) in a case folder."""
+    """Find [t1], pre/post_k or sub_k volumes (any SimpleITK-readable suffix) in a case folder; the T1 is
+    optional (without it the breast mask comes from the pre-contrast phase)."""
     import json
 
     case_dir = Path(case_dir)
     if not case_dir.is_dir():
         raise InputError(case_dir, "no such case folder")
     files = _volume_files(case_dir)
-    if "t1" not in files:
-        raise InputError(case_dir, "no t1 volume (t1.nrrd, t1.nii.gz, ...) in the case folder")
 
     def numbered(prefix: str) -> list[Path]:
         pat = re.compile(rf"^{prefix}_?(\d+)$")
@@ -97,10 +97,10 @@ def find_case_files(case_dir: str | Path) -> CaseFiles:
         except (OSError, ValueError) as err:
             raise InputError(case_dir / "case.json", f"not valid JSON ({err})") from None
     if subs and not posts:
-        return CaseFiles(files["t1"], subs, "subtractions", extra)
+        return CaseFiles(files.get("t1"), subs, "subtractions", extra)
     if posts and "pre" in files and not subs:
-        return CaseFiles(files["t1"], [files["pre"], *posts], "phases", extra)
+        return CaseFiles(files.get("t1"), [files["pre"], *posts], "phases", extra)
     raise InputError(
-        case_dir, "expected either sub_1..sub_N or pre + post_1..post_N volumes beside t1 "
+        case_dir, "expected either sub_1..sub_N or pre + post_1..post_N volumes (t1 optional) "
         f"(found: {', '.join(sorted(files)) or 'nothing readable'})"
     )

@@ -54,6 +54,11 @@ class SeriesSpec:
     gzip: bool = False
     enhanced: bool = False  # one Legacy Converted Enhanced MR file holding every phase (highdicom)
     reverse_instances: bool = False  # InstanceNumber runs against the slice position
+    time_tags: str = "acquisition"  # "acquisition" (AcquisitionTime + ContentTime), "content" (only), "none"
+    slice_time_s: float = 0.0  # AcquisitionTime/ContentTime step per slice within a phase (a phase spans time)
+    whole_seconds: bool = False  # times as HHMMSS without fractions (as older GE scanners write them)
+    acquisition_numbers: tuple[int, ...] = ()  # AcquisitionNumber per phase (GE: 1, 2, 2: no phase index)
+    sop_class: str = MRImageStorage  # e.g. SecondaryCaptureImageStorage for a screen capture beside the MR
     folder: str = ""  # sub-folder of the study folder
     file_name: str = "IM{n:04d}.dcm"
     uid: str = field(default_factory=generate_uid)
@@ -65,11 +70,11 @@ def _with_direction(image: sitk.Image, direction: tuple[float, ...]) -> sitk.Ima
     return out
 
 
-def _tm(seconds: float) -> str:
+def _tm(seconds: float, whole: bool = False) -> str:
     seconds = 8 * 3600 + seconds  # the study starts at 08:00
     hh, rem = divmod(seconds, 3600)
     mm, ss = divmod(rem, 60)
-    return f"{int(hh):02d}{int(mm):02d}{ss:09.6f}"
+    return f"{int(hh):02d}{int(mm):02d}" + (f"{int(ss):02d}" if whole else f"{ss:09.6f}")
 
 
 def _study_tags(subject: str) -> dict:
@@ -101,7 +106,7 @@ def _slice_datasets(spec: SeriesSpec, number: int, study: dict) -> list[list[pyd
             ds = pydicom.Dataset()
             ds.update({k_: v for k_, v in study.items() if k_ not in ("Manufacturer",)})
             ds.Manufacturer = study["Manufacturer"]
-            ds.SOPClassUID = MRImageStorage
+            ds.SOPClassUID = spec.sop_class
             ds.SOPInstanceUID = generate_uid()
             ds.SeriesInstanceUID = spec.uid
             ds.SeriesNumber = number
@@ -115,8 +120,13 @@ def _slice_datasets(spec: SeriesSpec, number: int, study: dict) -> list[list[pyd
             ds.ImageLaterality = "B"  # bilateral breast exam
             ds.RepetitionTime, ds.EchoTime, ds.FlipAngle, ds.MagneticFieldStrength = 4.5, 1.8, 10, 1.5
             ds.AcquisitionDate = ds.ContentDate = study["StudyDate"]
-            ds.AcquisitionTime = _tm(spec.times_s[0 if spec.one_acquisition_time else p])
-            ds.ContentTime = _tm(spec.times_s[p] + 0.01 * k)
+            step = spec.slice_time_s * k
+            if spec.time_tags == "acquisition":
+                ds.AcquisitionTime = _tm(spec.times_s[0 if spec.one_acquisition_time else p] + step, spec.whole_seconds)
+            if spec.time_tags in ("acquisition", "content"):
+                ds.ContentTime = _tm(spec.times_s[p] + (step or 0.01 * k), spec.whole_seconds)
+            if spec.acquisition_numbers:
+                ds.AcquisitionNumber = spec.acquisition_numbers[p]
             if spec.temporal_tags:
                 ds.TriggerTime = 1000.0 * (spec.times_s[p] - spec.times_s[0])
                 ds.TemporalPositionIdentifier = p + 1
@@ -177,10 +187,13 @@ def write_series(spec: SeriesSpec, number: int, study_dir: str | Path, study: di
     return written
 
 
-def style_series(style: str, t1: sitk.Image, pre: sitk.Image, posts: list[sitk.Image]) -> list[SeriesSpec]:
-    """The series of one study in a vendor ``style`` (see the module docstring), in series-number order."""
+def style_series(style: str, t1: sitk.Image | None, pre: sitk.Image, posts: list[sitk.Image]) -> list[SeriesSpec]:
+    """The series of one study in a vendor ``style`` (see the module docstring), in series-number order;
+    ``t1`` None leaves the T1 series out (a fat-suppressed-only study)."""
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; one of {STYLES}")
+    if t1 is None:
+        return style_series(style, pre, pre, posts)[1:]
     times = [60.0 + 75.0 * i for i in range(len(posts) + 1)]  # pre at 60 s, then one phase every 75 s
     subs = [sitk.Subtract(p, pre) for p in posts]
     if style == "siemens":
@@ -207,7 +220,7 @@ def style_series(style: str, t1: sitk.Image, pre: sitk.Image, posts: list[sitk.I
             for name, v, t in zip(names, [t1, pre, *posts], [0.0, *times], strict=True)]
 
 
-def write_study(study_dir: str | Path, style: str, t1: sitk.Image, pre: sitk.Image, posts: list[sitk.Image],
+def write_study(study_dir: str | Path, style: str, t1: sitk.Image | None, pre: sitk.Image, posts: list[sitk.Image],
                 subject: str = "PHANTOM", extra: list[SeriesSpec] = ()) -> dict[str, list[Path]]:
     """Write a whole study in ``style`` (plus ``extra`` series); returns {series description: files}."""
     return write_specs(study_dir, [*style_series(style, t1, pre, posts), *extra], subject, style == "duke")

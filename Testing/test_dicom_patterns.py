@@ -111,3 +111,65 @@ def test_assign_by_name_phantom_and_vendor_wording():
     two = assign_by_name(["ax t1 a", "ax t1 b", "pre", "post_1"], "phases", 1)
     assert two == {"inputs": "phases", "t1": 0, "series": [2, 3],
                    "notes": ["2 T1 candidates (ax t1 a, ax t1 b); took the first"]}
+
+
+# Published naming families (Duke-Breast-Cancer-MRI, ISPY2): the T1 (or none), pre and 4 posts in order.
+ORDINALS = ("1st", "2nd", "3rd", "4th")
+FAMILIES = {
+    "duke ax dyn": ([series(1, "ax t1"), series(2, "ax dyn pre", t0=100),
+                     *[series(3 + i, f"ax dyn {o} pass", t0=200 + 80 * i) for i, o in enumerate(ORDINALS)]],
+                    [("t1", 1, 1), ("pre", 2, 1), *[(f"post_{k}", 2 + k, 1) for k in range(1, 5)]]),
+    "duke ax 3d dyn": ([series(1, "ax t1 tse"), series(2, "ax 3d dyn", t0=100),
+                        *[series(3 + i, f"Ph{i + 1}/ax 3d dyn", t0=200 + 80 * i) for i in range(4)]],
+                       [("t1", 1, 1), ("pre", 2, 1), *[(f"post_{k}", 2 + k, 1) for k in range(1, 5)]]),
+    "duke vibrant": ([series(1, "Ax 3D T1 NON FS"), series(2, "Ax Vibrant MultiPhase", t0=100),
+                      *[series(3 + i, f"Ph{i + 1}/Ax Vibrant MultiPhase", t0=200 + 80 * i) for i in range(4)]],
+                     [("t1", 1, 1), ("pre", 2, 1), *[(f"post_{k}", 2 + k, 1) for k in range(1, 5)]]),
+    "duke vibrant one series": ([series(1, "ax t1"), series(2, "Ax Vibrant MultiPhase", phases=5, t0=100)],
+                                [("t1", 1, 1), ("pre", 2, 1), *[(f"post_{k}", 2, k + 1) for k in range(1, 5)]]),
+    "duke siemens views": ([series(1, "ax t1"), series(2, "t1_fl3d_tra_dynVIEWS_spair_ pre", t0=100),
+                            *[series(3 + i, f"t1_fl3d_tra_dynVIEWS_spair_ {o} pass", t0=200 + 80 * i)
+                              for i, o in enumerate(ORDINALS)]],
+                           [("t1", 1, 1), ("pre", 2, 1), *[(f"post_{k}", 2 + k, 1) for k in range(1, 5)]]),
+    "ispy2 uni-lateral": ([series(1, "ISPY2: VOLSER: uni-lateral cropped: original DCE", phases=5, t0=100),
+                           series(2, "ISPY2: VOLSER: uni-lateral cropped: PE2", t0=900),
+                           series(3, "ISPY2: VOLSER: uni-lateral cropped: SER", t0=900)],
+                          [("pre", 1, 1), *[(f"post_{k}", 1, k + 1) for k in range(1, 5)]]),
+    "ispy2 bi-lateral": ([series(1, "ISPY2: VOLSER: bi-lateral: original DCE", phases=5, t0=100)],
+                         [("pre", 1, 1), *[(f"post_{k}", 1, k + 1) for k in range(1, 5)]]),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_published_naming_families(family):
+    protocol, expected = FAMILIES[family]
+    assert roles(protocol) == expected
+    assert assign_roles(protocol, n_channels=4).mask_source == ("t1" if expected[0][0] == "t1" else "pre")
+
+
+def test_name_and_time_disagree():
+    """Duke holds subjects whose post-contrast series are labelled ``pre``: the error says which."""
+    labelled_pre = [series(1, "ax t1"), series(2, "ax dyn pre", t0=100),
+                    *[series(3 + i, "ax dyn pre", t0=200 + 80 * i) for i in range(4)]]
+    with pytest.raises(InputError, match=r"5 candidate pre-contrast series .*by acquisition time series 2 'ax dyn "
+                                         r"pre' \(08:02:40.0\) comes first, and 3, 4, 5, 6 named pre-contrast came "
+                                         r"after it: name and acquisition time disagree"):
+        assign_roles(labelled_pre, n_channels=4)
+    late_pre = [series(1, "ax t1"), series(2, "ax 3d dyn", t0=100), series(3, "ax dyn pre", t0=180),
+                *[series(4 + i, f"Ph{i + 1}/ax 3d dyn", t0=260 + 80 * i) for i in range(3)]]
+    with pytest.raises(InputError, match=r"acquired before the pre-contrast phase series 3 'ax dyn pre'.*series 2 "
+                                         r"'ax 3d dyn'.*its name says pre-contrast but its acquisition time does "
+                                         r"not: name and time disagree"):
+        assign_roles(late_pre, n_channels=3)
+
+
+def test_no_t1_candidate_is_no_t1():
+    """Fat-suppressed series only: no T1 entry, the mask from the pre-contrast phase; ROLES.json can also
+    say so ({"t1": null}) where a T1-like series should not be used."""
+    fs_only = [series(1, "Ax Vibrant MultiPhase", phases=5, t0=100, scan_options="FAST_GEMS\\FS")]
+    table = assign_roles(fs_only, n_channels=4)
+    assert table.t1 is None and table.mask_source == "pre" and table.entries[0].role == "pre"
+    assert table.reference.role == "post_1" and table.reference.phase.index == 2
+    with_t1 = [series(2, "ax t1"), *fs_only]
+    assert assign_roles(with_t1, {"t1": None}, n_channels=4).mask_source == "pre"
+    assert assign_roles(with_t1, n_channels=4).mask_source == "t1"

@@ -219,6 +219,20 @@ def test_subtraction_files_equal_post_minus_pre(tmp_path, tiny_cases):
     np.testing.assert_allclose(read_volume(files.t1).GetSpacing(), (3.75, 3.625, 3.6), rtol=1e-6)
 
 
+def test_fat_suppressed_t1_less_mode(tmp_path, tiny_cases):
+    """``with_t1=False``: only the fat-suppressed series (fat darker than gland), read back without a T1."""
+    case = tiny_cases[0]
+    assert list(case.series("phases", with_t1=False)) == SERIES[1:]
+    truth = write_case(case, tmp_path / "fs", with_t1=False)
+    assert "t1.nrrd" not in truth["files"] and not (tmp_path / "fs" / "t1.nrrd").exists()
+    files = find_case_files(tmp_path / "fs")
+    assert files.t1 is None and files.kind == "phases" and [p.name for p in files.series] == [
+        f"{n}.nrrd" for n in SERIES[1:]]
+    tissue, pre = arr(case.tissue), arr(case.images["pre"])
+    fat, gland = (np.median(pre[tissue == TISSUE_LABELS[n]]) for n in ("fat", "fibroglandular"))
+    assert fat < 0.5 * gland
+
+
 def test_synth_case_cli_function(tmp_path):
     truth = synth_case(tmp_path / "c", seed=4, label=1, shape=(48, 32, 20), spacing=(7.5, 7.25, 7.2))
     assert truth["label"] == 1 and truth["seed"] == 4 and truth["shape"] == [48, 32, 20]

@@ -5,7 +5,8 @@ Duke-Breast-Cancer-MRI from TCIA: ``Duke-Breast-Cancer-MRI/Breast_MRI_001/<study
 Each study is scanned and its roles assigned with the runtime's rules (:mod:`BreastCMSLLib.roles`,
 ``--patterns`` as in ``breastcmsl roles``; a ``roles.json`` inside a study folder overrides roles as
 ``breastcmsl analyze --roles`` does), then
-written as a case folder ``<manifest folder>/cases/<subject>/`` (t1 + pre/post_k or sub_k NRRDs,
+written as a case folder ``<manifest folder>/cases/<subject>/`` ([t1] + pre/post_k or sub_k NRRDs; a study
+without a non-fat-suppressed T1 gets none and its breast mask comes from the pre-contrast phase;
 case.json with label, BI-RADS, lesion centre and the role table, ``roles.txt``). A failing study is
 reported (``ingest_failures.csv`` and the summary) and the others go on. Finished case folders are
 kept on a re-run (each is written to a temporary folder and renamed when complete).
@@ -131,17 +132,18 @@ def ingest_study(study_dir: Path, case_dir: Path, label: StudyLabel, box: tuple[
     """Convert one study into ``case_dir`` (written whole or not at all); returns its manifest row.
 
     The study is read as :func:`BreastCMSLLib.roles.load_study` reads it for ``analyze --dicom``; each
-    volume is stored under its role's name (t1, pre, post_k or sub_k).
+    volume is stored under its role's name (t1 when the study has one, pre, post_k or sub_k).
     """
-    overrides = load_overrides(study_dir / "roles.json") if (study_dir / "roles.json").is_file() else None
-    study = load_study(study_dir, overrides, n_channels, patterns)
+    roles_file = study_dir / "roles.json"
+    overrides = load_overrides(roles_file) if roles_file.is_file() else None
+    study = load_study(study_dir, overrides, n_channels, patterns, str(roles_file) if overrides else None)
     centre = box_centre_lps(box, study.reference, study.inputs.reference) if box is not None else None
     with staging_folder(case_dir) as tmp:
-        images = [study.inputs.t1, *study.inputs.series]
+        images = [image for image in (study.inputs.t1, *study.inputs.series) if image is not None]
         for entry, image in zip(study.assignment.entries, images, strict=True):
             sitk.WriteImage(image, str(tmp / f"{entry.role}.nrrd"), useCompression=True)
         info = {"label": label.label, "birads": label.birads, "center_lps": list(centre) if centre else None,
-                "source": str(study_dir), "roles": study.assignment.as_dict()}
+                "source": str(study_dir), "mask_source": study.inputs.mask_source, "roles": study.assignment.as_dict()}
         (tmp / "case.json").write_text(json.dumps(info, indent=2))
         (tmp / "roles.txt").write_text(study.assignment.table() + "\n")
         replace_folder(tmp, case_dir)
