@@ -1,0 +1,275 @@
+"""The tab's state and its bindings to the session: every control calls one :class:`Session` method and the
+page shows what the session says. User mistakes (:class:`InputError`) land in ``#error`` as one line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+
+import slicer
+from trame_server import Server
+
+from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.session import Session, disclaimer, models_in
+
+from .catalog import Catalog
+from .views import TabViews
+
+log = logging.getLogger(__name__)
+MAIN_VIEWS = ("view-axial", "view-coronal", "view-sagittal")
+POLL_S = 0.2
+NO_RESULT = {"has_result": False, "probability": "", "prediction": "", "model_label": "", "result_note": "",
+             "centre": "", "placing": False}
+
+
+def reports_errors(method: Callable) -> Callable:
+    """Show a user mistake as one line in ``#error``; anything else is logged and shown as one line too,
+    and the server keeps serving."""
+
+    @wraps(method)
+    def guarded(self: TabController, *args, **kwargs):
+        try:
+            with self.state:
+                self.state.error = ""
+                return method(self, *args, **kwargs)
+        except InputError as err:
+            with self.state:
+                self.state.error = str(err)
+        except Exception as err:  # the page must keep serving
+            log.exception("unexpected error in %s", method.__name__)
+            first = str(err).splitlines()[0] if str(err) else ""
+            with self.state:
+                self.state.error = f"internal error ({type(err).__name__}: {first})"
+        return None
+
+    return guarded
+
+
+class TabController:
+    """One tab: its session, its views and the page's state."""
+
+    def __init__(self, server: Server, views: TabViews, session: Session, catalog: Catalog, device: str):
+        self.server, self.views, self.session, self.catalog, self.device = server, views, session, catalog, device
+        self.job = None
+        self.folder: Path | None = None
+        self.state = server.state
+        self.state.update({
+            "trame__title": "BreastCMSL", "cases": catalog.cases(), "case_name": "", "case_kind": "",
+            "roles": [], "role_overrides": {}, "models": self._models(), "model_file": "", "busy": False,
+            "progress": 0.0, "stage": "", "error": "", "show_cam": False, "show_overlay": True, "compare": False,
+            "rows": [], "summary": "", **NO_RESULT,
+        })
+        if self.state.models:
+            self.state.model_file = self.state.models[0]["file"]
+        self.state.change("case_name")(lambda case_name, **_: self.load_case(case_name) if case_name else None)
+        self.state.change("show_cam", "show_overlay")(lambda **_: self.show())
+        views.set_visible(*MAIN_VIEWS)
+        for name in ("analyze", "cancel", "toggle_compare", "jump_to_peak", "place_centre", "evaluate",
+                     "apply_roles", "csv_text"):
+            server.trigger(name)(getattr(self, name))
+
+    def _models(self) -> list[dict]:
+        """The models under the models root (files resolving inside it), labelled with name, sha and flags."""
+        listed = []
+        for model in models_in(self.catalog.models):
+            name = Path(model["path"]).name
+            try:
+                self.catalog.model(name)
+            except InputError:
+                continue
+            flags = "untrained" if model["untrained"] else "synthetic" if model["synthetic"] else "trained"
+            listed.append({"file": name, "label": f"{model['name']} · {model['short_sha']} · {flags}"})
+        return listed
+
+    @property
+    def which(self) -> str:
+        return "cam" if self.state.show_cam else "coam"
+
+    # ---- inputs
+
+    @reports_errors
+    def load_case(self, name: str) -> None:
+        """Load a case folder or a DICOM study (its role table shown) into the session."""
+        self._cancel_job()
+        self.state.update({**NO_RESULT, "roles": [], "role_overrides": {}, "compare": False})
+        self.session.stop_compare()
+        self.folder, kind = self.catalog.case(name)
+        self.state.case_kind = kind
+        self._show_loaded(self._load(None))
+
+    @reports_errors
+    def apply_roles(self) -> None:
+        """Reload the DICOM study with the role overrides typed in the role table."""
+        roles = {role: value.strip() for role, value in self.state.role_overrides.items() if value.strip()}
+        self.state.update(NO_RESULT)
+        self._show_loaded(self._load(roles or None))
+
+    def _load(self, roles: dict | None) -> dict:
+        if self.state.case_kind == "dicom":
+            loaded = self.session.load_dicom_study(self.folder, roles)
+            self.state.roles = [{**row, "series_number": str(row["series_number"])} for row in loaded["roles"]]
+            return loaded
+        return self.session.load_case_folder(self.folder)
+
+    def _show_loaded(self, loaded: dict) -> None:
+        self.views.set_visible(*MAIN_VIEWS)
+        for view in self.views.views.values():
+            view.set_background_volume_id(loaded["reference"].GetID())
+            view.set_foreground_volume_id(None)
+            view.get_view_node().SetOrientationToDefault()
+        self.views.fit()
+
+    # ---- analysis
+
+    @reports_errors
+    def analyze(self) -> None:
+        """Start the session's analysis of the loaded case with the chosen model; progress is polled."""
+        if self.folder is None:
+            raise InputError("case", "choose a case first")
+        model = self.catalog.model(self.state.model_file)
+        self.state.update(NO_RESULT)
+        self.job = self.session.analyze(model, device=self.device)
+        self.state.update({"busy": True, "progress": 0.0, "stage": "starting"})
+        asyncio.get_event_loop().create_task(self._poll(self.job))
+
+    async def _poll(self, job) -> None:
+        while job is self.job:
+            await asyncio.sleep(POLL_S)
+            if job is not self.job:
+                return
+            with self.state:
+                self.state.progress, self.state.stage = job.progress
+            self._collect(job)
+
+    @reports_errors
+    def _collect(self, job) -> None:
+        try:
+            result = job.poll()
+        except Exception:
+            self.job = None
+            self.state.update({"busy": False, "stage": "failed"})
+            raise
+        if result is None:
+            return
+        self.job = None
+        model = result["model"]
+        flags = "untrained" if model["untrained"] else "synthetic" if model["synthetic"] else "trained"
+        self.state.update({
+            "busy": False, "progress": 1.0, "stage": "done", "has_result": True,
+            "probability": f"{result['probability']:.3f}", "prediction": result["prediction"],
+            "model_label": f"{model['name']} · {model['sha256'][:12]} · {flags}", "result_note": disclaimer(model),
+        })
+        self.show()
+        self.session.jump_to_peak(self.views.slice_nodes(*MAIN_VIEWS), self.which)
+
+    def _cancel_job(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            self.job = None
+        self.state.update({"busy": False, "progress": 0.0, "stage": ""})
+
+    @reports_errors
+    def cancel(self) -> None:
+        """Cancel the running analysis: its worker is killed and nothing is added."""
+        self._cancel_job()
+        self.state.stage = "cancelled"
+
+    # ---- display
+
+    @reports_errors
+    def show(self) -> None:
+        """The chosen map (COAM, or CAM with ``#show-cam``) over the reference with its labelmap outline."""
+        if not self.state.has_result:
+            return
+        if self.state.compare:
+            self.session.compare(*self.views.slice_nodes("view-cam", "view-axial"))
+        elif self.state.show_overlay:
+            self.session.show(self.views.slice_nodes(*MAIN_VIEWS), self.which)
+        else:
+            self._hide_overlay()
+        self._render()
+
+    def _hide_overlay(self) -> None:
+        """The reference alone (the session has no "hide"; see the README's web section)."""
+        for slice_node in self.views.slice_nodes(*MAIN_VIEWS):
+            composite = slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(slice_node)
+            composite.SetForegroundVolumeID(None)
+            composite.SetLabelVolumeID(None)
+
+    @reports_errors
+    def toggle_compare(self) -> None:
+        """CAM | COAM side by side on axial views kept in step, or back to the three views."""
+        if not self.state.has_result:
+            raise InputError("Compare", "analyze a case first")
+        self.state.compare = not self.state.compare
+        if self.state.compare:
+            self.views.set_visible("view-cam", "view-axial")
+            self.views.views["view-cam"].fit_view_to_content()
+        else:
+            self.session.stop_compare()
+            self.views.set_visible(*MAIN_VIEWS)
+            self.views.views["view-axial"].get_view_node().SetOrientationToDefault()
+        self.show()
+
+    @reports_errors
+    def jump_to_peak(self) -> None:
+        """Centre the views on the shown map's peak."""
+        if self.state.compare:
+            self.show()
+        else:
+            self.session.jump_to_peak(self.views.slice_nodes(*MAIN_VIEWS), self.which)
+        self._render()
+
+    def _render(self) -> None:
+        for view in self.views.views.values():
+            view.schedule_render()
+
+    # ---- lesion centre and evaluation
+
+    @reports_errors
+    def place_centre(self) -> None:
+        """The next click on a view places the lesion centre there."""
+        if not self.state.has_result:
+            raise InputError("Place centre", "analyze a case first")
+        click = self.session.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "click")
+        click.CreateDefaultDisplayNodes()
+        click.AddObserver(click.PointPositionDefinedEvent, self._clicked)
+        self.views.app.markups_logic.place_node(click)
+        self.state.placing = True
+
+    def _clicked(self, click, _event) -> None:
+        ras = [0.0, 0.0, 0.0]
+        click.GetNthControlPointPositionWorld(0, ras)
+        asyncio.get_event_loop().call_soon(self.session.scene.RemoveNode, click)
+        self._set_centre(ras)
+
+    @reports_errors
+    def _set_centre(self, ras: list[float]) -> None:
+        self.views.app.markups_logic.disable_place_mode()
+        self.session.set_lesion_centre(ras)
+        self.state.update({"placing": False, "centre": ", ".join(f"{v:.1f}" for v in ras)})
+        self._render()
+
+    @reports_errors
+    def evaluate(self) -> None:
+        """Distances from the centre to the peaks, appended to the table with the running mean ± std."""
+        summary = self.session.evaluate()["summary"]
+        self.state.rows = [{key: (f"{value:.3f}" if isinstance(value, float) else str(value))
+                            for key, value in row.items()} for row in self.session.evaluation_rows()]
+        self.state.summary = (f"n = {summary['n']}: COAM {summary['coam_mean_mm']:.2f} ± {summary['coam_std_mm']:.2f}"
+                              f" mm, CAM {summary['cam_mean_mm']:.2f} ± {summary['cam_std_mm']:.2f} mm")
+
+    def csv_text(self) -> str:
+        """The evaluation table as CSV text (for the page's download)."""
+        with tempfile.TemporaryDirectory(prefix="BreastCMSL-csv-") as folder:
+            try:
+                path = self.session.save_table_csv(Path(folder) / "evaluation.csv")
+            except InputError as err:
+                with self.state:
+                    self.state.error = str(err)
+                return ""
+            return path.read_text()

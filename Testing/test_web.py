@@ -1,0 +1,296 @@
+"""The browser face end to end: ``breastcmsl-web`` serving phantom cases, driven in Debian's chromium by Playwright.
+
+Each test opens real tabs (each its own server process, scene and session) and checks what the page shows
+against the command line (``breastcmsl analyze``) and against pixels. Screenshots are kept in the artifacts
+folder printed at the start (``BREASTCMSL_ARTIFACTS``, default ``test-artifacts/web``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from Testing.conftest import ROOT, run_cli
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SHAPE, SPACING = ("96", "64", "40"), ("3.5", "3.5", "3.5")
+ARTIFACTS = Path(os.environ.get("BREASTCMSL_ARTIFACTS", ROOT / "test-artifacts" / "web"))
+TIMEOUT_MS = 90_000
+
+
+# ---- data, CLI reference results, server, browser
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory) -> dict:
+    """--data with two phantom cases, a truncated one and a symlink out of the root; --models with a tiny model;
+    the CLI's result.json for each phantom."""
+    base = tmp_path_factory.mktemp("web")
+    data, models, outside = base / "data", base / "models", base / "outside"
+    for folder in (data, models, outside):
+        folder.mkdir()
+    for name, seed, label in (("phantom1", "1", "--malignant"), ("phantom2", "2", "--benign")):
+        done = run_cli("synth", "--out", data / name, "--seed", seed, label, "--shape", *SHAPE, "--spacing", *SPACING)
+        assert done.returncode == 0, done.stderr
+    shutil.copytree(data / "phantom1", data / "truncated")
+    broken = data / "truncated" / "post_3.nrrd"
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    shutil.copytree(data / "phantom1", outside / "secret_case")
+    (data / "escape").symlink_to(outside / "secret_case")
+    done = run_cli("init-model", "--out", models / "tiny.safetensors", "--input-size", "64", "48", "32",
+                   "--width-factor", "0.125")
+    assert done.returncode == 0, done.stderr
+    (models / "elsewhere.safetensors").symlink_to(models / "tiny.safetensors")  # resolves inside: listed
+    cli = {}
+    for name in ("phantom1", "phantom2"):
+        done = run_cli("analyze", data / name, "--model", models / "tiny.safetensors", "--out", base / f"cli_{name}")
+        assert done.returncode == 0, done.stderr
+        cli[name] = json.loads((base / f"cli_{name}" / "result.json").read_text())
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    print(f"\nweb screenshots: {ARTIFACTS}")
+    return {"data": data, "models": models, "cli": cli}
+
+
+def start_server(roots: dict, *extra: str) -> tuple[subprocess.Popen, str]:
+    """``breastcmsl-web`` on a free port; returns the process and the address it printed."""
+    env = {**os.environ, "VTK_DEFAULT_OPENGL_WINDOW": "vtkEGLRenderWindow"}
+    process = subprocess.Popen([sys.executable, "-m", "BreastCMSLWeb.app", "--data", str(roots["data"]), "--models",
+                                str(roots["models"]), "--port", "0", "--device", "cpu", *extra],
+                               stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    line = process.stdout.readline()
+    match = re.search(r"serving (http://\S+)", line)
+    assert match, f"no address printed: {line!r}"
+    return process, match.group(1)
+
+
+@pytest.fixture(scope="module")
+def server(roots):
+    process, url = start_server(roots)
+    yield url.rstrip("/")
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), "Debian's chromium is missing: run scripts/browser.sh (scripts/test.sh does)"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+# ---- page helpers
+
+
+def view_pixels(page, element_id: str = "view-axial") -> np.ndarray:
+    """The element's pixels as an (H, W, 3) uint8 array."""
+    return np.asarray(Image.open(io.BytesIO(page.locator(f"#{element_id}").screenshot())).convert("RGB"))
+
+
+def coloured(pixels: np.ndarray) -> float:
+    """Fraction of clearly non-grey pixels (the heat overlay and the outline are coloured, the MRI is grey)."""
+    p = pixels.astype(int)
+    return float(((p.max(axis=2) - p.min(axis=2)) > 40).mean())
+
+
+def shows_greyscale_image(pixels: np.ndarray) -> bool:
+    """A plausible MRI frame: a good part lit, nearly all of it grey (garbage frames are coloured noise)."""
+    lit = pixels.max(axis=2) > 30
+    return lit.mean() > 0.10 and coloured(pixels) < 0.01
+
+
+def open_tab(browser, url: str, case: str | None = "phantom1"):
+    """A new tab (own context) on ``url``; waits until the axial view shows the case (one retry on a bad frame)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 820})
+    page.set_default_timeout(TIMEOUT_MS)
+    for attempt in range(2):
+        page.goto(f"{url}/" + (f"?case={case}" if case else ""))
+        page.wait_for_selector("#case-select")
+        if case is None:
+            return page
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            if shows_greyscale_image(view_pixels(page)):
+                return page
+            time.sleep(0.5)
+        page.screenshot(path=str(ARTIFACTS / f"bad_first_frame_{attempt}.png"))
+    raise AssertionError("the axial view never showed the case")
+
+
+def analyze(page) -> float:
+    """Click Analyze, wait for the probability, return it."""
+    page.click("#analyze")
+    page.wait_for_function("document.querySelector('#probability').textContent.trim().length > 0")
+    return float(page.inner_text("#probability"))
+
+
+def settle(page, seconds: float = 1.5) -> None:
+    """Let the streamed views catch up with the last action."""
+    page.wait_for_timeout(int(seconds * 1000))
+
+
+# ---- tests
+
+
+def test_analyze_in_page_equals_cli_and_overlay_shows(server, browser, roots):
+    page = open_tab(browser, server)
+    assert "not for diagnosis" in page.inner_text("#disclaimer")
+    assert "untrained" in page.inner_text("#model-select")
+    probability = analyze(page)
+    assert re.fullmatch(r"\d\.\d{3}", page.inner_text("#probability"))
+    assert probability == pytest.approx(roots["cli"]["phantom1"]["probability"], abs=1e-3)
+    assert page.inner_text("#prediction") == roots["cli"]["phantom1"]["prediction"]
+    settle(page)
+    page.screenshot(path=str(ARTIFACTS / "web.png"))
+    with_overlay = view_pixels(page)
+    page.uncheck("#show-overlay")
+    settle(page)
+    without = view_pixels(page)
+    Image.fromarray(with_overlay).save(ARTIFACTS / "axial_overlay_on.png")
+    Image.fromarray(without).save(ARTIFACTS / "axial_overlay_off.png")
+    assert coloured(with_overlay) > 0.02, "no heat overlay in the axial view"
+    assert coloured(without) < 0.005
+    assert shows_greyscale_image(without)
+    page.check("#show-cam")
+    page.check("#show-overlay")
+    settle(page)
+    cam = view_pixels(page)
+    assert coloured(cam) > 0.02 and np.abs(cam.astype(int) - with_overlay).mean() > 1.0, "CAM looks like COAM"
+    page.click("#compare")
+    settle(page, 2.5)
+    page.screenshot(path=str(ARTIFACTS / "compare.png"))
+    assert coloured(view_pixels(page, "view-cam")) > 0.02 and coloured(view_pixels(page, "view-axial")) > 0.02
+    page.close()
+
+
+def test_click_places_centre_and_table_distances(server, browser, roots):
+    page = open_tab(browser, server)
+    analyze(page)
+    settle(page)
+    page.click("#jump-peak")  # centres the axial view on the COAM peak
+    settle(page)
+    box = page.locator("#view-axial").bounding_box()
+    dx, dy = 40, -30
+    page.click("#place-centre")
+    page.mouse.click(box["x"] + box["width"] / 2 + dx, box["y"] + box["height"] / 2 + dy)
+    page.wait_for_function("document.querySelector('#centre').textContent.includes(',')")
+    page.click("#evaluate")
+    page.wait_for_selector("#evaluation-table tr:nth-child(2)")
+    settle(page)
+    page.screenshot(path=str(ARTIFACTS / "centre_evaluated.png"))
+    cells = page.locator("#evaluation-table tr:nth-child(2) td").all_inner_texts()
+    # by hand: the view fits the 96 x 64 voxel (3.5 mm) axial extent; screen right = patient left (-x RAS),
+    # screen down = posterior (-y RAS); the view is centred on the COAM peak, in its axial slice
+    mm_per_pixel = max(96 * 3.5 / box["width"], 64 * 3.5 / box["height"])
+    cli = roots["cli"]["phantom1"]
+    coam = np.array([-cli["coam_peak_lps"][0], -cli["coam_peak_lps"][1], cli["coam_peak_lps"][2]])
+    cam = np.array([-cli["cam_peak_lps"][0], -cli["cam_peak_lps"][1], cli["cam_peak_lps"][2]])
+    centre = coam + np.array([-dx * mm_per_pixel, -dy * mm_per_pixel, 0.0])
+    shown = np.array([float(v) for v in page.inner_text("#centre").split(":")[1].split(",")])
+    assert np.abs(shown - centre).max() <= 3.5, (shown, centre)
+    assert "phantom1" in cells[0]
+    assert float(cells[1]) == pytest.approx(cli["probability"], abs=1e-3)
+    assert float(cells[2]) == pytest.approx(np.linalg.norm(centre - coam), abs=3.5)
+    assert float(cells[3]) == pytest.approx(np.linalg.norm(centre - cam), abs=3.5)
+    assert "n = 1" in page.inner_text("#evaluation-summary")
+    with page.expect_download() as download:
+        page.click("#download-csv")
+    csv = Path(download.value.path()).read_text()
+    assert "COAM mm" in csv and f"{float(cells[2]):.2f}"[:4] in csv
+    page.close()
+
+
+def test_cancel_leaves_no_result(server, browser):
+    page = open_tab(browser, server)
+    page.click("#analyze")
+    page.wait_for_function("!document.querySelector('#cancel').disabled")
+    page.click("#cancel")
+    page.wait_for_function("document.querySelector('#stage').textContent.includes('cancelled')")
+    page.wait_for_timeout(6000)  # longer than the analysis takes: nothing arrives late
+    assert page.inner_text("#probability") == ""
+    assert page.inner_text("#error") == ""
+    assert coloured(view_pixels(page)) < 0.005
+    assert analyze(page) > 0.0  # and the next analysis works
+    page.close()
+
+
+def test_truncated_file_shows_error_and_next_analysis_works(server, browser, roots):
+    page = open_tab(browser, server, case=None)
+    page.select_option("#case-select", "truncated")
+    page.wait_for_function("document.querySelector('#error').textContent.length > 0")
+    error = page.inner_text("#error")
+    assert "post_3.nrrd" in error and "\n" not in error.strip() and "Traceback" not in error
+    page.screenshot(path=str(ARTIFACTS / "truncated_error.png"))
+    page.select_option("#case-select", "phantom1")
+    page.wait_for_function("document.querySelector('#error').textContent.length === 0")
+    assert analyze(page) == pytest.approx(roots["cli"]["phantom1"]["probability"], abs=1e-3)
+    page.close()
+
+
+def test_two_tabs_analyze_at_once(server, browser, roots):
+    first, second = open_tab(browser, server, "phantom1"), open_tab(browser, server, "phantom2")
+    first.click("#analyze")
+    second.click("#analyze")
+    for page, name in ((first, "phantom1"), (second, "phantom2")):
+        page.wait_for_function("document.querySelector('#probability').textContent.trim().length > 0")
+        assert float(page.inner_text("#probability")) == pytest.approx(roots["cli"][name]["probability"], abs=1e-3)
+    assert first.inner_text("#probability") != second.inner_text("#probability")
+    first.close()
+    second.close()
+
+
+def test_paths_outside_the_roots_are_refused(server, browser):
+    page = open_tab(browser, server, case=None)
+    listed = page.locator("#case-select option").all_inner_texts()
+    assert any("phantom1" in name for name in listed) and not any("escape" in name for name in listed)
+    for case in ("../..", "escape", "%2e%2e%2f%2e%2e%2fetc"):
+        page.goto(f"{server}/?case={case}")
+        page.wait_for_function("document.querySelector('#error').textContent.includes('refused')")
+        assert page.inner_text("#probability") == ""
+    page.close()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{server}/s/not-a-tab/")
+    assert refused.value.code == 404
+
+
+def test_token_required_on_other_hosts(roots):
+    process, url = start_server(roots, "--host", "127.0.0.2")  # a loopback address, but not 127.0.0.1
+    try:
+        token = re.search(r"\?token=(\S+)", url)
+        assert token, f"no token printed with {url}"
+        bare = url.split("?")[0]
+        for attempt in (bare, f"{bare}?token=wrong", f"{bare}s/x/"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(attempt)
+            assert refused.value.code == 403
+        request = urllib.request.Request(f"{bare}?token={token.group(1)}", method="GET")
+        opener = urllib.request.build_opener(NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as redirected:
+            opener.open(request)
+        assert redirected.value.code == 302 and "breastcmsl_token=" in redirected.value.headers["Set-Cookie"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
