@@ -5,4 +5,5 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
 cd "$ROOT"
 ruff check .
+bash "$ROOT/scripts/browser.sh"
 python -m pytest Testing "$@"
