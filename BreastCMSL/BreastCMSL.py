@@ -1,30 +1,22 @@
 """BreastCMSL: malignancy probability of a breast DCE-MRI lesion with COAM and CAM localization maps.
 
-The 3D Slicer module is a thin GUI over BreastCMSLLib: ``mrml.py`` moves volumes between nodes and the
-Lib (RAS <-> LPS), ``background.py`` runs ``breastcmsl analyze`` in a cancellable background process.
+The 3D Slicer module binds widgets to :class:`BreastCMSLLib.session.Session`, which holds every behaviour
+of the panel Qt-free (and is tested on the slicer-core wheel); the module's Logic is that session.
 """
 
 import importlib.util
 import json
-import logging
-import os
 import shutil
 import sys
 import tempfile
-import time
-import urllib.request
+import unittest
 from pathlib import Path
 from typing import Annotated, Optional
 
 import qt
 import slicer
 import vtk
-from slicer import (
-    vtkMRMLMarkupsFiducialNode,
-    vtkMRMLScalarVolumeNode,
-    vtkMRMLSequenceNode,
-    vtkMRMLTableNode,
-)
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -45,8 +37,8 @@ def libraryRoot() -> Path:
 if str(libraryRoot()) not in sys.path:
     sys.path.insert(0, str(libraryRoot()))
 
-from BreastCMSLLib import background, mrml  # noqa: E402 (needs the path above)
-from BreastCMSLLib.errors import InputError  # noqa: E402
+from BreastCMSLLib.errors import InputError  # noqa: E402 (needs the path above)
+from BreastCMSLLib.session import Session, evaluation_text, result_text  # noqa: E402
 
 PAPER = ("L. Luo, H. Chen, X. Wang, Q. Dou, H. Lin, J. Zhou, G. Li, P.-A. Heng: Deep Angular Embedding and "
          "Feature Correlation Attention for Breast MRI Cancer Analysis. MICCAI 2019 (arXiv:1906.02999).")
@@ -54,7 +46,11 @@ PAPER = ("L. Luo, H. Chen, X. Wang, Q. Dou, H. Lin, J. Zhou, G. Li, P.-A. Heng: 
 PYTHON_REQUIREMENTS = {"safetensors": "safetensors>=0.4", "matplotlib": "matplotlib>=3.7"}
 TORCH_REQUIREMENT = ">=2.2"
 DEFAULT_CHANNELS = 6
-POLL_INTERVAL_MS = 250
+POLL_INTERVAL_MS = 200
+BUTTONS = ("autoAssign", "checkInputs", "importModel", "downloadModel", "buildDemoModel", "openCache", "clearCache",
+           "analyze", "compare", "jumpToPeak", "placeCentre", "evaluate", "exportCsv")
+NO_MODEL = ("No model installed. No pretrained clinical BreastCMSL model exists: import a model file, or build the "
+            "synthetic demo model (trained on phantoms, not for diagnosis).")
 
 
 #
@@ -75,12 +71,31 @@ class BreastCMSL(ScriptedLoadableModule):
 Estimates the malignancy probability of a breast DCE-MRI case with a 3D ResNet34 trained with the Cosine
 Margin Sigmoid Loss (CMSL) and shows where the network looked: the COrrelation Attention Map (COAM, the
 row sums of the feature Gram matrix) and, for comparison, the class activation map (CAM).
-Inputs: the non-fat-suppressed T1 and the DCE series (subtractions, or pre + post-contrast phases, or one
-volume Sequence). Place the lesion centre and press Evaluate to measure map-peak distances.
+Inputs: the DCE series (subtractions, or pre + post-contrast phases, or one volume Sequence) and the
+non-fat-suppressed T1 (optional: without it the breast mask comes from the pre-contrast phase).
+Place the lesion centre and press Evaluate to measure map-peak distances.
 <br><b>Research software, not for diagnosis.</b> No pretrained clinical model exists; the synthetic demo
 model is trained on phantoms only.<br>Method: {PAPER}
 """
         self.parent.acknowledgementText = f"Method and evaluation after {PAPER}"
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """A synthetic DCE phantom (known lesion centre in case.json) under Sample Data: made, not downloaded."""
+    import SampleData
+
+    def makePhantom(source):
+        from BreastCMSLLib.phantom import synth_case
+
+        folder = Path(tempfile.mkdtemp(prefix="BreastCMSL-phantom-", dir=slicer.app.temporaryPath))
+        synth_case(folder / "phantom", seed=1, label=1)
+        return list(BreastCMSLLogic().load_case_folder(folder / "phantom")["series"])
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="BreastCMSL", sampleName="BreastCMSL DCE phantom", uris=[], fileNames=[], nodeNames=[],
+        thumbnailFileName=str(Path(__file__).parent / "Resources" / "Icons" / "BreastCMSL.png"),
+        customDownloader=makePhantom)
 
 
 #
@@ -90,7 +105,8 @@ model is trained on phantoms only.<br>Method: {PAPER}
 
 @parameterNodeWrapper
 class BreastCMSLParameterNode:
-    """GUI state, saved with the scene. Patterns left empty use the DICOM role rules' defaults."""
+    """GUI settings, saved with the scene (the session keeps the inputs and the result on the same node).
+    Patterns left empty use the DICOM role rules' defaults."""
 
     inputMode: Annotated[str, Choice(["phases", "subtractions", "sequence"])] = "phases"
     t1Volume: vtkMRMLScalarVolumeNode
@@ -107,10 +123,6 @@ class BreastCMSLParameterNode:
     heatOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     showCam: bool = False
     showOutline: bool = True
-    referenceVolume: vtkMRMLScalarVolumeNode
-    lesionCentre: vtkMRMLMarkupsFiducialNode
-    evaluationTable: vtkMRMLTableNode
-    resultJson: str = ""
 
 
 #
@@ -119,7 +131,7 @@ class BreastCMSLParameterNode:
 
 
 class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: inputs, model, Analyze/Cancel, results, lesion centre and evaluation."""
+    """The panel: binds widgets to the session (``self.logic``) and shows its state; no behaviour of its own."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -128,11 +140,7 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self.seriesSelectors = []
-        self.job = None  # (BackgroundCommand, work folder, on-finished callback, start time)
-        self.fileNames = {}  # exported file path -> node name, to name nodes in the CLI's messages
-        self.pendingReference = None  # the reference node of the running analysis
-        self.compareNodes = []  # (slice node, its map's peak RAS) of "Compare CAM vs COAM", kept in step
-        self.compareSync = False
+        self.job = None  # the running AnalysisJob or DemoBuild
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -141,50 +149,34 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = BreastCMSLLogic()
-
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(POLL_INTERVAL_MS)
         self.pollTimer.connect("timeout()", self.onPollJob)
-
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        self.ui.inputModeComboBox.connect("currentIndexChanged(int)", self.updateSeriesSelectors)
-        self.ui.autoAssignButton.connect("clicked(bool)", self.onAutoAssign)
-        self.ui.checkInputsButton.connect("clicked(bool)", self.onCheckInputs)
-        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
-        self.ui.importModelButton.connect("clicked(bool)", self.onImportModel)
-        self.ui.downloadModelButton.connect("clicked(bool)", self.onDownloadModels)
-        self.ui.buildDemoModelButton.connect("clicked(bool)", self.onBuildDemoModel)
-        self.ui.openCacheButton.connect("clicked(bool)", self.onOpenModelFolder)
-        self.ui.clearCacheButton.connect("clicked(bool)", self.onClearModelFolder)
-        self.ui.analyzeButton.connect("clicked(bool)", self.onAnalyzeButton)
-        self.ui.opacitySliderWidget.connect("valueChanged(double)", self.updateOverlay)
-        self.ui.showCamCheckBox.connect("toggled(bool)", self.updateOverlay)
-        self.ui.showOutlineCheckBox.connect("toggled(bool)", self.updateOverlay)
-        self.ui.compareButton.connect("clicked(bool)", self.onCompare)
-        self.ui.jumpToPeakButton.connect("clicked(bool)", self.onJumpToPeak)
-        self.ui.placeCentreButton.connect("clicked(bool)", self.onPlaceCentre)
-        self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluate)
-        self.ui.exportCsvButton.connect("clicked(bool)", self.onExportCsv)
-        self.ui.tableSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.evaluationTableView.setMRMLTableNode)
-
+        for widget, signal, slot in (
+                (self.ui.inputModeComboBox, "currentIndexChanged(int)", self.updateSeriesSelectors),
+                (self.ui.modelComboBox, "currentIndexChanged(int)", self.onModelSelected),
+                (self.ui.opacitySliderWidget, "valueChanged(double)", self.updateOverlay),
+                (self.ui.showCamCheckBox, "toggled(bool)", self.updateOverlay),
+                (self.ui.showOutlineCheckBox, "toggled(bool)", self.updateOverlay)):
+            widget.connect(signal, slot)
+        for name in BUTTONS:  # fooButton.clicked -> self.onFoo
+            getattr(self.ui, f"{name}Button").connect("clicked(bool)", getattr(self, f"on{name[0].upper()}{name[1:]}"))
         self.initializeParameterNode()
         self.refreshModelList()
         self.showResult()
 
     def cleanup(self) -> None:
         self.cancelJob()
+        self.logic.close()
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.cancelJob()
@@ -196,481 +188,197 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
+        self.showResult()
 
-    def setParameterNode(self, inputParameterNode) -> None:
+    def setParameterNode(self, parameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.removeObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode = parameterNode
+        if parameterNode:
+            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+            self.addObserver(parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
             self.updateSeriesSelectors()
-            self.updateButtons()
-
-    # ---- inputs
-
-    def channelCount(self) -> int:
-        info = self.ui.modelComboBox.currentData
-        return int(info["in_channels"]) if info else DEFAULT_CHANNELS
 
     def updateSeriesSelectors(self, *_) -> None:
         """One selector per input the model takes: N subtractions, or pre + N posts; none for a Sequence."""
-        if not self._parameterNode:
+        p, n = self._parameterNode, self.logic.channelCount(self.ui.modelComboBox.currentData)
+        if not p:
             return
-        mode = self._parameterNode.inputMode
-        n = self.channelCount()
-        labels = [] if mode == "sequence" else (
-            ["Pre-contrast:"] + [f"Post-contrast {k}:" for k in range(1, n + 1)] if mode == "phases"
-            else [f"Subtraction {k}:" for k in range(1, n + 1)])
+        labels = {"phases": ["Pre-contrast:", *(f"Post-contrast {k}:" for k in range(1, n + 1))],
+                  "subtractions": [f"Subtraction {k}:" for k in range(1, n + 1)], "sequence": []}[p.inputMode]
         layout = self.ui.seriesSelectorsFrame.layout()
         while layout.count():
-            item = layout.takeAt(0)
-            if item.widget():
-                item.widget().deleteLater()
+            layout.takeAt(0).widget().deleteLater()
+        stored = list(p.seriesVolumes)
         self.seriesSelectors = []
-        stored = list(self._parameterNode.seriesVolumes)
         for index, text in enumerate(labels):
             selector = slicer.qMRMLNodeComboBox()
-            selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
-            selector.showChildNodeTypes = False
-            selector.noneEnabled = True
-            selector.addEnabled = False
-            selector.removeEnabled = False
+            selector.nodeTypes, selector.showChildNodeTypes = ["vtkMRMLScalarVolumeNode"], False
+            selector.noneEnabled, selector.addEnabled, selector.removeEnabled = True, False, False
             selector.setMRMLScene(slicer.mrmlScene)
             selector.setCurrentNode(stored[index] if index < len(stored) else None)
             selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSeriesSelectorChanged)
             layout.addRow(text, selector)
             self.seriesSelectors.append(selector)
         self.onSeriesSelectorChanged()
-        sequence = mode == "sequence"
-        self.ui.sequenceSelector.enabled = sequence
-        self.ui.preFrameSpinBox.enabled = sequence
-        self.ui.seriesSelectorsFrame.visible = not sequence
+        for widget in (self.ui.sequenceSelector, self.ui.preFrameSpinBox):
+            widget.enabled = p.inputMode == "sequence"
+        self.ui.seriesSelectorsFrame.visible = p.inputMode != "sequence"
 
     def onSeriesSelectorChanged(self, *_) -> None:
-        if self._parameterNode:
-            self._parameterNode.seriesVolumes = [selector.currentNode() for selector in self.seriesSelectors]
+        self._parameterNode.seriesVolumes = [selector.currentNode() for selector in self.seriesSelectors]
 
-    @staticmethod
-    def dicomFiles(node) -> list:
-        """The DICOM files a volume was loaded from (Slicer keeps their instance UIDs on the node)."""
-        uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
-        return [slicer.dicomDatabase.fileForInstance(uid) for uid in uids] if uids and slicer.dicomDatabase else []
-
-    def onAutoAssign(self) -> None:
-        """Volumes loaded from DICOM: the command line's role rules on their headers; otherwise (or when the
-        rules find the study ambiguous) the same patterns on node names."""
-        if not self.ensureDependencies():
-            return
-        from BreastCMSLLib.roles import assign_by_name
-
-        p = self._parameterNode
-        nodes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-                 if not n.IsA("vtkMRMLLabelMapVolumeNode") and not n.GetHideFromEditors()]
+    def attempt(self, call, *args):
+        """``call(*args)``'s value, or None after showing its :class:`InputError` (a user mistake) in the panel."""
         try:
-            patterns = self.logic.rolePatterns(p)
+            return call(*args)
         except InputError as err:
-            slicer.util.errorDisplay(str(err))
-            return
-        files = [self.dicomFiles(n) for n in nodes]
-        assigned, notes = None, []
-        if any(files):
-            try:
-                assigned = mrml.assign_by_dicom([f for f in files if f], self.channelCount(), patterns)
-                nodes = [n for n, f in zip(nodes, files) if f]
-            except InputError as err:
-                notes.append(f"DICOM roles: {err}")
-        if assigned is None:
-            kind = "subtractions" if p.inputMode == "subtractions" else "phases"
-            assigned = assign_by_name([n.GetName() for n in nodes], kind, self.channelCount(), patterns)
-        p.inputMode = assigned["inputs"]
-        self.updateSeriesSelectors()
-        p.t1Volume = nodes[assigned["t1"]] if assigned["t1"] is not None else None
-        for selector, index in zip(self.seriesSelectors, assigned["series"]):
-            selector.setCurrentNode(nodes[index] if index is not None else None)
-        notes += assigned["notes"]
-        self.setInputStatus("\n".join(notes) or "All inputs assigned.", error=bool(notes))
+            self.setInputStatus(str(err), error=True)
+            return None
 
     def setInputStatus(self, text: str, error: bool = False) -> None:
         self.ui.inputStatusLabel.text = text
         self.ui.inputStatusLabel.styleSheet = "color: #c0392b;" if error else ""
 
+    def onAutoAssign(self) -> None:
+        notes = self.attempt(self.logic.autoAssign, self._parameterNode, self.ui.modelComboBox.currentData)
+        if notes is not None:
+            self.updateSeriesSelectors()
+            self.setInputStatus("\n".join(notes) or "All inputs assigned.", error=bool(notes))
+
     def onCheckInputs(self) -> bool:
-        if not self.ensureDependencies():
-            return False
-        try:
-            notes = self.logic.checkInputs(self._parameterNode)
-        except InputError as err:
-            self.setInputStatus(str(err), error=True)
-            return False
-        self.setInputStatus("Inputs OK." + "".join(f"\n{note}" for note in notes))
-        return True
+        notes = self.attempt(self.logic.checkInputsFrom, self._parameterNode)
+        if notes is not None:
+            self.setInputStatus("Inputs OK." + "".join(f"\n{note}" for note in notes))
+        return notes is not None
 
-    # ---- models
-
-    def refreshModelList(self, select: Path | None = None) -> None:
-        combo = self.ui.modelComboBox
+    def refreshModelList(self, select=None) -> None:
+        combo, current = self.ui.modelComboBox, str(select or (self._parameterNode and self._parameterNode.modelPath))
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        for info in self.logic.installedModels():
+        for info in self.logic.models():
             combo.addItem(info["title"], info)
+            combo.setCurrentIndex(combo.count - 1 if info["path"] == current else combo.currentIndex)
         combo.blockSignals(wasBlocked)
-        current = select or (Path(self._parameterNode.modelPath) if self._parameterNode and
-                             self._parameterNode.modelPath else None)
-        for index in range(combo.count):
-            if current and Path(combo.itemData(index)["path"]) == current:
-                combo.setCurrentIndex(index)
         self.ui.downloadModelButton.enabled = any(e.get("url") for e in self.logic.registry()["models"])
         self.onModelSelected()
 
     def onModelSelected(self, *_) -> None:
         info = self.ui.modelComboBox.currentData
-        if not info:
-            self.ui.modelInfoLabel.text = (
-                "No model installed. No pretrained clinical BreastCMSL model exists: import a model file, "
-                "or build the synthetic demo model (trained on phantoms, not for diagnosis).")
-            if self._parameterNode:
-                self._parameterNode.modelPath = ""
-        else:
-            self.ui.modelInfoLabel.text = info["details"]
-            if self._parameterNode:
-                self._parameterNode.modelPath = info["path"]
-        self.updateSeriesSelectors()
-        self.updateButtons()
+        self.ui.modelInfoLabel.text = info["details"] if info else NO_MODEL
+        if self._parameterNode:
+            self._parameterNode.modelPath = info["path"] if info else ""
+            self.updateSeriesSelectors()
 
     def onImportModel(self) -> None:
         path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Import BreastCMSL model", "",
                                               "BreastCMSL model (*.safetensors)")
-        if not path or not self.ensureDependencies():
-            return
-        try:
-            target = self.logic.importModel(path)
-        except InputError as err:
-            slicer.util.errorDisplay(f"Not imported: {err}")
-            return
-        self.refreshModelList(select=target)
+        if path and self.logic.ensureDependencies():
+            self.refreshModelList(select=self.attempt(self.logic.import_model, path))
 
-    def onDownloadModels(self) -> None:
-        if not self.ensureDependencies():
-            return
-        for entry in self.logic.registry()["models"]:
-            if entry.get("url"):
-                try:
-                    with slicer.util.tryWithErrorDisplay(f"Download of {entry['title']} failed"):
-                        self.refreshModelList(select=self.logic.downloadModel(entry))
-                except Exception:  # already shown to the user by tryWithErrorDisplay
-                    logging.exception("model download failed")
+    def onDownloadModel(self) -> None:
+        for entry in [e for e in self.logic.registry()["models"] if e.get("url")]:
+            self.refreshModelList(select=self.attempt(self.logic.download_model, entry))
 
     def onBuildDemoModel(self) -> None:
-        if self.job or not self.ensureDependencies():
-            return
-        entry = next(e for e in self.logic.registry()["models"] if e["source"] == "build")
-        if importlib.util.find_spec("Training") is None:
-            slicer.util.infoDisplay(
-                "Building the synthetic demo model needs the BreastCMSL Training package, which is not in "
-                "Slicer's Python. Run `breastcmsl-train demo --out DEMO_DIR` in the project's environment and "
-                "import the model file it exports (Import model file...).")
-            return
-        if not slicer.util.confirmOkCancelDisplay(
-                "Train the synthetic demo model now? It trains on synthetic phantoms only (several minutes on a "
-                "CPU) and is NOT for diagnosis."):
-            return
-        work = Path(tempfile.mkdtemp(prefix="BreastCMSL-demo-", dir=slicer.app.temporaryPath))
-        command = [self.logic.pythonExecutable(), *entry["command"], "--out", str(work / "demo")]
-        self.startJob(command, work, self.onDemoFinished, "Building the synthetic demo model")
+        question = self.attempt(self.logic.demoQuestion)
+        if question and not self.job and slicer.util.confirmOkCancelDisplay(question):
+            self.setJob(self.logic.build_demo_model(self.logic.demoEntry()["command"], self.logic.demoFolder()))
 
-    def onDemoFinished(self, returnCode: int, work: Path) -> None:
-        if returnCode != 0:
-            slicer.util.errorDisplay("Building the demo model failed; see the log.")
-            return
-        try:
-            target = self.logic.importDemoModel(work / "demo")
-        except InputError as err:
-            slicer.util.errorDisplay(str(err))
-            return
-        self.refreshModelList(select=target)
+    def onOpenCache(self) -> None:
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(self.logic.model_dir)))
 
-    def onOpenModelFolder(self) -> None:
-        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(self.logic.modelFolder())))
-
-    def onClearModelFolder(self) -> None:
-        if slicer.util.confirmOkCancelDisplay(f"Delete every model file in {self.logic.modelFolder()}?"):
-            self.logic.clearModelFolder()
+    def onClearCache(self) -> None:
+        if slicer.util.confirmOkCancelDisplay(f"Delete every model file in {self.logic.model_dir}?"):
+            self.logic.clear_models()
             self.refreshModelList()
-
-    # ---- dependencies
-
-    def ensureDependencies(self) -> bool:
-        """PyTorch through the PyTorch extension, the other packages through pip; both ask first."""
-        if importlib.util.find_spec("torch") is None:
-            try:
-                import PyTorchUtils
-            except ModuleNotFoundError:
-                slicer.util.errorDisplay("BreastCMSL needs the PyTorch extension: install it from the "
-                                         "Extensions Manager and restart Slicer.")
-                return False
-            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True,
-                                                                  torchVersionRequirement=TORCH_REQUIREMENT)
-            if torch is None:
-                return False
-        missing = [req for name, req in PYTHON_REQUIREMENTS.items() if importlib.util.find_spec(name) is None]
-        if not missing:
-            return True
-        if hasattr(slicer, "packaging"):
-            slicer.packaging.pip_ensure(missing, requester="BreastCMSL")
-        elif slicer.util.confirmOkCancelDisplay(f"BreastCMSL needs these Python packages: {', '.join(missing)}. "
-                                                "Install them now?"):
-            slicer.util.pip_install(" ".join(missing))
-        return all(importlib.util.find_spec(name) is not None for name in PYTHON_REQUIREMENTS)
-
-    # ---- analyze in the background
 
     def updateButtons(self, *_) -> None:
         p = self._parameterNode
-        if self.job:
-            self.ui.analyzeButton.text = "Cancel"
-            self.ui.analyzeButton.enabled = True
-            return
-        self.ui.analyzeButton.text = "Analyze"
-        ready = bool(p and p.modelPath and p.t1Volume and (
-            p.phaseSequence if p.inputMode == "sequence" else all(s.currentNode() for s in self.seriesSelectors)))
-        self.ui.analyzeButton.enabled = ready
-        self.ui.analyzeButton.toolTip = ("Run the model in a background process." if ready else
-                                         "Select a model, the T1 and every DCE input first.")
-        hasResult = bool(p and p.resultJson)
+        self.ui.analyzeButton.text = "Cancel" if self.job else "Analyze"
+        ready = bool(p and p.modelPath and (p.phaseSequence if p.inputMode == "sequence" else
+                                            all(s.currentNode() for s in self.seriesSelectors)))
+        self.ui.analyzeButton.enabled = bool(self.job) or ready
         for button in (self.ui.compareButton, self.ui.jumpToPeakButton, self.ui.evaluateButton):
-            button.enabled = hasResult
-        self.ui.exportCsvButton.enabled = bool(p and p.evaluationTable)
+            button.enabled = self.logic.result is not None
+        self.ui.exportCsvButton.enabled = self.logic.evaluation_table is not None
 
-    def log(self, text: str) -> None:
-        for path, name in self.fileNames.items():
-            text = text.replace(path, name)
-        self.ui.logTextEdit.appendPlainText(text.rstrip("\n"))
-
-    def startJob(self, command, work: Path, onFinished, title: str) -> None:
-        env = slicer.util.startupEnvironment()
-        env["PYTHONPATH"] = str(libraryRoot()) + (f"{os.pathsep}{env['PYTHONPATH']}" if env.get("PYTHONPATH") else "")
-        process = background.BackgroundCommand(command, work / "job.log", env=env)
-        process.start()
-        self.job = (process, work, onFinished, time.monotonic())
-        self.ui.logTextEdit.clear()
-        self.log(f"{title}...")
-        self.ui.progressBar.visible = True
-        self.ui.progressBar.setRange(0, 0)  # busy until the command reports a first "progress" line
-        self.ui.progressBar.format = "%p%"
-        self.pollTimer.start()
+    def setJob(self, job) -> None:
+        """Poll ``job`` (an AnalysisJob or DemoBuild) from the timer, or stop polling (None)."""
+        self.job = job
+        self.ui.progressBar.visible = job is not None
+        self.pollTimer.start() if job else self.pollTimer.stop()
         self.updateButtons()
 
     def onPollJob(self) -> None:
-        process, work, onFinished, started = self.job
-        returnCode = process.poll()  # before reading, so that a finished command's last line is read too
-        text, progress = background.split_progress(process.read_output())
-        if text:
-            self.log(text)
-        if progress:
-            fraction, stage = progress
-            self.ui.progressBar.setRange(0, 100)
-            self.ui.progressBar.setValue(round(100 * fraction))
-            self.ui.progressBar.format = f"{stage} %p%"
-        if returnCode is None:
-            return
-        self.log(f"Finished in {time.monotonic() - started:.1f} s (exit code {returnCode}).")
-        self.finishJob()
+        """Show the job's stage; once it has finished, its result (an analysis, or the demo model built)."""
+        fraction, stage = self.job.progress
+        self.ui.progressBar.setRange(0, 100 if fraction else 0)  # busy until the first stage
+        self.ui.progressBar.setValue(round(100 * fraction))
+        self.ui.progressBar.format = f"{stage} %p%"
         try:
-            onFinished(returnCode, work)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-    def finishJob(self) -> None:
-        self.pollTimer.stop()
-        self.job = None
-        self.ui.progressBar.setRange(0, 100)
-        self.ui.progressBar.setValue(100)
-        self.ui.progressBar.visible = False
-        self.updateButtons()
+            result = self.job.poll()
+        except InputError as err:
+            self.setJob(None)
+            return self.setInputStatus(str(err), error=True)
+        if result is not None:
+            self.setJob(None)
+            self.showResult() if isinstance(result, dict) else self.refreshModelList(select=result)
 
     def cancelJob(self) -> None:
-        """Kill the background process tree; nothing was added to the scene yet, so it stays as it was."""
-        if not self.job:
-            return
-        process, work, _, _ = self.job
-        process.cancel()
-        self.finishJob()
-        shutil.rmtree(work, ignore_errors=True)
-        self.log("Cancelled; the scene is unchanged.")
+        if self.job:
+            self.job.cancel()
+            self.setJob(None)
+            self.ui.logTextEdit.appendPlainText("Cancelled; the scene is unchanged.")
 
-    def onAnalyzeButton(self) -> None:
+    def onAnalyze(self) -> None:
+        p = self._parameterNode
         if self.job:
             self.cancelJob()
-            return
-        if not self.onCheckInputs():
-            return
-        p = self._parameterNode
-        t1, series, kind = self.logic.inputNodes(p)
-        work = Path(tempfile.mkdtemp(prefix="BreastCMSL-", dir=slicer.app.temporaryPath))
-        t1Path, seriesPaths = mrml.export_input_nodes(t1, series, work / "inputs")
-        self.fileNames = {str(path): node.GetName() for path, node in zip([t1Path, *seriesPaths], [t1, *series])}
-        command = background.analyze_command(self.logic.pythonExecutable(), t1Path, seriesPaths, kind,
-                                             p.modelPath, work / "out", p.device, p.labelFraction)
-        self.pendingReference = series[1] if kind == "phases" else series[0]
-        self.startJob(command, work, self.onAnalyzeFinished, "Analyzing")
-
-    def onAnalyzeFinished(self, returnCode: int, work: Path) -> None:
-        if returnCode != 0:
-            prefix = "breastcmsl analyze: error: "  # the CLI's one-line message for a user mistake (exit 2)
-            errors = [line for line in self.ui.logTextEdit.toPlainText().splitlines() if line.startswith(prefix)]
-            self.setInputStatus(errors[-1][len(prefix):] if errors else
-                                f"Analyze failed (exit code {returnCode}); see the log.", error=True)
-            return
-        p = self._parameterNode
-        reference = self.pendingReference
-        try:
-            result = mrml.load_result_folder(slicer.mrmlScene, work / "out", reference.GetName())
-        except InputError as err:
-            self.setInputStatus(str(err), error=True)
-            return
-        p.referenceVolume = self.displayedReference(reference)
-        p.resultJson = json.dumps(result)
-        self.showResult()
-
-    # ---- results
-
-    def displayedReference(self, reference):
-        """The node to show the maps over: the reference itself, or for a Sequence its browser's proxy node
-        (the frames live in the Sequence, not in the scene)."""
-        p = self._parameterNode
-        if p.inputMode != "sequence":
-            return reference
-        for browser in slicer.util.getNodesByClass("vtkMRMLSequenceBrowserNode"):
-            if browser.IsSynchronizedSequenceNode(p.phaseSequence, True):
-                return browser.GetProxyNode(p.phaseSequence)
-        return None
-
-    def result(self) -> dict | None:
-        p = self._parameterNode
-        return json.loads(p.resultJson) if p and p.resultJson else None
+        elif self.onCheckInputs():
+            self.setJob(self.logic.analyze(p.modelPath, p.device, p.labelFraction))
 
     def showResult(self) -> None:
-        result = self.result()
-        if not result:
-            self.ui.probabilityLabel.text = self.ui.predictionLabel.text = self.ui.resultModelLabel.text = "-"
-            self.ui.disclaimerLabel.text = ""
-            return
-        model = result["model"]
-        self.ui.probabilityLabel.text = f"{result['probability']:.3f} (cos θ = {result['cos_theta']:.3f})"
-        self.ui.predictionLabel.text = result["prediction"]
-        self.ui.resultModelLabel.text = (f"{model.get('name')} {model.get('version') or ''} "
-                                         f"(sha256 {str(model.get('sha256'))[:12]}…)")
-        self.ui.disclaimerLabel.text = BreastCMSLLogic.disclaimer(model)
+        text = result_text(self.logic.result)
+        for label, key in ((self.ui.probabilityLabel, "probability"), (self.ui.predictionLabel, "prediction"),
+                           (self.ui.resultModelLabel, "model"), (self.ui.disclaimerLabel, "disclaimer")):
+            label.text = text[key]
         self.updateOverlay()
         self.updateButtons()
 
-    def shownMaps(self, cam: bool):
-        ids = self.result()["node_ids"]
-        which = "cam" if cam else "coam"
-        return slicer.mrmlScene.GetNodeByID(ids[f"{which}_volume"]), slicer.mrmlScene.GetNodeByID(ids[f"{which}_label"])
+    def which(self) -> str:
+        return "cam" if self._parameterNode.showCam else "coam"
 
     def updateOverlay(self, *_) -> None:
         p = self._parameterNode
-        if not self.result() or not p:
-            return
-        heat, label = self.shownMaps(p.showCam)
-        slicer.util.setSliceViewerLayers(background=p.referenceVolume, foreground=heat, label=label,
-                                         foregroundOpacity=p.heatOpacity)
-        for sliceNode in slicer.util.getNodesByClass("vtkMRMLSliceNode"):
-            sliceNode.SetUseLabelOutline(p.showOutline)
-
-    def peakRas(self) -> list:
-        return self.result()["cam_peak_ras" if self._parameterNode.showCam else "coam_peak_ras"]
+        if p and self.logic.result:
+            self.logic.show(self.logic.sliceNodes(), self.which(), p.heatOpacity, p.showOutline)
 
     def onJumpToPeak(self) -> None:
-        layoutManager = slicer.app.layoutManager()
-        for name in layoutManager.sliceViewNames():
-            layoutManager.sliceWidget(name).mrmlSliceNode().JumpSliceByCentering(*self.peakRas())
+        self.logic.jump_to_peak(self.logic.sliceNodes(), self.which())
 
     def onCompare(self) -> None:
-        """Side-by-side axial views, CAM left and COAM right, each centred on its own map's peak and kept in
-        step by copying the slice geometry shifted by the difference of the peaks (composite-node linking
-        would copy the volumes and centre both views on one point)."""
-        p = self._parameterNode
-        result = self.result()
-        layoutManager = slicer.app.layoutManager()
-        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
-        self.compareNodes = []
-        for viewName, cam in (("Red", True), ("Yellow", False)):
-            heat, label = self.shownMaps(cam)
-            peak = result["cam_peak_ras" if cam else "coam_peak_ras"]
-            widget = layoutManager.sliceWidget(viewName)
-            composite = widget.mrmlSliceCompositeNode()
-            composite.SetLinkedControl(False)
-            composite.SetBackgroundVolumeID(p.referenceVolume.GetID())
-            composite.SetForegroundVolumeID(heat.GetID())
-            composite.SetForegroundOpacity(p.heatOpacity)
-            composite.SetLabelVolumeID(label.GetID())
-            sliceNode = widget.mrmlSliceNode()
-            sliceNode.SetOrientation("Axial")
-            sliceNode.SetUseLabelOutline(p.showOutline)
-            sliceNode.JumpSliceByCentering(*peak)
-            self.compareNodes.append((sliceNode, peak))
-            if not self.hasObserver(sliceNode, vtk.vtkCommand.ModifiedEvent, self.onCompareSliceModified):
-                self.addObserver(sliceNode, vtk.vtkCommand.ModifiedEvent, self.onCompareSliceModified)
-
-    def onCompareSliceModified(self, caller, event) -> None:
-        """Move the other compare view with ``caller``, offset by (its peak - caller's peak) in RAS mm."""
-        peaks = [peak for node, peak in self.compareNodes if node is caller]
-        if self.compareSync or not peaks:
-            return
-        self.compareSync = True
-        try:
-            for other, peak in self.compareNodes:
-                if other is not caller:
-                    mrml.follow_slice(caller, other, [a - b for a, b in zip(peak, peaks[0])])
-        finally:
-            self.compareSync = False
-
-    # ---- annotation and evaluation
+        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)  # CAM | COAM
+        self.logic.compare(*self.logic.sliceNodes(["Red", "Yellow"]), self._parameterNode.heatOpacity,
+                           self._parameterNode.showOutline)
 
     def onPlaceCentre(self) -> None:
-        p = self._parameterNode
-        if not p.lesionCentre:
-            p.lesionCentre = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Lesion centre")
-            p.lesionCentre.CreateDefaultDisplayNodes()
-        centre = p.lesionCentre
-        centre.RemoveAllControlPoints()
-        centre.SetMaximumNumberOfControlPoints(1)
-        selectionNode = slicer.app.applicationLogic().GetSelectionNode()
-        selectionNode.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
-        selectionNode.SetActivePlaceNodeID(centre.GetID())
-        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
-        interactionNode.SetPlaceModePersistence(0)
-        interactionNode.SetCurrentInteractionMode(interactionNode.Place)
+        self.ui.centreSelector.setCurrentNode(self.logic.placeCentre())
 
     def onEvaluate(self) -> None:
-        p = self._parameterNode
-        try:
-            evaluation = mrml.centre_distances(slicer.mrmlScene, self.result(), p.lesionCentre, p.evaluationTable)
-        except InputError as err:
-            slicer.util.errorDisplay(str(err))
-            return
-        p.evaluationTable = slicer.mrmlScene.GetNodeByID(evaluation["table_id"])
-        self.ui.evaluationTableView.setMRMLTableNode(p.evaluationTable)
-        s, row = evaluation["summary"], evaluation["row"]
-        self.ui.summaryLabel.text = (
-            f"This case: COAM {row['COAM mm']:.1f} mm, CAM {row['CAM mm']:.1f} mm.  Over {s['n']} case(s): "
-            f"COAM {s['coam_mean_mm']:.1f} ± {s['coam_std_mm']:.1f} mm, CAM {s['cam_mean_mm']:.1f} ± "
-            f"{s['cam_std_mm']:.1f} mm (mean ± std).")
-        self.updateButtons()
+        evaluation = self.attempt(self.logic.evaluate)
+        if evaluation is not None:
+            self.ui.tableSelector.setCurrentNode(self.logic.evaluation_table)
+            self.ui.evaluationTableView.setMRMLTableNode(self.logic.evaluation_table)
+            self.ui.summaryLabel.text = evaluation_text(evaluation)
+            self.updateButtons()
 
     def onExportCsv(self) -> None:
         path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Export evaluation table",
                                               "breastcmsl_evaluation.csv", "CSV (*.csv)")
-        if not path:
-            return
-        try:
-            mrml.save_table_csv(self._parameterNode.evaluationTable, path)
-        except InputError as err:
-            slicer.util.errorDisplay(f"Not exported: {err}")
+        if path:
+            self.attempt(self.logic.save_table_csv, path)
 
 
 #
@@ -678,131 +386,115 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class BreastCMSLLogic(ScriptedLoadableModuleLogic):
-    """Thin adapter over BreastCMSLLib: inputs from the parameter node, the model folder and registry."""
+class BreastCMSLLogic(ScriptedLoadableModuleLogic, Session):
+    """The session (BreastCMSLLib.session) on Slicer's scene, plus what only Slicer has: its model folder, its
+    Python launcher, its views, DICOM database and package installers."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        folder = Path(slicer.app.cachePath) / "BreastCMSL" / "models"
+        folder.mkdir(parents=True, exist_ok=True)
+        python = shutil.which("PythonSlicer") or sys.executable
+        Session.__init__(self, slicer.mrmlScene, model_dir=folder, python=python,
+                         env=slicer.util.startupEnvironment(), temp_dir=slicer.app.temporaryPath)
+
+    @staticmethod
+    def channelCount(model: dict | None) -> int:
+        return int(model["in_channels"]) if model else DEFAULT_CHANNELS
 
     def getParameterNode(self):
         return BreastCMSLParameterNode(super().getParameterNode())
-
-    @staticmethod
-    def pythonExecutable() -> str:
-        return shutil.which("PythonSlicer") or sys.executable
-
-    @staticmethod
-    def modelFolder() -> Path:
-        folder = Path(slicer.app.cachePath) / "BreastCMSL" / "models"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
 
     @staticmethod
     def registry() -> dict:
         """Resources/Models.json: the model registry (name, version, source, url, sha256, ...)."""
         return json.loads((Path(__file__).resolve().parent / "Resources" / "Models.json").read_text())
 
-    @staticmethod
-    def disclaimer(model: dict) -> str:
-        if model.get("untrained"):
-            return "Untrained model (random weights): the output means nothing. Not for diagnosis."
-        if model.get("synthetic"):
-            return "Synthetic demo model, trained on phantoms only. Not for diagnosis."
-        return "Research software. Not for diagnosis."
-
-    def installedModels(self) -> list:
-        """Model files in the model folder with what their metadata says (needs PyTorch to read)."""
-        models = []
-        for path in sorted(self.modelFolder().glob("*.safetensors")):
-            try:
-                from BreastCMSLLib.modelfile import file_sha256, model_name, read_model_metadata
-
-                cfg, provenance = read_model_metadata(path)
-            except ImportError:
-                models.append({"path": str(path), "title": path.name, "in_channels": DEFAULT_CHANNELS,
-                               "details": f"{path.name} (install PyTorch to read its details)"})
-                continue
-            except InputError as err:
-                logging.warning(str(err))
-                continue
-            sha = file_sha256(path)
-            name = model_name(path, provenance)
-            flags = [flag for flag in ("untrained", "synthetic") if provenance.get(flag)]
-            models.append({
-                "path": str(path), "in_channels": cfg.in_channels,
-                "title": " ".join(filter(None, [name, provenance.get("version"), ", ".join(flags)])),
-                "details": (f"{name}: {cfg.loss.upper()}, {cfg.in_channels} channels, input "
-                            f"{' x '.join(map(str, cfg.preprocess.input_size))}, width x{cfg.width_factor}\n"
-                            f"sha256 {sha}\n{self.disclaimer(provenance)}"),
-            })
-        return models
-
-    def importModel(self, path) -> Path:
-        """Check that ``path`` is a BreastCMSL model (never unpickled) and copy it into the model folder."""
-        from BreastCMSLLib.modelfile import file_sha256, read_model_metadata
-
-        read_model_metadata(path)
-        sha = file_sha256(path)
-        target = self.modelFolder() / f"{Path(path).stem}-{sha[:12]}.safetensors"
-        shutil.copyfile(path, target)
-        return target
-
-    def importDemoModel(self, demoDir: Path) -> Path:
-        from BreastCMSLLib.modelfile import read_model_metadata
-
-        exported = [(path, read_model_metadata(path)[1]) for path in sorted(demoDir.rglob("*.safetensors"))]
-        trained = [(path, provenance) for path, provenance in exported if not provenance.get("untrained")]
-        if not trained:
-            raise InputError(demoDir, "the demo run exported no trained model file")
-        trained.sort(key=lambda item: (not item[1].get("synthetic"), item[1].get("method") != "cmsl"))
-        return self.importModel(trained[0][0])
-
-    def downloadModel(self, entry: dict) -> Path:
-        """Download a registry entry; refuse (and delete) a file whose sha256 differs from the registry's."""
-        from BreastCMSLLib.modelfile import file_sha256, read_model_metadata
-
-        partial = self.modelFolder() / f".{entry['id']}.download"
-        urllib.request.urlretrieve(entry["url"], partial)
-        sha = file_sha256(partial)
-        if sha != entry["sha256"]:
-            partial.unlink()
-            raise InputError(entry["url"], f"sha256 {sha} differs from the registry's {entry['sha256']}")
-        try:
-            read_model_metadata(partial)
-        except InputError:
-            partial.unlink()
-            raise
-        return partial.replace(partial.with_name(f"{entry['id']}-{entry['version']}.safetensors"))
+    def demoEntry(self) -> dict:
+        return next(e for e in self.registry()["models"] if e["source"] == "build")
 
     @staticmethod
-    def clearModelFolder() -> None:
-        for path in BreastCMSLLogic.modelFolder().glob("*.safetensors"):
-            path.unlink()
+    def demoQuestion() -> str:
+        if importlib.util.find_spec("Training") is None:
+            raise InputError("Training", "building the synthetic demo model needs the BreastCMSL Training package, "
+                             "which is not in Slicer's Python: run `breastcmsl-train demo --out DEMO_DIR` in the "
+                             "project's environment and import the model file it exports")
+        return ("Train the synthetic demo model now? It trains on synthetic phantoms only (several minutes on a CPU) "
+                "and is NOT for diagnosis.")
+
+    @staticmethod
+    def dicomFiles(node) -> list:
+        """The DICOM files a volume was loaded from (Slicer keeps their instance UIDs on the node)."""
+        uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
+        return [slicer.dicomDatabase.fileForInstance(uid) for uid in uids] if uids and slicer.dicomDatabase else []
 
     @staticmethod
     def rolePatterns(p):
-        """The DICOM role rules' patterns with the user's edits (empty fields keep the defaults), checked like
-        PATTERNS.json; an invalid regular expression is an InputError naming the field."""
+        """The role rules' patterns with the user's edits (empty fields keep the defaults); an invalid regular
+        expression is an InputError naming the field."""
         from BreastCMSLLib.roles import RolePatterns
 
         edits = {"t1": p.t1Pattern, "pre": p.prePattern, "post": p.postPattern, "subtraction": p.subPattern}
         return RolePatterns.from_overrides({k: v for k, v in edits.items() if v}, "Name patterns")
 
+    def autoAssign(self, p, model: dict | None) -> list:
+        """Role assignment over the visible volumes (DICOM headers where they came from DICOM, else names),
+        written back to the panel's selectors; returns notes on what could not be assigned."""
+        volumes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                   if not n.IsA("vtkMRMLLabelMapVolumeNode") and not n.GetHideFromEditors()]
+        notes = self.auto_assign(volumes, [self.dicomFiles(n) for n in volumes], self.channelCount(model),
+                                 "subtractions" if p.inputMode == "subtractions" else "phases", self.rolePatterns(p))
+        p.t1Volume, p.seriesVolumes, p.inputMode = self.inputs()
+        return notes
+
+    def checkInputsFrom(self, p) -> list:
+        """Check inputs: the panel's selectors become the session's inputs, then :meth:`check_inputs`."""
+        self.setInputsFrom(p)
+        return self.check_inputs(p.modelPath or None)
+
     @staticmethod
-    def inputNodes(p):
-        """(t1 node, series nodes, kind) from the parameter node; a Sequence gives pre + posts."""
+    def demoFolder() -> str:
+        return tempfile.mkdtemp(prefix="BreastCMSL-demo-", dir=slicer.app.temporaryPath)
+
+    def setInputsFrom(self, p) -> None:
+        """The session's inputs from the panel's selectors (the T1 may be empty)."""
         if p.inputMode == "sequence":
             if not p.phaseSequence:
                 raise InputError("Dynamic sequence", "no volume Sequence selected")
-            return p.t1Volume, mrml.sequence_volume_nodes(p.phaseSequence, p.preFrameIndex), "phases"
-        return p.t1Volume, list(p.seriesVolumes), p.inputMode
+            self.set_inputs_from_sequence(p.t1Volume, p.phaseSequence, p.preFrameIndex)
+        else:
+            self.set_inputs(p.t1Volume, **{p.inputMode: list(p.seriesVolumes)})
 
-    def checkInputs(self, p) -> list:
-        t1, series, kind = self.inputNodes(p)
-        return mrml.check_inputs(t1, series, kind, p.modelPath or None)
+    def placeCentre(self):
+        """Start placing the lesion centre (one point, replacing an earlier one) with the mouse."""
+        centre = self.centre_node()
+        centre.RemoveAllControlPoints()
+        slicer.modules.markups.logic().SetActiveList(centre)
+        slicer.modules.markups.logic().StartPlaceMode(False)
+        return centre
 
-    def analyze(self, p, scene=None) -> dict:
-        """Analyze in-process (scripting, self-test); the GUI runs the same Lib in a background process."""
-        t1, series, kind = self.inputNodes(p)
-        return mrml.analyze_nodes(scene or slicer.mrmlScene, t1, series, p.modelPath, kind, p.device,
-                                  p.labelFraction)
+    @staticmethod
+    def sliceNodes(names=None) -> list:
+        layoutManager = slicer.app.layoutManager()
+        return [layoutManager.sliceWidget(name).mrmlSliceNode() for name in names or layoutManager.sliceViewNames()]
+
+    @staticmethod
+    def ensureDependencies() -> bool:
+        """PyTorch through the PyTorch extension, the other packages through pip; both ask first."""
+        if importlib.util.find_spec("torch") is None:
+            try:
+                import PyTorchUtils
+            except ModuleNotFoundError:
+                slicer.util.errorDisplay("BreastCMSL needs the PyTorch extension: install it from the Extensions "
+                                         "Manager and restart Slicer.")
+                return False
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True,
+                                                             torchVersionRequirement=TORCH_REQUIREMENT) is None:
+                return False
+        missing = [req for name, req in PYTHON_REQUIREMENTS.items() if importlib.util.find_spec(name) is None]
+        if missing:
+            slicer.packaging.pip_ensure(missing, requester="BreastCMSL")
+        return all(importlib.util.find_spec(name) is not None for name in PYTHON_REQUIREMENTS)
 
 
 #
@@ -811,19 +503,19 @@ class BreastCMSLLogic(ScriptedLoadableModuleLogic):
 
 
 class BreastCMSLTest(ScriptedLoadableModuleTest):
-    """Self-test: Analyze a phantom case with an untrained small model, in-process and in the background."""
+    """Self-test: the calls the panel's buttons make, on a phantom case with an untrained small model."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_AnalyzePhantom()
+        self.test_AnalyzeEvaluateCompare()
         self.setUp()
         self.test_CancelLeavesSceneUnchanged()
 
     def makeCase(self):
-        """A small phantom case loaded as volume nodes, and an untrained small model."""
+        """A small phantom case loaded as volume nodes (the panel's inputs) and an untrained small model."""
         from BreastCMSLLib.cli import main as cli
 
         self.work = Path(tempfile.mkdtemp(prefix="BreastCMSLTest-", dir=slicer.app.temporaryPath))
@@ -832,79 +524,60 @@ class BreastCMSLTest(ScriptedLoadableModuleTest):
                               "--spacing", "3.5", "3.5", "3.5"]), 0)
         self.assertEqual(cli(["init-model", "--out", str(model), "--input-size", "64", "48", "32",
                               "--width-factor", "0.125"]), 0)
-        load = lambda name: slicer.util.loadVolume(str(case / f"{name}.nrrd"))  # noqa: E731
-        t1 = load("t1")
-        series = [load("pre"), *[load(f"post_{k}") for k in range(1, 7)]]
-        return t1, series, model
-
-    def test_AnalyzePhantom(self):
-        self.delayDisplay("Analyze a phantom case in-process and in a background process")
-        import numpy as np
-
-        t1, series, model = self.makeCase()
         logic = BreastCMSLLogic()
         p = logic.getParameterNode()
-        p.inputMode, p.t1Volume, p.seriesVolumes, p.modelPath, p.device = "phases", t1, series, str(model), "cpu"
-        before = slicer.mrmlScene.GetNumberOfNodes()
-        result = logic.analyze(p)
+        p.inputMode, p.modelPath, p.device = "phases", str(model), "cpu"
+        p.t1Volume = slicer.util.loadVolume(str(case / "t1.nrrd"))
+        p.seriesVolumes = [slicer.util.loadVolume(str(case / f"{name}.nrrd"))
+                           for name in ["pre", *(f"post_{k}" for k in range(1, 7))]]
+        return logic, p
+
+    def test_AnalyzeEvaluateCompare(self):
+        self.delayDisplay("Analyze (Check inputs, Analyze), show, compare, place a centre, evaluate, export")
+        logic, p = self.makeCase()
+        logic.setInputsFrom(p)
+        self.assertEqual(logic.check_inputs(p.modelPath), [])
+        result = logic.analyze(p.modelPath, p.device, p.labelFraction).wait(600)
         self.assertTrue(0.0 <= result["probability"] <= 1.0)
-        reference = series[1]
         expected = vtk.vtkMatrix4x4()
-        reference.GetIJKToRASMatrix(expected)
+        p.seriesVolumes[1].GetIJKToRASMatrix(expected)
         for key in ("coam_volume", "cam_volume", "coam_label", "cam_label"):
-            node = slicer.mrmlScene.GetNodeByID(result["node_ids"][key])
-            self.assertEqual(node.IsA("vtkMRMLLabelMapVolumeNode"), key.endswith("label"))
             actual = vtk.vtkMatrix4x4()
-            node.GetIJKToRASMatrix(actual)
+            slicer.mrmlScene.GetNodeByID(result["node_ids"][key]).GetIJKToRASMatrix(actual)
             for r in range(4):
                 for c in range(4):
                     self.assertAlmostEqual(actual.GetElement(r, c), expected.GetElement(r, c), places=6)
-            values = slicer.util.arrayFromVolume(node)
-            if key.endswith("label"):
-                self.assertEqual(set(np.unique(values).tolist()), {0, 1})
-            else:
-                self.assertAlmostEqual(float(values.max()), 1.0, places=5)
-        self.assertGreater(slicer.mrmlScene.GetNumberOfNodes(), before)
-
-        out = self.work / "out"
-        t1Path, seriesPaths = mrml.export_input_nodes(t1, series, self.work / "inputs")
-        command = background.analyze_command(logic.pythonExecutable(), t1Path, seriesPaths, "phases", model, out,
-                                             "cpu")
-        env = slicer.util.startupEnvironment()
-        env["PYTHONPATH"] = str(libraryRoot())
-        process = background.BackgroundCommand(command, self.work / "job.log", env=env)
-        process.start()
-        self.assertEqual(process.wait(600), 0, process.read_output())
-        loaded = mrml.load_result_folder(slicer.mrmlScene, out, "background")
-        self.assertAlmostEqual(loaded["probability"], result["probability"], places=4)
-        for key in ("coam_peak_ras", "cam_peak_ras"):
-            for a, b in zip(loaded[key], result[key]):
-                self.assertAlmostEqual(a, b, places=3)
+        logic.show(logic.sliceNodes(), "coam", p.heatOpacity, p.showOutline)
+        logic.compare(*logic.sliceNodes(["Red", "Yellow"]))
+        logic.jump_to_peak(logic.sliceNodes(), "cam")
+        logic.set_lesion_centre(result["coam_peak_ras"])
+        evaluation = logic.evaluate()
+        self.assertAlmostEqual(evaluation["row"]["COAM mm"], 0.0, places=6)
+        logic.save_table_csv(self.work / "evaluation.csv")
+        self.assertTrue((self.work / "evaluation.csv").is_file())
+        again = logic.analyze(p.modelPath, p.device, p.labelFraction)
+        self.assertEqual(again.worker_pid, logic.job.worker_pid)
+        self.assertAlmostEqual(again.wait(600)["probability"], result["probability"], places=6)
+        logic.close()
         self.delayDisplay("Test passed")
 
+    @unittest.skipIf(sys.platform == "win32", "checks the POSIX process group")
     def test_CancelLeavesSceneUnchanged(self):
         self.delayDisplay("Cancel a background Analyze while it computes")
-        t1, series, model = self.makeCase()
+        import os
+        import time
+
+        logic, p = self.makeCase()
+        logic.setInputsFrom(p)
         before = slicer.mrmlScene.GetNumberOfNodes()
-        t1Path, seriesPaths = mrml.export_input_nodes(t1, series, self.work / "inputs")
-        command = background.analyze_command(BreastCMSLLogic.pythonExecutable(), t1Path, seriesPaths, "phases",
-                                             model, self.work / "out", "cpu")
-        env = slicer.util.startupEnvironment()
-        env["PYTHONPATH"] = str(libraryRoot())
-        process = background.BackgroundCommand(command, self.work / "job.log", env=env)
-        process.start()
-        stage, deadline = None, time.monotonic() + 300
-        while stage not in ("preprocess", "inference"):  # past the imports and the reading of the model
-            self.assertIsNone(process.poll(), process.read_output())
-            self.assertLess(time.monotonic(), deadline)
+        job = logic.analyze(p.modelPath, p.device)
+        while job.progress[1] == "queued":
+            self.assertFalse(job.done)
             time.sleep(0.01)
-            progress = background.split_progress(process.read_output())[1]
-            stage = progress[1] if progress else stage
-        process.cancel()
-        self.assertIsNotNone(process.poll())
-        if sys.platform != "win32":
-            with self.assertRaises(ProcessLookupError):  # the whole process group is gone
-                os.killpg(process.process.pid, 0)
-        self.assertEqual(sorted(p.name for p in self.work.iterdir() if p.name.startswith((".out", "out"))), [])
+        job.cancel()
+        with self.assertRaises(ProcessLookupError):  # the whole process group is gone
+            os.killpg(job.worker_pid, 0)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        self.assertIsNone(logic.result)
+        logic.close()
         self.delayDisplay("Test passed")

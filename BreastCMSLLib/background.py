@@ -3,15 +3,12 @@
 The session starts the warm worker (:mod:`.worker`) with :func:`start_group` and cancels it with
 :func:`kill_group`, which ends the whole process tree (the Python launcher of Slicer starts a child
 interpreter). :class:`BackgroundCommand` runs a one-off command logging to a file (building the demo model).
-``breastcmsl analyze --progress`` reports its stages as ``progress <fraction> <stage>`` lines
-(:func:`split_progress`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -33,25 +30,6 @@ def analyze_arguments(t1: str | Path | None, series: list[str | Path], kind: str
     t1_args = [] if t1 is None else ["--t1", str(t1)]
     return ["analyze", *t1_args, *volumes, "--model", str(model), "--out", str(out_dir), "--device", device,
             "--label-fraction", repr(float(label_fraction))]
-
-
-PROGRESS_LINE = re.compile(r"progress ([0-9]*\.?[0-9]+) (\S+)")
-
-
-def split_progress(text: str) -> tuple[str, tuple[float, str] | None]:
-    """Separate the ``progress <fraction> <stage>`` lines that ``breastcmsl analyze`` prints on stderr
-    before each stage from the rest of a log text.
-
-    Returns (the text without those lines, the last (fraction clipped to [0, 1], stage) or None).
-    """
-    kept, last = [], None
-    for line in text.splitlines(keepends=True):
-        match = PROGRESS_LINE.fullmatch(line.rstrip("\r\n"))
-        if match:
-            last = (min(max(float(match.group(1)), 0.0), 1.0), match.group(2))
-        else:
-            kept.append(line)
-    return "".join(kept), last
 
 
 def start_group(command: list[str], stdout, stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT, env: dict | None = None,

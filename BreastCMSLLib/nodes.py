@@ -167,6 +167,16 @@ def sequence_volume_nodes(sequence_node, pre_index: int = 0) -> list:
     return [sequence_node.GetNthDataNode(i) for i in range(pre_index, count)]
 
 
+def sequence_proxy(scene, sequence_node):
+    """The proxy volume through which a sequence browser shows ``sequence_node``'s frames (None without one)."""
+    browsers = scene.GetNodesByClass("vtkMRMLSequenceBrowserNode")
+    for i in range(browsers.GetNumberOfItems()):
+        browser = browsers.GetItemAsObject(i)
+        if browser.IsSynchronizedSequenceNode(sequence_node, True):
+            return browser.GetProxyNode(sequence_node)
+    return None
+
+
 def check_inputs(t1_node, series_nodes, inputs: str = "subtractions", model_path=None) -> list[str]:
     """What Analyze would say about these inputs, before running it.
 

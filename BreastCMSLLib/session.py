@@ -29,11 +29,12 @@ import urllib.request
 from pathlib import Path
 
 from . import display, evaluation, nodes
-from .background import analyze_arguments, kill_group, start_group
+from .background import BackgroundCommand, analyze_arguments, kill_group, start_group
 from .errors import InputError
 
 MODULE_NAME = "BreastCMSL"
 LIBRARY_ROOT = Path(__file__).resolve().parent.parent  # the folder holding the BreastCMSLLib package
+MASK_SOURCES = {"t1": "non-fat-suppressed T1", "pre": "pre-contrast phase", "sub": "subtractions"}
 MAP_ROLES = {"coam_volume": "coamVolume", "coam_label": "coamLabel", "cam_volume": "camVolume",
              "cam_label": "camLabel", "peaks": "peaks"}
 
@@ -45,6 +46,26 @@ def disclaimer(model: dict) -> str:
     if model.get("synthetic"):
         return "Synthetic demo model, trained on phantoms only. Research software, not for diagnosis."
     return "Research software, not for diagnosis."
+
+
+def result_text(result: dict | None) -> dict[str, str]:
+    """What a panel shows of a result: ``probability`` (3 decimals and cos θ), ``prediction`` (with the breast
+    mask's source), ``model`` (name, version, short sha256) and ``disclaimer``; dashes before any result."""
+    if not result:
+        return {"probability": "-", "prediction": "-", "model": "-", "disclaimer": ""}
+    model, mask = result["model"], MASK_SOURCES.get(result["mask_source"], result["mask_source"])
+    return {"probability": f"{result['probability']:.3f} (cos θ = {result['cos_theta']:.3f})",
+            "prediction": f"{result['prediction']} (breast mask from the {mask})",
+            "model": f"{model['name']} {model['version'] or ''} (sha256 {model['sha256'][:12]}…)".replace("  ", " "),
+            "disclaimer": disclaimer(model)}
+
+
+def evaluation_text(evaluation: dict) -> str:
+    """One line on an evaluation: this case's distances and the running mean ± std over the table."""
+    s, row = evaluation["summary"], evaluation["row"]
+    return (f"This case: COAM {row['COAM mm']:.1f} mm, CAM {row['CAM mm']:.1f} mm. Over {s['n']} case(s): COAM "
+            f"{s['coam_mean_mm']:.1f} ± {s['coam_std_mm']:.1f} mm, CAM {s['cam_mean_mm']:.1f} ± "
+            f"{s['cam_std_mm']:.1f} mm (mean ± std).")
 
 
 # ---- the model store: a folder of .safetensors model files
@@ -274,6 +295,30 @@ class AnalysisJob:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
+class DemoBuild:
+    """Building the synthetic demo model in the background, polled like an :class:`AnalysisJob`."""
+
+    def __init__(self, session: Session, command: BackgroundCommand, out_dir: Path):
+        self.session, self.command, self.out_dir = session, command, out_dir
+        self.progress: tuple[float, str] = (0.0, "training the demo model")
+
+    @property
+    def done(self) -> bool:
+        return self.command.poll() is not None
+
+    def poll(self) -> Path | None:
+        """None while building; then the imported model file. Raises :class:`InputError` if the build failed."""
+        code = self.command.poll()
+        if code is None:
+            return None
+        if code != 0:
+            raise InputError(self.command.log_path, f"building the demo model failed (exit code {code})")
+        return self.session.import_demo_model(self.out_dir)
+
+    def cancel(self) -> None:
+        self.command.cancel()
+
+
 # ---- the session
 
 
@@ -325,10 +370,17 @@ class Session:
             raise InputError("inputs", "give either phases or subtractions")
         p = self.parameter_node
         self._set_ref("t1", t1)
+        self._set_ref("displayReference", None)
         p.RemoveNodeReferenceIDs("series")
         for node in phases if phases is not None else subtractions:
             p.AddNodeReferenceID("series", node.GetID() if node is not None else "")
         p.SetParameter("inputKind", "phases" if phases is not None else "subtractions")
+
+    def set_inputs_from_sequence(self, t1, sequence_node, pre_index: int = 0) -> None:
+        """The phases from a volume Sequence: frame ``pre_index`` is the pre-contrast phase, the frames after
+        it the post-contrast phases. The maps are shown over the sequence browser's proxy volume."""
+        self.set_inputs(t1, phases=nodes.sequence_volume_nodes(sequence_node, pre_index))
+        self._set_ref("displayReference", nodes.sequence_proxy(self.scene, sequence_node))
 
     def inputs(self) -> tuple:
         """(t1 node or None, series nodes, kind) as set."""
@@ -418,6 +470,26 @@ class Session:
     def clear_models(self) -> int:
         return clear_models(self._store())
 
+    def build_demo_model(self, arguments: list[str], out_dir: str | Path) -> DemoBuild:
+        """Start building the synthetic demo model (the registry's ``command``, e.g. ``-m Training.cli demo``)
+        into ``out_dir`` in a background process; :meth:`DemoBuild.poll` imports it once built."""
+        out_dir = Path(out_dir)
+        command = BackgroundCommand([self.python, *arguments, "--out", str(out_dir / "demo")], out_dir / "build.log",
+                                    env=self.env)
+        command.start()
+        return DemoBuild(self, command, out_dir)
+
+    def import_demo_model(self, out_dir: str | Path) -> Path:
+        """Import the trained model a demo build exported (synthetic CMSL first)."""
+        from .modelfile import read_model_metadata
+
+        exported = [(path, read_model_metadata(path)[1]) for path in sorted(Path(out_dir).rglob("*.safetensors"))]
+        trained = [(path, provenance) for path, provenance in exported if not provenance.get("untrained")]
+        if not trained:
+            raise InputError(out_dir, "the demo run exported no trained model file")
+        trained.sort(key=lambda item: (not item[1].get("synthetic"), item[1].get("method") != "cmsl"))
+        return self.import_model(trained[0][0])
+
     def _store(self) -> Path:
         if self.model_dir is None:
             raise InputError("models", "this session has no model folder")
@@ -434,6 +506,7 @@ class Session:
         if not series or any(node is None for node in series):
             raise InputError("inputs", "a DCE volume selector is empty")
         reference = series[1] if kind == "phases" else series[0]
+        shown = self._ref("displayReference") or reference  # a Sequence's frames are shown through its proxy
         work = Path(tempfile.mkdtemp(prefix="BreastCMSL-", dir=self.temp_dir))
         try:
             t1_path, paths = nodes.export_input_nodes(t1, series, work / "inputs")
@@ -444,7 +517,7 @@ class Session:
         if self.worker is None or not self.worker.usable():
             self._drop_worker(self.worker)
             self.worker = Worker(self.python, self.env, self.idle_timeout_s, self._log_path())
-        self.job = AnalysisJob(self, self.worker, work, reference.GetName(), reference, names)
+        self.job = AnalysisJob(self, self.worker, work, reference.GetName(), shown, names)
         self.worker.submit(self.job, analyze_arguments(t1_path, paths, kind, model_path, work / "out", device,
                                                        label_fraction))
         return self.job

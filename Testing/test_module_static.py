@@ -5,6 +5,8 @@ process runner really kills a process tree."""
 from __future__ import annotations
 
 import ast
+import copy
+import inspect
 import json
 import re
 import sys
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from BreastCMSLLib import background, cli
+from BreastCMSLLib.session import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = ROOT / "BreastCMSL"
@@ -68,28 +71,83 @@ def test_ui_parses_and_every_self_ui_name_exists():
     used = set(re.findall(r"self\.ui\.(\w+)", SCRIPT.read_text()))
     assert used, "the module reaches no widget through self.ui"
     assert sorted(used - set(widgets)) == []
-    # every button in the panel is connected to something
+    # every button in the panel is connected: fooButton.clicked -> BreastCMSLWidget.onFoo
+    tree = ast.parse(SCRIPT.read_text())
+    names = next(ast.literal_eval(n.value) for n in tree.body
+                 if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "BUTTONS")
     buttons = {n for n, w in widgets.items() if w.get("class") == "QPushButton"}
-    assert sorted(buttons - used) == []
+    assert sorted(buttons - used - {f"{name}Button" for name in names}) == []
+    assert sorted(f"{name}Button" for name in names if f"{name}Button" not in widgets) == []
+    slots = {f.name for f in widget_class(tree).body if isinstance(f, ast.FunctionDef)}
+    assert sorted(f"on{n[0].upper()}{n[1:]}" for n in names if f"on{n[0].upper()}{n[1:]}" not in slots) == []
 
 
-# calls in the panel that raise InputError for a user mistake (a bad pattern, an unwritable CSV, ...)
-RAISING_CALLS = {"mrml.save_table_csv", "self.logic.rolePatterns", "mrml.centre_distances", "mrml.load_result_folder",
-                 "self.logic.importModel", "self.logic.checkInputs", "mrml.assign_by_dicom",
-                 "self.logic.importDemoModel"}
+def widget_class(tree: ast.Module) -> ast.ClassDef:
+    return next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "BreastCMSLWidget")
+
+
+def logic_signatures(tree: ast.Module) -> dict[str, inspect.Signature]:
+    """Signatures of the session's methods and of the module Logic's own (read from the script: it needs Slicer)."""
+    def bound(signature: inspect.Signature) -> inspect.Signature:  # as called on an instance: without self
+        parameters = list(signature.parameters.values())
+        return signature.replace(parameters=parameters[1:] if parameters[:1] and parameters[0].name == "self"
+                                 else parameters)
+
+    signatures = {name: bound(inspect.signature(member)) for name, member in inspect.getmembers(Session)
+                  if callable(member) and not name.startswith("__")}
+    logic = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "BreastCMSLLogic")
+    for function in (f for f in logic.body if isinstance(f, ast.FunctionDef)):
+        arguments = copy.deepcopy(function.args)
+        for argument in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs):
+            argument.annotation = None  # the stub needs the parameters only
+        stub = ast.Module([ast.FunctionDef(name=function.name, args=arguments, body=[ast.Pass()], decorator_list=[])],
+                          type_ignores=[])
+        namespace: dict = {}
+        exec(compile(ast.fix_missing_locations(stub), "stub", "exec"), namespace)
+        signatures[function.name] = bound(inspect.signature(namespace[function.name]))
+    return signatures
+
+
+def test_the_widget_only_binds_widgets_to_the_session():
+    """At most 250 lines; no process handling, node creation or JSON parsing; every session call (direct, or
+    through ``self.attempt(call, *args)``) names an existing method and binds to its signature."""
+    source = SCRIPT.read_text()
+    tree = ast.parse(source)
+    widget = widget_class(tree)
+    assert widget.end_lineno - widget.lineno + 1 <= 250
+    text = ast.unparse(widget)
+    for forbidden in ("subprocess", "os.kill", "BackgroundCommand", "Popen", "AddNewNodeByClass", "AddNode(",
+                      "CreateNodeByClass", "json."):
+        assert forbidden not in text, forbidden
+    assert re.findall(r"vtkMRML\w+\(", text) == []  # no MRML node made here
+    signatures = logic_signatures(tree)
+    calls = []
+    for node in ast.walk(widget):
+        if not isinstance(node, ast.Call):
+            continue
+        target, args = ast.unparse(node.func), node.args
+        if target == "self.attempt":
+            target, args = ast.unparse(args[0]), args[1:]
+        if target.startswith("self.logic."):
+            calls.append((target.removeprefix("self.logic."), len(args), [k.arg for k in node.keywords], node.lineno))
+    assert len(calls) >= 15
+    for name, n_args, keywords, line in calls:
+        assert name in signatures, f"line {line}: the session has no {name}"
+        signatures[name].bind(*range(n_args), **dict.fromkeys(keywords))  # raises TypeError when incompatible
 
 
 def test_the_panel_shows_every_input_error_instead_of_raising():
-    tree = ast.parse(SCRIPT.read_text())
-    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "BreastCMSLWidget")
-    guarded, calls = set(), []
+    """Session calls that raise InputError for a user mistake go through ``self.attempt`` or a try/except."""
+    raising = {"auto_assign", "autoAssign", "checkInputsFrom", "import_model", "download_model", "evaluate",
+               "save_table_csv", "demoQuestion"}
+    widget = widget_class(ast.parse(SCRIPT.read_text()))
+    guarded, direct = set(), []
     for node in ast.walk(widget):
         if isinstance(node, ast.Try) and any("InputError" in ast.unparse(h.type) for h in node.handlers if h.type):
             guarded |= {id(n) for statement in node.body for n in ast.walk(statement)}
-        if isinstance(node, ast.Call) and ast.unparse(node.func) in RAISING_CALLS:
-            calls.append(node)
-    assert {ast.unparse(c.func) for c in calls} == RAISING_CALLS
-    assert sorted(f"line {c.lineno}: {ast.unparse(c.func)}" for c in calls if id(c) not in guarded) == []
+        if isinstance(node, ast.Call) and ast.unparse(node.func).removeprefix("self.logic.") in raising:
+            direct.append(node)
+    assert sorted(f"line {c.lineno}: {ast.unparse(c.func)}" for c in direct if id(c) not in guarded) == []
 
 
 def test_every_slicer_parameter_name_is_a_parameter_node_field():
@@ -155,13 +213,13 @@ def test_icon_is_a_128px_png():
 
 
 @pytest.mark.parametrize("kind", ["subtractions", "phases"])
-def test_analyze_command_is_what_the_cli_parses(kind):
+@pytest.mark.parametrize("t1", ["t1.nrrd", None])
+def test_analyze_arguments_are_what_the_cli_parses(kind, t1):
     series = ["a.nrrd", "b.nrrd", "c.nrrd"]
-    command = background.analyze_command("python", "t1.nrrd", series, kind, "m.safetensors", "out", "cpu", 0.4)
-    assert command[:3] == ["python", "-m", "BreastCMSLLib.cli"]
-    args = cli.build_parser().parse_args(command[3:])
-    assert (args.command, str(args.t1), str(args.model), str(args.out), args.device, args.label_fraction,
-            args.progress) == ("analyze", "t1.nrrd", "m.safetensors", "out", "cpu", 0.4, True)
+    arguments = background.analyze_arguments(t1, series, kind, "m.safetensors", "out", "cpu", 0.4)
+    args = cli.build_parser().parse_args(arguments)
+    assert (args.command, args.t1 and str(args.t1), str(args.model), str(args.out), args.device,
+            args.label_fraction) == ("analyze", t1, "m.safetensors", "out", "cpu", 0.4)
     if kind == "subtractions":
         assert [str(p) for p in args.sub] == series and args.pre is None
     else:
@@ -209,15 +267,6 @@ def test_background_command_logs_and_returns_the_exit_code(tmp_path):
     assert job.read_output() == ""
 
 
-def test_split_progress_separates_the_stage_lines_of_analyze():
-    text = ("progress 0.00 read\nUsing CPU\nprogress 0.10 preprocess\r\nprogress 1.5 done\n"
-            "the progress bar is a busy indicator\nprogress 0.4\n")
-    assert background.split_progress(text) == (
-        "Using CPU\nthe progress bar is a busy indicator\nprogress 0.4\n", (1.0, "done"))
-    assert background.split_progress("no stages\n") == ("no stages\n", None)
-    assert background.split_progress("progress 0 read\nprogress -0.2 read\n") == ("progress -0.2 read\n", (0.0, "read"))
-
-
 def test_read_output_holds_back_a_line_still_being_written(tmp_path):
     script = ("import sys, time; sys.stdout.write('progress 0.10 prepro'); sys.stdout.flush(); time.sleep(1.0); "
               "print('cess', flush=True); time.sleep(60)")
@@ -232,4 +281,4 @@ def test_read_output_holds_back_a_line_still_being_written(tmp_path):
         time.sleep(0.05)
         text = job.read_output()
     job.cancel()
-    assert background.split_progress(text) == ("", (0.1, "preprocess"))
+    assert text == "progress 0.10 preprocess\n"
