@@ -72,3 +72,25 @@ def test_spread_lesions_lie_deep_in_either_breast_and_keep_the_other_parameters(
     assert moved >= 6
     tissue_label = sitk.GetArrayViewFromImage(default.tissue)
     assert tissue_label.max() > 0
+
+
+def test_map_evidence_sees_the_activations_coam_is_built_from(tiny_case, tiny_model_path):
+    import torch
+
+    from BreastCMSLLib.analyze import analyze_case
+    from BreastCMSLLib.attention import coam
+    from BreastCMSLLib.modelfile import load_model
+    from BreastCMSLLib.preprocess import load_case
+    from Training.mapevidence import case_evidence, last_block_activations, rank_of
+
+    loaded = load_model(tiny_model_path)
+    a = analyze_case(load_case(tiny_case), loaded, device="cpu")
+    out, pre = last_block_activations(loaded, a.prep.array, "cpu")
+    assert torch.allclose(torch.relu(pre), out.features[0].float(), atol=1e-5)  # x = ReLU(pre): what COAM uses
+    assert bool((pre < 0).any())
+    values = torch.tensor([[[3.0]], [[5.0]]])
+    assert rank_of(values, (1, 0, 0)) == 1 and rank_of(values, (0, 0, 0)) == 2
+    e = case_evidence("c", loaded, a, (0, 0, 0), "cpu")
+    assert e["cells"] == 4  # 64 x 48 x 32 -> 2 x 2 x 1
+    assert e["rank_coam"] == rank_of(coam(out.features.float())[0].cpu(), (0, 0, 0))
+    assert 1 <= e["rank_cam"] <= 4 and 0.0 < e["zero_fraction"] < 1.0

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from BreastCMSLLib.atomic import atomic_path, atomic_write_text
 from BreastCMSLLib.config import NETWORK_STRIDE
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.figures import axial_row
-from BreastCMSLLib.modelfile import load_model, read_model_metadata
+from BreastCMSLLib.modelfile import LoadedModel, load_model, read_model_metadata
 from BreastCMSLLib.preprocess import load_case
 
 from .evaluate import predict_split
@@ -123,9 +124,12 @@ def montage_row(a: Analysis, centre, title: str) -> MontageRow:
 
 def localize_cases(run_dir: str | Path, split: str = "test", centers: str | Path | None = None,
                    device: str = "auto", cache_dir: str | None = None, only_called: bool = True,
-                   montage_cases: int = MONTAGE_CASES) -> tuple[list[CaseLocalization], list[MontageRow]]:
+                   montage_cases: int = MONTAGE_CASES,
+                   on_case: Callable[[CaseLocalization, Analysis, LoadedModel], None] | None = None,
+                   ) -> tuple[list[CaseLocalization], list[MontageRow]]:
     """Analyze the cases of ``split`` that have a lesion centre (only those the model calls malignant
-    when ``only_called``); returns the per-case results and the montage rows of the first called ones."""
+    when ``only_called``); returns the per-case results and the montage rows of the first called ones.
+    ``on_case(result, analysis, model)`` is called for each analyzed case."""
     run_dir = Path(run_dir)
     model_path = run_model_path(run_dir)
     if read_model_metadata(model_path)[0].arch == MIL2D_ARCH:
@@ -146,6 +150,8 @@ def localize_cases(run_dir: str | Path, split: str = "test", centers: str | Path
                              a.coam_peak_lps, a.cam_peak_lps, floor, cell, nearest_feature(grid, a.coam_peak_lps)[0],
                              nearest_feature(grid, a.cam_peak_lps)[0])
         results.append(r)
+        if on_case is not None:
+            on_case(r, a, loaded)
         if r.called_malignant and len(shown) < montage_cases:
             shown.append(montage_row(a, centre, f"{r.subject_id}: COAM {r.coam_mm:.1f} mm, CAM {r.cam_mm:.1f} mm"))
     return results, shown

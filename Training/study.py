@@ -11,8 +11,10 @@ The floor is the mean distance from the lesion centres to the nearest feature ce
 map whose peak sits on a feature centre can do.
 
 Writes ``OUT/summary.json``, ``OUT/localization.md``, ``OUT/cases.csv`` (every test case with a lesion,
-called malignant or not) and ``OUT/montage.png`` (the paper's Fig. 3 layout); ``OUT/cohort``,
-``OUT/cache`` and ``OUT/run`` hold the intermediate stages.
+called malignant or not), ``OUT/evidence.csv`` (what the maps are built from, per case called malignant:
+:mod:`Training.mapevidence`) and ``OUT/montage.png`` (the paper's Fig. 3 layout); ``OUT/cohort``,
+``OUT/cache`` and ``OUT/run`` hold the intermediate stages. A rerun keeps the finished cases, cache
+entries and a finished fit of the same options, and redoes evaluation, localization and the report.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from .cohort import synth_cohort
 from .evaluate import evaluate
 from .localize import CaseLocalization, feature_grid, localize_cases, summarize, write_cases_csv, write_montage
 from .manifest import assign_splits, read_manifest, write_manifest
-from .trainer import FitConfig, fit
+from .mapevidence import FIELDS, case_evidence
+from .trainer import FitConfig, fit, run_files
 
 PAPER = {"coam_mm": (18.26, 13.65), "cam_mm": (39.84, 8.82), "n": 85}  # Luo et al. 2019, Sec. 3
 
@@ -148,23 +151,51 @@ def run_study(out: str | Path, cfg: StudyConfig = StudyConfig()) -> dict:
     prep = stage("preprocess", preprocess_cohort, manifest, out / "cache",
                  PreprocessConfig(input_size=tuple(cfg.input_size)), workers=cfg.workers, seed=cfg.seed)
     run = out / "run"
-    if run.exists():
-        shutil.rmtree(run)
-    stage("fit", fit, FitConfig(cache=str(out / "cache"), out=str(run), method="cmsl", epochs=cfg.epochs,
-                                batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=cfg.device,
-                                width_factor=cfg.width_factor))
+    fit_cfg = FitConfig(cache=str(out / "cache"), out=str(run), method="cmsl", epochs=cfg.epochs,
+                        batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=cfg.device,
+                        width_factor=cfg.width_factor)
+    if _fitted(fit_cfg):
+        print("[study] fit: kept (a finished run of the same options)", flush=True)
+    else:
+        if run.exists():
+            shutil.rmtree(run)
+        stage("fit", fit, fit_cfg)
     metrics = stage("evaluate", evaluate, run, "test", device=cfg.device)
-    results, shown = stage("localize", localize_cases, run, "test", device=cfg.device, only_called=False)
+    evidence: list[dict] = []
+
+    def collect(r: CaseLocalization, a, loaded) -> None:
+        evidence.append(case_evidence(r.subject_id, loaded, a, r.centre_cell, cfg.device))
+
+    results, shown = stage("localize", localize_cases, run, "test", device=cfg.device, only_called=False,
+                           on_case=collect)
     called = [r for r in results if r.called_malignant]
+    called_ids = {r.subject_id for r in called}
+    evidence = [e for e in evidence if e["subject_id"] in called_ids]
     summary = study_summary(cfg, called)
     seconds["total"] = round(time.perf_counter() - t_all, 1)
     everything = study_summary(cfg, results)
     write_cases_csv(out / "cases.csv", results)
+    _write_evidence(out / "evidence.csv", evidence)
     write_montage(out / "montage.png", shown)
     atomic_write_text(out / "summary.json", _json(summary))
     atomic_write_text(out / "localization.md", report(cfg, summary, everything, results, metrics, seconds,
-                                                       len(prep.failed)))
+                                                       len(prep.failed), evidence))
     return summary
+
+
+def _fitted(fit_cfg: FitConfig) -> bool:
+    """True when ``fit_cfg.out`` holds a finished run of exactly these options (a rerun keeps it)."""
+    files = run_files(fit_cfg.out)
+    if not (files["run"].is_file() and files["last"].is_file() and files["best"].is_file()):
+        return False
+    return json.loads(files["run"].read_text())["fit"] == json.loads(json.dumps(dataclasses.asdict(fit_cfg)))
+
+
+def _write_evidence(path: Path, rows: list[dict]) -> None:
+    """The per-case evidence (:mod:`Training.mapevidence`) as CSV."""
+    lines = [",".join(FIELDS)] + [",".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in FIELDS)
+                                  for r in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _mm(d: dict) -> str:
@@ -177,7 +208,7 @@ def _share(results: list[CaseLocalization], test) -> str:
 
 
 def report(cfg: StudyConfig, summary: dict, everything: dict, results: list[CaseLocalization], metrics: dict,
-           seconds: dict, n_failed: int) -> str:
+           seconds: dict, n_failed: int, evidence: list[dict]) -> str:
     """The Markdown report of the study."""
     grid, cell = summary["feature_grid"], summary["feature_spacing_mm"]
     called = [r for r in results if r.called_malignant]
@@ -225,7 +256,32 @@ def report(cfg: StudyConfig, summary: dict, everything: dict, results: list[Case
         "summed feature vector, high where a position is strongly active in the channels active everywhere",
         "- CAM: the 1×1×1 head's logit w·x_i + b per position (the direction the classifier reads)",
         "- both live on the feature grid above and are resampled linearly onto the input grid; a plateau of "
-        "maxima resolves to the plateau voxel nearest its centroid (BreastCMSLLib/peaks.py)", "",
+        "maxima resolves to the plateau voxel nearest its centroid (BreastCMSLLib/peaks.py)",
+        *_evidence_lines(evidence), "",
         "![montage](montage.png)", "",
     ]
     return "\n".join(lines)
+
+
+def _evidence_lines(evidence: list[dict]) -> list[str]:
+    """Medians of the per-case evidence (Training/mapevidence.py) of the cases called malignant."""
+    if not evidence:
+        return ["- no case called malignant: no per-case evidence"]
+
+    def med(key: str) -> float:
+        return float(np.nanmedian([e[key] for e in evidence]))
+
+    def top(key: str) -> str:
+        return f"{sum(e[key] == 1 for e in evidence)}/{len(evidence)}"
+
+    return [
+        f"- on the feature grid ({evidence[0]['cells']} cells), rank of the lesion's cell (1 = the map's maximum), "
+        f"median over the {len(evidence)} cases called malignant [cases where it is the maximum]: "
+        f"COAM {med('rank_coam'):.0f} [{top('rank_coam')}], CAM {med('rank_cam'):.0f} [{top('rank_cam')}], "
+        f"feature norm |x_i| {med('rank_norm'):.0f} [{top('rank_norm')}], and, as a diagnostic only, COAM of the "
+        f"activations before the final ReLU {med('rank_coam_pre_relu'):.0f} [{top('rank_coam_pre_relu')}]",
+        f"- median correlation over the cells: COAM with |x_i|² {med('corr_coam_norm2'):.2f}, COAM with CAM "
+        f"{med('corr_coam_cam'):.2f}; zero activations after the ReLU: {100 * med('zero_fraction'):.0f} %; "
+        f"negative Gram entries before it: {100 * med('pre_relu_negative_gram_fraction'):.0f} % (after: 0 %)",
+        "- per case: `evidence.csv`",
+    ]
