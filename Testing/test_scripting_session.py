@@ -1,8 +1,9 @@
-"""Acceptance 2 of the Slicer issue: the README's scripting session, run as written on the slicer-core wheel.
+"""The README's scripting session, run as written on the slicer-core wheel.
 
-The session (README.md, "Scripting example") loads an oblique phantom case into volume
-nodes, analyzes it, places a centre point and evaluates; here its output nodes' IJK-to-RAS matrices must
-equal the reference node's to 1e-6 and the table row must equal a hand computation.
+The session (README.md, "Scripting example") loads an oblique phantom case into volume nodes, analyzes it
+in the session's worker (twice), places a centre point and evaluates; here its output nodes' IJK-to-RAS
+matrices must equal the reference node's to 1e-6, the warm run must equal the cold one, and the table row
+must equal a hand computation.
 """
 
 from __future__ import annotations
@@ -64,13 +65,23 @@ def test_session_table_row_matches_a_hand_computation(session):
         peaks.GetNthControlPointPosition(index, peak)
         hand[column] = float(np.sqrt(((centre - peak) ** 2).sum()))
     table = scene.GetNodeByID(evaluation["table_id"])
-    assert table.GetNumberOfRows() == 1
+    assert table.GetNumberOfRows() == 1 and session["centre"].GetNumberOfControlPoints() == 1
     for column, value in hand.items():
         assert table.GetTable().GetValueByName(0, column).ToDouble() == pytest.approx(value, abs=1e-9)
         assert evaluation["row"][column] == pytest.approx(value, abs=1e-9)
-    assert table.GetTable().GetValueByName(0, "case").ToString() == "post_1"
+    assert table.GetTable().GetValueByName(0, "case").ToString() == "case post_1"
     assert evaluation["summary"]["coam_mean_mm"] == pytest.approx(hand["COAM mm"])
     assert evaluation["summary"]["coam_std_mm"] == 0.0
     with open(session["folder"] / "breastcmsl-session" / "evaluation.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert float(rows[0]["CAM mm"]) == pytest.approx(hand["CAM mm"], rel=1e-5)  # the CSV keeps 6 digits
+
+
+def test_session_second_run_reused_the_worker_and_equals_the_first(session):
+    result, again = session["result"], session["again"]
+    assert session["session"].job is not session["job"]
+    assert session["session"].job.worker_pid == session["job"].worker_pid  # the warm worker did the second run
+    assert session["job"].worker.process.poll() is not None  # session.close() stopped it
+    for key in ("probability", "cos_theta", "coam_peak_ras", "cam_peak_ras"):
+        assert again[key] == pytest.approx(result[key], abs=1e-6)
+    assert again["node_ids"]["coam_volume"] != result["node_ids"]["coam_volume"]  # a second set of nodes
