@@ -1,0 +1,77 @@
+"""Cold first vs warm second Analyze through the panel's session, at the paper's input size.
+
+Each repeat opens a new :class:`BreastCMSLLib.session.Session` on a new scene and times, as a user clicking
+Analyze meets them, (1) the first Analyze of phantom case A (cold: the worker process starts, imports torch,
+loads the untrained full-size model and folds BatchNorm, then analyzes) and (2) the next Analyze of another
+phantom case B on the same session (warm: the worker and its model are reused). Each time runs from the
+call to ``session.analyze`` until the result nodes are in the scene (exporting the input nodes, the analysis,
+writing and reading the maps included). Cold and warm alternate in every repeat; prints medians and the
+ratio warm / cold (target <= 0.6).
+
+    python benchmarks/analyze_warm.py [--repeats 5] [--device cpu] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runs from a source checkout too
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work", type=Path, default=None, help="folder for the phantom cases and the model")
+    args = parser.parse_args()
+
+    import slicer
+    import torch
+
+    from BreastCMSLLib.session import Session
+
+    work = (args.work or Path(tempfile.mkdtemp(prefix="bench-warm-"))).resolve()
+    cli = [sys.executable, "-m", "BreastCMSLLib.cli"]
+    cases = {name: work / f"case_{name}" for name in ("A", "B")}
+    for seed, case in enumerate(cases.values(), start=1):
+        if not case.exists():
+            subprocess.run([*cli, "synth", "--out", str(case), "--seed", str(seed), "--malignant"], check=True,
+                           capture_output=True, cwd=ROOT)
+    model = work / "model.safetensors"
+    if not model.exists():  # untrained, full width, input 340 x 220 x 128
+        subprocess.run([*cli, "init-model", "--out", str(model)], check=True, capture_output=True, cwd=ROOT)
+
+    cold, warm, results = [], [], []
+    for _ in range(args.repeats):
+        session = Session(slicer.vtkMRMLScene(), temp_dir=work)
+        loaded = {name: session.load_case_folder(case) for name, case in cases.items()}
+        times = []
+        for name in ("A", "B"):
+            session.set_inputs(t1=loaded[name]["t1"], phases=loaded[name]["series"])
+            t0 = time.perf_counter()
+            job = session.analyze(model, device=args.device)
+            result = job.wait(timeout=900)
+            times.append(time.perf_counter() - t0)
+        results.append(result)
+        assert job.worker_pid == session.job.worker_pid
+        session.close()
+        cold.append(times[0])
+        warm.append(times[1])
+
+    med = statistics.median
+    print(f"device: {args.device} (CPU threads {torch.get_num_threads()}), input 6x340x220x128, untrained full-size "
+          f"model, phantom cases {list(cases)}, repeats {args.repeats}, precision {results[-1]['precision']}")
+    print(f"cold first Analyze   median {med(cold):6.2f} s   {[round(t, 2) for t in cold]}")
+    print(f"warm second Analyze  median {med(warm):6.2f} s   {[round(t, 2) for t in warm]}")
+    print(f"ratio warm / cold = {med(warm) / med(cold):.3f}  (target <= 0.6)")
+
+
+if __name__ == "__main__":
+    main()
