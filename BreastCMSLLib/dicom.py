@@ -2,7 +2,11 @@
 
 The header scan uses pydicom (``stop_before_pixels``); gzip-compressed files (``*.dcm.gz`` or any file
 that starts with the gzip magic) are read transparently. A *phase* is one 3D volume: a whole classic
-series, one temporal position of a multi-phase series, or one enhanced multi-frame file. Volumes are
+series, one temporal position of a multi-phase series, or one enhanced multi-frame file. A series with
+N images at every slice position is split by position (:func:`_split_phases`): the k-th image at each
+position, in the order of the first of :data:`SPLIT_KEYS` present on all images, is phase k. DICOM
+objects that are no MR image volume (SEG, SR, PR, derived maps, localizers) are kept as series with
+the reason in :attr:`Series.excluded` and no phases (:func:`exclusion`). Volumes are
 read with highdicom (``get_volume_from_series``; for multi-frame files its spatial sorting and
 ``Volume.from_attributes``), which sorts the slices along the slice normal and builds the LPS geometry;
 we only convert its ``Volume`` to a SimpleITK image.

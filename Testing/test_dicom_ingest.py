@@ -133,3 +133,26 @@ def test_training_preprocess_and_fit_accept_manifest(cohort, tmp_path):
                            batch_size=2, width_factor=0.125, device="cpu", seed=0))
     assert result["epoch"] == 1 and np.isfinite(result["train_loss"])
     assert load_model(tmp_path / "run" / "model_last.safetensors").config.in_channels == 6
+
+
+def test_t1_less_study_ingests_and_preprocesses(tmp_path):
+    """A Duke-style study without the non-fat-suppressed T1: the case folder holds no t1, case.json says
+    the mask comes from the pre-contrast phase, and Training's cache preprocesses it."""
+    from Training.cache import preprocess_cohort
+
+    dicom_root = tmp_path / "dicom"
+    im = make_case(6, PhantomConfig(shape=SHAPE, label=1)).images
+    dicomsynth.write_study(dicom_root / "FS_ONLY_001", "duke", None, im["pre"], [im[p] for p in POSTS], "FS_ONLY_001")
+    (tmp_path / "labels.csv").write_text("subject_id,label,split\nFS_ONLY_001,1,train\n")
+    manifest = tmp_path / "out" / "manifest.csv"
+    summary = ingest(dicom_root, tmp_path / "labels.csv", manifest, n_channels=6)
+    assert summary["cases"] == 1 and not summary["failures"]
+    (case,) = read_manifest(manifest)
+    assert sorted(p.name for p in case.case_dir.glob("*.nrrd")) == sorted(f"{n}.nrrd" for n in ["pre", *POSTS])
+    info = json.loads((case.case_dir / "case.json").read_text())
+    assert info["mask_source"] == "pre" and info["roles"]["mask_source"] == "pre"
+    inputs = load_case(case.case_dir)
+    assert inputs.t1 is None and inputs.sources[0] is None and inputs.mask_source == "pre"
+    report = preprocess_cohort(manifest, tmp_path / "cache", PreprocessConfig(input_size=(64, 48, 32)),
+                               progress=False)
+    assert report.done == ["FS_ONLY_001"] and not report.failed

@@ -12,7 +12,13 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    BasicTextSRStorage,
+    ExplicitVRLittleEndian,
+    GrayscaleSoftcopyPresentationStateStorage,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from BreastCMSLLib.cli import main
 from BreastCMSLLib.dicom import read_dataset, read_phase, scan_study
@@ -110,7 +116,7 @@ def _plain_object(folder, sop_class: str, modality: str, number: int, descriptio
 @pytest.fixture(scope="module")
 def gathered(phantom, tmp_path_factory):
     """A T1-less GE-style sagittal unilateral study (series 100) with what sits beside it on real exports:
-    PE1 and SER maps (DERIVED\\SECONDARY), a localizer, a secondary capture, a SEG of the breast, an SR."""
+    PE1 and SER maps (DERIVED\\SECONDARY), a localizer, a secondary capture, a SEG of the breast, an SR, a PR."""
     study = tmp_path_factory.mktemp("gathered")
     volumes = [sagittal_unilateral(phantom.images[p]) for p in PHASES]
     pre = volumes[0]
@@ -125,12 +131,13 @@ def gathered(phantom, tmp_path_factory):
     truth = sagittal_unilateral(phantom.breast_mask)
     coam_segmentation(truth, dynamic.phases[0], series_number=600).save_as(study / "seg.dcm")
     _plain_object(study / "sr", BasicTextSRStorage, "SR", 700, "breast VOI report")
+    _plain_object(study / "pr", GrayscaleSoftcopyPresentationStateStorage, "PR", 800, "key images")
     return study
 
 
 EXCLUDED = {200: "DERIVED\\SECONDARY", 300: "DERIVED\\SECONDARY", 400: "ImageType LOCALIZER",
             500: "SOP class Secondary Capture Image Storage", 600: "SOP class Segmentation Storage",
-            700: "SOP class Basic Text SR Storage"}
+            700: "SOP class Basic Text SR Storage", 800: "SOP class Grayscale Softcopy Presentation State Storage"}
 
 
 def test_derived_and_non_image_objects_never_take_a_role(gathered, capsys):
@@ -140,7 +147,7 @@ def test_derived_and_non_image_objects_never_take_a_role(gathered, capsys):
         ("pre", 100, 1), *[(f"post_{k}", 100, k + 1) for k in range(1, 7)]]
     assert table["mask_source"] == "pre"
     listed = {s["series_number"]: s for s in table["series"]}
-    assert sorted(listed) == [100, 200, 300, 400, 500, 600, 700]
+    assert sorted(listed) == [100, 200, 300, 400, 500, 600, 700, 800]
     assert listed[100]["excluded"] is None and listed[100]["phases"] == 7
     for number, reason in EXCLUDED.items():
         assert reason in listed[number]["excluded"], listed[number]
@@ -164,14 +171,14 @@ def test_inventory_on_failure(gathered, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and "expected 4 post-contrast phases" in err
     rows = out.splitlines()
     assert rows[0].split() == ["series", "description", "image_type", "phases", "orientation", "problem"]
-    assert len(rows) == 8
+    assert len(rows) == 9
     assert rows[1].startswith("100") and "Sag 3D SPGR dynamic" in rows[1] and "sagittal" in rows[1]
     assert "excluded: SOP class Segmentation Storage" in rows[6]
     assert main(["roles", str(gathered), "--channels", "4", "--json"]) == 2
     out, err = capsys.readouterr()
     inventory = json.loads(out)
     assert inventory["error"] == err.strip().removeprefix("breastcmsl roles: error: ")
-    assert [s["series_number"] for s in inventory["series"]] == [100, 200, 300, 400, 500, 600, 700]
+    assert [s["series_number"] for s in inventory["series"]] == [100, 200, 300, 400, 500, 600, 700, 800]
     assert inventory["series"][0]["phases"] == 7 and inventory["series"][0]["orientation"] == "sagittal"
 
 
