@@ -597,8 +597,9 @@ class Session:
         self._maps(which)
         return self.result[f"{which}_peak_ras"]
 
-    def jump_to_peak(self, slice_nodes, which: str = "coam") -> None:
-        display.jump_to(slice_nodes, self.peak_ras(which))
+    def jump_to_peak(self, slice_nodes, which: str | None = "coam") -> None:
+        """Centre the slice views on the peak of ``which`` map (None: COAM)."""
+        display.jump_to(slice_nodes, self.peak_ras(which or "coam"))
 
     def compare(self, cam_slice_node, coam_slice_node, opacity: float = 0.5, outline: bool = True) -> None:
         """CAM | COAM side by side: each view shows its map over the reference, centred on its own peak, and
