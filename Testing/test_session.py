@@ -17,10 +17,11 @@ import pytest
 import SimpleITK as sitk
 import slicer
 
-from BreastCMSLLib import cli, display
+from BreastCMSLLib import cli, display, nodes
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.phantom import synth_case
 from BreastCMSLLib.session import Session, models_in
+from Testing.dicomsynth import write_study
 from Testing.scenes import assert_unchanged, case_nodes, make_oblique_case, matrix_of, snapshot
 
 STAGES = ["read", "preprocess", "inference", "maps", "write", "done"]
@@ -360,3 +361,44 @@ def test_readme_contract_rejects_analyze_without_inputs(case):
         session.analyze(case["model"])
     with pytest.raises(InputError, match="either phases or subtractions"):
         session.set_inputs(t1=None)
+
+
+def test_auto_assign_by_names_and_by_dicom_headers(case, tmp_path):
+    scene = slicer.vtkMRMLScene()
+    session = Session(scene)
+    image = sitk.ReadImage(str(case["dir"] / "pre.nrrd"))
+    names = ["dyn post 3", "T1 non fs", "dyn post 1", "localizer", "dyn pre", "dyn post 2"]
+    volumes = [nodes.volume_node_from_image(scene, image, name) for name in names]
+    assert session.auto_assign(volumes, n_channels=3) == []
+    t1, series, kind = session.inputs()
+    assert kind == "phases" and t1.GetName() == "T1 non fs"
+    assert [n.GetName() for n in series] == ["dyn pre", "dyn post 1", "dyn post 2", "dyn post 3"]
+    # volumes loaded from DICOM: the role rules on their headers, whatever the node names say
+    images = {name: sitk.ReadImage(str(case["dir"] / f"{name}.nrrd")) for name in ("t1", "pre", "post_1", "post_2")}
+    written = write_study(tmp_path / "study", "duke", images["t1"], images["pre"], [images["post_1"], images["post_2"]])
+    descriptions = list(written)  # t1, pre, 1st pass, 2nd pass
+    order = [3, 0, 2, 1]
+    loaded = [nodes.volume_node_from_image(scene, image, f"volume {i}") for i in order]
+    assert session.auto_assign(loaded, [written[descriptions[i]] for i in order], n_channels=2) == []
+    t1, series, kind = session.inputs()
+    assert [t1, *series] == [loaded[order.index(i)] for i in range(4)]
+
+
+def test_load_dicom_study_reads_the_roles_into_nodes(case, tmp_path):
+    images = {name: sitk.ReadImage(str(case["dir"] / f"{name}.nrrd"))
+              for name in ("t1", "pre", *(f"post_{k}" for k in range(1, 7)))}
+    write_study(tmp_path / "ge", "ge", images["t1"], images["pre"], [images[f"post_{k}"] for k in range(1, 7)])
+    scene = slicer.vtkMRMLScene()
+    session = Session(scene)
+    loaded = session.load_dicom_study(tmp_path / "ge")
+    assert loaded["kind"] == "phases" and len(loaded["series"]) == 7 and loaded["reference"] is loaded["series"][1]
+    assert [row["role"] for row in loaded["roles"]] == ["t1", "pre", *(f"post_{k}" for k in range(1, 7))]
+    assert session.inputs() == (loaded["t1"], loaded["series"], "phases")
+    for node, name in zip([loaded["t1"], *loaded["series"]], images):
+        expected = images[name]
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), sitk.GetArrayFromImage(expected))
+        np.testing.assert_allclose(matrix_of(node)[:3, 3], np.array(expected.GetOrigin()) * [-1, -1, 1], atol=1e-4)
+    count = scene.GetNumberOfNodes()
+    with pytest.raises(InputError, match="t1"):  # a phase named for the T1 and the pre-contrast role
+        session.load_dicom_study(tmp_path / "ge", roles={"t1": "200:1", "pre": "200:1"})
+    assert scene.GetNumberOfNodes() == count  # nothing added
