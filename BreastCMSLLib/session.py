@@ -193,13 +193,15 @@ class Worker:
         if job is not None:
             job.receive({"crash": f"the analysis worker exited with code {code}; its log: {self.log_path}"})
 
-    def stop(self) -> None:
-        """Close its input (it exits by itself), then make sure its process group is gone."""
-        try:
-            self.process.stdin.close()
-            self.process.wait(timeout=2.0)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
+    def stop(self, graceful: bool) -> None:
+        """End the worker and its process group: at once, or (``graceful``, when idle) by closing its input
+        so that it exits by itself, killed after 2 s if it has not."""
+        if graceful:
+            try:
+                self.process.stdin.close()
+                self.process.wait(timeout=2.0)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
         kill_group(self.process)
 
 
@@ -527,9 +529,9 @@ class Session:
             self._log_dir = Path(tempfile.mkdtemp(prefix="BreastCMSL-log-", dir=self.temp_dir))
         return self._log_dir / "worker.log"
 
-    def _drop_worker(self, worker: Worker | None) -> None:
+    def _drop_worker(self, worker: Worker | None, graceful: bool = False) -> None:
         if worker is not None:
-            worker.stop()
+            worker.stop(graceful)
         if worker is self.worker:
             self.worker = None
 
@@ -681,7 +683,7 @@ class Session:
         if self.job is not None and not self.job.done:
             self.job.cancel()
         self.stop_compare()
-        self._drop_worker(self.worker)
+        self._drop_worker(self.worker, graceful=True)
         if self._log_dir is not None:
             shutil.rmtree(self._log_dir, ignore_errors=True)
             self._log_dir = None
