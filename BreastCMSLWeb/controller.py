@@ -26,15 +26,16 @@ NO_RESULT = {"has_result": False, "probability": "", "prediction": "", "model_la
              "centre": "", "placing": False}
 
 
-def reports_errors(method: Callable) -> Callable:
+def reports_errors(method: Callable, clear: bool = False) -> Callable:
     """Show a user mistake as one line in ``#error``; anything else is logged and shown as one line too,
-    and the server keeps serving."""
+    and the server keeps serving. With ``clear``, the previous error line goes first."""
 
     @wraps(method)
     def guarded(self: TabController, *args, **kwargs):
         try:
             with self.state:
-                self.state.error = ""
+                if clear:
+                    self.state.error = ""
                 return method(self, *args, **kwargs)
         except InputError as err:
             with self.state:
@@ -47,6 +48,11 @@ def reports_errors(method: Callable) -> Callable:
         return None
 
     return guarded
+
+
+def action(method: Callable) -> Callable:
+    """A user's action: clears the error line, then reports its own errors."""
+    return reports_errors(method, clear=True)
 
 
 class TabController:
@@ -91,7 +97,7 @@ class TabController:
 
     # ---- inputs
 
-    @reports_errors
+    @action
     def load_case(self, name: str) -> None:
         """Load a case folder or a DICOM study (its role table shown) into the session."""
         self._cancel_job()
@@ -101,7 +107,7 @@ class TabController:
         self.state.case_kind = kind
         self._show_loaded(self._load(None))
 
-    @reports_errors
+    @action
     def apply_roles(self) -> None:
         """Reload the DICOM study with the role overrides typed in the role table."""
         roles = {role: value.strip() for role, value in self.state.role_overrides.items() if value.strip()}
@@ -125,7 +131,7 @@ class TabController:
 
     # ---- analysis
 
-    @reports_errors
+    @action
     def analyze(self) -> None:
         """Start the session's analysis of the loaded case with the chosen model; progress is polled."""
         if self.folder is None:
@@ -172,7 +178,7 @@ class TabController:
             self.job = None
         self.state.update({"busy": False, "progress": 0.0, "stage": ""})
 
-    @reports_errors
+    @action
     def cancel(self) -> None:
         """Cancel the running analysis: its worker is killed and nothing is added."""
         self._cancel_job()
@@ -200,7 +206,7 @@ class TabController:
             composite.SetForegroundVolumeID(None)
             composite.SetLabelVolumeID(None)
 
-    @reports_errors
+    @action
     def toggle_compare(self) -> None:
         """CAM | COAM side by side on axial views kept in step, or back to the three views."""
         if not self.state.has_result:
@@ -215,7 +221,7 @@ class TabController:
             self.views.views["view-axial"].get_view_node().SetOrientationToDefault()
         self.show()
 
-    @reports_errors
+    @action
     def jump_to_peak(self) -> None:
         """Centre the views on the shown map's peak."""
         if self.state.compare:
@@ -230,7 +236,7 @@ class TabController:
 
     # ---- lesion centre and evaluation
 
-    @reports_errors
+    @action
     def place_centre(self) -> None:
         """The next click on a view places the lesion centre there."""
         if not self.state.has_result:
@@ -247,14 +253,14 @@ class TabController:
         asyncio.get_event_loop().call_soon(self.session.scene.RemoveNode, click)
         self._set_centre(ras)
 
-    @reports_errors
+    @action
     def _set_centre(self, ras: list[float]) -> None:
         self.views.app.markups_logic.disable_place_mode()
         self.session.set_lesion_centre(ras)
         self.state.update({"placing": False, "centre": ", ".join(f"{v:.1f}" for v in ras)})
         self._render()
 
-    @reports_errors
+    @action
     def evaluate(self) -> None:
         """Distances from the centre to the peaks, appended to the table with the running mean ± std."""
         summary = self.session.evaluate()["summary"]

@@ -138,7 +138,7 @@ def open_tab(browser, url: str, case: str | None = "phantom1"):
 def analyze(page) -> float:
     """Click Analyze, wait for the probability, return it."""
     page.click("#analyze")
-    page.wait_for_function("document.querySelector('#probability').textContent.trim().length > 0")
+    page.wait_for_function("document.querySelector('#probability')?.textContent.trim().length > 0")
     return float(page.inner_text("#probability"))
 
 
@@ -191,7 +191,7 @@ def test_click_places_centre_and_table_distances(server, browser, roots):
     dx, dy = 40, -30
     page.click("#place-centre")
     page.mouse.click(box["x"] + box["width"] / 2 + dx, box["y"] + box["height"] / 2 + dy)
-    page.wait_for_function("document.querySelector('#centre').textContent.includes(',')")
+    page.wait_for_function("document.querySelector('#centre')?.textContent.includes(',')")
     page.click("#evaluate")
     page.wait_for_selector("#evaluation-table tr:nth-child(2)")
     settle(page)
@@ -221,9 +221,9 @@ def test_click_places_centre_and_table_distances(server, browser, roots):
 def test_cancel_leaves_no_result(server, browser):
     page = open_tab(browser, server)
     page.click("#analyze")
-    page.wait_for_function("!document.querySelector('#cancel').disabled")
+    page.wait_for_function("document.querySelector('#cancel')?.disabled === false")
     page.click("#cancel")
-    page.wait_for_function("document.querySelector('#stage').textContent.includes('cancelled')")
+    page.wait_for_function("document.querySelector('#stage')?.textContent.includes('cancelled')")
     page.wait_for_timeout(6000)  # longer than the analysis takes: nothing arrives late
     assert page.inner_text("#probability") == ""
     assert page.inner_text("#error") == ""
@@ -235,12 +235,12 @@ def test_cancel_leaves_no_result(server, browser):
 def test_truncated_file_shows_error_and_next_analysis_works(server, browser, roots):
     page = open_tab(browser, server, case=None)
     page.select_option("#case-select", "truncated")
-    page.wait_for_function("document.querySelector('#error').textContent.length > 0")
+    page.wait_for_function("document.querySelector('#error')?.textContent.length > 0")
     error = page.inner_text("#error")
     assert "post_3.nrrd" in error and "\n" not in error.strip() and "Traceback" not in error
     page.screenshot(path=str(ARTIFACTS / "truncated_error.png"))
     page.select_option("#case-select", "phantom1")
-    page.wait_for_function("document.querySelector('#error').textContent.length === 0")
+    page.wait_for_function("document.querySelector('#error')?.textContent.length === 0")
     assert analyze(page) == pytest.approx(roots["cli"]["phantom1"]["probability"], abs=1e-3)
     page.close()
 
@@ -250,7 +250,7 @@ def test_two_tabs_analyze_at_once(server, browser, roots):
     first.click("#analyze")
     second.click("#analyze")
     for page, name in ((first, "phantom1"), (second, "phantom2")):
-        page.wait_for_function("document.querySelector('#probability').textContent.trim().length > 0")
+        page.wait_for_function("document.querySelector('#probability')?.textContent.trim().length > 0")
         assert float(page.inner_text("#probability")) == pytest.approx(roots["cli"][name]["probability"], abs=1e-3)
     assert first.inner_text("#probability") != second.inner_text("#probability")
     first.close()
@@ -263,7 +263,7 @@ def test_paths_outside_the_roots_are_refused(server, browser):
     assert any("phantom1" in name for name in listed) and not any("escape" in name for name in listed)
     for case in ("../..", "escape", "%2e%2e%2f%2e%2e%2fetc"):
         page.goto(f"{server}/?case={case}")
-        page.wait_for_function("document.querySelector('#error').textContent.includes('refused')")
+        page.wait_for_function("document.querySelector('#error')?.textContent.includes('refused')")
         assert page.inner_text("#probability") == ""
     page.close()
     with pytest.raises(urllib.error.HTTPError) as refused:
