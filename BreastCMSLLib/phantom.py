@@ -315,9 +315,9 @@ def _draw(rng: np.random.Generator, difficulty: float, label: int | None, malign
     suspicion = 0.4 * zk + 0.35 * zs + 0.15 * scores["rim"] + 0.1 * scores["size"]
     lesion["birads"] = 3 if suspicion < 0.35 else (5 if suspicion > 0.7 else 4)
     lesion["suspicion"] = suspicion
+    lesion["spread"] = rng.random((8, 3)).tolist()  # drawn last: the parameters above stay those of the seed
     p["lesion"] = lesion
     return p
-    lesion["spread"] = rng.random((8, 3)).tolist()  # drawn last: the parameters above stay those of the seed
 
 
 # ------------------------------------------------------------------------------------------ shapes
@@ -527,9 +527,9 @@ def _lesion_centre(p: dict, br: dict, blobs: list, radius: float, lp: dict) -> n
         sd_b, h = _breast_sd(p, br, *(np.array([v]) for v in c))
         if sd_b[0] <= -(radius + 6.0) and h[0] >= radius + 8.0:
             return c
+    offset = lp["offset"]
     return _breast_point(p, br, 0.15 + 0.1 * offset[0], math.pi * (1 + offset[1]), 0.4 + 0.1 * offset[2])
 
-    offset = lp["offset"]
 
 def _paint_lesion(canvas: _Canvas, grid: _Grid, lp: dict, c: np.ndarray, width: float,
                   mask: np.ndarray) -> None:
@@ -641,11 +641,11 @@ def make_case(seed: int, cfg: PhantomConfig = PhantomConfig()) -> PhantomCase:
         raise InputError("difficulty", f"must lie in [0, 1], got {cfg.difficulty}")
     if cfg.label not in (None, 0, 1):
         raise InputError("label", f"must be 0 (benign), 1 (malignant) or None, got {cfg.label}")
-    grid = _resolve_grid(cfg)
-    case = _render(draw_parameters(seed, cfg), grid, np.random.default_rng(_streams(seed)[1]))
     if cfg.lesion_placement not in LESION_PLACEMENTS:
         raise InputError("lesion_placement", f"expected one of {', '.join(LESION_PLACEMENTS)}, "
                          f"got {cfg.lesion_placement!r}")
+    grid = _resolve_grid(cfg)
+    case = _render(draw_parameters(seed, cfg), grid, np.random.default_rng(_streams(seed)[1]))
     case.truth.update(seed=int(seed), difficulty=float(cfg.difficulty), lesion_placement=cfg.lesion_placement)
     return case
 
