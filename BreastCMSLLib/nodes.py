@@ -135,7 +135,8 @@ def assign_by_dicom(node_files: list[list[str | Path]], n_channels: int, pattern
 
     ``node_files``: the DICOM files behind each volume node (Slicer keeps their instance UIDs on the node).
     Runs :func:`BreastCMSLLib.roles.assign_roles` on those series and maps each role back to its node:
-    returns {"inputs": "phases"|"subtractions", "t1": index or None, "series": [index or None, ...],
+    returns {"inputs": "phases"|"subtractions", "t1": index or None (no T1 in the study, or not one node),
+    "series": [index or None, ...],
     "notes": [...]}. A role filled by one phase of a multi-phase series has no node of its own (load that
     series as a Sequence); an ambiguous study raises :class:`InputError` listing the candidates.
     """
@@ -145,16 +146,16 @@ def assign_by_dicom(node_files: list[list[str | Path]], n_channels: int, pattern
     owner = {Path(f): index for index, files in enumerate(node_files) for f in files}
     assignment = assign_roles(scan_files(list(owner)), n_channels=n_channels, patterns=patterns or RolePatterns(),
                               source="loaded DICOM volumes")
-    indexes, notes = [], []
+    indexes, notes = {}, []
     for entry in assignment.entries:
         nodes = {owner[frame.path] for frame in entry.phase.frames}
         if len(entry.phase.series.phases) > 1 or len(nodes) != 1:
             notes.append(f"{entry.role}: phase {entry.phase.label} of a multi-phase series; load that series as "
                          "a volume Sequence and choose it as the dynamic sequence")
-            indexes.append(None)
-        else:
-            indexes.append(nodes.pop())
-    return {"inputs": assignment.kind, "t1": indexes[0], "series": indexes[1:], "notes": notes}
+        indexes[id(entry)] = nodes.pop() if len(nodes) == 1 and len(entry.phase.series.phases) == 1 else None
+    t1 = assignment.t1  # None when the study has no non-fat-suppressed T1
+    return {"inputs": assignment.kind, "t1": indexes[id(t1)] if t1 else None,
+            "series": [indexes[id(e)] for e in assignment.entries if e is not t1], "notes": notes}
 
 
 def sequence_volume_nodes(sequence_node, pre_index: int = 0) -> list:

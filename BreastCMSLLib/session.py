@@ -417,10 +417,10 @@ class Session:
         folder = Path(folder)
         study = load_study(folder, roles, n_channels, patterns or RolePatterns())
         case = study.inputs
-        named = {entry.role: entry for entry in study.assignment.entries}
+        t1_entry = study.assignment.t1
         t1 = (nodes.volume_node_from_image(self.scene, case.t1, f"{folder.name} t1 "
-                                           f"{named['t1'].phase.series.description}") if case.t1 is not None else None)
-        series_entries = [entry for entry in study.assignment.entries if entry.role != "t1"]
+                                           f"{t1_entry.phase.series.description}") if t1_entry else None)
+        series_entries = [entry for entry in study.assignment.entries if entry is not t1_entry]
         series = [nodes.volume_node_from_image(self.scene, image, f"{folder.name} {entry.role} "
                                                f"{entry.phase.series.description}")
                   for image, entry in zip(case.series, series_entries)]

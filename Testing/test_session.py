@@ -19,8 +19,8 @@ import slicer
 
 from BreastCMSLLib import cli, display, nodes
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.phantom import synth_case
-from BreastCMSLLib.session import Session, models_in
+from BreastCMSLLib.phantom import PhantomConfig, make_case, synth_case, write_case
+from BreastCMSLLib.session import Session, models_in, result_text
 from Testing.dicomsynth import write_study
 from Testing.scenes import assert_unchanged, case_nodes, make_oblique_case, matrix_of, snapshot
 
@@ -402,3 +402,16 @@ def test_load_dicom_study_reads_the_roles_into_nodes(case, tmp_path):
     with pytest.raises(InputError, match="t1"):  # a phase named for the T1 and the pre-contrast role
         session.load_dicom_study(tmp_path / "ge", roles={"t1": "200:1", "pre": "200:1"})
     assert scene.GetNumberOfNodes() == count  # nothing added
+
+
+def test_a_case_without_t1_analyzes_through_the_session(case, tmp_path):
+    """No non-fat-suppressed T1: the mask comes from the pre-contrast phase, the panel says so."""
+    phantom = make_case(7, PhantomConfig(label=1, shape=(96, 64, 40), spacing=(3.5, 3.5, 3.5)))
+    write_case(phantom, tmp_path / "case", with_t1=False)
+    session = Session(slicer.vtkMRMLScene(), temp_dir=tmp_path)
+    loaded = session.load_case_folder(tmp_path / "case")
+    assert loaded["t1"] is None and session.inputs()[0] is None and len(loaded["series"]) == 7
+    result = session.analyze(case["model"], device="cpu").wait(timeout=300)
+    assert result["mask_source"] == "pre"
+    assert "breast mask from the pre-contrast phase" in result_text(result)["prediction"]
+    session.close()
