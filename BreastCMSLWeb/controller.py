@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import tempfile
 from collections.abc import Callable
 from functools import wraps
@@ -22,6 +24,7 @@ from .views import TabViews
 log = logging.getLogger(__name__)
 MAIN_VIEWS = ("view-axial", "view-coronal", "view-sagittal")
 POLL_S = 0.2
+ROLE_KEYS = ("t1", "pre", "post", "sub")
 NO_RESULT = {"has_result": False, "probability": "", "prediction": "", "model_label": "", "result_note": "",
              "centre": "", "placing": False}
 
@@ -39,12 +42,12 @@ def reports_errors(method: Callable, clear: bool = False) -> Callable:
                 return method(self, *args, **kwargs)
         except InputError as err:
             with self.state:
-                self.state.error = str(err)
+                self.state.error = self.relative(str(err))
         except Exception as err:  # the page must keep serving
             log.exception("unexpected error in %s", method.__name__)
             first = str(err).splitlines()[0] if str(err) else ""
             with self.state:
-                self.state.error = f"internal error ({type(err).__name__}: {first})"
+                self.state.error = self.relative(f"internal error ({type(err).__name__}: {first})")
         return None
 
     return guarded
@@ -53,6 +56,23 @@ def reports_errors(method: Callable, clear: bool = False) -> Callable:
 def action(method: Callable) -> Callable:
     """A user's action: clears the error line, then reports its own errors."""
     return reports_errors(method, clear=True)
+
+
+def overrides(fields: dict[str, str]) -> dict | None:
+    """ROLES.json's overrides from the page's fields: ``t1`` one id (or ``none``), ``pre`` one id, ``post`` and
+    ``sub`` ids separated by commas or spaces; empty fields are left to the role rules."""
+    roles: dict = {}
+    for key in ROLE_KEYS:
+        ids = [i for i in re.split(r"[\s,]+", fields.get(key, "")) if i]
+        if not ids:
+            continue
+        if key in ("t1", "pre"):
+            if len(ids) != 1:
+                raise InputError(key, f"names {len(ids)} series; give one")
+            roles[key] = None if key == "t1" and ids[0].lower() == "none" else ids[0]
+        else:
+            roles[key] = ids
+    return roles or None
 
 
 class TabController:
@@ -65,7 +85,8 @@ class TabController:
         self.state = server.state
         self.state.update({
             "trame__title": "BreastCMSL", "cases": catalog.cases(), "case_name": "", "case_kind": "",
-            "roles": [], "role_overrides": {}, "models": self._models(), "model_file": "", "busy": False,
+            "loaded": False, "roles": [], "role_overrides": dict.fromkeys(ROLE_KEYS, ""), "models": self._models(),
+            "model_file": "", "busy": False,
             "progress": 0.0, "stage": "", "error": "", "show_cam": False, "show_overlay": True, "compare": False,
             "rows": [], "summary": "", **NO_RESULT,
         })
@@ -88,8 +109,15 @@ class TabController:
             except InputError:
                 continue
             flags = "untrained" if model["untrained"] else "synthetic" if model["synthetic"] else "trained"
-            listed.append({"file": name, "label": f"{model['name']} · {model['short_sha']} · {flags}"})
+            listed.append({"file": name, "label": f"{model['name']} · {model['short_sha']} · {flags}",
+                           "channels": model["in_channels"]})
         return listed
+
+    def relative(self, message: str) -> str:
+        """A message with the server's root folders left out of its paths (the page names files by case)."""
+        for root in (self.catalog.data, self.catalog.models):
+            message = message.replace(f"{root}{os.sep}", "")
+        return message
 
     @property
     def which(self) -> str:
@@ -101,31 +129,38 @@ class TabController:
     def load_case(self, name: str) -> None:
         """Load a case folder or a DICOM study (its role table shown) into the session."""
         self._cancel_job()
-        self.state.update({**NO_RESULT, "roles": [], "role_overrides": {}, "compare": False})
         self.session.stop_compare()
-        self.folder, kind = self.catalog.case(name)
+        self.state.update({**NO_RESULT, "roles": [], "role_overrides": dict.fromkeys(ROLE_KEYS, ""),
+                           "compare": False})
+        folder, kind = self.catalog.case(name)
         self.state.case_kind = kind
-        self._show_loaded(self._load(None))
+        self._load(folder, None)
 
     @action
-    def apply_roles(self) -> None:
-        """Reload the DICOM study with the role overrides typed in the role table."""
-        roles = {role: value.strip() for role, value in self.state.role_overrides.items() if value.strip()}
-        self.state.update(NO_RESULT)
-        self._show_loaded(self._load(roles or None))
+    def apply_roles(self, fields: dict[str, str]) -> None:
+        """Reload the DICOM study with the overrides typed under the role table (ROLES.json's keys)."""
+        if self.state.case_kind != "dicom":
+            raise InputError("roles", "choose a DICOM study first")
+        folder, _ = self.catalog.case(self.state.case_name)
+        self.state.update({**NO_RESULT, "role_overrides": fields})
+        self._load(folder, overrides(fields))
 
-    def _load(self, roles: dict | None) -> dict:
+    def _load(self, folder: Path, roles: dict | None) -> None:
+        """Load into the session; the views show the reference. On failure nothing stays chosen."""
+        self.folder, self.state.loaded = None, False
+        for view in self.views.views.values():
+            view.set_background_volume_id(None)
+            view.set_foreground_volume_id(None)
         if self.state.case_kind == "dicom":
-            loaded = self.session.load_dicom_study(self.folder, roles)
+            channels = next((m["channels"] for m in self.state.models if m["file"] == self.state.model_file), None)
+            loaded = self.session.load_dicom_study(folder, roles, n_channels=channels)
             self.state.roles = [{**row, "series_number": str(row["series_number"])} for row in loaded["roles"]]
-            return loaded
-        return self.session.load_case_folder(self.folder)
-
-    def _show_loaded(self, loaded: dict) -> None:
+        else:
+            loaded = self.session.load_case_folder(folder)
+        self.folder, self.state.loaded = folder, True
         self.views.set_visible(*MAIN_VIEWS)
         for view in self.views.views.values():
             view.set_background_volume_id(loaded["reference"].GetID())
-            view.set_foreground_volume_id(None)
             view.get_view_node().SetOrientationToDefault()
         self.views.fit()
 
@@ -276,6 +311,6 @@ class TabController:
                 path = self.session.save_table_csv(Path(folder) / "evaluation.csv")
             except InputError as err:
                 with self.state:
-                    self.state.error = str(err)
+                    self.state.error = self.relative(str(err))
                 return ""
             return path.read_text()

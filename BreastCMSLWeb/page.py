@@ -29,18 +29,21 @@ def _inputs() -> None:
                     key="c.name", value=("c.name",))
     with html.Table(id="role-table", v_if="roles.length", style="width:100%;font-size:12px;margin-top:6px"):
         with html.Tr():
-            for title in ("role", "series", "description", "confidence", "override series"):
+            for title in ("role", "series", "phase", "description", "confidence"):
                 html.Th(title, style="text-align:left")
         with html.Tr(v_for="r in roles", key="r.role", title=("r.reason",)):
-            html.Td("{{ r.role }}")
-            html.Td("{{ r.series_number }}")
-            html.Td("{{ r.description }}")
-            html.Td("{{ r.confidence }}")
-            with html.Td():
-                html.Input(size=4, value=("role_overrides[r.role] || ''",), classes="role-override",
-                           change="role_overrides = {...role_overrides, [r.role]: $event.target.value}")
-    html.Button("Apply roles", id="apply-roles", v_if="roles.length", click="trigger('apply_roles')",
-                disabled=("busy",))
+            for key in ("role", "series_number", "phase", "description", "confidence"):
+                html.Td(f"{{{{ r.{key} }}}}")
+    with html.Div(v_if="case_kind === 'dicom'", style="font-size:12px"):
+        html.Div("Override roles (series number, UID or number:phase; post and sub: several, in order):")
+        for key in ("t1", "pre", "post", "sub"):
+            with html.Label(style="display:inline-block;margin-right:6px"):
+                html.Span(key)
+                html.Input(id=f"role-{key}", size=6 if key in ("t1", "pre") else 16,
+                           value=(f"role_overrides.{key}",),
+                           change=f"role_overrides = {{...role_overrides, {key}: $event.target.value}}")
+        html.Button("Apply roles", id="apply-roles", click="trigger('apply_roles', [role_overrides])",
+                    disabled=("busy",))
     html.Label("Model", for_="model-select", style="display:block;font-weight:bold;margin-top:8px")
     with html.Select(id="model-select", v_model=("model_file",), style="width:100%", disabled=("busy",)):
         html.Option("{{ m.label }}", v_for="m in models", key="m.file", value=("m.file",))
@@ -48,7 +51,7 @@ def _inputs() -> None:
 
 def _analysis() -> None:
     with html.Div(style=ROW):
-        html.Button("Analyze", id="analyze", click="trigger('analyze')", disabled=("busy || !case_name",))
+        html.Button("Analyze", id="analyze", click="trigger('analyze')", disabled=("busy || !loaded",))
         html.Button("Cancel", id="cancel", click="trigger('cancel')", disabled=("!busy",))
     with html.Div(id="progress", style="display:flex;gap:6px;align-items:center"):
         html.Progress(value=("progress",), max=1, style="flex:1")

@@ -21,14 +21,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from PIL import Image
 
 from Testing.conftest import ROOT, run_cli
+from Testing.dicomsynth import write_study
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 SHAPE, SPACING = ("96", "64", "40"), ("3.5", "3.5", "3.5")
+POSTS = [f"post_{k}" for k in range(1, 7)]
+SWAPPED = ["400", "300", "500", "600", "700", "800"]  # the siemens study's post-contrast series, first two swapped
 ARTIFACTS = Path(os.environ.get("BREASTCMSL_ARTIFACTS", ROOT / "test-artifacts" / "web"))
 TIMEOUT_MS = 90_000
 
@@ -56,9 +60,14 @@ def roots(tmp_path_factory) -> dict:
                    "--width-factor", "0.125")
     assert done.returncode == 0, done.stderr
     (models / "elsewhere.safetensors").symlink_to(models / "tiny.safetensors")  # resolves inside: listed
+    images = {n: sitk.ReadImage(str(data / "phantom1" / f"{n}.nrrd")) for n in ("t1", "pre", *POSTS)}
+    write_study(data / "study", "siemens", images["t1"], images["pre"], [images[p] for p in POSTS])
+    (base / "swap.json").write_text(json.dumps({"post": SWAPPED}))
     cli = {}
-    for name in ("phantom1", "phantom2"):
-        done = run_cli("analyze", data / name, "--model", models / "tiny.safetensors", "--out", base / f"cli_{name}")
+    for name, inputs in (("phantom1", [data / "phantom1"]), ("phantom2", [data / "phantom2"]),
+                         ("study", ["--dicom", data / "study"]),
+                         ("swapped", ["--dicom", data / "study", "--roles", base / "swap.json"])):
+        done = run_cli("analyze", *inputs, "--model", models / "tiny.safetensors", "--out", base / f"cli_{name}")
         assert done.returncode == 0, done.stderr
         cli[name] = json.loads((base / f"cli_{name}" / "result.json").read_text())
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -215,6 +224,29 @@ def test_click_places_centre_and_table_distances(server, browser, roots):
         page.click("#download-csv")
     csv = Path(download.value.path()).read_text()
     assert "COAM mm" in csv and f"{float(cells[2]):.2f}"[:4] in csv
+    page.close()
+
+
+def test_dicom_study_role_table_and_overrides(server, browser, roots):
+    page = open_tab(browser, server, "study")
+    rows = page.locator("#role-table tr").all_inner_texts()
+    assert [row.split()[:2] for row in rows[1:]] == [["t1", "100"], ["pre", "200"],
+                                                    *[[p, f"{k + 2}00"] for k, p in enumerate(POSTS, 1)]]
+    assert analyze(page) == pytest.approx(roots["cli"]["study"]["probability"], abs=1e-3)
+    page.fill("#role-post", " ".join(SWAPPED))
+    page.click("#apply-roles")
+    page.wait_for_function("document.querySelector('#role-table tr:nth-child(4)')?.textContent.includes('400')")
+    assert page.inner_text("#probability") == ""  # the earlier result is not shown for the new inputs
+    swapped = analyze(page)
+    assert swapped == pytest.approx(roots["cli"]["swapped"]["probability"], abs=1e-3)
+    assert swapped != pytest.approx(roots["cli"]["study"]["probability"], abs=1e-4)
+    page.fill("#role-pre", "999")
+    page.click("#apply-roles")
+    page.wait_for_function("document.querySelector('#error')?.textContent.includes('999')")
+    error = page.inner_text("#error")
+    assert "study" in error and "\n" not in error.strip() and "/tmp" not in error
+    assert page.locator("#analyze").is_disabled()
+    page.screenshot(path=str(ARTIFACTS / "dicom_roles_error.png"))
     page.close()
 
 
