@@ -14,6 +14,7 @@ from pathlib import Path
 
 import slicer
 from trame_server import Server
+from trame_slicer.core import VolumeWindowLevel
 
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.session import Session, disclaimer, models_in
@@ -88,12 +89,13 @@ class TabController:
             "loaded": False, "roles": [], "role_overrides": dict.fromkeys(ROLE_KEYS, ""), "models": self._models(),
             "model_file": "", "busy": False,
             "progress": 0.0, "stage": "", "error": "", "show_cam": False, "show_overlay": True, "compare": False,
-            "rows": [], "summary": "", **NO_RESULT,
+            "rows": [], "summary": "", "window": 1.0, "level": 0.5, "wl_low": 0.0, "wl_high": 1.0, **NO_RESULT,
         })
         if self.state.models:
             self.state.model_file = self.state.models[0]["file"]
         self.state.change("case_name")(lambda case_name, **_: self.load_case(case_name) if case_name else None)
         self.state.change("show_cam", "show_overlay")(lambda **_: self.show())
+        self.state.change("window", "level")(lambda window, level, **_: self.window_level(window, level))
         views.set_visible(*MAIN_VIEWS)
         for name in ("analyze", "cancel", "toggle_compare", "jump_to_peak", "place_centre", "evaluate",
                      "apply_roles", "csv_text"):
@@ -148,21 +150,36 @@ class TabController:
     def _load(self, folder: Path, roles: dict | None) -> None:
         """Load into the session; the views show the reference. On failure nothing stays chosen."""
         self.folder, self.state.loaded = None, False
-        for view in self.views.views.values():
-            view.set_background_volume_id(None)
-            view.set_foreground_volume_id(None)
+        self.state.update({"progress": 0.0, "stage": ""})
+        for slice_node in self.views.slice_nodes(*self.views.views):
+            composite = slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(slice_node)
+            composite.SetBackgroundVolumeID(None)
+            composite.SetForegroundVolumeID(None)
+            composite.SetLabelVolumeID(None)
+        self._hide_points()
         if self.state.case_kind == "dicom":
             channels = next((m["channels"] for m in self.state.models if m["file"] == self.state.model_file), None)
             loaded = self.session.load_dicom_study(folder, roles, n_channels=channels)
             self.state.roles = [{**row, "series_number": str(row["series_number"])} for row in loaded["roles"]]
         else:
             loaded = self.session.load_case_folder(folder)
-        self.folder, self.state.loaded = folder, True
+        self.folder, self.state.loaded, self.reference = folder, True, loaded["reference"]
+        low, high = VolumeWindowLevel.get_volume_scalar_range(self.reference)
+        window, level = VolumeWindowLevel.min_max_to_window_level(
+            *VolumeWindowLevel.get_volume_auto_min_max_range(self.reference))
+        self.state.update({"wl_low": low, "wl_high": high, "window": window, "level": level})
         self.views.set_visible(*MAIN_VIEWS)
         for view in self.views.views.values():
             view.set_background_volume_id(loaded["reference"].GetID())
             view.get_view_node().SetOrientationToDefault()
         self.views.fit()
+
+    @reports_errors
+    def window_level(self, window: float, level: float) -> None:
+        """Window and level of the reference volume (the heat maps keep their fixed [0, 1] range)."""
+        if self.reference is not None:
+            VolumeWindowLevel.set_volume_node_window_level(self.reference, float(window), float(level))
+            self._render()
 
     # ---- analysis
 
@@ -204,6 +221,8 @@ class TabController:
             "probability": f"{result['probability']:.3f}", "prediction": result["prediction"],
             "model_label": f"{model['name']} · {model['sha256'][:12]} · {flags}", "result_note": disclaimer(model),
         })
+        self._hide_points()
+        self.session.scene.GetNodeByID(result["node_ids"]["peaks"]).GetDisplayNode().SetVisibility(True)
         self.show()
         self.session.jump_to_peak(self.views.slice_nodes(*MAIN_VIEWS), self.which)
 
@@ -233,6 +252,12 @@ class TabController:
         else:
             self._hide_overlay()
         self._render()
+
+    def _hide_points(self) -> None:
+        """Hide earlier results' peaks and the lesion centre (they belong to the case shown before)."""
+        for node in self.session.scene.GetNodesByClass("vtkMRMLMarkupsFiducialNode"):
+            if node.GetDisplayNode() is not None:
+                node.GetDisplayNode().SetVisibility(False)
 
     def _hide_overlay(self) -> None:
         """The reference alone (the session has no "hide"; see the README's web section)."""
@@ -291,7 +316,7 @@ class TabController:
     @action
     def _set_centre(self, ras: list[float]) -> None:
         self.views.app.markups_logic.disable_place_mode()
-        self.session.set_lesion_centre(ras)
+        self.session.set_lesion_centre(ras).GetDisplayNode().SetVisibility(True)
         self.state.update({"placing": False, "centre": ", ".join(f"{v:.1f}" for v in ras)})
         self._render()
 

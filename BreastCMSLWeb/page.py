@@ -32,8 +32,11 @@ def _inputs() -> None:
             for title in ("role", "series", "phase", "description", "confidence"):
                 html.Th(title, style="text-align:left")
         with html.Tr(v_for="r in roles", key="r.role", title=("r.reason",)):
-            for key in ("role", "series_number", "phase", "description", "confidence"):
-                html.Td(f"{{{{ r.{key} }}}}")
+            html.Td("{{ r.role }}")
+            html.Td("{{ r.series_number }}")
+            html.Td("{{ r.phase === r.series_number ? '–' : r.phase }}")
+            html.Td("{{ r.description }}")
+            html.Td("{{ r.confidence }}")
     with html.Div(v_if="case_kind === 'dicom'", style="font-size:12px"):
         html.Div("Override roles (series number, UID or number:phase; post and sub: several, in order):")
         for key in ("t1", "pre", "post", "sub"):
@@ -77,6 +80,12 @@ def _display() -> None:
         html.Button("{{ compare ? 'Three views' : 'Compare CAM | COAM' }}", id="compare",
                     click="trigger('toggle_compare')", disabled=("!has_result",))
         html.Button("Jump to peak", id="jump-peak", click="trigger('jump_to_peak')", disabled=("!has_result",))
+    with html.Div(style=ROW + ";font-size:12px", v_show="loaded"):
+        for key, low, high in (("window", "1", "wl_high - wl_low"), ("level", "wl_low", "wl_high")):
+            with html.Label():
+                html.Span(key)
+                html.Input(type="range", id=key, v_model_number=(key,), min=(low,), max=(high,),
+                           step=("(wl_high - wl_low) / 200",), style="width:120px")
     with html.Div(style=ROW):
         html.Button("{{ placing ? 'Click a view…' : 'Place lesion centre' }}", id="place-centre",
                     click="trigger('place_centre')", disabled=("!has_result",))

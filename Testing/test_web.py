@@ -88,11 +88,42 @@ def start_server(roots: dict, *extra: str) -> tuple[subprocess.Popen, str]:
 
 
 @pytest.fixture(scope="module")
-def server(roots):
+def front(roots):
+    """The module's server process and its address."""
     process, url = start_server(roots)
-    yield url.rstrip("/")
+    yield process, url.rstrip("/")
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(front) -> str:
+    return front[1]
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` (tab processes and their analysis workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +214,19 @@ def test_analyze_in_page_equals_cli_and_overlay_shows(server, browser, roots):
     settle(page)
     cam = view_pixels(page)
     assert coloured(cam) > 0.02 and np.abs(cam.astype(int) - with_overlay).mean() > 1.0, "CAM looks like COAM"
+    box = page.locator("#view-axial").bounding_box()
+    middle = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.move(*middle)
+    for _ in range(4):
+        page.mouse.wheel(0, 120)  # scroll: another slice
+    settle(page)
+    scrolled = view_pixels(page)
+    assert np.abs(scrolled.astype(int) - cam).mean() > 1.0, "the scroll wheel did not move the slice"
+    page.fill("#window", page.get_attribute("#window", "max"))  # the widest window: a flatter image
+    settle(page)
+    levelled = view_pixels(page)
+    Image.fromarray(levelled).save(ARTIFACTS / "axial_window_level.png")
+    assert np.abs(levelled.astype(int) - scrolled).mean() > 1.0, "the window slider did not change the image"
     page.click("#compare")
     settle(page, 2.5)
     page.screenshot(path=str(ARTIFACTS / "compare.png"))
@@ -277,7 +321,7 @@ def test_truncated_file_shows_error_and_next_analysis_works(server, browser, roo
     page.close()
 
 
-def test_two_tabs_analyze_at_once(server, browser, roots):
+def test_two_tabs_analyze_at_once(front, server, browser, roots):
     first, second = open_tab(browser, server, "phantom1"), open_tab(browser, server, "phantom2")
     first.click("#analyze")
     second.click("#analyze")
@@ -285,8 +329,14 @@ def test_two_tabs_analyze_at_once(server, browser, roots):
         page.wait_for_function("document.querySelector('#probability')?.textContent.trim().length > 0")
         assert float(page.inner_text("#probability")) == pytest.approx(roots["cli"][name]["probability"], abs=1e-3)
     assert first.inner_text("#probability") != second.inner_text("#probability")
+    running = descendants(front[0].pid)
+    assert len(running) >= 4, "expected two tab processes, each with its analysis worker"
     first.close()
     second.close()
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in running) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [pid for pid in running if alive(pid)], "closed tabs left processes behind"
 
 
 def test_paths_outside_the_roots_are_refused(server, browser):
