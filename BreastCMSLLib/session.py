@@ -191,7 +191,8 @@ class Worker:
         code = self.process.wait()
         job, self.listener = self.listener, None
         if job is not None:
-            job.receive({"crash": f"the analysis worker exited with code {code}; its log: {self.log_path}"})
+            # not a bug to show as a traceback: the process was killed (out of memory, by the system) or crashed
+            job.receive({"error": f"the analysis worker exited with code {code}; its log: {self.log_path}"})
 
     def stop(self, graceful: bool) -> None:
         """End the worker and its process group: at once, or (``graceful``, when idle) by closing its input
@@ -516,12 +517,26 @@ class Session:
             shutil.rmtree(work, ignore_errors=True)
             raise
         names = {str(path): node.GetName() for path, node in zip([t1_path, *paths], [t1, *series]) if node is not None}
+        argv = analyze_arguments(t1_path, paths, kind, model_path, work / "out", device, label_fraction)
         if self.worker is None or not self.worker.usable():
-            self._drop_worker(self.worker)
-            self.worker = Worker(self.python, self.env, self.idle_timeout_s, self._log_path())
-        self.job = AnalysisJob(self, self.worker, work, reference.GetName(), shown, names)
-        self.worker.submit(self.job, analyze_arguments(t1_path, paths, kind, model_path, work / "out", device,
-                                                       label_fraction))
+            self._start_worker()
+        try:
+            return self._submit(argv, work, reference.GetName(), shown, names)
+        except OSError:  # the worker died since it was last used (its stdin is a broken pipe): one replacement
+            self._start_worker()
+        try:
+            return self._submit(argv, work, reference.GetName(), shown, names)
+        except OSError:
+            shutil.rmtree(work, ignore_errors=True)
+            raise InputError("Analyze", f"the analysis worker could not be started; see {self._log_path()}") from None
+
+    def _start_worker(self) -> None:
+        self._drop_worker(self.worker)
+        self.worker = Worker(self.python, self.env, self.idle_timeout_s, self._log_path())
+
+    def _submit(self, argv: list[str], work: Path, case: str, shown, names: dict[str, str]) -> AnalysisJob:
+        self.job = AnalysisJob(self, self.worker, work, case, shown, names)
+        self.worker.submit(self.job, argv)
         return self.job
 
     def _log_path(self) -> Path:

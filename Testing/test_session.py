@@ -415,3 +415,22 @@ def test_a_case_without_t1_analyzes_through_the_session(case, tmp_path):
     assert result["mask_source"] == "pre"
     assert "breast mask from the pre-contrast phase" in result_text(result)["prediction"]
     session.close()
+
+
+def test_a_worker_that_dies_fails_its_job_and_is_replaced(case, tmp_path):
+    import signal
+
+    scene = slicer.vtkMRMLScene()
+    session = Session(scene, temp_dir=tmp_path)
+    session.load_case_folder(case["dir"])
+    session.parameter_node  # noqa: B018
+    count = scene.GetNumberOfNodes()
+    job = session.analyze(case["model"], device="cpu")
+    os.kill(job.worker_pid, signal.SIGKILL)  # killed from outside (out of memory, a crash)
+    with pytest.raises(InputError, match=r"^the analysis worker exited with code -9; its log: .*worker\.log"):
+        job.wait(timeout=60)
+    assert scene.GetNumberOfNodes() == count and session.result is None
+    again = session.analyze(case["model"], device="cpu")
+    assert again.worker_pid != job.worker_pid
+    assert again.wait(timeout=300)["probability"] == pytest.approx(case["result"]["probability"], abs=1e-6)
+    session.close()
