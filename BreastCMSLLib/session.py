@@ -222,6 +222,7 @@ class AnalysisJob:
         self._messages: queue.Queue[dict] = queue.Queue()
         self._final: dict | None = None
         self._result: dict | None = None
+        self._error: Exception | None = None
         self._applied = False
 
     @property
@@ -272,21 +273,24 @@ class AnalysisJob:
         return self._finish()
 
     def _finish(self) -> dict:
-        if self._applied:
-            if self._result is None:
-                raise InputError(self.case, self._named(self._final.get("error") or "the analysis failed"))
-            return self._result
-        self._applied = True
-        try:
-            if "ok" not in self._final:
-                if "crash" in self._final:
-                    raise RuntimeError(f"the analysis of {self.case} failed:\n{self._final['crash']}")
-                raise InputError(None, self._named(self._final["error"]))
-            self.progress = (1.0, "done")
-            self._result = self.session._add_result(self.case, self.reference, self.work / "out")
-            return self._result
-        finally:
-            shutil.rmtree(self.work, ignore_errors=True)
+        """Add the result to the scene on the first call; later calls return it, or raise the same error."""
+        if not self._applied:
+            self._applied = True
+            try:
+                if "ok" in self._final:
+                    self.progress = (1.0, "done")
+                    self._result = self.session._add_result(self.case, self.reference, self.work / "out")
+                elif "crash" in self._final:  # a bug: the traceback is what a developer needs
+                    self._error = RuntimeError(f"the analysis of {self.case} failed:\n{self._final['crash']}")
+                else:
+                    self._error = InputError(None, self._named(self._final["error"]))
+            except InputError as err:  # the output could not be read back
+                self._error = err
+            finally:
+                shutil.rmtree(self.work, ignore_errors=True)
+        if self._error is not None:
+            raise self._error
+        return self._result
 
     def cancel(self) -> None:
         """Kill the worker's process group (the next analysis starts a new worker); nothing is added to the
