@@ -83,6 +83,7 @@ class TabController:
         self.server, self.views, self.session, self.catalog, self.device = server, views, session, catalog, device
         self.job = None
         self.folder: Path | None = None
+        self.reference = None  # the loaded case's reference volume node
         self.state = server.state
         self.state.update({
             "trame__title": "BreastCMSL", "cases": catalog.cases(), "case_name": "", "case_kind": "",

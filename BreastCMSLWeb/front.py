@@ -111,7 +111,8 @@ class Front:
         tab = Tab(process, port, secret)
         tab.drain = asyncio.get_running_loop().create_task(process.stdout.read())
         self.tabs[tab_id] = tab
-        return web.Response(status=302, headers={"Location": f"/s/{tab_id}/?secret={quote(secret)}"})
+        case = f"&case={quote(config['case'])}" if config["case"] else ""
+        return web.Response(status=302, headers={"Location": f"/s/{tab_id}/?secret={quote(secret)}{case}"})
 
     @staticmethod
     async def _ready_port(process: asyncio.subprocess.Process) -> int:
@@ -136,6 +137,12 @@ class Front:
     async def proxy(self, request: web.Request) -> web.StreamResponse:
         """Forward a request of tab ``/s/<id>/`` to its process (websocket or plain HTTP)."""
         tab = self.tabs.get(request.match_info["tab"])
+        page = request.match_info["tail"] in ("", "index.html")
+        if page and "secret" not in request.query:  # a reload (the client drops the secret): a new tab, same case
+            if tab is not None:
+                self._stop(request.match_info["tab"])
+            case = request.query.get("case")
+            return web.Response(status=302, headers={"Location": "/" + (f"?case={quote(case)}" if case else "")})
         if tab is None or tab.process.returncode is not None:
             return web.Response(status=404, text="breastcmsl-web: this tab has ended; open the start page again\n")
         url = f"http://127.0.0.1:{tab.port}/{request.match_info['tail']}"

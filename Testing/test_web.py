@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -157,21 +158,27 @@ def shows_greyscale_image(pixels: np.ndarray) -> bool:
     return lit.mean() > 0.10 and coloured(pixels) < 0.01
 
 
-def open_tab(browser, url: str, case: str | None = "phantom1"):
-    """A new tab (own context) on ``url``; waits until the axial view shows the case (one retry on a bad frame)."""
+def shows_case(page, seconds: float = 40.0) -> bool:
+    """Wait until the axial view shows a plausible frame of the case."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if shows_greyscale_image(view_pixels(page)):
+            return True
+        time.sleep(0.5)
+    page.screenshot(path=str(ARTIFACTS / f"bad_frame_{int(time.time())}.png"))
+    return False
+
+
+def open_tab(browser, url: str, case: str | None = "phantom1", token: str | None = None):
+    """A new tab on ``url``; waits until the axial view shows the case (reopened once on a bad first frame)."""
     page = browser.new_page(viewport={"width": 1400, "height": 820})
     page.set_default_timeout(TIMEOUT_MS)
-    for attempt in range(2):
-        page.goto(f"{url}/" + (f"?case={case}" if case else ""))
+    query = urllib.parse.urlencode({k: v for k, v in (("case", case), ("token", token)) if v})
+    for _ in range(2):
+        page.goto(f"{url}/?{query}")
         page.wait_for_selector("#case-select")
-        if case is None:
+        if case is None or shows_case(page):
             return page
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
-            if shows_greyscale_image(view_pixels(page)):
-                return page
-            time.sleep(0.5)
-        page.screenshot(path=str(ARTIFACTS / f"bad_first_frame_{attempt}.png"))
     raise AssertionError("the axial view never showed the case")
 
 
@@ -349,11 +356,22 @@ def test_paths_outside_the_roots_are_refused(server, browser):
         assert page.inner_text("#probability") == ""
     page.close()
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(f"{server}/s/not-a-tab/")
+        urllib.request.urlopen(f"{server}/s/not-a-tab/ws")
     assert refused.value.code == 404
 
 
-def test_token_required_on_other_hosts(roots):
+def test_reload_opens_a_new_tab_on_the_same_case(server, browser):
+    page = open_tab(browser, server)
+    first = page.url
+    page.reload()
+    page.wait_for_url(re.compile(r".*/s/\w+/.*"))
+    page.wait_for_function("document.querySelector('#case-select')?.value === 'phantom1'")
+    assert page.url.split("/s/")[1].split("/")[0] != first.split("/s/")[1].split("/")[0]
+    assert shows_case(page, 60.0)
+    page.close()
+
+
+def test_token_required_on_other_hosts(roots, browser):
     process, url = start_server(roots, "--host", "127.0.0.2")  # a loopback address, but not 127.0.0.1
     try:
         token = re.search(r"\?token=(\S+)", url)
@@ -368,6 +386,9 @@ def test_token_required_on_other_hosts(roots):
         with pytest.raises(urllib.error.HTTPError) as redirected:
             opener.open(request)
         assert redirected.value.code == 302 and "breastcmsl_token=" in redirected.value.headers["Set-Cookie"]
+        page = open_tab(browser, bare.rstrip("/"), token=token.group(1))
+        assert "untrained" in page.inner_text("#model-select")  # assets and websocket passed with the cookie
+        page.close()
     finally:
         process.terminate()
         process.wait(timeout=30)
