@@ -237,7 +237,15 @@ def test_analyze_in_page_equals_cli_and_overlay_shows(server, browser, roots):
     page.click("#compare")
     settle(page, 2.5)
     page.screenshot(path=str(ARTIFACTS / "compare.png"))
-    assert coloured(view_pixels(page, "view-cam")) > 0.02 and coloured(view_pixels(page, "view-axial")) > 0.02
+    cam_side, coam_side = view_pixels(page, "view-cam"), view_pixels(page, "view-axial")
+    assert coloured(cam_side) > 0.02 and coloured(coam_side) > 0.02
+    box = page.locator("#view-axial").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for _ in range(3):
+        page.mouse.wheel(0, 120)  # scroll the COAM side: the CAM side follows
+    settle(page)
+    assert np.abs(view_pixels(page, "view-axial").astype(int) - coam_side).mean() > 1.0
+    assert np.abs(view_pixels(page, "view-cam").astype(int) - cam_side).mean() > 1.0, "CAM did not move in step"
     page.close()
 
 
