@@ -59,6 +59,11 @@ def action(method: Callable) -> Callable:
     return reports_errors(method, clear=True)
 
 
+def model_flags(model: dict) -> str:
+    """How a model was made, as the page shows it."""
+    return "untrained" if model["untrained"] else "synthetic" if model["synthetic"] else "trained"
+
+
 def overrides(fields: dict[str, str]) -> dict | None:
     """ROLES.json's overrides from the page's fields: ``t1`` one id (or ``none``), ``pre`` one id, ``post`` and
     ``sub`` ids separated by commas or spaces; empty fields are left to the role rules."""
@@ -84,6 +89,7 @@ class TabController:
         self.job = None
         self.folder: Path | None = None
         self.reference = None  # the loaded case's reference volume node
+        self.click = None  # the temporary point of a pending "place lesion centre"
         self.state = server.state
         self.state.update({
             "trame__title": "BreastCMSL", "cases": catalog.cases(), "case_name": "", "case_kind": "",
@@ -111,8 +117,7 @@ class TabController:
                 self.catalog.model(name)
             except InputError:
                 continue
-            flags = "untrained" if model["untrained"] else "synthetic" if model["synthetic"] else "trained"
-            listed.append({"file": name, "label": f"{model['name']} · {model['short_sha']} · {flags}",
+            listed.append({"file": name, "label": f"{model['name']} · {model['short_sha']} · {model_flags(model)}",
                            "channels": model["in_channels"]})
         return listed
 
@@ -216,11 +221,11 @@ class TabController:
             return
         self.job = None
         model = result["model"]
-        flags = "untrained" if model["untrained"] else "synthetic" if model["synthetic"] else "trained"
         self.state.update({
             "busy": False, "progress": 1.0, "stage": "done", "has_result": True,
             "probability": f"{result['probability']:.3f}", "prediction": result["prediction"],
-            "model_label": f"{model['name']} · {model['sha256'][:12]} · {flags}", "result_note": disclaimer(model),
+            "model_label": f"{model['name']} · {model['sha256'][:12]} · {model_flags(model)}",
+            "result_note": disclaimer(model),
         })
         self._hide_points()
         self.session.scene.GetNodeByID(result["node_ids"]["peaks"]).GetDisplayNode().SetVisibility(True)
@@ -302,15 +307,19 @@ class TabController:
         """The next click on a view places the lesion centre there."""
         if not self.state.has_result:
             raise InputError("Place centre", "analyze a case first")
-        click = self.session.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "click")
-        click.CreateDefaultDisplayNodes()
-        click.AddObserver(click.PointPositionDefinedEvent, self._clicked)
-        self.views.app.markups_logic.place_node(click)
+        if self.click is not None:  # placing already: start over
+            self.session.scene.RemoveNode(self.click)
+        self.click = self.session.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "click")
+        self.click.CreateDefaultDisplayNodes()
+        self.click.AddObserver(self.click.PointPositionDefinedEvent, self._clicked)
+        self.views.app.markups_logic.place_node(self.click)
         self.state.placing = True
 
     def _clicked(self, click, _event) -> None:
+        """The click's point becomes the session's lesion centre; the temporary point goes."""
         ras = [0.0, 0.0, 0.0]
         click.GetNthControlPointPositionWorld(0, ras)
+        self.click = None
         asyncio.get_event_loop().call_soon(self.session.scene.RemoveNode, click)
         self._set_centre(ras)
 

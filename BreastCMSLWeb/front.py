@@ -2,7 +2,8 @@
 
 ``GET /`` (``?case=NAME`` optional) starts a tab process (:mod:`.tab`) and redirects the browser to
 ``/s/<id>/``, which is proxied (HTTP and websocket) to that process on 127.0.0.1. Each tab thus has its own
-scene, session and state; its process exits a while after the tab closes. When a token is set, every
+scene, session and state; its process ends when the tab's websocket closes (a reload starts a new tab on
+the same case), or ``idle_exit_s`` after it started when no browser connects. When a token is set, every
 request needs it, as ``?token=`` once (then a same-site cookie) or that cookie.
 """
 
@@ -12,7 +13,6 @@ import asyncio
 import contextlib
 import hmac
 import json
-import logging
 import os
 import secrets
 import signal
@@ -24,7 +24,6 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
-log = logging.getLogger(__name__)
 COOKIE = "breastcmsl_token"
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length",
                "content-encoding"}
@@ -49,7 +48,6 @@ class Tab:
 
     process: asyncio.subprocess.Process
     port: int
-    secret: str
     drain: asyncio.Task | None = field(default=None, repr=False)
 
 
@@ -108,7 +106,7 @@ class Front:
         except (asyncio.TimeoutError, ValueError):
             _kill(process)
             return web.Response(status=500, text="breastcmsl-web: the tab process did not start (see the server log)\n")
-        tab = Tab(process, port, secret)
+        tab = Tab(process, port)
         tab.drain = asyncio.get_running_loop().create_task(process.stdout.read())
         self.tabs[tab_id] = tab
         case = f"&case={quote(config['case'])}" if config["case"] else ""
@@ -171,18 +169,19 @@ class Front:
         async with self.client.ws_connect(url.replace("http://", "ws://"), params=query, max_msg_size=0) as tab:
 
             async def pump(source, sink) -> None:
-                async for message in source:
-                    if message.type == aiohttp.WSMsgType.TEXT:
-                        await sink.send_str(message.data)
-                    elif message.type == aiohttp.WSMsgType.BINARY:
-                        await sink.send_bytes(message.data)
-                    else:
-                        break
+                """Forward messages until either side closes or goes away."""
+                with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+                    async for message in source:
+                        if message.type == aiohttp.WSMsgType.TEXT:
+                            await sink.send_str(message.data)
+                        elif message.type == aiohttp.WSMsgType.BINARY:
+                            await sink.send_bytes(message.data)
+                        else:
+                            break
 
-            _, pending = await asyncio.wait([asyncio.ensure_future(pump(browser, tab)),
-                                                asyncio.ensure_future(pump(tab, browser))],
-                                               return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
+            pumps = [asyncio.ensure_future(pump(browser, tab)), asyncio.ensure_future(pump(tab, browser))]
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            for task in pumps:
                 task.cancel()
         await browser.close()
         return browser
