@@ -4,12 +4,8 @@ page shows what the session says. User mistakes (:class:`InputError`) land in ``
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
-import re
 import tempfile
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 
 import slicer
@@ -20,65 +16,19 @@ from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.session import Session, disclaimer, models_in
 
 from .catalog import Catalog
+from .errors import action, reports_errors
+from .roleform import ROLE_KEYS, overrides
 from .views import TabViews
 
-log = logging.getLogger(__name__)
 MAIN_VIEWS = ("view-axial", "view-coronal", "view-sagittal")
 POLL_S = 0.2
-ROLE_KEYS = ("t1", "pre", "post", "sub")
 NO_RESULT = {"has_result": False, "probability": "", "prediction": "", "model_label": "", "result_note": "",
              "centre": "", "placing": False}
-
-
-def reports_errors(method: Callable, clear: bool = False) -> Callable:
-    """Show a user mistake as one line in ``#error``; anything else is logged and shown as one line too,
-    and the server keeps serving. With ``clear``, the previous error line goes first."""
-
-    @wraps(method)
-    def guarded(self: TabController, *args, **kwargs):
-        try:
-            with self.state:
-                if clear:
-                    self.state.error = ""
-                return method(self, *args, **kwargs)
-        except InputError as err:
-            with self.state:
-                self.state.error = self.relative(str(err))
-        except Exception as err:  # the page must keep serving
-            log.exception("unexpected error in %s", method.__name__)
-            first = str(err).splitlines()[0] if str(err) else ""
-            with self.state:
-                self.state.error = self.relative(f"internal error ({type(err).__name__}: {first})")
-        return None
-
-    return guarded
-
-
-def action(method: Callable) -> Callable:
-    """A user's action: clears the error line, then reports its own errors."""
-    return reports_errors(method, clear=True)
 
 
 def model_flags(model: dict) -> str:
     """How a model was made, as the page shows it."""
     return "untrained" if model["untrained"] else "synthetic" if model["synthetic"] else "trained"
-
-
-def overrides(fields: dict[str, str]) -> dict | None:
-    """ROLES.json's overrides from the page's fields: ``t1`` one id (or ``none``), ``pre`` one id, ``post`` and
-    ``sub`` ids separated by commas or spaces; empty fields are left to the role rules."""
-    roles: dict = {}
-    for key in ROLE_KEYS:
-        ids = [i for i in re.split(r"[\s,]+", fields.get(key, "")) if i]
-        if not ids:
-            continue
-        if key in ("t1", "pre"):
-            if len(ids) != 1:
-                raise InputError(key, f"names {len(ids)} series; give one")
-            roles[key] = None if key == "t1" and ids[0].lower() == "none" else ids[0]
-        else:
-            roles[key] = ids
-    return roles or None
 
 
 class TabController:
@@ -266,7 +216,7 @@ class TabController:
                 node.GetDisplayNode().SetVisibility(False)
 
     def _hide_overlay(self) -> None:
-        """The reference alone (the session has no "hide"; see the README's web section)."""
+        """The reference alone (the session has no "hide")."""
         for slice_node in self.views.slice_nodes(*MAIN_VIEWS):
             composite = slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(slice_node)
             composite.SetForegroundVolumeID(None)

@@ -1,0 +1,70 @@
+"""The browser face's pieces that need no browser: path confinement, the case list, role overrides, the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from BreastCMSLLib.errors import InputError
+from BreastCMSLWeb.catalog import Catalog, confined
+from BreastCMSLWeb.roleform import overrides
+from Testing.conftest import ROOT
+
+
+@pytest.fixture
+def roots(tmp_path):
+    data, models, outside = tmp_path / "data", tmp_path / "models", tmp_path / "outside"
+    for folder in (data / "case1", data / "study1" / "S100", models, outside / "case"):
+        folder.mkdir(parents=True)
+    (data / "case1" / "t1.nrrd").write_bytes(b"")
+    (data / "study1" / "S100" / "1.dcm").write_bytes(b"")
+    (data / "escape").symlink_to(outside / "case")
+    (data / "inside").symlink_to(data / "case1")
+    (models / "m.safetensors").write_bytes(b"")
+    (models / "out.safetensors").symlink_to(outside / "case")
+    return Catalog(data, models)
+
+
+@pytest.mark.parametrize("name", ["../..", "..", ".", "", "/etc", "escape", "case1/../../outside/case",
+                                  "../outside/case"])
+def test_names_outside_the_data_root_are_refused(roots, name):
+    with pytest.raises(InputError, match="refused"):
+        roots.case(name)
+
+
+def test_names_inside_the_roots_resolve(roots):
+    assert roots.case("case1") == (roots.data.resolve() / "case1", "case")
+    assert roots.case("study1") == (roots.data.resolve() / "study1", "dicom")
+    assert roots.case("inside") == (roots.data.resolve() / "case1", "case")  # a symlink that stays inside
+    assert roots.model("m.safetensors") == roots.models.resolve() / "m.safetensors"
+    with pytest.raises(InputError, match="refused"):
+        roots.model("out.safetensors")
+    with pytest.raises(InputError, match="no such case"):
+        roots.case("nothing")
+    assert confined(roots.data, "case1/t1.nrrd", "file") == roots.data.resolve() / "case1" / "t1.nrrd"
+
+
+def test_case_list_leaves_out_what_escapes(roots):
+    assert roots.cases() == [{"name": "case1", "kind": "case"}, {"name": "inside", "kind": "case"},
+                             {"name": "study1", "kind": "dicom"}]
+
+
+def test_role_overrides_from_the_page_fields():
+    assert overrides({"t1": "", "pre": " ", "post": "", "sub": ""}) is None
+    assert overrides({"t1": "None", "pre": "200:1", "post": "300, 400 500"}) == {
+        "t1": None, "pre": "200:1", "post": ["300", "400", "500"]}
+    assert overrides({"sub": "901,902", "t1": "1.2.840.1"}) == {"t1": "1.2.840.1", "sub": ["901", "902"]}
+    assert overrides({"post": 300}) == {"post": ["300"]}
+    with pytest.raises(InputError, match="pre: names 2 series"):
+        overrides({"pre": "200 300"})
+    with pytest.raises(InputError, match="override fields"):
+        overrides(["t1"])
+
+
+def test_cli_refuses_a_missing_folder_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "BreastCMSLWeb.app", "--data", str(tmp_path / "none"), "--models",
+                           str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"breastcmsl-web: --data {tmp_path / 'none'}: no such folder"
