@@ -313,6 +313,7 @@ def test_cancel_leaves_no_result(server, browser):
     page = open_tab(browser, server)
     page.click("#analyze")
     page.wait_for_function("document.querySelector('#cancel')?.disabled === false")
+    page.screenshot(path=str(ARTIFACTS / "analyzing.png"))
     page.click("#cancel")
     page.wait_for_function("document.querySelector('#stage')?.textContent.includes('cancelled')")
     page.wait_for_timeout(6000)  # longer than the analysis takes: nothing arrives late
@@ -397,6 +398,21 @@ def test_token_required_on_other_hosts(roots, browser):
         page = open_tab(browser, bare.rstrip("/"), token=token.group(1))
         assert "untrained" in page.inner_text("#model-select")  # assets and websocket passed with the cookie
         page.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_tab_limit(roots):
+    process, url = start_server(roots, "--max-tabs", "1")
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as first:
+            opener.open(url)
+        assert first.value.code == 302  # a tab process started (no browser attaches to it here)
+        with pytest.raises(urllib.error.HTTPError) as second:
+            opener.open(url)
+        assert second.value.code == 503 and b"all 1 tabs are in use" in second.value.read()
     finally:
         process.terminate()
         process.wait(timeout=30)
