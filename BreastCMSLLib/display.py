@@ -89,6 +89,13 @@ def show_layers(slice_nodes, background, foreground, label, opacity: float, outl
         slice_node.SetUseLabelOutline(bool(outline))
 
 
+def set_window_level(volume, window: float, level: float) -> None:
+    """Fixed window and level (image units) for a scalar volume's display (automatic window/level off)."""
+    volume_display = volume.GetDisplayNode()
+    volume_display.AutoWindowLevelOff()
+    volume_display.SetWindowLevel(float(window), float(level))
+
+
 def jump_to(slice_nodes, ras) -> None:
     """Centre each slice view on the RAS point (mm) in its own orientation."""
     for slice_node in slice_nodes:

@@ -409,6 +409,7 @@ class Session:
                  for image, name in zip(images, names)]
         t1, series = added[0], added[1:]
         self.set_inputs(t1, **{files.kind: series})
+        self._retire_points()
         reference = series[1] if files.kind == "phases" else series[0]
         return {"t1": t1, "series": series, "kind": files.kind, "reference": reference,
                 "center_lps": (files.extra or {}).get("center_lps")}
@@ -430,6 +431,7 @@ class Session:
                                                f"{entry.phase.series.description}")
                   for image, entry in zip(case.series, series_entries)]
         self.set_inputs(t1, **{case.kind: series})
+        self._retire_points()
         rows = [{"role": e.role, "series_number": e.phase.series.number, "description": e.phase.series.description,
                  "phase": e.phase.label, "confidence": e.confidence, "reason": e.reason}
                 for e in study.assignment.entries]
@@ -559,6 +561,7 @@ class Session:
         result, maps = nodes.read_result_folder(out_dir)
         peaks = {"coam": result["coam_peak_lps"], "cam": result["cam_peak_lps"]}
         ids = nodes.add_result_nodes(self.scene, case, maps, peaks)
+        self._retire_points(centre=False)  # the earlier result's peaks (the new ones are not referenced yet)
         p = self.parameter_node
         was = p.StartModify()
         self._set_ref("reference", reference)
@@ -608,11 +611,25 @@ class Session:
             raise InputError("Analyze", "no result to show yet")
         return self._ref(f"{which}Volume"), self._ref(f"{which}Label")
 
-    def show(self, slice_nodes, which: str = "coam", opacity: float = 0.5, outline: bool = True) -> None:
+    def show(self, slice_nodes, which: str | None = "coam", opacity: float = 0.5, outline: bool = True) -> None:
         """The reference volume with ``which`` map as heat overlay (``opacity``) and its labelmap (outline or
-        filled) on the given slice views."""
-        heat, label = self._maps(which)
+        filled) on the given slice views; ``which=None``: the reference alone (overlay off)."""
+        heat, label = self._maps(which) if which else (None, None)
         display.show_layers(slice_nodes, self._ref("reference"), heat, label, opacity, outline)
+
+    def set_window_level(self, window: float, level: float, volume=None) -> None:
+        """Window and level (image units) of ``volume``'s display, by default the result's reference volume;
+        the heat maps keep their fixed [0, 1] range."""
+        display.set_window_level(volume or self._ref("reference"), window, level)
+
+    def _retire_points(self, centre: bool = True) -> None:
+        """Hide the current result's peaks (a new result replaces it, or a new case was loaded) and, with
+        ``centre``, clear the lesion centre (it belongs to the case loaded before)."""
+        peaks = self._ref("peaks")
+        if peaks is not None and peaks.GetDisplayNode() is not None:
+            peaks.GetDisplayNode().SetVisibility(False)
+        if centre and self.lesion_centre is not None:
+            self.lesion_centre.RemoveAllControlPoints()
 
     def peak_ras(self, which: str = "coam") -> list[float]:
         self._maps(which)

@@ -436,3 +436,31 @@ def test_a_worker_that_dies_fails_its_job_and_is_replaced(case, tmp_path):
     assert again.worker_pid != job.worker_pid
     assert again.wait(timeout=300)["probability"] == pytest.approx(case["result"]["probability"], abs=1e-6)
     session.close()
+
+
+def test_overlay_off_window_level_and_a_new_case_retires_the_old_points(case, tmp_path):
+    scene = slicer.vtkMRMLScene()
+    session = Session(scene, temp_dir=tmp_path)
+    session.load_case_folder(case["dir"])
+    first = session.analyze(case["model"], device="cpu").wait(timeout=300)
+    view = slicer.vtkMRMLSliceNode()
+    view.SetLayoutName("Red")
+    scene.AddNode(view)
+    composite = slicer.vtkMRMLSliceCompositeNode()
+    composite.SetLayoutName("Red")
+    scene.AddNode(composite)
+    session.show([view], None)  # overlay off: the reference alone
+    assert (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID(), composite.GetLabelVolumeID()) == (
+        first["node_ids"]["reference_id"], None, None)
+    session.set_window_level(400.0, 150.0)
+    reference_display = scene.GetNodeByID(first["node_ids"]["reference_id"]).GetDisplayNode()
+    assert (reference_display.GetWindow(), reference_display.GetLevel()) == (400.0, 150.0)
+    assert not reference_display.GetAutoWindowLevel()
+    session.set_lesion_centre([1.0, 2.0, 3.0])
+    second = session.analyze(case["model"], device="cpu").wait(timeout=300)  # a new result: the old peaks hide
+    peaks = [scene.GetNodeByID(r["node_ids"]["peaks"]).GetDisplayNode() for r in (first, second)]
+    assert [p.GetVisibility() for p in peaks] == [0, 1]
+    assert session.lesion_centre.GetNumberOfControlPoints() == 1  # the same case: its centre stays
+    session.load_case_folder(case["dir"])  # another case loaded: the peaks hide, the centre is cleared
+    assert peaks[1].GetVisibility() == 0 and session.lesion_centre.GetNumberOfControlPoints() == 0
+    session.close()
