@@ -8,7 +8,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import slicer
 from trame_server import Server
 from trame_slicer.core import VolumeWindowLevel
 
@@ -39,7 +38,7 @@ class TabController:
         self.job = None
         self.folder: Path | None = None
         self.reference = None  # the loaded case's reference volume node
-        self.click = None  # the temporary point of a pending "place lesion centre"
+        self.click = None  # the observer tag on the lesion centre's point list
         self.state = server.state
         self.state.update({
             "trame__title": "BreastCMSL", "cases": catalog.cases(), "case_name": "", "case_kind": "",
@@ -107,12 +106,6 @@ class TabController:
         """Load into the session; the views show the reference. On failure nothing stays chosen."""
         self.folder, self.state.loaded = None, False
         self.state.update({"progress": 0.0, "stage": ""})
-        for slice_node in self.views.slice_nodes(*self.views.views):
-            composite = slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(slice_node)
-            composite.SetBackgroundVolumeID(None)
-            composite.SetForegroundVolumeID(None)
-            composite.SetLabelVolumeID(None)
-        self._hide_points()
         if self.state.case_kind == "dicom":
             channels = next((m["channels"] for m in self.state.models if m["file"] == self.state.model_file), None)
             loaded = self.session.load_dicom_study(folder, roles, n_channels=channels)
@@ -120,6 +113,7 @@ class TabController:
         else:
             loaded = self.session.load_case_folder(folder)
         self.folder, self.state.loaded, self.reference = folder, True, loaded["reference"]
+        self.session.show(self.views.slice_nodes(*self.views.views), None)  # an earlier case's maps off
         low, high = VolumeWindowLevel.get_volume_scalar_range(self.reference)
         window, level = VolumeWindowLevel.min_max_to_window_level(
             *VolumeWindowLevel.get_volume_auto_min_max_range(self.reference))
@@ -134,7 +128,7 @@ class TabController:
     def window_level(self, window: float, level: float) -> None:
         """Window and level of the reference volume (the heat maps keep their fixed [0, 1] range)."""
         if self.reference is not None:
-            VolumeWindowLevel.set_volume_node_window_level(self.reference, float(window), float(level))
+            self.session.set_window_level(window, level, self.reference)
             self._render()
 
     # ---- analysis
@@ -177,8 +171,6 @@ class TabController:
             "model_label": f"{model['name']} · {model['sha256'][:12]} · {model_flags(model)}",
             "result_note": disclaimer(model),
         })
-        self._hide_points()
-        self.session.scene.GetNodeByID(result["node_ids"]["peaks"]).GetDisplayNode().SetVisibility(True)
         self.show()
         self.session.jump_to_peak(self.views.slice_nodes(*MAIN_VIEWS), self.which)
 
@@ -203,24 +195,9 @@ class TabController:
             return
         if self.state.compare:
             self.session.compare(*self.views.slice_nodes("view-cam", "view-axial"))
-        elif self.state.show_overlay:
-            self.session.show(self.views.slice_nodes(*MAIN_VIEWS), self.which)
-        else:
-            self._hide_overlay()
+        else:  # the reference alone when the overlay is off
+            self.session.show(self.views.slice_nodes(*MAIN_VIEWS), self.which if self.state.show_overlay else None)
         self._render()
-
-    def _hide_points(self) -> None:
-        """Hide earlier results' peaks and the lesion centre (they belong to the case shown before)."""
-        for node in self.session.scene.GetNodesByClass("vtkMRMLMarkupsFiducialNode"):
-            if node.GetDisplayNode() is not None:
-                node.GetDisplayNode().SetVisibility(False)
-
-    def _hide_overlay(self) -> None:
-        """The reference alone (the session has no "hide")."""
-        for slice_node in self.views.slice_nodes(*MAIN_VIEWS):
-            composite = slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(slice_node)
-            composite.SetForegroundVolumeID(None)
-            composite.SetLabelVolumeID(None)
 
     @action
     def toggle_compare(self) -> None:
@@ -257,26 +234,23 @@ class TabController:
         """The next click on a view places the lesion centre there."""
         if not self.state.has_result:
             raise InputError("Place centre", "analyze a case first")
-        if self.click is not None:  # placing already: start over
-            self.session.scene.RemoveNode(self.click)
-        self.click = self.session.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "click")
-        self.click.CreateDefaultDisplayNodes()
-        self.click.AddObserver(self.click.PointPositionDefinedEvent, self._clicked)
-        self.views.app.markups_logic.place_node(self.click)
+        centre = self.session.centre_node()
+        centre.RemoveAllControlPoints()
+        if self.click is None:  # observed once per tab: the click that defines the centre's point
+            self.click = centre.AddObserver(centre.PointPositionDefinedEvent, self._clicked)
+        self.views.app.markups_logic.place_node(centre)
         self.state.placing = True
 
-    def _clicked(self, click, _event) -> None:
-        """The click's point becomes the session's lesion centre; the temporary point goes."""
+    def _clicked(self, centre, _event) -> None:
+        """The clicked point is the session's lesion centre."""
         ras = [0.0, 0.0, 0.0]
-        click.GetNthControlPointPositionWorld(0, ras)
-        self.click = None
-        asyncio.get_event_loop().call_soon(self.session.scene.RemoveNode, click)
+        centre.GetNthControlPointPositionWorld(0, ras)
         self._set_centre(ras)
 
     @action
     def _set_centre(self, ras: list[float]) -> None:
         self.views.app.markups_logic.disable_place_mode()
-        self.session.set_lesion_centre(ras).GetDisplayNode().SetVisibility(True)
+        self.session.set_lesion_centre(ras)
         self.state.update({"placing": False, "centre": ", ".join(f"{v:.1f}" for v in ras)})
         self._render()
 
