@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="phantom voxel size, mm (the paper's 1.1)")
     p.add_argument("--width-factor", type=float, default=0.125)
     p.add_argument("--n", type=int, default=110, help="number of phantom cases")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="processes for synthesis and preprocessing")

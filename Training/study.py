@@ -53,7 +53,7 @@ class StudyConfig:
     """Sizes of the study. Lengths in mm, sizes in voxels (i, j, k)."""
 
     n_cases: int = 110
-    epochs: int = 10
+    epochs: int = 5
     input_size: tuple[int, int, int] = (340, 220, 128)
     spacing_mm: tuple[float, float, float] = (1.1, 1.1, 1.1)  # phantom voxels (the paper's 1.1 mm)
     width_factor: float = 0.125
