@@ -43,6 +43,13 @@ def test_tiny_study_writes_the_report_and_the_summary_keys(tmp_path):
     text = (out / "localization.md").read_text()
     assert "| paper (Luo et al. 2019) | 18.26 ± 13.65 | 39.84 ± 8.82 | 85 |" in text
     assert (out / "montage.png").stat().st_size > 0
+    again = run_cli("localization-study", "--out", out, "--input-size", 64, 48, 32, "--spacing", 4, 4, 4, "--n", 12,
+                    "--epochs", 1, "--device", "cpu", "--seed", 3, "--workers", 1, module="Training.cli")
+    assert again.returncode == 0, again.stderr
+    assert "[study] fit: kept" in again.stdout  # a rerun keeps the finished fit and reproduces the summary
+    rerun = json.loads((out / "summary.json").read_text())
+    assert {k: rerun[k] for k in ("coam_mm", "cam_mm", "floor_mm")} == {k: summary[k] for k in ("coam_mm", "cam_mm",
+                                                                                             "floor_mm")}
 
 
 def test_a_user_mistake_exits_2_with_one_line_and_writes_nothing(tmp_path):
