@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from .cache import preprocess_cohort
 from .cohort import synth_cohort
 from .evaluate import compare, evaluate, export
 from .localize import localize
+from .stages import Stages
 from .trainer import FitConfig, fit
 
 
@@ -47,16 +47,7 @@ def demo(out: str | Path, workers: int = 2, cfg: DemoConfig = DemoConfig(), devi
     """Run the demo into ``out`` and return a summary (also in ``out/report.md`` and ``summary.json``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    times: dict[str, float] = {}
-    t_all = time.perf_counter()
-
-    def stage(name: str, fn, *args, **kwargs):
-        t0 = time.perf_counter()
-        print(f"[demo] {name} ...", flush=True)
-        result = fn(*args, **kwargs)
-        times[name] = round(time.perf_counter() - t0, 1)
-        print(f"[demo] {name}: {times[name]} s", flush=True)
-        return result
+    stage = Stages("demo")
 
     stage("synth", synth_cohort, out / "cohort", cfg.n_cases, seed=cfg.seed, shape=cfg.phantom_shape,
           difficulty=cfg.difficulty, workers=workers)
@@ -78,7 +69,7 @@ def demo(out: str | Path, workers: int = 2, cfg: DemoConfig = DemoConfig(), devi
     models = {m: str(out / f"{m}.safetensors") for m in cfg.methods}
     for m in cfg.methods:
         export(runs[m], models[m], name=f"demo-{m}", synthetic=True)
-    times["total"] = round(time.perf_counter() - t_all, 1)
+    times = stage.total()
     summary = {"config": dataclasses.asdict(cfg), "seconds": times, "failed_cases": prep.failed,
                "auc": {m: results[m]["metrics"]["auc"]["value"] for m in cfg.methods},
                "localization": loc, "models": models}

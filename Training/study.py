@@ -25,7 +25,6 @@ import math
 import os
 import platform
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from .evaluate import evaluate
 from .localize import CaseLocalization, feature_grid, localize_cases, summarize, write_cases_csv, write_montage
 from .manifest import assign_splits, read_manifest, write_manifest
 from .mapevidence import FIELDS, case_evidence
+from .stages import Stages
 from .trainer import FitConfig, fit, run_files
 
 PAPER = {"coam_mm": (18.26, 13.65), "cam_mm": (39.84, 8.82), "n": 85}  # Luo et al. 2019, Sec. 3
@@ -132,16 +132,7 @@ def run_study(out: str | Path, cfg: StudyConfig = StudyConfig()) -> dict:
     """Run the study into ``out``; returns the summary (also ``out/summary.json``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    t_all = time.perf_counter()
-
-    def stage(name: str, fn, *args, **kwargs):
-        t0 = time.perf_counter()
-        print(f"[study] {name} ...", flush=True)
-        result = fn(*args, **kwargs)
-        seconds[name] = round(time.perf_counter() - t0, 1)
-        print(f"[study] {name}: {seconds[name]} s", flush=True)
-        return result
+    stage = Stages("study")
 
     stage("synth", synth_cohort, out / "cohort", cfg.n_cases, seed=cfg.seed, spacing=cfg.spacing_mm,
           difficulty=cfg.difficulty, workers=cfg.workers, lesion_placement="spread")
@@ -172,7 +163,7 @@ def run_study(out: str | Path, cfg: StudyConfig = StudyConfig()) -> dict:
     called_ids = {r.subject_id for r in called}
     evidence = [e for e in evidence if e["subject_id"] in called_ids]
     summary = study_summary(cfg, called)
-    seconds["total"] = round(time.perf_counter() - t_all, 1)
+    seconds = stage.total()
     everything = study_summary(cfg, results)
     write_cases_csv(out / "cases.csv", results)
     _write_evidence(out / "evidence.csv", evidence)
