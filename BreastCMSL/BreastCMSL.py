@@ -395,8 +395,7 @@ class BreastCMSLLogic(ScriptedLoadableModuleLogic, Session):
         folder = Path(slicer.app.cachePath) / "BreastCMSL" / "models"
         folder.mkdir(parents=True, exist_ok=True)
         python = shutil.which("PythonSlicer") or sys.executable
-        Session.__init__(self, slicer.mrmlScene, model_dir=folder, python=python,
-                         env=slicer.util.startupEnvironment(), temp_dir=slicer.app.temporaryPath)
+        Session.__init__(self, slicer.mrmlScene, model_dir=folder, python=python, env=slicer.util.startupEnvironment())
 
     @staticmethod
     def channelCount(model: dict | None) -> int:

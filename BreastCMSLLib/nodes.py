@@ -60,8 +60,8 @@ def image_from_volume_node(node) -> sitk.Image:
         raise InputError(node.GetName(), f"has {scalars.GetNumberOfComponents()} components per voxel; "
                          "a scalar volume is needed")
     dims = image_data.GetDimensions()
-    array = numpy_support.vtk_to_numpy(scalars).reshape(dims[2], dims[1], dims[0]).copy()
-    image = sitk.GetImageFromArray(array)
+    array = numpy_support.vtk_to_numpy(scalars).reshape(dims[2], dims[1], dims[0])
+    image = sitk.GetImageFromArray(array)  # a copy: the image does not share the node's memory
     ijk_to_lps = LPS_TO_RAS @ ijk_to_ras_matrix(node)[:3]  # diag(-1,-1,1) is its own inverse
     spacing = np.linalg.norm(ijk_to_lps[:, :3], axis=0)
     image.SetSpacing(spacing.tolist())
