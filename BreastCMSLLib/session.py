@@ -522,6 +522,8 @@ class Session:
             raise InputError("inputs", "a DCE volume selector is empty")
         reference = series[1] if kind == "phases" else series[0]
         shown = self._ref("displayReference") or reference  # a Sequence's frames are shown through its proxy
+        if self.worker is None or not self.worker.usable():
+            self._start_worker()  # first, so that a new worker imports torch while the inputs are exported
         work = Path(tempfile.mkdtemp(prefix="BreastCMSL-", dir=self.temp_dir))
         try:
             t1_path, paths = nodes.export_input_nodes(t1, series, work / "inputs")
@@ -530,8 +532,6 @@ class Session:
             raise
         names = {str(path): node.GetName() for path, node in zip([t1_path, *paths], [t1, *series]) if node is not None}
         argv = analyze_arguments(t1_path, paths, kind, model_path, work / "out", device, label_fraction)
-        if self.worker is None or not self.worker.usable():
-            self._start_worker()
         try:
             return self._submit(argv, work, reference.GetName(), shown, names)
         except OSError:  # the worker died since it was last used (its stdin is a broken pipe): one replacement
