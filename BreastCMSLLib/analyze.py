@@ -171,12 +171,13 @@ def analyze_case(inputs: CaseInputs, loaded: LoadedModel, device: str = "auto", 
     with torch.inference_mode():
         small = [coam(out.features)[0], out.logit_map[0]]  # the head's per-position logit is CAM
 
-    def carried(feature_map: torch.Tensor) -> tuple[np.ndarray, sitk.Image]:
+    def carried(feature_map: torch.Tensor) -> tuple[np.ndarray, sitk.Image, sitk.Image, tuple[float, float, float]]:
         on_input = normalized_on_input_grid(feature_map, prep)
-        return on_input, to_reference(on_input, prep)
+        on_reference = to_reference(on_input, prep)
+        return on_input, on_reference, labelmap(on_reference, label_fraction), peak_lps(on_input, prep)
 
     with ThreadPoolExecutor(2) as pool:  # SimpleITK and numpy release the GIL: both maps at once
-        (coam_in, coam_ref), (cam_in, cam_ref) = pool.map(carried, small)
+        (coam_in, coam_ref, coam_label, coam_peak), (cam_in, cam_ref, cam_label, cam_peak) = pool.map(carried, small)
     p = float(probability(out, loaded.config)[0])
     t3 = time.perf_counter()
     return Analysis(
@@ -186,10 +187,10 @@ def analyze_case(inputs: CaseInputs, loaded: LoadedModel, device: str = "auto", 
         prediction="malignant" if p >= 0.5 else "benign",
         coam=coam_ref,
         cam=cam_ref,
-        coam_label=labelmap(coam_ref, label_fraction),
-        cam_label=labelmap(cam_ref, label_fraction),
-        coam_peak_lps=peak_lps(coam_in, prep),
-        cam_peak_lps=peak_lps(cam_in, prep),
+        coam_label=coam_label,
+        cam_label=cam_label,
+        coam_peak_lps=coam_peak,
+        cam_peak_lps=cam_peak,
         device=str(dev),
         precision=precision,
         model=loaded.info(),

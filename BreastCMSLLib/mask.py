@@ -105,6 +105,24 @@ def _chest_wall_limit(vesselness: np.ndarray, edges: np.ndarray, tissue: np.ndar
     return limit + cfg.offset_mm / spacing[1]
 
 
+def slice_objectness(slices: np.ndarray, spacing, cfg: MaskConfig, bright: bool) -> np.ndarray:
+    """Frangi objectness of line-like structures (SimpleITK ``ObjectnessMeasure``, 2D) of every axial slice of
+    ``slices`` (k, j, i), in-plane ``spacing`` (i, j) mm; returns float32 (k, j, i).
+
+    One filter call on all slices stacked into one tall 2D image, each slice framed by a copy of its first and
+    last row: the filter's 3x3 finite differences then see at a slice's edge what its zero-flux boundary gives
+    the slice alone (tested equal, slice for slice). The filter runs single-threaded and holds the GIL, so
+    threads do not help; one call instead of one per slice took 0.25 s instead of 0.34 s at the paper's size.
+    """
+    k, rows, columns = slices.shape
+    framed = np.concatenate([slices[:, :1], slices, slices[:, -1:]], axis=1).reshape(k * (rows + 2), columns)
+    image = sitk.GetImageFromArray(framed)
+    image.SetSpacing([float(s) for s in spacing])
+    measure = sitk.ObjectnessMeasure(image, alpha=cfg.alpha, beta=cfg.beta, gamma=cfg.gamma,
+                                     scaleObjectnessMeasure=False, objectDimension=1, brightObject=bright)
+    return sitk.GetArrayFromImage(measure).reshape(k, rows + 2, columns)[:, 1:-1]
+
+
 def breast_mask(t1: sitk.Image, cfg: MaskConfig = DEFAULT_MASK_CONFIG, fat_suppressed: bool = False) -> sitk.Image:
     """Binary breast mask (uint8 0/1) on ``t1``'s grid; ``t1`` on the canonical axial grid (see module).
     ``fat_suppressed``: the image is a fat-suppressed pre-contrast phase (or subtraction), not a T1."""
@@ -122,9 +140,7 @@ def breast_mask(t1: sitk.Image, cfg: MaskConfig = DEFAULT_MASK_CONFIG, fat_suppr
     for axis in (0, 1):
         smooth = sitk.RecursiveGaussian(smooth, cfg.sigma_mm, False, sitk.RecursiveGaussianImageFilter.ZeroOrder,
                                         axis)
-    vesselness = np.stack([sitk.GetArrayFromImage(sitk.ObjectnessMeasure(
-        smooth[:, :, k], alpha=cfg.alpha, beta=cfg.beta, gamma=cfg.gamma, scaleObjectnessMeasure=False,
-        objectDimension=1, brightObject=fat_suppressed)) for k in range(work.GetSize()[2])])
+    vesselness = slice_objectness(sitk.GetArrayFromImage(smooth), smooth.GetSpacing()[:2], cfg, fat_suppressed)
     wspacing = work.GetSpacing()
     edges = _slice_labels((vesselness > cfg.edge_threshold) & tissue,
                           int(np.ceil(cfg.min_component_mm2 / (wspacing[0] * wspacing[1])))) > 0

@@ -14,6 +14,20 @@ import torch
 from torch import nn
 
 
+class MaxPool3d(nn.MaxPool3d):
+    """MONAI's max pooling, run in its input's dtype under autocast.
+
+    CPU autocast lists ``max_pool3d`` among the ops it runs in float32: under bf16 autocast it turned conv1's
+    bf16 output (64 x 170 x 110 x 64 at the paper's size) into float32 and back (about 0.15 s of a 2 s
+    inference on 2 cores, with the casts of layer1). A maximum commutes with rounding, so the pooled values
+    are the same; CUDA autocast already pools in bf16. Without autocast this is ``nn.MaxPool3d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3x3 convolutions with BatchNorm and a residual connection (MONAI's ``ResNetBlock``)."""
 
@@ -49,7 +63,7 @@ class ResNet3d(nn.Module):
                                bias=False)
         self.bn1 = nn.BatchNorm3d(self.in_planes)
         self.act = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
+        self.maxpool = MaxPool3d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(planes[0], layers[0], stride=1)
         self.layer2 = self._make_layer(planes[1], layers[1], stride=2)
         self.layer3 = self._make_layer(planes[2], layers[2], stride=2)

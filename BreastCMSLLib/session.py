@@ -31,6 +31,7 @@ from pathlib import Path
 from . import display, evaluation, nodes
 from .background import BackgroundCommand, analyze_arguments, kill_group, start_group
 from .errors import InputError
+from .worker import MEMORY_ENVIRONMENT
 
 MODULE_NAME = "BreastCMSL"
 LIBRARY_ROOT = Path(__file__).resolve().parent.parent  # the folder holding the BreastCMSLLib package
@@ -155,7 +156,8 @@ class Worker:
         self.last_used = time.monotonic()
         with open(log_path, "ab") as log:
             self.process = start_group([python, "-m", "BreastCMSLLib.worker", "--idle-timeout", repr(idle_timeout_s)],
-                                       stdout=subprocess.PIPE, stdin=subprocess.PIPE, stderr=log, env=env)
+                                       stdout=subprocess.PIPE, stdin=subprocess.PIPE, stderr=log,
+                                       env={**MEMORY_ENVIRONMENT, **env})
         threading.Thread(target=self._read, daemon=True, name="breastcmsl-worker-reader").start()
 
     @property

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from sklearn.metrics import f1_score
 
 from BreastCMSLLib.config import MaskConfig
-from BreastCMSLLib.mask import breast_mask
+from BreastCMSLLib.mask import breast_mask, slice_objectness
 from BreastCMSLLib.phantom import TISSUE_LABELS, PhantomConfig, make_case
 
 CASES = {
@@ -105,3 +105,21 @@ def test_fat_suppressed_fallback_against_truth(name):
     assert np.mean(tissue[m] == TISSUE_LABELS["lung"]) < 0.005, name
     # the T1's method on the same image (dark edges) is worse: the fallback is not the T1 rule by chance
     assert dice(breast_mask(sitk.Cast(case.images["pre"], sitk.sitkFloat32)), case.breast_mask) < value
+
+
+@pytest.mark.parametrize("bright", [False, True])
+def test_slice_objectness_equals_the_filter_on_each_slice_alone(bright):
+    """The framed one-call mosaic gives, voxel for voxel, ObjectnessMeasure run on every slice on its own."""
+    rng = np.random.default_rng(3)
+    slices = rng.normal(size=(5, 23, 31)).astype(np.float32)
+    slices[:, 11, :] += 4.0  # a line, so that the measure is not zero everywhere
+    cfg = MaskConfig()
+    together = slice_objectness(slices, (0.7, 1.3), cfg, bright)
+    for k, values in enumerate(slices):
+        alone = sitk.GetImageFromArray(values)
+        alone.SetSpacing((0.7, 1.3))
+        expected = sitk.GetArrayFromImage(sitk.ObjectnessMeasure(
+            alone, alpha=cfg.alpha, beta=cfg.beta, gamma=cfg.gamma, scaleObjectnessMeasure=False, objectDimension=1,
+            brightObject=bright))
+        assert np.array_equal(together[k], expected)
+    assert together.max() > 0
