@@ -25,7 +25,8 @@ def axial_row(axes, subtraction, cam_map, coam_map, k: int, marks: dict) -> None
             on_slice = abs(ijk[2] - k) <= 1
             ax.plot(ijk[0], ijk[1], marker=marker, color=colour, markersize=10, markerfacecolor="none",
                     alpha=1.0 if on_slice else 0.4, label=label, linestyle="none")
-        ax.set_title(f"{title}, slice k={k}", fontsize=8)
+        # a text, not set_title: with the axes hidden a title still lays out their ticks (half the drawing time)
+        ax.text(0.5, 1.02, f"{title}, slice k={k}", transform=ax.transAxes, ha="center", va="bottom", fontsize=8)
         ax.set_axis_off()
 
 
@@ -39,16 +40,18 @@ def overview_figure(analysis, centre_lps=None):
         points["true centre"] = tuple(float(v) for v in centre_lps)
     marks = {k: np.array(grid.TransformPhysicalPointToContinuousIndex(p)) for k, p in points.items()}
     slices = list(dict.fromkeys(int(np.clip(round(m[2]), 0, grid.GetSize()[2] - 1)) for m in marks.values()))
-    fig, axes = plt.subplots(len(slices), 3, figsize=(9, 2.6 * len(slices)), squeeze=False)
+    height = 2.6 * len(slices)  # inches; fixed margins (in inches) instead of tight_layout's measuring pass
+    fig, axes = plt.subplots(len(slices), 3, figsize=(9, height), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.1 / height, top=1 - 0.45 / height, wspace=0.04,
+                        hspace=0.3 / 2.6)
     for row, k in zip(axes, slices):
         axial_row(row, prep.array[0], analysis.cam_input, analysis.coam_input, k, marks)
     axes[0, 2].legend(loc="lower right", fontsize=6)
     fig.suptitle(f"p(malignant) = {analysis.probability:.3f} ({analysis.prediction}); "
                  f"model {analysis.model['name']}", fontsize=9)
-    fig.tight_layout()
     return fig
 
 
 def save_figure(fig, path) -> None:
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, pil_kwargs={"compress_level": 1})  # zlib's fastest level: 3x less time
     plt.close(fig)

@@ -72,13 +72,22 @@ def copy_onto(src_ijk: np.ndarray, src: sitk.Image, dst: sitk.Image, out: np.nda
     return True
 
 
+def same_grid(src: sitk.Image, dst: sitk.Image) -> bool:
+    """True when both images have the same size and every index is the same LPS point in both."""
+    if src.GetSize() != dst.GetSize():
+        return False
+    a, b = _index_map(src, dst)
+    return bool(np.allclose(a, np.eye(3), atol=1e-6) and np.allclose(b, 0.0, atol=1e-4))
+
+
 def resample(image: sitk.Image, grid: sitk.Image, label: bool = False) -> sitk.Image:
     """``image`` resampled onto ``grid``'s geometry, 0 outside: uint8 nearest for labels, else float32
-    linear (nearest where the voxel centres coincide: the same values)."""
-    if label:
-        return sitk.Resample(image, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8)
-    interpolator = sitk.sitkNearestNeighbor if lattice_aligned(image, grid) else sitk.sitkLinear
-    return sitk.Resample(image, grid, sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32)
+    linear (nearest where the voxel centres coincide: the same values; the image itself, cast, on its own grid)."""
+    pixel = sitk.sitkUInt8 if label else sitk.sitkFloat32
+    if same_grid(image, grid):
+        return image if image.GetPixelID() == pixel else sitk.Cast(image, pixel)
+    interpolator = sitk.sitkNearestNeighbor if label or lattice_aligned(image, grid) else sitk.sitkLinear
+    return sitk.Resample(image, grid, sitk.Transform(), interpolator, 0.0, pixel)
 
 
 def values_on(image: sitk.Image, grid: sitk.Image, label: bool = False, out: np.ndarray | None = None) -> np.ndarray:

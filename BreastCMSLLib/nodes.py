@@ -10,7 +10,6 @@ IJK-to-RAS = diag(-1, -1, 1) @ IJK-to-LPS.
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -48,9 +47,9 @@ def ijk_to_ras_matrix(node) -> np.ndarray:
     return matrix
 
 
-def volume_voxels(node) -> tuple[np.ndarray, np.ndarray]:
-    """A scalar volume node's voxels as a (K, J, I) numpy view of its image data (no copy: read it before the
-    node changes) and its world IJK-to-LPS 3x4 matrix (linear parent transforms applied)."""
+def volume_scalars(node):
+    """A scalar volume node's voxel array (``vtkDataArray``); :class:`InputError` naming the node when it has
+    no image data or more than one component per voxel."""
     image_data = node.GetImageData() if node is not None else None
     if image_data is None or image_data.GetPointData().GetScalars() is None:
         raise InputError(node.GetName() if node is not None else "volume", "has no image data")
@@ -58,26 +57,25 @@ def volume_voxels(node) -> tuple[np.ndarray, np.ndarray]:
     if scalars.GetNumberOfComponents() != 1:
         raise InputError(node.GetName(), f"has {scalars.GetNumberOfComponents()} components per voxel; "
                          "a scalar volume is needed")
-    dims = image_data.GetDimensions()
+    return scalars
+
+
+def image_from_volume_node(node) -> sitk.Image:
+    """A copy of a scalar volume node's voxels as a SimpleITK image with the node's geometry in LPS.
+
+    The voxel type is kept; the geometry is the node's world IJK-to-RAS (linear parent transforms
+    applied) converted to LPS: origin, spacing and direction exactly, oblique directions included.
+    """
+    scalars = volume_scalars(node)
+    dims = node.GetImageData().GetDimensions()
     array = numpy_support.vtk_to_numpy(scalars).reshape(dims[2], dims[1], dims[0])
-    return array, LPS_TO_RAS @ ijk_to_ras_matrix(node)[:3]  # diag(-1,-1,1) is its own inverse
-
-
-def image_from_voxels(array: np.ndarray, ijk_to_lps: np.ndarray) -> sitk.Image:
-    """A SimpleITK image holding a copy of (K, J, I) voxels, with the geometry of an IJK-to-LPS 3x4 matrix:
-    origin, spacing and direction exactly, oblique directions included. Uses no MRML (safe in a thread)."""
     image = sitk.GetImageFromArray(array)  # a copy: the image does not share the node's memory
+    ijk_to_lps = LPS_TO_RAS @ ijk_to_ras_matrix(node)[:3]  # diag(-1,-1,1) is its own inverse
     spacing = np.linalg.norm(ijk_to_lps[:, :3], axis=0)
     image.SetSpacing(spacing.tolist())
     image.SetOrigin(ijk_to_lps[:, 3].tolist())
     image.SetDirection((ijk_to_lps[:, :3] / spacing).ravel().tolist())
     return image
-
-
-def image_from_volume_node(node) -> sitk.Image:
-    """A copy of a scalar volume node's voxels as a SimpleITK image with the node's world geometry in LPS;
-    the voxel type is kept."""
-    return image_from_voxels(*volume_voxels(node))
 
 
 def ijk_to_ras_of_image(image: sitk.Image) -> np.ndarray:
@@ -134,20 +132,33 @@ def inputs_from_nodes(t1_node, series_nodes, inputs: str = "subtractions"):
     return CaseInputs(t1, series, inputs, names)
 
 
-def export_input_nodes(t1_node, series_nodes, folder: str | Path) -> tuple[Path | None, list[Path]]:
-    """Write the input nodes as NRRD files (exact LPS geometry, uncompressed) for ``breastcmsl analyze`` in a
-    background process; returns (t1 path or None without a T1, series paths), by position of the nodes.
+def write_volume_node(node, path: str | Path) -> None:
+    """Write a volume node as an uncompressed NRRD file with its world geometry (LPS in the file).
 
-    The nodes are read here, in the calling thread (MRML is not thread-safe); copying and writing the voxels,
-    which SimpleITK does without the GIL, runs in parallel threads (0.19 s instead of 0.34 s for 7 volumes
-    of 10 M voxels on 2 cores)."""
+    A node without a parent transform is written by MRML's own volume storage node (Slicer's Save), straight
+    from the node's voxels: 15 ms for a 10 M-voxel float volume against 42 ms through a SimpleITK copy. A
+    node under a (linear) transform is written through :func:`image_from_volume_node`, which applies it."""
+    volume_scalars(node)
+    if node.GetParentTransformNode() is None:
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()  # not added to the scene: the scene is unchanged
+        storage.SetFileName(str(path))
+        storage.SetUseCompression(False)
+        if not storage.WriteData(node):
+            raise InputError(path, f"the volume {node.GetName()} could not be written")
+    else:
+        sitk.WriteImage(image_from_volume_node(node), str(path))
+
+
+def export_input_nodes(t1_node, series_nodes, folder: str | Path) -> tuple[Path | None, list[Path]]:
+    """Write the input nodes as NRRD files (:func:`write_volume_node`) for ``breastcmsl analyze`` in a
+    background process; returns (t1 path or None without a T1, series paths), by position of the nodes."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = ["t1.nrrd", *(f"series_{index}.nrrd" for index in range(1, len(series_nodes) + 1))]
     paths = [None if node is None else folder / name for node, name in zip([t1_node, *series_nodes], names)]
-    voxels = [(volume_voxels(node), path) for node, path in zip([t1_node, *series_nodes], paths) if node is not None]
-    with ThreadPoolExecutor(min(len(voxels), os.cpu_count() or 1)) as pool:
-        list(pool.map(lambda item: sitk.WriteImage(image_from_voxels(*item[0]), str(item[1])), voxels))
+    for node, path in zip([t1_node, *series_nodes], paths):
+        if node is not None:
+            write_volume_node(node, path)
     return paths[0], paths[1:]
 
 
@@ -234,8 +245,7 @@ def add_result_nodes(scene, case: str, maps: dict[str, sitk.Image], peaks_lps: d
     try:
         ids = {}
         for which in ("coam", "cam"):
-            volume = volume_node_from_image(scene, sitk.Cast(maps[which], sitk.sitkFloat32), f"{case} {which.upper()}",
-                                            value_range=(0.0, 1.0))
+            volume = volume_node_from_image(scene, maps[which], f"{case} {which.upper()}", value_range=(0.0, 1.0))
             style_heat_volume(scene, volume)
             label = volume_node_from_image(scene, maps[f"{which}_label"], f"{case} {which.upper()} label",
                                            labelmap=True)
@@ -263,7 +273,9 @@ def read_result_folder(out_dir: str | Path) -> tuple[dict, dict[str, sitk.Image]
     out_dir = Path(out_dir)
     try:
         result = json.loads((out_dir / "result.json").read_text())
-        maps = {name: sitk.ReadImage(str(out_dir / f"{name}.nrrd")) for name in MAP_NAMES}
+        with ThreadPoolExecutor(2) as pool:  # SimpleITK reads without the GIL
+            maps = dict(zip(MAP_NAMES, pool.map(lambda name: sitk.ReadImage(str(out_dir / f"{name}.nrrd")),
+                                                MAP_NAMES)))
     except (OSError, ValueError, RuntimeError) as err:
         raise InputError(out_dir, f"is not a complete analyze output folder ({err})") from None
     return result, maps

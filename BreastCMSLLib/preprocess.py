@@ -91,7 +91,10 @@ class CaseInputs:
 def load_inputs(t1: str | Path | None, series: list[str | Path], kind: str, extra: dict | None = None) -> CaseInputs:
     """Read and check the volumes of one case (see :class:`CaseInputs` for ``kind``; ``t1`` may be None)."""
     paths = [None if t1 is None else Path(t1), *map(Path, series)]
-    images = [None if p is None else read_volume(p) for p in paths]
+    # SimpleITK's reader and numpy's checks release the GIL: the volumes are read in parallel (the first
+    # unreadable one, in this order, is the error reported)
+    with ThreadPoolExecutor(min(len(paths), os.cpu_count() or 1)) as pool:
+        images = list(pool.map(lambda p: None if p is None else read_volume(p), paths))
     return CaseInputs(images[0], images[1:], kind, [None if p is None else str(p) for p in paths], extra)
 
 

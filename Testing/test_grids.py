@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import SimpleITK as sitk
 
-from BreastCMSLLib.grids import coverage, lattice_aligned, values_on
+from BreastCMSLLib.grids import coverage, lattice_aligned, resample, values_on
 
 DIRECTION = np.array([[0, 1, 0], [0, 0, -1], [-1, 0, 0]], float)
 
@@ -68,3 +68,18 @@ def test_other_lattices_are_resampled_linearly():
     assert not lattice_aligned(image, grid)
     linear = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     np.testing.assert_array_equal(values_on(image, grid), sitk.GetArrayFromImage(linear).transpose(2, 1, 0))
+
+
+def test_resample_onto_its_own_grid_is_the_image_itself():
+    image = source_image(np.random.default_rng(5))
+    grid = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    grid.CopyInformation(image)
+    assert resample(image, grid) is image  # float32 already: no copy
+    label = resample(image > 0, grid, label=True)
+    assert label.GetPixelID() == sitk.sitkUInt8
+    assert np.array_equal(sitk.GetArrayFromImage(label), sitk.GetArrayFromImage(image) > 0)
+    shifted = sitk.Image(grid)
+    shifted.SetOrigin(image.TransformIndexToPhysicalPoint([1, 0, 0]))
+    moved = resample(image, shifted)  # the same lattice, shifted by one voxel: not the same grid
+    assert moved is not image
+    assert np.array_equal(sitk.GetArrayFromImage(moved)[:, :, :-1], sitk.GetArrayFromImage(image)[:, :, 1:])

@@ -91,6 +91,31 @@ def test_linear_parent_transform_is_applied():
     np.testing.assert_allclose(nodes.ijk_to_ras_of_image(image), to_parent @ local, atol=1e-9)
 
 
+def test_exported_files_hold_the_nodes_world_geometry_and_voxels(tmp_path):
+    """The export for the worker: MRML's storage node for a plain node, the hardened copy under a transform;
+    both read back by SimpleITK give the node's world IJK-to-RAS and its voxels, and leave the scene as it was."""
+    scene = slicer.vtkMRMLScene()
+    image = oblique_image()
+    plain, moved = (nodes.volume_node_from_image(scene, image, name) for name in ("plain", "moved"))
+    transform = slicer.vtkMRMLLinearTransformNode()
+    scene.AddNode(transform)
+    m = vtk.vtkMatrix4x4()
+    m.SetElement(0, 3, 12.5)
+    m.SetElement(1, 1, 0.0), m.SetElement(1, 2, -1.0), m.SetElement(2, 1, 1.0), m.SetElement(2, 2, 0.0)
+    transform.SetMatrixTransformToParent(m)
+    moved.SetAndObserveTransformNodeID(transform.GetID())
+    before = (scene.GetNumberOfNodes(), plain.GetMTime(), moved.GetMTime())
+    t1_path, (plain_path, moved_path) = nodes.export_input_nodes(None, [plain, moved], tmp_path / "inputs")
+    assert t1_path is None and sorted(p.name for p in (tmp_path / "inputs").iterdir()) == ["series_1.nrrd",
+                                                                                         "series_2.nrrd"]
+    assert (scene.GetNumberOfNodes(), plain.GetMTime(), moved.GetMTime()) == before
+    for node, path in ((plain, plain_path), (moved, moved_path)):
+        written = sitk.ReadImage(str(path))
+        np.testing.assert_allclose(nodes.ijk_to_ras_of_image(written), nodes.ijk_to_ras_matrix(node), atol=1e-9)
+        assert np.array_equal(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(image))
+    assert not np.allclose(nodes.ijk_to_ras_matrix(moved), nodes.ijk_to_ras_matrix(plain))  # the transform acted
+
+
 # ---- analyze_nodes, check_inputs and centre_distances on a phantom case (nodes read by MRML's own reader)
 
 @pytest.fixture(scope="module")
