@@ -28,7 +28,8 @@ def check_image(image: sitk.Image, source: str | Path) -> sitk.Image:
         )
     if min(image.GetSize()) < 2:
         raise InputError(source, f"expected a 3D volume, got size {image.GetSize()} (a 2D slice)")
-    image = sitk.Cast(image, sitk.sitkFloat32)
+    if image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
     values = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(values).all():
         raise InputError(source, f"{int((~np.isfinite(values)).sum())} voxels are NaN or Inf")
