@@ -23,6 +23,7 @@ from .model import NetOutput, bf16_native, probability
 from .modelfile import LoadedModel
 from .peaks import plateau_peak_lps
 from .preprocess import CaseInputs, Preprocessed, preprocess_case, to_ijk, to_reference
+from .sparse import nonzero_box
 
 Progress = Callable[[float, str], None]
 
@@ -65,7 +66,8 @@ def network_input(array: np.ndarray, device: torch.device, dtype: torch.dtype) -
 
 
 def forward(loaded: LoadedModel, array: np.ndarray, device: torch.device) -> tuple[NetOutput, str]:
-    """One inference pass on a (C, I, J, K) array with the BN-folded channels_last_3d network, under
+    """One inference pass on a (C, I, J, K) array with the BN-folded channels_last_3d network (conv1 only
+    around the array's non-zero voxels, :mod:`.sparse`), under
     bf16 autocast where the device runs bf16 natively (measured on the untrained full-size model on a
     phantom: features within 0.8 % of float32, cos(theta) within 1e-4, same COAM/CAM maxima), else float32.
     Returns the output and the precision used ("bf16" or "fp32")."""
@@ -73,7 +75,7 @@ def forward(loaded: LoadedModel, array: np.ndarray, device: torch.device) -> tup
     bf16 = bf16_native(device)
     x = network_input(array, device, torch.bfloat16 if bf16 else torch.float32)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        return module(x), "bf16" if bf16 else "fp32"
+        return module(x, nonzero_box(array)), "bf16" if bf16 else "fp32"
 
 
 def feature_map_image(small: torch.Tensor, input_grid: sitk.Image) -> sitk.Image:

@@ -13,6 +13,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .config import ModelConfig
 from .resnet import ResNet3d
+from .sparse import Box
 
 RESNET34_LAYERS = [3, 4, 6, 3]
 RESNET_WIDTHS = [64, 128, 256, 512]
@@ -45,12 +46,13 @@ class CMSLNet(nn.Module):
         self.head = nn.Conv3d(channels, 1, kernel_size=1)
         self.aux_head = nn.Linear(channels, cfg.aux_classes) if cfg.aux_classes else None
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last activation map of layer4, (B, C, I/32, J/32, K/32) rounded up."""
-        return self.backbone(x)
+    def features(self, x: torch.Tensor, box: Box | None = None) -> torch.Tensor:
+        """The last activation map of layer4, (B, C, I/32, J/32, K/32) rounded up. ``box``: ``x`` is zero
+        outside it (:mod:`.sparse`)."""
+        return self.backbone(x, box)
 
-    def forward(self, x: torch.Tensor) -> NetOutput:
-        f = self.features(x)
+    def forward(self, x: torch.Tensor, box: Box | None = None) -> NetOutput:
+        f = self.features(x, box)
         logit_map = self.head(f)[:, 0]
         w = self.head.weight.reshape(-1).float()
         if self.cfg.pooling == "avg":

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .sparse import Box, conv_on_box
+
 
 class MaxPool3d(nn.MaxPool3d):
     """MONAI's max pooling, run in its input's dtype under autocast.
@@ -85,6 +87,9 @@ class ResNet3d(nn.Module):
         layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.act(self.bn1(self.conv1(x))))
+    def forward(self, x: torch.Tensor, box: Box | None = None) -> torch.Tensor:
+        """``box``: when given, ``x`` is zero outside it and conv1 runs only where it sees data
+        (:func:`.sparse.conv_on_box`; the same output)."""
+        stem = self.conv1(x) if box is None else conv_on_box(self.conv1, x, box)
+        x = self.maxpool(self.act(self.bn1(stem)))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
