@@ -8,7 +8,8 @@ the rest with the bias: the same output (bitwise on the CPU; tested), in about h
 offers this (a sparse convolution would need the whole network sparse), so it is written here.
 
 A box is ((i0, i1), (j0, j1), (k0, k1)), inclusive voxel ranges of the spatial axes (I, J, K); i0 > i1
-means an empty box (an all-zero input).
+means an empty box (an all-zero input; conv1 then computes only the outputs at the volume's first corner).
+Every input voxel is read by some conv1 window (kernel 7 >= stride 2), so the computed slab is never empty.
 """
 
 from __future__ import annotations
@@ -52,24 +53,18 @@ def conv_on_box(conv: nn.Conv3d, x: torch.Tensor, box: Box) -> torch.Tensor:
     first = [max(0, -(-(lo + p - k + 1) // s)) for (lo, _), k, s, p in zip(box, kernel, stride, pad)]
     last = [min(n - 1, (hi + p) // s) for (_, hi), n, s, p in zip(box, out_size, stride, pad)]
     reads = [(o0 * s - p, o1 * s - p + k - 1) for o0, o1, k, s, p in zip(first, last, kernel, stride, pad)]
-    computed = all(o1 >= o0 for o0, o1 in zip(first, last))
     if np.prod([o1 - o0 + 1 for o0, o1 in zip(first, last)]) > WHOLE * np.prod(out_size):
         return conv(x)  # a box that fills most of the input: the plain convolution is faster
-    if computed:
-        slab = x[(slice(None), slice(None), *(slice(max(0, a), min(n, b + 1)) for (a, b), n in zip(reads, size)))]
-        padding = [amount for (a, b), n in reversed(list(zip(reads, size)))
-                   for amount in (max(0, -a), max(0, b + 1 - n))]  # functional.pad lists the last axis first
-        slab = functional.pad(slab, padding).contiguous(memory_format=torch.channels_last_3d)
-        inner = functional.conv3d(slab, conv.weight, conv.bias, stride=stride)
-        dtype = inner.dtype
-    else:
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-    out = torch.empty((x.shape[0], conv.out_channels, *out_size), dtype=dtype, device=x.device,
+    slab = x[(slice(None), slice(None), *(slice(max(0, a), min(n, b + 1)) for (a, b), n in zip(reads, size)))]
+    padding = [amount for (a, b), n in reversed(list(zip(reads, size)))
+               for amount in (max(0, -a), max(0, b + 1 - n))]  # functional.pad lists the last axis first
+    slab = functional.pad(slab, padding).contiguous(memory_format=torch.channels_last_3d)
+    inner = functional.conv3d(slab, conv.weight, conv.bias, stride=stride)
+    out = torch.empty((x.shape[0], conv.out_channels, *out_size), dtype=inner.dtype, device=x.device,
                       memory_format=torch.channels_last_3d)
     if conv.bias is None:
         out.zero_()
     else:  # the value the convolution gives on zeros: its bias, rounded as autocast rounds it
-        out.copy_(conv.bias.to(dtype).view(1, -1, 1, 1, 1).expand_as(out))
-    if computed:
-        out[(slice(None), slice(None), *(slice(o0, o1 + 1) for o0, o1 in zip(first, last)))] = inner
+        out.copy_(conv.bias.to(inner.dtype).view(1, -1, 1, 1, 1).expand_as(out))
+    out[(slice(None), slice(None), *(slice(o0, o1 + 1) for o0, o1 in zip(first, last)))] = inner
     return out

@@ -40,9 +40,10 @@ BOXES = {
 
 @pytest.mark.parametrize("name", sorted(BOXES))
 @pytest.mark.parametrize("bf16", [False, True])
-def test_conv_on_box_equals_the_convolution(name, bf16):
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_on_box_equals_the_convolution(name, bf16, bias):
     torch.manual_seed(1)
-    conv = torch.nn.Conv3d(6, 8, kernel_size=7, stride=2, padding=3, bias=True).eval()
+    conv = torch.nn.Conv3d(6, 8, kernel_size=7, stride=2, padding=3, bias=bias).eval()
     box = BOXES[name]
     x = torch.from_numpy(sparse_input(box if box != EMPTY else ((0, 0),) * 3))
     if box == EMPTY:
@@ -53,8 +54,9 @@ def test_conv_on_box_equals_the_convolution(name, bf16):
     assert got.dtype == expected.dtype == (torch.bfloat16 if bf16 else torch.float32)
     assert got.shape == expected.shape and got.is_contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
-    if box == EMPTY:  # nothing computed: every voxel is the bias, rounded as autocast rounds it
-        assert torch.equal(got, conv.bias.to(got.dtype).view(1, -1, 1, 1, 1).expand_as(got))
+    if box == EMPTY:  # an all-zero input: every voxel is the bias (rounded as autocast rounds it), or 0
+        value = conv.bias.to(got.dtype) if bias else torch.zeros(8, dtype=got.dtype)
+        assert torch.equal(got, value.view(1, -1, 1, 1, 1).expand_as(got))
 
 
 def test_the_inference_network_with_a_box_gives_the_same_output():
