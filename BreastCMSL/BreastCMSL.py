@@ -1,6 +1,6 @@
 """BreastCMSL: malignancy probability of a breast DCE-MRI lesion with COAM and CAM localization maps.
 
-The 3D Slicer module binds widgets to :class:`BreastCMSLLib.session.Session`, which holds every behaviour
+The 3D Slicer module binds widgets to :class:`BreastCMSLLib.panel.session.Session`, which holds every behaviour
 of the panel Qt-free (and is tested on the slicer-core wheel); the module's Logic is that session.
 """
 
@@ -38,7 +38,7 @@ if str(libraryRoot()) not in sys.path:
     sys.path.insert(0, str(libraryRoot()))
 
 from BreastCMSLLib.errors import InputError  # noqa: E402 (needs the path above)
-from BreastCMSLLib.session import Session, evaluation_text, result_text  # noqa: E402
+from BreastCMSLLib.panel.session import Session, evaluation_text, result_text  # noqa: E402
 
 PAPER = ("L. Luo, H. Chen, X. Wang, Q. Dou, H. Lin, J. Zhou, G. Li, P.-A. Heng: Deep Angular Embedding and "
          "Feature Correlation Attention for Breast MRI Cancer Analysis. MICCAI 2019 (arXiv:1906.02999).")
@@ -86,7 +86,7 @@ def registerSampleData() -> None:
     import SampleData
 
     def makePhantom(source):
-        from BreastCMSLLib.phantom import synth_case
+        from BreastCMSLLib.pipeline.phantom import synth_case
 
         folder = Path(tempfile.mkdtemp(prefix="BreastCMSL-phantom-", dir=slicer.app.temporaryPath))
         synth_case(folder / "phantom", seed=1, label=1)
@@ -387,7 +387,7 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class BreastCMSLLogic(ScriptedLoadableModuleLogic, Session):
-    """The session (BreastCMSLLib.session) on Slicer's scene, plus what only Slicer has: its model folder, its
+    """The session (BreastCMSLLib.panel.session) on Slicer's scene, plus what only Slicer has: its model folder, its
     Python launcher, its views, DICOM database and package installers."""
 
     def __init__(self) -> None:
@@ -431,7 +431,7 @@ class BreastCMSLLogic(ScriptedLoadableModuleLogic, Session):
     def rolePatterns(p):
         """The role rules' patterns with the user's edits (empty fields keep the defaults); an invalid regular
         expression is an InputError naming the field."""
-        from BreastCMSLLib.roles import RolePatterns
+        from BreastCMSLLib.dicom.roles import RolePatterns
 
         edits = {"t1": p.t1Pattern, "pre": p.prePattern, "post": p.postPattern, "subtraction": p.subPattern}
         return RolePatterns.from_overrides({k: v for k, v in edits.items() if v}, "Name patterns")

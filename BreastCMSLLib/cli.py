@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import InputError
+from BreastCMSLLib.errors import InputError
 
 
 def _triple(kind):
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_synth(args) -> dict:
-    from .phantom import synth_case
+    from BreastCMSLLib.pipeline.phantom import synth_case
 
     return synth_case(args.out, seed=args.seed, label=args.label, shape=args.shape, spacing=args.spacing,
                       inputs=args.inputs)
@@ -85,9 +85,9 @@ def cmd_synth(args) -> dict:
 def cmd_init_model(args) -> dict:
     import torch
 
-    from .config import ModelConfig, PreprocessConfig
-    from .model import build_model
-    from .modelfile import save_model
+    from BreastCMSLLib.config import ModelConfig, PreprocessConfig
+    from BreastCMSLLib.network.modelfile import save_model
+    from BreastCMSLLib.network.net import build_model
 
     try:
         pre = PreprocessConfig() if args.input_size is None else PreprocessConfig(input_size=tuple(args.input_size))
@@ -105,7 +105,7 @@ def cmd_init_model(args) -> dict:
 
 def gather_inputs(args):
     """The case's volumes from a case folder or from [--t1] --sub/--pre/--post; returns (inputs, used)."""
-    from .preprocess import load_case, load_inputs
+    from BreastCMSLLib.pipeline.preprocess import load_case, load_inputs
 
     named = args.t1 or args.sub or args.pre or args.post
     if args.case_dir and named:
@@ -132,9 +132,9 @@ def cmd_analyze(args, load=None, report=None) -> dict:
     """``breastcmsl analyze``. ``load(path)`` loads the model (default :func:`modelfile.load_model`; the session's
     warm worker passes its cache) and ``report(fraction, stage)`` receives the progress (default: ``--progress``
     lines on stderr)."""
-    from .analyze import analyze_case, select_device
-    from .modelfile import load_model
-    from .output import write_analysis
+    from BreastCMSLLib.network.modelfile import load_model
+    from BreastCMSLLib.pipeline.analyze import analyze_case, select_device
+    from BreastCMSLLib.pipeline.output import write_analysis
 
     if args.out.exists() and not args.out.is_dir():
         raise InputError(args.out, "the output folder is an existing file")
@@ -146,7 +146,7 @@ def cmd_analyze(args, load=None, report=None) -> dict:
     if (args.roles or args.patterns or args.dicom_seg) and not args.dicom:
         raise InputError("analyze", "--roles, --patterns and --dicom-seg need --dicom STUDY_DIR")
     if args.dicom:
-        from .roles import study_inputs
+        from BreastCMSLLib.dicom.roles import study_inputs
 
         if args.case_dir or args.t1 or args.sub or args.pre or args.post:
             raise InputError(args.dicom, "give either --dicom or a case folder / named volumes, not both")
@@ -161,7 +161,7 @@ def cmd_analyze(args, load=None, report=None) -> dict:
     centre = (inputs.extra or {}).get("center_lps")
     extra = {}
     if args.dicom_seg:
-        from .dicomseg import coam_segmentation
+        from BreastCMSLLib.dicom.seg import coam_segmentation
 
         seg = coam_segmentation(analysis.coam_label, study.reference)
         extra["coam_seg.dcm"] = lambda path: seg.save_as(path)
@@ -174,7 +174,7 @@ def cmd_analyze(args, load=None, report=None) -> dict:
 def cmd_roles(args) -> dict | None:
     """``breastcmsl roles``: the role table (or JSON). When the roles cannot be assigned, the study's series
     inventory (table, or JSON with the error) goes to stdout before the one-line error."""
-    from .roles import RolesError, inventory, inventory_table, study_roles
+    from BreastCMSLLib.dicom.roles import RolesError, inventory, inventory_table, study_roles
 
     try:
         assignment = study_roles(args.study_dir, args.roles, args.channels, args.patterns)

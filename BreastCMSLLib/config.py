@@ -16,7 +16,7 @@ NETWORK_STRIDE = 32  # conv1 (2) x max pool (2) x layer2..4 (2 each): input voxe
 
 @dataclass(frozen=True)
 class MaskConfig:
-    """Parameters of :func:`BreastCMSLLib.mask.breast_mask` (slice-wise Frangi breast mask). Lengths in mm."""
+    """Parameters of :func:`BreastCMSLLib.pipeline.mask.breast_mask` (slice-wise Frangi breast mask). Lengths in mm."""
 
     work_spacing_mm: float = 2.0  # in-plane spacing the slices are binned to first (speed; the mask is smooth)
     body_fraction: float = 0.25  # body outline = T1 above this fraction of the volume's 99th percentile (fat)
@@ -36,7 +36,7 @@ class MaskConfig:
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """One-case preprocessing (see :mod:`BreastCMSLLib.preprocess`)."""
+    """One-case preprocessing (see :mod:`BreastCMSLLib.pipeline.preprocess`)."""
 
     input_size: tuple[int, int, int] = (340, 220, 128)  # network input, voxels (i, j, k)
     spacing: tuple[float, float, float] | None = None  # resample to this spacing (mm); None keeps it

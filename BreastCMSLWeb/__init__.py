@@ -1,4 +1,4 @@
-"""BreastCMSL in the browser: a trame-slicer page over :class:`BreastCMSLLib.session.Session`.
+"""BreastCMSL in the browser: a trame-slicer page over :class:`BreastCMSLLib.panel.session.Session`.
 
 ``breastcmsl-web`` (:mod:`.app`) runs a front server (:mod:`.front`: token, one process per browser tab,
 proxied on one port); each tab process (:mod:`.tab`) holds its own MRML scene and session and serves the

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.volumes import VOLUME_SUFFIXES
+from BreastCMSLLib.pipeline.volumes import VOLUME_SUFFIXES
 
 
 def confined(root: Path, name: str, what: str) -> Path:

@@ -12,7 +12,7 @@ from trame_server import Server
 from trame_slicer.core import VolumeWindowLevel
 
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.session import Session, disclaimer, models_in
+from BreastCMSLLib.panel.session import Session, disclaimer, models_in
 
 from .catalog import Catalog
 from .errors import action, reports_errors

@@ -21,7 +21,7 @@ def main() -> None:
     from trame_slicer import module as trame_slicer_module
     from trame_slicer.core import SlicerApp
 
-    from BreastCMSLLib.session import Session
+    from BreastCMSLLib.panel.session import Session
 
     from .catalog import Catalog
     from .controller import TabController

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from BreastCMSLLib.config import ModelConfig, PreprocessConfig
-from BreastCMSLLib.model import build_model
-from BreastCMSLLib.modelfile import save_model
+from BreastCMSLLib.network.modelfile import save_model
+from BreastCMSLLib.network.net import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SHAPE = (96, 64, 40)
@@ -38,7 +38,7 @@ def tiny_model_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_case(tmp_path_factory) -> Path:
     """A small malignant phantom case folder (t1, pre, post_1..6, truth/, case.json)."""
-    from BreastCMSLLib.phantom import synth_case
+    from BreastCMSLLib.pipeline.phantom import synth_case
 
     out = tmp_path_factory.mktemp("case") / "case"
     synth_case(out, seed=7, label=1, shape=TINY_SHAPE, spacing=TINY_SPACING)

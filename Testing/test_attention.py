@@ -2,9 +2,9 @@
 
 import torch
 
-from BreastCMSLLib.attention import cam, coam
 from BreastCMSLLib.config import ModelConfig, PreprocessConfig
-from BreastCMSLLib.model import build_model
+from BreastCMSLLib.network.attention import cam, coam
+from BreastCMSLLib.network.net import build_model
 
 
 def test_coam_equals_float64_gram_row_sums():
@@ -61,8 +61,8 @@ def test_a_one_hot_feature_peaks_at_input_voxel_32f():
     import numpy as np
     import SimpleITK as sitk
 
-    from BreastCMSLLib.analyze import normalized_on_input_grid, peak_lps
-    from BreastCMSLLib.preprocess import Preprocessed
+    from BreastCMSLLib.pipeline.analyze import normalized_on_input_grid, peak_lps
+    from BreastCMSLLib.pipeline.preprocess import Preprocessed
 
     grid = sitk.Image([96, 64, 64], sitk.sitkUInt8)
     grid.SetSpacing((0.9, 1.1, 2.0))

@@ -10,8 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from BreastCMSLLib.cli import main
-from BreastCMSLLib.dicom import read_dataset, scan_study, volume_to_image
-from BreastCMSLLib.preprocess import load_case
+from BreastCMSLLib.dicom.series import read_dataset, scan_study, volume_to_image
+from BreastCMSLLib.pipeline.preprocess import load_case
 from Testing import dicomsynth
 
 MAPS = ("coam", "cam", "coam_label", "cam_label")

@@ -11,9 +11,9 @@ import pytest
 import SimpleITK as sitk
 
 from BreastCMSLLib.config import PreprocessConfig
-from BreastCMSLLib.modelfile import load_model
-from BreastCMSLLib.phantom import PhantomConfig, make_case
-from BreastCMSLLib.preprocess import load_case
+from BreastCMSLLib.network.modelfile import load_model
+from BreastCMSLLib.pipeline.phantom import PhantomConfig, make_case
+from BreastCMSLLib.pipeline.preprocess import load_case
 from Testing import dicomsynth
 from Training.ingest import ingest
 from Training.manifest import read_manifest

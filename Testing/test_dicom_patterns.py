@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from BreastCMSLLib.dicom import Frame, Phase, Series
+from BreastCMSLLib.dicom.roles import RolePatterns, assign_by_name, assign_roles, fat_suppression
+from BreastCMSLLib.dicom.series import Frame, Phase, Series
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.roles import RolePatterns, assign_by_name, assign_roles, fat_suppression
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 

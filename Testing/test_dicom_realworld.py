@@ -21,9 +21,9 @@ from pydicom.uid import (
 )
 
 from BreastCMSLLib.cli import main
-from BreastCMSLLib.dicom import read_dataset, read_phase, scan_study
-from BreastCMSLLib.dicomseg import coam_segmentation
-from BreastCMSLLib.phantom import PhantomConfig, make_case, write_case
+from BreastCMSLLib.dicom.seg import coam_segmentation
+from BreastCMSLLib.dicom.series import read_dataset, read_phase, scan_study
+from BreastCMSLLib.pipeline.phantom import PhantomConfig, make_case, write_case
 from Testing import dicomsynth
 
 from .conftest import TINY_SHAPE, run_cli

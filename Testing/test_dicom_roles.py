@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 
 from BreastCMSLLib.cli import main
-from BreastCMSLLib.dicom import read_phase, scan_study
-from BreastCMSLLib.phantom import PhantomConfig, make_case
-from BreastCMSLLib.roles import RolePatterns, assign_roles
+from BreastCMSLLib.dicom.roles import RolePatterns, assign_roles
+from BreastCMSLLib.dicom.series import read_phase, scan_study
+from BreastCMSLLib.pipeline.phantom import PhantomConfig, make_case
 from Testing import dicomsynth
 
 from .conftest import run_cli

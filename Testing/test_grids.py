@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import SimpleITK as sitk
 
-from BreastCMSLLib.grids import coverage, lattice_aligned, resample, values_on
+from BreastCMSLLib.pipeline.grids import coverage, lattice_aligned, resample, values_on
 
 DIRECTION = np.array([[0, 1, 0], [0, 0, -1], [-1, 0, 0]], float)
 

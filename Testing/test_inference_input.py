@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from BreastCMSLLib.analyze import host_input, network_input
+from BreastCMSLLib.pipeline.analyze import host_input, network_input
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

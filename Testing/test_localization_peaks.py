@@ -8,11 +8,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from BreastCMSLLib.analyze import analyze_case, normalized_on_input_grid, peak_lps
 from BreastCMSLLib.config import PreprocessConfig
-from BreastCMSLLib.modelfile import load_model
-from BreastCMSLLib.peaks import plateau_peak_index, plateau_peak_lps
-from BreastCMSLLib.preprocess import CaseInputs, load_case, preprocess_case, to_reference
+from BreastCMSLLib.network.modelfile import load_model
+from BreastCMSLLib.pipeline.analyze import analyze_case, normalized_on_input_grid, peak_lps
+from BreastCMSLLib.pipeline.peaks import plateau_peak_index, plateau_peak_lps
+from BreastCMSLLib.pipeline.preprocess import CaseInputs, load_case, preprocess_case, to_reference
 
 from .conftest import TINY_INPUT
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from BreastCMSLLib.phantom import PhantomConfig, draw_parameters, make_case
+from BreastCMSLLib.pipeline.phantom import PhantomConfig, draw_parameters, make_case
 
 from .conftest import run_cli
 
@@ -84,10 +84,10 @@ def test_spread_lesions_lie_deep_in_either_breast_and_keep_the_other_parameters(
 def test_map_evidence_sees_the_activations_coam_is_built_from(tiny_case, tiny_model_path):
     import torch
 
-    from BreastCMSLLib.analyze import analyze_case
-    from BreastCMSLLib.attention import coam
-    from BreastCMSLLib.modelfile import load_model
-    from BreastCMSLLib.preprocess import load_case
+    from BreastCMSLLib.network.attention import coam
+    from BreastCMSLLib.network.modelfile import load_model
+    from BreastCMSLLib.pipeline.analyze import analyze_case
+    from BreastCMSLLib.pipeline.preprocess import load_case
     from Training.mapevidence import case_evidence, last_block_activations, rank_of
 
     loaded = load_model(tiny_model_path)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from pytorch_metric_learning.losses import CosFaceLoss
 
-from BreastCMSLLib.losses import bce_loss, cmsl_loss, nsl_loss
+from BreastCMSLLib.network.losses import bce_loss, cmsl_loss, nsl_loss
 
 
 @pytest.mark.parametrize("label", [0, 1])

@@ -8,8 +8,8 @@ import SimpleITK as sitk
 from sklearn.metrics import f1_score
 
 from BreastCMSLLib.config import MaskConfig
-from BreastCMSLLib.mask import breast_mask, slice_objectness
-from BreastCMSLLib.phantom import TISSUE_LABELS, PhantomConfig, make_case
+from BreastCMSLLib.pipeline.mask import breast_mask, slice_objectness
+from BreastCMSLLib.pipeline.phantom import TISSUE_LABELS, PhantomConfig, make_case
 
 CASES = {
     "tiny-0": PhantomConfig(shape=(96, 64, 40)),

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 from BreastCMSLLib.config import ModelConfig, PreprocessConfig
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.model import build_model, inference_module, probability
-from BreastCMSLLib.modelfile import file_sha256, load_model, save_model
+from BreastCMSLLib.network.modelfile import file_sha256, load_model, save_model
+from BreastCMSLLib.network.net import build_model, inference_module, probability
 
 SMALL = ModelConfig(width_factor=0.125, preprocess=PreprocessConfig(input_size=(64, 64, 32)))
 

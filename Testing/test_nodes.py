@@ -9,8 +9,8 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from BreastCMSLLib import display, nodes
 from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.mrml import display, nodes
 from Testing.dicomsynth import write_study
 from Testing.scenes import OBLIQUE, case_nodes, make_oblique_case, matrix_of, rotation
 

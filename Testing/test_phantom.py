@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 from sklearn.metrics import roc_auc_score
 
-from BreastCMSLLib import phantom
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.phantom import (
+from BreastCMSLLib.pipeline import phantom
+from BreastCMSLLib.pipeline.phantom import (
     PHASE_TIMES_MIN,
     TISSUE_LABELS,
     PhantomConfig,
@@ -20,7 +20,7 @@ from BreastCMSLLib.phantom import (
     synth_case,
     write_case,
 )
-from BreastCMSLLib.volumes import find_case_files, read_volume
+from BreastCMSLLib.pipeline.volumes import find_case_files, read_volume
 
 TINY = (96, 64, 40)  # 3.75 x 3.625 x 3.6 mm, the default field of view
 SERIES = ["t1", "pre"] + [f"post_{k}" for k in range(1, 7)]

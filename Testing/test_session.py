@@ -1,4 +1,4 @@
-"""The panel's session (BreastCMSLLib.session) on a real vtkMRMLScene: each button's path, end to end.
+"""The panel's session (BreastCMSLLib.panel.session) on a real vtkMRMLScene: each button's path, end to end.
 
 Analyze runs in the session's real worker process; its result must equal the real CLI's output for the same
 case (an oblique phantom, nodes read by MRML's own reader), land exactly on the reference node's grid, survive
@@ -17,10 +17,11 @@ import pytest
 import SimpleITK as sitk
 import slicer
 
-from BreastCMSLLib import cli, display, nodes
+from BreastCMSLLib import cli
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.phantom import PhantomConfig, make_case, synth_case, write_case
-from BreastCMSLLib.session import Session, models_in, result_text
+from BreastCMSLLib.mrml import display, nodes
+from BreastCMSLLib.panel.session import Session, models_in, result_text
+from BreastCMSLLib.pipeline.phantom import PhantomConfig, make_case, synth_case, write_case
 from Testing.dicomsynth import write_study
 from Testing.scenes import assert_unchanged, case_nodes, make_oblique_case, matrix_of, snapshot
 

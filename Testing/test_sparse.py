@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from BreastCMSLLib.config import ModelConfig, PreprocessConfig
-from BreastCMSLLib.model import build_model, inference_module
-from BreastCMSLLib.sparse import EMPTY, conv_on_box, nonzero_box
+from BreastCMSLLib.network.net import build_model, inference_module
+from BreastCMSLLib.network.sparse import EMPTY, conv_on_box, nonzero_box
 
 SMALL = ModelConfig(width_factor=0.125, preprocess=PreprocessConfig(input_size=(64, 64, 32)))
 

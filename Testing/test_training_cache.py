@@ -16,7 +16,7 @@ import pytest
 
 from BreastCMSLLib.config import PreprocessConfig
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.preprocess import load_case, preprocess_case
+from BreastCMSLLib.pipeline.preprocess import load_case, preprocess_case
 from Training.cache import create_cache, open_cache, preprocess_cohort, quantize
 from Training.cohort import synth_cohort
 from Training.manifest import Case, read_manifest

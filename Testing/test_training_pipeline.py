@@ -19,11 +19,11 @@ import torch
 from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
-from BreastCMSLLib.analyze import analyze_case
 from BreastCMSLLib.config import PreprocessConfig
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.modelfile import load_model, read_model_metadata
-from BreastCMSLLib.preprocess import load_case
+from BreastCMSLLib.network.modelfile import load_model, read_model_metadata
+from BreastCMSLLib.pipeline.analyze import analyze_case
+from BreastCMSLLib.pipeline.preprocess import load_case
 from Training.cache import open_cache, preprocess_cohort
 from Training.cohort import synth_cohort
 from Training.data import VolumeSource

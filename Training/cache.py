@@ -142,7 +142,7 @@ def _preprocess_one(root: str, case: Case, cfg_json: str, threads: int) -> tuple
     """Worker: preprocess one case into the cache; returns (subject_id, error or None, seconds)."""
     import SimpleITK as sitk
 
-    from BreastCMSLLib.preprocess import load_case, preprocess_case
+    from BreastCMSLLib.pipeline.preprocess import load_case, preprocess_case
 
     if threads:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)

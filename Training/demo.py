@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from BreastCMSLLib.config import NETWORK_STRIDE, PreprocessConfig
-from BreastCMSLLib.phantom import FOV_MM
+from BreastCMSLLib.pipeline.phantom import FOV_MM
 
 from .cache import preprocess_cohort
 from .cohort import synth_cohort

@@ -18,7 +18,7 @@ from sklearn.metrics import roc_curve
 
 from BreastCMSLLib.atomic import atomic_path, atomic_write_text
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.modelfile import save_model
+from BreastCMSLLib.network.modelfile import save_model
 
 from .cache import open_cache
 from .data import VolumeSource

@@ -2,7 +2,7 @@
 
 Layout: one study per sub-folder of ``--dicom-root``, the folder name is the subject id (for
 Duke-Breast-Cancer-MRI from TCIA: ``Duke-Breast-Cancer-MRI/Breast_MRI_001/<study>/<series>/1-001.dcm``).
-Each study is scanned and its roles assigned with the runtime's rules (:mod:`BreastCMSLLib.roles`,
+Each study is scanned and its roles assigned with the runtime's rules (:mod:`BreastCMSLLib.dicom.roles`,
 ``--patterns`` as in ``breastcmsl roles``; a ``roles.json`` inside a study folder overrides roles as
 ``breastcmsl analyze --roles`` does), then
 written as a case folder ``<manifest folder>/cases/<subject>/`` ([t1] + pre/post_k or sub_k NRRDs; a study
@@ -32,9 +32,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from BreastCMSLLib.atomic import replace_folder, staging_folder
-from BreastCMSLLib.dicom import Phase
+from BreastCMSLLib.dicom.roles import RolePatterns, load_overrides, load_patterns, load_study
+from BreastCMSLLib.dicom.series import Phase
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.roles import RolePatterns, load_overrides, load_patterns, load_study
 
 from .manifest import Case, write_manifest
 
@@ -131,7 +131,7 @@ def ingest_study(study_dir: Path, case_dir: Path, label: StudyLabel, box: tuple[
                  n_channels: int | None, patterns: RolePatterns) -> Case:
     """Convert one study into ``case_dir`` (written whole or not at all); returns its manifest row.
 
-    The study is read as :func:`BreastCMSLLib.roles.load_study` reads it for ``analyze --dicom``; each
+    The study is read as :func:`BreastCMSLLib.dicom.roles.load_study` reads it for ``analyze --dicom``; each
     volume is stored under its role's name (t1 when the study has one, pre, post_k or sub_k).
     """
     roles_file = study_dir / "roles.json"

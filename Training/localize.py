@@ -1,9 +1,9 @@
 """CAM vs COAM localization: distance (mm) between the annotated lesion centre and each map's peak.
 
 For the cases the model calls malignant (as the paper does), each case is analyzed with the core's
-:func:`BreastCMSLLib.analyze.analyze_case`, i.e. exactly as ``breastcmsl analyze`` does (preprocessing
+:func:`BreastCMSLLib.pipeline.analyze.analyze_case`, i.e. exactly as ``breastcmsl analyze`` does (preprocessing
 from the case folder, one forward pass, peaks on the input grid in LPS mm, a plateau of maxima resolved
-by :mod:`BreastCMSLLib.peaks`). The decision uses the run's own prediction on the cached split, the
+by :mod:`BreastCMSLLib.pipeline.peaks`). The decision uses the run's own prediction on the cached split, the
 same as ``evaluate`` (for sparse MIL: the maximum instance probability, see Training/README.md).
 """
 
@@ -24,13 +24,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import SimpleITK as sitk
 
-from BreastCMSLLib.analyze import Analysis, analyze_case
 from BreastCMSLLib.atomic import atomic_path, atomic_write_text
 from BreastCMSLLib.config import NETWORK_STRIDE
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.figures import axial_row
-from BreastCMSLLib.modelfile import LoadedModel, load_model, read_model_metadata
-from BreastCMSLLib.preprocess import load_case
+from BreastCMSLLib.network.modelfile import LoadedModel, load_model, read_model_metadata
+from BreastCMSLLib.pipeline.analyze import Analysis, analyze_case
+from BreastCMSLLib.pipeline.figures import axial_row
+from BreastCMSLLib.pipeline.preprocess import load_case
 
 from .evaluate import predict_split
 from .manifest import read_centers
@@ -101,7 +101,7 @@ def feature_grid(input_size) -> tuple[int, int, int]:
 def nearest_feature(grid: sitk.Image, point) -> tuple[tuple[int, int, int], float]:
     """The feature voxel (i, j, k) whose centre is nearest to an LPS point, and that distance (mm), on the
     input ``grid`` (feature voxel f is centred on input voxel 32 f, see
-    :func:`BreastCMSLLib.analyze.feature_map_image`)."""
+    :func:`BreastCMSLLib.pipeline.analyze.feature_map_image`)."""
     last = np.array(feature_grid(grid.GetSize())) - 1
     cont = np.array(grid.TransformPhysicalPointToContinuousIndex([float(v) for v in point]))
     f = np.clip(np.rint(cont / NETWORK_STRIDE), 0, last).astype(int)

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from BreastCMSLLib.config import ModelConfig
-from BreastCMSLLib.losses import bce_loss, cmsl_loss, nsl_loss
-from BreastCMSLLib.model import build_model
+from BreastCMSLLib.network.losses import bce_loss, cmsl_loss, nsl_loss
+from BreastCMSLLib.network.net import build_model
 
 from .mil2d import ARCH as MIL2D_ARCH
 from .mil2d import MIL2DNet

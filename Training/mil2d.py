@@ -13,7 +13,7 @@ from monai.networks.nets.resnet import ResNet
 from torch import nn
 
 from BreastCMSLLib.config import ModelConfig
-from BreastCMSLLib.model import RESNET34_LAYERS, RESNET_WIDTHS
+from BreastCMSLLib.network.net import RESNET34_LAYERS, RESNET_WIDTHS
 
 ARCH = "mil2d_resnet34"
 

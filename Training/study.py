@@ -1,7 +1,7 @@
 """``breastcmsl-train localization-study``: COAM vs CAM localization at the paper's feature grid.
 
 A phantom cohort at about the paper's voxel size (1.1 mm) whose lesions are spread over both breasts
-(position, size and kinetics varied: :data:`BreastCMSLLib.phantom.LESION_PLACEMENTS` "spread"), the
+(position, size and kinetics varied: :data:`BreastCMSLLib.pipeline.phantom.LESION_PLACEMENTS` "spread"), the
 core's preprocessing at the paper's input size (340 x 220 x 128: an 11 x 7 x 4 feature grid of
 35.2 mm cells), CMSL fitted, and for the test cases the model calls malignant (as the paper's 85) the
 distance from the annotated lesion centre to each map's peak (:func:`Training.localize.localize_cases`,
@@ -247,7 +247,7 @@ def report(cfg: StudyConfig, summary: dict, everything: dict, results: list[Case
         "summed feature vector, high where a position is strongly active in the channels active everywhere",
         "- CAM: the 1×1×1 head's logit w·x_i + b per position (the direction the classifier reads)",
         "- both live on the feature grid above and are resampled linearly onto the input grid; a plateau of "
-        "maxima resolves to the plateau voxel nearest its centroid (BreastCMSLLib/peaks.py)",
+        "maxima resolves to the plateau voxel nearest its centroid (BreastCMSLLib/pipeline/peaks.py)",
         *_evidence_lines(evidence), "",
         "![montage](montage.png)", "",
     ]

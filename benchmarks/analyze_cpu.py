@@ -51,9 +51,9 @@ def main() -> None:
     import torch
     from monai.networks.nets import resnet34
 
-    from BreastCMSLLib.analyze import analyze_case, forward, select_device
-    from BreastCMSLLib.modelfile import load_model
-    from BreastCMSLLib.preprocess import load_case
+    from BreastCMSLLib.network.modelfile import load_model
+    from BreastCMSLLib.pipeline.analyze import analyze_case, forward, select_device
+    from BreastCMSLLib.pipeline.preprocess import load_case
 
     work = (args.work or Path(tempfile.mkdtemp(prefix="bench-analyze-"))).resolve()
     case, model = work / "case", work / "model.safetensors"

@@ -1,6 +1,6 @@
 """Cold first vs warm second Analyze through the panel's session, at the paper's input size.
 
-Each repeat opens a new :class:`BreastCMSLLib.session.Session` on a new scene and times, as a user clicking
+Each repeat opens a new :class:`BreastCMSLLib.panel.session.Session` on a new scene and times, as a user clicking
 Analyze meets them, (1) the first Analyze of phantom case A (cold: the worker process starts, imports torch,
 loads the untrained full-size model and folds BatchNorm, then analyzes) and (2) the next Analyze of another
 phantom case B on the same session (warm: the worker and its model are reused). Each time runs from the
@@ -36,7 +36,7 @@ def main() -> None:
     import slicer
     import torch
 
-    from BreastCMSLLib.session import Session
+    from BreastCMSLLib.panel.session import Session
 
     work = (args.work or Path(tempfile.mkdtemp(prefix="bench-warm-"))).resolve()
     cli = [sys.executable, "-m", "BreastCMSLLib.cli"]

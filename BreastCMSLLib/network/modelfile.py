@@ -17,9 +17,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig
-from .errors import InputError
-from .model import CMSLNet, bf16_native, build_model, inference_module
+from BreastCMSLLib.config import ModelConfig
+from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.network.net import CMSLNet, bf16_native, build_model, inference_module
 
 FORMAT = "breastcmsl-model"
 FORMAT_VERSION = "1"

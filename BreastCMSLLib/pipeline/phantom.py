@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import replace_folder, staging_folder
-from .errors import InputError
-from .volumes import VOLUME_SUFFIXES
+from BreastCMSLLib.atomic import replace_folder, staging_folder
+from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.pipeline.volumes import VOLUME_SUFFIXES
 
 FOV_MM = (360.0, 232.0, 144.0)  # default field of view (x, y, z), mm
 DEFAULT_SHAPE = (360, 232, 120)  # default grid, voxels (i, j, k): 1.0 x 1.0 x 1.2 mm

@@ -16,14 +16,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .attention import coam
-from .config import NETWORK_STRIDE, ModelConfig
-from .errors import InputError
-from .model import NetOutput, bf16_native, probability
-from .modelfile import LoadedModel
-from .peaks import plateau_peak_lps
-from .preprocess import CaseInputs, Preprocessed, preprocess_case, to_ijk, to_reference
-from .sparse import nonzero_box
+from BreastCMSLLib.config import NETWORK_STRIDE, ModelConfig
+from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.network.attention import coam
+from BreastCMSLLib.network.modelfile import LoadedModel
+from BreastCMSLLib.network.net import NetOutput, bf16_native, probability
+from BreastCMSLLib.network.sparse import nonzero_box
+from BreastCMSLLib.pipeline.peaks import plateau_peak_lps
+from BreastCMSLLib.pipeline.preprocess import CaseInputs, Preprocessed, preprocess_case, to_ijk, to_reference
 
 Progress = Callable[[float, str], None]
 
@@ -114,7 +114,7 @@ def normalized_on_input_grid(small: torch.Tensor, prep: Preprocessed) -> np.ndar
 
 def peak_lps(map_ijk: np.ndarray, prep: Preprocessed) -> tuple[float, float, float]:
     """LPS point (mm) of the map's maximum over the valid input-grid voxels; a plateau of maxima resolves
-    to the voxel nearest its centroid (:mod:`BreastCMSLLib.peaks`), whatever the storage order."""
+    to the voxel nearest its centroid (:mod:`BreastCMSLLib.pipeline.peaks`), whatever the storage order."""
     return plateau_peak_lps(map_ijk, prep.input_grid, None if prep.valid.all() else prep.valid)
 
 

@@ -12,8 +12,8 @@ import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from .dicom import Phase, source_datasets
-from .errors import InputError
+from BreastCMSLLib.dicom.series import Phase, source_datasets
+from BreastCMSLLib.errors import InputError
 
 
 def _file_positions(phase: Phase) -> list[list[tuple[float, float, float]]]:

@@ -31,7 +31,7 @@ def axial_row(axes, subtraction, cam_map, coam_map, k: int, marks: dict) -> None
 
 
 def overview_figure(analysis, centre_lps=None):
-    """A matplotlib figure of an :class:`~BreastCMSLLib.analyze.Analysis`: one row per distinct slice
+    """A matplotlib figure of an :class:`~BreastCMSLLib.pipeline.analyze.Analysis`: one row per distinct slice
     through the COAM peak, the CAM peak and (when known) the true lesion centre (LPS mm)."""
     prep = analysis.prep
     grid = prep.input_grid

@@ -9,7 +9,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .errors import InputError
+from BreastCMSLLib.errors import InputError
 
 TABLE_COLUMNS = ("case", "probability", "COAM mm", "CAM mm")
 

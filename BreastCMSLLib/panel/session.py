@@ -28,10 +28,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from . import display, evaluation, nodes
-from .background import BackgroundCommand, analyze_arguments, kill_group, start_group
-from .errors import InputError
-from .worker import MEMORY_ENVIRONMENT
+from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.mrml import centres, display, nodes
+from BreastCMSLLib.panel.processes import BackgroundCommand, analyze_arguments, kill_group, start_group
+from BreastCMSLLib.panel.worker import MEMORY_ENVIRONMENT
 
 MODULE_NAME = "BreastCMSL"
 LIBRARY_ROOT = Path(__file__).resolve().parent.parent  # the folder holding the BreastCMSLLib package
@@ -75,7 +75,7 @@ def evaluation_text(evaluation: dict) -> str:
 def models_in(folder: str | Path) -> list[dict]:
     """The BreastCMSL model files in ``folder`` with what their metadata says, by file name. Files that are
     not BreastCMSL models (or are pickles) are left out; nothing is unpickled."""
-    from .modelfile import file_sha256, model_name, read_model_metadata
+    from BreastCMSLLib.network.modelfile import file_sha256, model_name, read_model_metadata
 
     models = []
     for path in sorted(Path(folder).glob("*.safetensors")):
@@ -100,7 +100,7 @@ def models_in(folder: str | Path) -> list[dict]:
 def import_model(path: str | Path, folder: str | Path) -> Path:
     """Check that ``path`` is a BreastCMSL model (never unpickled; a pickle is refused) and copy it into
     ``folder`` as ``<stem>-<sha256[:12]>.safetensors``; returns the copy."""
-    from .modelfile import file_sha256, read_model_metadata
+    from BreastCMSLLib.network.modelfile import file_sha256, read_model_metadata
 
     read_model_metadata(path)
     folder = Path(folder)
@@ -114,7 +114,7 @@ def import_model(path: str | Path, folder: str | Path) -> Path:
 def download_model(entry: dict, folder: str | Path) -> Path:
     """Download a registry entry (``id``, ``version``, ``url``, ``sha256``) into ``folder``; a file whose
     sha256 differs from the registry's, or that is not a BreastCMSL model, is deleted and refused."""
-    from .modelfile import file_sha256, read_model_metadata
+    from BreastCMSLLib.network.modelfile import file_sha256, read_model_metadata
 
     if not entry.get("url") or not entry.get("sha256"):
         raise InputError(entry.get("id", "registry entry"), "has no download url and sha256")
@@ -147,7 +147,7 @@ def clear_models(folder: str | Path) -> int:
 
 
 class Worker:
-    """One ``python -m BreastCMSLLib.worker`` process in its own process group; a thread reads its messages."""
+    """One ``python -m BreastCMSLLib.panel.worker`` process in its own process group; a thread reads its messages."""
 
     def __init__(self, python: str, env: dict, idle_timeout_s: float, log_path: Path):
         self.idle_timeout_s = idle_timeout_s
@@ -155,7 +155,8 @@ class Worker:
         self.listener: AnalysisJob | None = None
         self.last_used = time.monotonic()
         with open(log_path, "ab") as log:
-            self.process = start_group([python, "-m", "BreastCMSLLib.worker", "--idle-timeout", repr(idle_timeout_s)],
+            self.process = start_group([python, "-m", "BreastCMSLLib.panel.worker",
+                                        "--idle-timeout", repr(idle_timeout_s)],
                                        stdout=subprocess.PIPE, stdin=subprocess.PIPE, stderr=log,
                                        env={**MEMORY_ENVIRONMENT, **env})
         threading.Thread(target=self._read, daemon=True, name="breastcmsl-worker-reader").start()
@@ -407,7 +408,7 @@ class Session:
     def load_case_folder(self, folder: str | Path) -> dict:
         """Load a case folder's volumes (``t1`` optional, ``pre`` + ``post_k`` or ``sub_k``) as volume nodes
         and make them the inputs. Nothing is added when a file is unreadable (the error names it)."""
-        from .volumes import find_case_files, read_volume
+        from BreastCMSLLib.pipeline.volumes import find_case_files, read_volume
 
         folder = Path(folder)
         files = find_case_files(folder)
@@ -427,7 +428,7 @@ class Session:
                          n_channels: int | None = None) -> dict:
         """Assign the series roles of a DICOM study (``roles`` overrides them as ROLES.json does), load the
         chosen volumes as nodes and make them the inputs; returns the role table and the nodes."""
-        from .roles import RolePatterns, load_study
+        from BreastCMSLLib.dicom.roles import RolePatterns, load_study
 
         folder = Path(folder)
         study = load_study(folder, roles, n_channels, patterns or RolePatterns())
@@ -452,7 +453,7 @@ class Session:
         """Assign roles to loaded volumes and make them the inputs: by the DICOM role rules when the nodes
         came from DICOM (``dicom_files``: the files behind each node), else (or when the rules find the study
         ambiguous) by the same patterns on node names. Returns notes on what could not be assigned."""
-        from .roles import RolePatterns, assign_by_name
+        from BreastCMSLLib.dicom.roles import RolePatterns, assign_by_name
 
         patterns = patterns or RolePatterns()
         assigned, notes = None, []
@@ -499,7 +500,7 @@ class Session:
 
     def import_demo_model(self, out_dir: str | Path) -> Path:
         """Import the trained model a demo build exported (synthetic CMSL first)."""
-        from .modelfile import read_model_metadata
+        from BreastCMSLLib.network.modelfile import read_model_metadata
 
         exported = [(path, read_model_metadata(path)[1]) for path in sorted(Path(out_dir).rglob("*.safetensors"))]
         trained = [(path, provenance) for path, provenance in exported if not provenance.get("untrained")]
@@ -713,22 +714,22 @@ class Session:
         result = self.result
         if result is None:
             raise InputError("Evaluate", "analyze a case first")
-        evaluation_ = evaluation.centre_distances(self.scene, result, self.lesion_centre, self.evaluation_table)
+        evaluation_ = centres.centre_distances(self.scene, result, self.lesion_centre, self.evaluation_table)
         self._set_ref("evaluationTable", self.scene.GetNodeByID(evaluation_["table_id"]))
         return evaluation_
 
     def evaluation_rows(self) -> list[dict]:
         table = self.evaluation_table
-        return evaluation.table_records(table) if table is not None else []
+        return centres.table_records(table) if table is not None else []
 
     def evaluation_summary(self) -> dict | None:
         table = self.evaluation_table
-        return evaluation.table_summary(table) if table is not None else None
+        return centres.table_summary(table) if table is not None else None
 
     def save_table_csv(self, path: str | Path) -> Path:
         if self.evaluation_table is None:
             raise InputError(path, "there is no evaluation table yet; evaluate a case first")
-        return evaluation.save_table_csv(self.evaluation_table, path)
+        return centres.save_table_csv(self.evaluation_table, path)
 
     # ---- end
 
@@ -760,7 +761,7 @@ def transfer_folder(min_free_bytes: int = 4 << 30) -> Path | None:
 
 def _volume_stem(path: Path) -> str:
     """``post_1`` of ``post_1.nii.gz``."""
-    from .volumes import VOLUME_SUFFIXES
+    from BreastCMSLLib.pipeline.volumes import VOLUME_SUFFIXES
 
     suffix = next((s for s in VOLUME_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
     return path.name[: len(path.name) - len(suffix)]

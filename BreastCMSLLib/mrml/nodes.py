@@ -19,9 +19,9 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .display import style_heat_volume, style_label_volume
-from .errors import InputError
-from .volumes import check_image
+from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.mrml.display import style_heat_volume, style_label_volume
+from BreastCMSLLib.pipeline.volumes import check_image
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 MAP_NAMES = ("coam", "cam", "coam_label", "cam_label")
@@ -122,7 +122,7 @@ def volume_node_from_image(scene, image: sitk.Image, name: str, labelmap: bool =
 def inputs_from_nodes(t1_node, series_nodes, inputs: str = "subtractions"):
     """The Lib's :class:`CaseInputs` from volume nodes (checked like files; sources are node names).
     ``t1_node`` may be None: the breast mask then comes from the pre-contrast phase."""
-    from .preprocess import CaseInputs
+    from BreastCMSLLib.pipeline.preprocess import CaseInputs
 
     if not series_nodes or any(node is None for node in series_nodes):
         raise InputError("inputs", "a DCE volume selector is empty")
@@ -166,14 +166,14 @@ def assign_by_dicom(node_files: list[list[str | Path]], n_channels: int, pattern
     """Pre-fill the selectors of volumes loaded from DICOM with the command line's role rules.
 
     ``node_files``: the DICOM files behind each volume node (Slicer keeps their instance UIDs on the node).
-    Runs :func:`BreastCMSLLib.roles.assign_roles` on those series and maps each role back to its node:
+    Runs :func:`BreastCMSLLib.dicom.roles.assign_roles` on those series and maps each role back to its node:
     returns {"inputs": "phases"|"subtractions", "t1": index or None (no T1 in the study, or not one node),
     "series": [index or None, ...],
     "notes": [...]}. A role filled by one phase of a multi-phase series has no node of its own (load that
     series as a Sequence); an ambiguous study raises :class:`InputError` listing the candidates.
     """
-    from .dicom import scan_files
-    from .roles import RolePatterns, assign_roles
+    from BreastCMSLLib.dicom.roles import RolePatterns, assign_roles
+    from BreastCMSLLib.dicom.series import scan_files
 
     owner = {Path(f): index for index, files in enumerate(node_files) for f in files}
     assignment = assign_roles(scan_files(list(owner)), n_channels=n_channels, patterns=patterns or RolePatterns(),
@@ -217,10 +217,10 @@ def check_inputs(t1_node, series_nodes, inputs: str = "subtractions", model_path
     reference, channel count the model does not take); returns notes on volumes whose voxel centres are
     not those of the reference, which preprocessing interpolates.
     """
-    from .analyze import check_channels
-    from .grids import lattice_aligned
-    from .modelfile import model_name, read_model_metadata
-    from .preprocess import check_overlap
+    from BreastCMSLLib.network.modelfile import model_name, read_model_metadata
+    from BreastCMSLLib.pipeline.analyze import check_channels
+    from BreastCMSLLib.pipeline.grids import lattice_aligned
+    from BreastCMSLLib.pipeline.preprocess import check_overlap
 
     case = inputs_from_nodes(t1_node, series_nodes, inputs)
     check_overlap(case)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .analyze import Analysis
-from .atomic import staging_folder
+from BreastCMSLLib.atomic import staging_folder
+from BreastCMSLLib.pipeline.analyze import Analysis
 
 RESULT_FILES = ("result.json", "coam.nrrd", "cam.nrrd", "coam_label.nrrd", "cam_label.nrrd", "overview.png")
 OPTIONAL_FILES = {"coam_seg.dcm"}  # written only on request (``breastcmsl analyze --dicom-seg``)
@@ -61,7 +61,7 @@ def write_analysis(analysis: Analysis, out_dir: str | Path, inputs_used: dict, c
     failure leaves no partial output; result files of an earlier run that this one does not write
     (an old ``coam_seg.dcm``) are removed.
     """
-    from .figures import overview_figure, save_figure
+    from BreastCMSLLib.pipeline.figures import overview_figure, save_figure
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)

@@ -5,7 +5,7 @@ Rules (each assigned role carries a confidence and the reason):
 
 1. Series are sorted into candidate pools by header facts: excluded first (never a role, even named in
    ROLES.json: SEG, SR, PR and other non-MR-image objects, ImageType DERIVED\\SECONDARY maps, localizers,
-   MIPs and reformats, see :func:`BreastCMSLLib.dicom.exclusion`; by wording, for the rules only: T2,
+   MIPs and reformats, see :func:`BreastCMSLLib.dicom.series.exclusion`; by wording, for the rules only: T2,
    diffusion, parametric maps ...), subtraction (ImageType SUB/SUBTRACT/SUBTRACTION or a ``sub``
    description), non-fat-suppressed T1 (one phase, ``t1`` or ``non fs`` wording, no fat-suppression hint
    in ScanOptions or the description, no dynamic wording), dynamic (several phases, or dynamic/pre/post
@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import SimpleITK as sitk
 
-from .dicom import SUBTRACTION_IMAGE_TYPES, Phase, Series, read_phase, scan_study
-from .errors import InputError
+from BreastCMSLLib.dicom.series import SUBTRACTION_IMAGE_TYPES, Phase, Series, read_phase, scan_study
+from BreastCMSLLib.errors import InputError
 
 if TYPE_CHECKING:  # preprocess pulls in torch; ``roles`` alone stays light
-    from .preprocess import CaseInputs
+    from BreastCMSLLib.pipeline.preprocess import CaseInputs
 
 ROLE_KEYS = ("t1", "pre", "post", "sub")
 
@@ -516,7 +516,7 @@ def load_study(study_dir: str | Path, overrides: dict | None = None, n_channels:
                patterns: RolePatterns = RolePatterns(), overrides_source: str | None = None) -> StudyCase:
     """Scan a DICOM study, assign the roles and read the chosen volumes as :class:`CaseInputs` (``t1`` None
     and ``sources[0]`` None when the study has no T1)."""
-    from .preprocess import CaseInputs
+    from BreastCMSLLib.pipeline.preprocess import CaseInputs
 
     series = scan_study(study_dir)
     assignment = assign_roles(series, overrides, n_channels, patterns, str(study_dir), overrides_source)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .sparse import Box, conv_on_box
+from BreastCMSLLib.network.sparse import Box, conv_on_box
 
 
 class MaxPool3d(nn.MaxPool3d):

@@ -1,6 +1,6 @@
 """The warm analysis worker: one background process that keeps the model loaded between analyses.
 
-The session (:mod:`.session`) starts ``python -m BreastCMSLLib.worker`` in its own process group and talks
+The session (:mod:`.session`) starts ``python -m BreastCMSLLib.panel.worker`` in its own process group and talks
 to it in JSON lines. Each request on stdin is ``{"argv": [...]}``, the arguments of ``breastcmsl analyze``
 (so the worker runs exactly the command line's analysis, :func:`.cli.cmd_analyze`); the worker answers on
 stdout with ``{"progress": [fraction, stage]}`` lines, then ``{"ok": summary}``, ``{"error": "<file>:
@@ -44,7 +44,7 @@ class ModelCache:
         self.loaded = None
 
     def load(self, path: str | Path):
-        from .modelfile import file_sha256, load_model
+        from BreastCMSLLib.network.modelfile import file_sha256, load_model
 
         path = Path(path).resolve()
         try:
@@ -62,8 +62,8 @@ class ModelCache:
 
 def serve(requests, send, idle_timeout_s: float) -> None:
     """Answer requests until stdin closes or ``idle_timeout_s`` pass without one."""
-    from .cli import build_parser, cmd_analyze, user_error
-    from .errors import InputError
+    from BreastCMSLLib.cli import build_parser, cmd_analyze, user_error
+    from BreastCMSLLib.errors import InputError
 
     cache = ModelCache()
     parser = build_parser()
@@ -83,7 +83,7 @@ def serve(requests, send, idle_timeout_s: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m BreastCMSLLib.worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m BreastCMSLLib.panel.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--idle-timeout", type=float, default=600.0, help="seconds without a request before exit")
     args = parser.parse_args(argv)
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)

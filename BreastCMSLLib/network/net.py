@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .config import ModelConfig
-from .resnet import ResNet3d
-from .sparse import Box
+from BreastCMSLLib.config import ModelConfig
+from BreastCMSLLib.network.resnet import ResNet3d
+from BreastCMSLLib.network.sparse import Box
 
 RESNET34_LAYERS = [3, 4, 6, 3]
 RESNET_WIDTHS = [64, 128, 256, 512]

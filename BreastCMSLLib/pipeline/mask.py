@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .config import MaskConfig
+from BreastCMSLLib.config import MaskConfig
 
 DEFAULT_MASK_CONFIG = MaskConfig()
 

@@ -27,8 +27,8 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from .errors import InputError
-from .volumes import check_image
+from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.pipeline.volumes import check_image
 
 # keys that order the images at one slice position into phases, first present on all of them wins;
 # never AcquisitionNumber (GE numbers its phases 1, 2, 2: not a phase index)

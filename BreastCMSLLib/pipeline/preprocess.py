@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .config import NETWORK_STRIDE, PreprocessConfig
-from .errors import InputError
-from .grids import copy_onto, coverage, image_from_ijk, resample, values_on
-from .mask import breast_mask
-from .volumes import find_case_files, read_volume
+from BreastCMSLLib.config import NETWORK_STRIDE, PreprocessConfig
+from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.pipeline.grids import copy_onto, coverage, image_from_ijk, resample, values_on
+from BreastCMSLLib.pipeline.mask import breast_mask
+from BreastCMSLLib.pipeline.volumes import find_case_files, read_volume
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The DICOM layer: studies scanned into series and phases, series roles, DICOM SEG export."""
