@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from BreastCMSLLib.cohort.manifest import Case, read_manifest
 from BreastCMSLLib.config import PreprocessConfig
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.pipeline.preprocess import load_case, preprocess_case
 from Training.cache import create_cache, open_cache, preprocess_cohort, quantize
 from Training.cohort import synth_cohort
-from Training.manifest import Case, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUT = (64, 48, 32)

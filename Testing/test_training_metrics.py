@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
 
+from BreastCMSLLib.cohort.manifest import Case, assign_splits, read_manifest, write_manifest
+from BreastCMSLLib.cohort.metrics import bootstrap_metrics, point_metrics, replicate_metrics
 from BreastCMSLLib.errors import InputError
-from Training.manifest import Case, assign_splits, read_manifest, write_manifest
-from Training.metrics import bootstrap_metrics, point_metrics, replicate_metrics
 
 
 def sklearn_metrics(y, p):

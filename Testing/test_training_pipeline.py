@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
+from BreastCMSLLib.cohort.metrics import point_metrics
 from BreastCMSLLib.config import PreprocessConfig
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.modelfile import load_model, read_model_metadata
@@ -30,7 +31,6 @@ from Training.data import VolumeSource
 from Training.evaluate import compare, evaluate, export, predict_split
 from Training.localize import localize
 from Training.methods import METHODS
-from Training.metrics import point_metrics
 from Training.trainer import FitConfig, fit
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,10 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from BreastCMSLLib.atomic import atomic_write, atomic_write_text
+from BreastCMSLLib.cohort.manifest import Case, read_manifest, write_manifest
 from BreastCMSLLib.config import PreprocessConfig, from_dict
 from BreastCMSLLib.errors import InputError
-
-from .manifest import Case, read_manifest, write_manifest
 
 FORMAT = "breastcmsl-cache"
 DTYPE = np.uint8

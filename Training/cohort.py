@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from BreastCMSLLib.cohort.manifest import Case, write_manifest
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.pipeline.phantom import DEFAULT_DIFFICULTY, synth_case
-
-from .manifest import Case, write_manifest
 
 
 def case_seed(seed: int, index: int) -> int:

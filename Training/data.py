@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from BreastCMSLLib.cohort.manifest import Case
+
 from .cache import Cache
-from .manifest import Case
 
 
 @dataclass(frozen=True)

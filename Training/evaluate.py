@@ -17,29 +17,18 @@ import torch
 from sklearn.metrics import roc_curve
 
 from BreastCMSLLib.atomic import atomic_path, atomic_write_text
+from BreastCMSLLib.cohort.metrics import TABLE_HEADER, bootstrap_metrics, table_row
+from BreastCMSLLib.distributed import setup
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.modelfile import save_model
 
 from .cache import open_cache
 from .data import VolumeSource
-from .distributed import setup
 from .inference import predict
-from .metrics import METRICS, bootstrap_metrics
 from .runmodel import load_network, method_of, run_model_path
 
-TABLE_HEADER = ("| Method | Accuracy | Sensitivity | Specificity | F1 | AUC |\n"
-                "|---|---|---|---|---|---|")
 METHOD_NAMES = {"cmsl": "CMSL (ours)", "nsl": "NSL", "bce": "BCE (3D ResNet34)", "mil2d": "2D MIL",
                 "sparse_mil": "3D sparse MIL", "dkmt": "DK-MT"}
-
-
-def table_row(name: str, metrics: dict) -> str:
-    """One Table-1 row: value [95% CI] per metric."""
-    def cell(m: dict) -> str:
-        if not math.isfinite(m["value"]):
-            return "n/a"
-        return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
-    return f"| {name} | " + " | ".join(cell(metrics[k]) for k in METRICS) + " |"
 
 
 def predict_split(run_dir: str | Path, split: str = "test", cache_dir: str | None = None, device: str = "auto"):

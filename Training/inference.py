@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from BreastCMSLLib.config import ModelConfig
+from BreastCMSLLib.distributed import Dist, gather_objects
 
 from . import fastconv
 from .cache import SCALE
 from .data import Augment, VolumeSource, augment_seed, to_device
-from .distributed import Dist, gather_objects
 from .methods import MethodConfig, Scores, forward
 
 

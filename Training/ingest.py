@@ -32,11 +32,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from BreastCMSLLib.atomic import replace_folder, staging_folder
+from BreastCMSLLib.cohort.manifest import Case, write_manifest
 from BreastCMSLLib.dicom.roles import RolePatterns, load_overrides, load_patterns, load_study
 from BreastCMSLLib.dicom.series import Phase
 from BreastCMSLLib.errors import InputError
-
-from .manifest import Case, write_manifest
 
 BOX_COLUMNS = ("Start Row", "End Row", "Start Column", "End Column", "Start Slice", "End Slice")
 SUBJECT_COLUMNS = ("subject_id", "Patient ID")

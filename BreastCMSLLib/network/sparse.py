@@ -39,6 +39,14 @@ def nonzero_box(array: np.ndarray) -> Box:
     return tuple(box)
 
 
+def union_box(boxes: list[Box]) -> Box:
+    """The smallest box holding every one of ``boxes`` (empty ones ignored); :data:`EMPTY` when all are."""
+    full = [b for b in boxes if all(lo <= hi for lo, hi in b)]
+    if not full:
+        return EMPTY
+    return tuple((min(b[a][0] for b in full), max(b[a][1] for b in full)) for a in range(3))
+
+
 def conv_on_box(conv: nn.Conv3d, x: torch.Tensor, box: Box) -> torch.Tensor:
     """``conv(x)`` for an input ``x`` (N, C, I, J, K) that is zero outside ``box``: the convolution runs on
     the slab of ``x`` that the output windows meeting the box read (zero-padded where they leave ``x``), and

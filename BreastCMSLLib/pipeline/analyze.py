@@ -21,7 +21,7 @@ from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.attention import coam
 from BreastCMSLLib.network.modelfile import LoadedModel
 from BreastCMSLLib.network.net import NetOutput, bf16_native, probability
-from BreastCMSLLib.network.sparse import nonzero_box
+from BreastCMSLLib.network.sparse import nonzero_box, union_box
 from BreastCMSLLib.pipeline.peaks import plateau_peak_lps
 from BreastCMSLLib.pipeline.preprocess import CaseInputs, Preprocessed, preprocess_case, to_ijk, to_reference
 
@@ -49,33 +49,43 @@ def check_channels(inputs: CaseInputs, cfg: ModelConfig, model_name: str) -> Non
                          f"channels, these inputs give {inputs.n_channels}")
 
 
-def host_input(array: np.ndarray, dtype: torch.dtype, pin: bool) -> torch.Tensor:
-    """The (1, C, I, J, K) network input on the host, cast to ``dtype`` (the dtype autocast gives conv1) and laid
-    out channels_last_3d in one multi-threaded pass; in page-locked memory when ``pin``."""
-    staged = torch.empty((1, *array.shape), dtype=dtype, pin_memory=pin, memory_format=torch.channels_last_3d)
-    return staged.copy_(torch.from_numpy(array).unsqueeze(0))
+def host_input(arrays: list[np.ndarray], dtype: torch.dtype, pin: bool) -> torch.Tensor:
+    """The (B, C, I, J, K) network input of B same-shaped (C, I, J, K) arrays on the host, cast to ``dtype``
+    (the dtype autocast gives conv1) and laid out channels_last_3d, one multi-threaded pass per array; in
+    page-locked memory when ``pin``."""
+    staged = torch.empty((len(arrays), *arrays[0].shape), dtype=dtype, pin_memory=pin,
+                         memory_format=torch.channels_last_3d)
+    for slot, array in zip(staged, arrays, strict=True):
+        slot.copy_(torch.from_numpy(array))
+    return staged
 
 
-def network_input(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def network_input(arrays: list[np.ndarray], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The network input on ``device``. For CUDA the cast to bf16 happens on the host into pinned memory, so half
     the bytes of float32 cross the bus in one direct DMA copy instead of float32 through a pageable staging
     buffer (the H2D copy was most of analyze's 37 ms GPU inference step on an H200; not re-measured since)."""
     if device.type != "cuda":
-        return host_input(array, dtype, pin=False)
-    return host_input(array, dtype, pin=True).to(device, non_blocking=True)
+        return host_input(arrays, dtype, pin=False)
+    return host_input(arrays, dtype, pin=True).to(device, non_blocking=True)
 
 
 def forward(loaded: LoadedModel, array: np.ndarray, device: torch.device) -> tuple[NetOutput, str]:
-    """One inference pass on a (C, I, J, K) array with the BN-folded channels_last_3d network (conv1 only
-    around the array's non-zero voxels, :mod:`.sparse`), under
+    """One inference pass on a (C, I, J, K) array (:func:`forward_batch` of one)."""
+    return forward_batch(loaded, [array], device)
+
+
+def forward_batch(loaded: LoadedModel, arrays: list[np.ndarray], device: torch.device) -> tuple[NetOutput, str]:
+    """One inference pass on B same-shaped (C, I, J, K) arrays with the BN-folded channels_last_3d network
+    (conv1 only around the arrays' non-zero voxels, their union box, :mod:`.sparse`), under
     bf16 autocast where the device runs bf16 natively (measured on the untrained full-size model on a
     phantom: features within 0.8 % of float32, cos(theta) within 1e-4, same COAM/CAM maxima), else float32.
-    Returns the output and the precision used ("bf16" or "fp32")."""
+    Returns the output (batch dimension B) and the precision used ("bf16" or "fp32")."""
     module = loaded.inference_module(device)
     bf16 = bf16_native(device)
-    x = network_input(array, device, torch.bfloat16 if bf16 else torch.float32)
+    x = network_input(arrays, device, torch.bfloat16 if bf16 else torch.float32)
+    box = nonzero_box(arrays[0]) if len(arrays) == 1 else union_box([nonzero_box(a) for a in arrays])
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        return module(x, nonzero_box(array)), "bf16" if bf16 else "fp32"
+        return module(x, box), "bf16" if bf16 else "fp32"
 
 
 def feature_map_image(small: torch.Tensor, input_grid: sitk.Image) -> sitk.Image:
@@ -149,29 +159,46 @@ def labelmap(image: sitk.Image, fraction: float) -> sitk.Image:
     return sitk.Cast(sitk.GreaterEqual(image, fraction * top), sitk.sitkUInt8)
 
 
-def analyze_case(inputs: CaseInputs, loaded: LoadedModel, device: str = "auto", label_fraction: float = 0.5,
-                 progress: Progress | None = None) -> Analysis:
-    """Preprocess, run the network once and build COAM and CAM on the reference grid.
-
-    ``progress(fraction, stage)`` is called before each stage (preprocess, inference, maps).
-    """
-    report = progress or (lambda fraction, stage: None)
-    check_channels(inputs, loaded.config, loaded.name)
+def prepare(inputs: CaseInputs, config: ModelConfig, model_name: str, label_fraction: float = 0.5) -> Preprocessed:
+    """Check the inputs against the model (``config``, named ``model_name``) and preprocess them: the first
+    stage of :func:`analyze_case`, free of the network (the cohort runner calls it in worker processes)."""
+    check_channels(inputs, config, model_name)
     if not 0.0 < label_fraction <= 1.0:
         raise InputError("--label-fraction", f"must be in (0, 1], got {label_fraction}")
-    dev = select_device(device)
-    report(0.1, "preprocess")
-    t0 = time.perf_counter()
-    prep = preprocess_case(inputs, loaded.config.preprocess)
-    report(0.4, "inference")
-    t1 = time.perf_counter()
-    out, precision = forward(loaded, prep.array, dev)
+    return preprocess_case(inputs, config.preprocess)
+
+
+@dataclass
+class NetResult:
+    """What one case's maps and scores need from the forward pass, on the CPU: COAM and CAM on the feature
+    grid (float32 (d, h, w)), the scores, and the device and precision it ran with."""
+
+    coam_small: torch.Tensor
+    cam_small: torch.Tensor
+    probability: float
+    cos_theta: float
+    logit: float
+    device: str
+    precision: str
+
+
+def infer(loaded: LoadedModel, arrays: list[np.ndarray], dev: torch.device) -> list[NetResult]:
+    """The second stage: one forward pass over the preprocessed arrays of B cases (:func:`forward_batch`)."""
+    out, precision = forward_batch(loaded, arrays, dev)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    report(0.8, "maps")
-    t2 = time.perf_counter()
     with torch.inference_mode():
-        small = [coam(out.features)[0], out.logit_map[0]]  # the head's per-position logit is CAM
+        coams, cams = coam(out.features), out.logit_map  # the head's per-position logit is CAM
+        p = probability(out, loaded.config)
+    return [NetResult(coams[b].float().cpu(), cams[b].float().cpu(), float(p[b]), float(out.cos_theta[b]),
+                      float(out.logit[b]), str(dev), precision) for b in range(len(arrays))]
+
+
+def finish(prep: Preprocessed, net: NetResult, model: dict, mask_source: str, label_fraction: float = 0.5,
+           timings: dict | None = None) -> Analysis:
+    """The last stage: COAM and CAM carried back to the reference grid, labelmaps and peaks. ``model`` is
+    :meth:`LoadedModel.info`; ``timings`` (seconds per stage so far) gains ``maps_s``. Needs no network."""
+    t2 = time.perf_counter()
 
     def carried(feature_map: torch.Tensor) -> tuple[np.ndarray, sitk.Image, sitk.Image, tuple[float, float, float]]:
         on_input = normalized_on_input_grid(feature_map, prep)
@@ -179,13 +206,14 @@ def analyze_case(inputs: CaseInputs, loaded: LoadedModel, device: str = "auto", 
         return on_input, on_reference, labelmap(on_reference, label_fraction), peak_lps(on_input, prep)
 
     with ThreadPoolExecutor(2) as pool:  # SimpleITK and numpy release the GIL: both maps at once
-        (coam_in, coam_ref, coam_label, coam_peak), (cam_in, cam_ref, cam_label, cam_peak) = pool.map(carried, small)
-    p = float(probability(out, loaded.config)[0])
+        (coam_in, coam_ref, coam_label, coam_peak), (cam_in, cam_ref, cam_label, cam_peak) = pool.map(
+            carried, [net.coam_small, net.cam_small])
+    p = net.probability
     t3 = time.perf_counter()
     return Analysis(
         probability=p,
-        cos_theta=float(out.cos_theta[0]),
-        logit=float(out.logit[0]),
+        cos_theta=net.cos_theta,
+        logit=net.logit,
         prediction="malignant" if p >= 0.5 else "benign",
         coam=coam_ref,
         cam=cam_ref,
@@ -193,13 +221,34 @@ def analyze_case(inputs: CaseInputs, loaded: LoadedModel, device: str = "auto", 
         cam_label=cam_label,
         coam_peak_lps=coam_peak,
         cam_peak_lps=cam_peak,
-        device=str(dev),
-        precision=precision,
-        model=loaded.info(),
+        device=net.device,
+        precision=net.precision,
+        model=model,
         label_fraction=label_fraction,
         prep=prep,
         coam_input=coam_in,
         cam_input=cam_in,
-        mask_source=inputs.mask_source,
-        timings={"preprocess_s": t1 - t0, "inference_s": t2 - t1, "maps_s": t3 - t2},
+        mask_source=mask_source,
+        timings={**(timings or {}), "maps_s": t3 - t2},
     )
+
+
+def analyze_case(inputs: CaseInputs, loaded: LoadedModel, device: str = "auto", label_fraction: float = 0.5,
+                 progress: Progress | None = None) -> Analysis:
+    """Preprocess, run the network once and build COAM and CAM on the reference grid: :func:`prepare`,
+    :func:`infer` and :func:`finish` in turn.
+
+    ``progress(fraction, stage)`` is called before each stage (preprocess, inference, maps).
+    """
+    report = progress or (lambda fraction, stage: None)
+    dev = select_device(device)
+    report(0.1, "preprocess")
+    t0 = time.perf_counter()
+    prep = prepare(inputs, loaded.config, loaded.name, label_fraction)
+    report(0.4, "inference")
+    t1 = time.perf_counter()
+    net = infer(loaded, [prep.array], dev)[0]
+    report(0.8, "maps")
+    t2 = time.perf_counter()
+    return finish(prep, net, loaded.info(), inputs.mask_source, label_fraction,
+                  {"preprocess_s": t1 - t0, "inference_s": t2 - t1})
