@@ -1,4 +1,4 @@
-"""``breastcmsl``: the runtime command line (synth, init-model, analyze, roles).
+"""``breastcmsl``: the runtime command line (synth, init-model, analyze, analyze-cohort, roles).
 
 User mistakes (:class:`InputError`) print one line naming the file and the problem and exit with 2.
 """
@@ -65,6 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patterns", type=Path, help="with --dicom: PATTERNS.json replacing role-rule patterns")
     p.add_argument("--dicom-seg", action="store_true", help="with --dicom: also write the COAM labelmap as "
                    "a DICOM Segmentation (coam_seg.dcm) referencing the reference series")
+
+    p = sub.add_parser("analyze-cohort", help="analyze every case of a cohort: per-case folders, results.csv, "
+                       "summary.md; pipelined, resumable, sharded under torchrun")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--manifest", type=Path, help="cohort manifest CSV (subject_id,label,case_dir,...; "
+                       "labels and centres give summary.md)")
+    where.add_argument("--root", type=Path, help="folder of case folders and/or DICOM studies, one per subfolder")
+    p.add_argument("--model", required=True, type=Path, help="model .safetensors file")
+    p.add_argument("--out", required=True, type=Path, help="output folder (cases/<id>/, results.csv, summary.md)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (under torchrun: each rank its own GPU)")
+    p.add_argument("--workers", type=int, help="worker processes reading/preprocessing and writing "
+                   "(default: half the cores per rank, 2 to 8)")
+    p.add_argument("--batch", type=int, help="cases per forward pass (default 4 on a GPU, 1 on the CPU)")
+    p.add_argument("--seg", action="store_true", help="DICOM studies: also write coam_seg.dcm (DICOM Segmentation)")
+    p.add_argument("--label-fraction", type=float, default=0.5,
+                   help="labelmaps are 1 where the map >= this fraction of its maximum")
 
     p = sub.add_parser("roles", help="show which series of a DICOM study fill which role")
     p.add_argument("study_dir", type=Path, help="DICOM study folder (searched recursively, .gz included)")
@@ -171,6 +187,36 @@ def cmd_analyze(args, load=None, report=None) -> dict:
     return {k: result[k] for k in ("probability", "cos_theta", "prediction", "coam_peak_lps", "cam_peak_lps")}
 
 
+def cmd_analyze_cohort(args) -> dict:
+    """``breastcmsl analyze-cohort`` (and ``torchrun ... -m BreastCMSLLib.cohort``): see
+    :mod:`BreastCMSLLib.cohort.runner`. Ctrl-C keeps the finished cases and exits with 130."""
+    from BreastCMSLLib.cohort.runner import run_cohort
+    from BreastCMSLLib.cohort.sources import from_manifest, from_root
+
+    if not 0.0 < args.label_fraction <= 1.0:
+        raise InputError("--label-fraction", f"must be in (0, 1], got {args.label_fraction}")
+    for name in ("workers", "batch"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise InputError(f"--{name}", f"must be at least 1, got {getattr(args, name)}")
+    if args.manifest:
+        try:
+            import scipy.stats  # noqa: F401
+            import sklearn.metrics  # noqa: F401
+        except ImportError as err:
+            raise InputError(args.manifest, f"summary.md's metrics need {err.name} (the train extra: "
+                             "pip install 'breastcmsl[train]')") from None
+        sources = from_manifest(args.manifest)
+    else:
+        sources = from_root(args.root, args.out)
+    try:
+        return run_cohort(sources, args.model, args.out, args.device, args.workers, args.batch, args.seg,
+                          args.label_fraction, summary=args.manifest is not None)
+    except KeyboardInterrupt:
+        print("breastcmsl analyze-cohort: interrupted; finished cases are kept, rerun the same command to do the "
+              "rest", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
 def cmd_roles(args) -> dict | None:
     """``breastcmsl roles``: the role table (or JSON). When the roles cannot be assigned, the study's series
     inventory (table, or JSON with the error) goes to stdout before the one-line error."""
@@ -190,7 +236,8 @@ def cmd_roles(args) -> dict | None:
     return None
 
 
-COMMANDS = {"synth": cmd_synth, "init-model": cmd_init_model, "analyze": cmd_analyze, "roles": cmd_roles}
+COMMANDS = {"synth": cmd_synth, "init-model": cmd_init_model, "analyze": cmd_analyze,
+            "analyze-cohort": cmd_analyze_cohort, "roles": cmd_roles}
 
 
 def user_error(err: InputError | OSError) -> str:

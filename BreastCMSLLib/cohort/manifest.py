@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from BreastCMSLLib.errors import InputError
 
@@ -41,6 +40,11 @@ def _optional_float(text: str) -> float | None:
 
 def read_manifest(path: str | Path, seed: int = 0) -> list[Case]:
     """Read and check a manifest; empty splits are filled by :func:`assign_splits` with ``seed``."""
+    return assign_splits(read_rows(path), seed)
+
+
+def read_rows(path: str | Path) -> list[Case]:
+    """Read and check a manifest's rows as they stand (empty splits stay empty)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such manifest file")
@@ -74,7 +78,7 @@ def read_manifest(path: str | Path, seed: int = 0) -> list[Case]:
                           center))
     if not cases:
         raise InputError(path, "the manifest has no cases")
-    return assign_splits(cases, seed)
+    return cases
 
 
 def assign_splits(cases: list[Case], seed: int = 0, proportions=PAPER_PROPORTIONS) -> list[Case]:
@@ -85,6 +89,8 @@ def assign_splits(cases: list[Case], seed: int = 0, proportions=PAPER_PROPORTION
     todo = [c for c in cases if not c.split]
     if not todo:
         return cases
+    from sklearn.model_selection import train_test_split  # the train extra: only where splits are assigned
+
     n = len(todo)
     total = float(sum(proportions))
     n_test = max(1, round(n * proportions[2] / total)) if n >= 3 else 0

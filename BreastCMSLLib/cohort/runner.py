@@ -1,0 +1,230 @@
+"""The pipelined, resumable, sharded cohort run.
+
+Worker processes read and preprocess the next cases (and carry maps back and write the finished ones) while
+this process runs the network, loaded once (BatchNorm folded, as ``breastcmsl analyze``), on the previous ones;
+on a GPU, prepared cases go through the network in batches. Every case lands in ``OUT/cases/<id>/`` whole or
+not at all; a rerun keeps the finished ones (same model file and label fraction) and redoes the rest. Under
+torchrun each rank takes every world-th case on its own device and rank 0 merges ``results.csv`` and
+``summary.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from BreastCMSLLib.atomic import atomic_write_text
+from BreastCMSLLib.cohort.progress import Progress
+from BreastCMSLLib.cohort.sources import CaseSource
+from BreastCMSLLib.cohort.stages import Failed, Prepared, finish_case, prepare_case
+from BreastCMSLLib.cohort.table import failed_row, ok_row, summary_text, write_results
+from BreastCMSLLib.errors import InputError
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to run: ``workers`` processes for reading/preprocessing and writing, ``batch`` cases per forward
+    pass, ``seg``: a DICOM SEG of COAM for DICOM studies, ``label_fraction`` as ``analyze --label-fraction``."""
+
+    workers: int
+    batch: int
+    seg: bool = False
+    label_fraction: float = 0.5
+
+
+def default_workers() -> int:
+    """Worker processes per rank: half the cores over the ranks on this node, at least 2, at most 8 (each holds
+    one or two cases' volumes)."""
+    per_rank = (os.cpu_count() or 2) // (2 * int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return min(8, max(2, per_rank))
+
+
+def finished(folder: Path, model: dict, options: Options, dicom: bool) -> dict | None:
+    """result.json of a case folder an earlier run completed with the same model file, label fraction and
+    DICOM SEG choice; None when the case must be (re)done."""
+    try:
+        result = json.loads((folder / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = (result.get("model", {}).get("sha256") == model["sha256"]
+            and result.get("label_fraction") == options.label_fraction
+            and (folder / "coam_seg.dcm").is_file() == (options.seg and dicom))
+    return result if same else None
+
+
+class Workers:
+    """A spawn-context process pool that is rebuilt when one of its processes dies (the cases then in flight
+    are recorded as failed; a rerun retries them)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.pool = self._new()
+
+    def _new(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, fn, *args) -> Future:
+        try:
+            return self.pool.submit(fn, *args)
+        except BrokenProcessPool:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new()
+            return self.pool.submit(fn, *args)
+
+    def close(self, cancel: bool = False) -> None:
+        self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+def outcome(future: Future, source: CaseSource):
+    """A stage's record; a worker process that died makes it a :class:`Failed`."""
+    try:
+        return future.result()
+    except BrokenProcessPool as err:
+        return Failed(source, f"a worker process died while this case was in flight ({err}); rerun to retry", 0.0)
+
+
+def run_shard(sources: list[CaseSource], loaded, dev: torch.device, out: Path, options: Options,
+              partial_csv: Path, label: str = "cohort") -> tuple[dict[str, dict], dict]:
+    """Analyze ``sources`` (this process's share); returns {id: results.csv row} and stage totals (seconds)."""
+    model = loaded.info()
+    cfg, name = loaded.config, loaded.name
+    rows: dict[str, dict] = {}
+    todo: list[CaseSource] = []
+    for s in sources:
+        kind = s.kind
+        if kind is None and s.folder.is_dir():
+            rows[s.id] = failed_row(s.id, "skipped", f"{s.folder}: holds neither case volumes nor DICOM files", 0.0,
+                                    s.label)
+        elif kind is not None and (result := finished(out / "cases" / s.id, model, options, kind == "dicom")):
+            rows[s.id] = ok_row(s.id, result, s.label)
+        else:
+            todo.append(s)
+    order = {s.id: i for i, s in enumerate(sources)}
+    progress = Progress(len(sources), len(rows), sum(r["status"] == "error" for r in rows.values()), label)
+    totals = {"waiting_for_workers_s": 0.0, "network_s": 0.0, "forward_passes": 0}
+
+    def record(row: dict) -> None:
+        rows[row["id"]] = row
+        write_results(partial_csv, sorted(rows.values(), key=lambda r: order[r["id"]]))
+        progress.step(row["status"] != "ok")
+
+    def recorded(item, source: CaseSource) -> None:
+        if isinstance(item, Failed):
+            record(failed_row(source.id, "error", item.error, item.seconds, source.label))
+        else:
+            record(ok_row(source.id, item, source.label))
+
+    workers = Workers(options.workers)
+    queue = iter(todo)
+    preparing: deque[tuple[Future, CaseSource]] = deque()
+    writing: list[tuple[Future, CaseSource]] = []
+    depth = options.workers + options.batch  # cases read ahead: each holds its network input in memory
+
+    def refill() -> None:
+        while len(preparing) < depth and (s := next(queue, None)) is not None:
+            preparing.append((workers.submit(prepare_case, s, cfg, name, options.label_fraction, options.seg), s))
+
+    def harvest(wait: bool) -> None:
+        for item in [w for w in writing if wait or w[0].done()]:
+            writing.remove(item)
+            recorded(outcome(*item), item[1])
+
+    try:
+        refill()
+        while preparing:
+            t0 = time.perf_counter()
+            batch: list[Prepared] = []
+            while preparing and len(batch) < options.batch and (not batch or preparing[0][0].done()):
+                future, source = preparing.popleft()
+                item = outcome(future, source)
+                refill()
+                if isinstance(item, Failed):
+                    recorded(item, source)
+                else:
+                    batch.append(item)
+            t1 = time.perf_counter()
+            totals["waiting_for_workers_s"] += t1 - t0
+            if batch:
+                from BreastCMSLLib.pipeline.analyze import infer
+
+                try:
+                    nets = infer(loaded, [c.array.numpy() for c in batch], dev)
+                except Exception as err:  # e.g. out of GPU memory: these cases fail, the rest go on
+                    from BreastCMSLLib.cohort.stages import one_line
+
+                    for c in batch:
+                        recorded(Failed(c.source, one_line(err), sum(c.timings.values())), c.source)
+                    nets = []
+                seconds = time.perf_counter() - t1
+                totals["network_s"] += seconds
+                totals["forward_passes"] += 1
+                for case, net in zip(batch, nets, strict=False):
+                    case.timings["inference_s"] = seconds
+                    # of the network input only the first channel goes back to a worker (the figure shows it)
+                    case.prep = dataclasses.replace(case.prep, array=case.array[:1].numpy())
+                    case.array = None
+                    writing.append((workers.submit(finish_case, case, net, model, options.label_fraction,
+                                                   out / "cases" / case.source.id), case.source))
+            harvest(wait=False)
+        harvest(wait=True)
+    except KeyboardInterrupt:
+        workers.close(cancel=True)
+        progress.close()
+        raise
+    workers.close()
+    progress.close()
+    return rows, totals
+
+
+def run_cohort(sources: list[CaseSource], model_path: Path, out: Path, device: str, workers: int | None,
+               batch: int | None, seg: bool, label_fraction: float, summary: bool) -> dict:
+    """Analyze every case (this rank's share under torchrun), then (rank 0) write ``results.csv`` and, with
+    ``summary``, ``summary.md``. Returns what the command prints."""
+    from BreastCMSLLib.distributed import gather_objects, setup, teardown
+    from BreastCMSLLib.network.modelfile import load_model
+    from BreastCMSLLib.pipeline.analyze import select_device
+
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "the output folder is an existing file")
+    if len({s.id for s in sources}) != len(sources):
+        raise InputError("cohort", "case ids repeat; every case needs its own output folder")
+    if device not in ("auto", "cuda"):
+        select_device(device)
+    t0 = time.perf_counter()
+    loaded = load_model(model_path)
+    d, dev = setup(device)
+    options = Options(workers or default_workers(), batch or (4 if dev.type == "cuda" else 1), seg, label_fraction)
+    try:
+        (out / "cases").mkdir(parents=True, exist_ok=True)
+        partial = out / "results.csv" if d.world == 1 else out / f".results.rank{d.rank}.csv"
+        mine, totals = run_shard(sources[d.rank::d.world], loaded, dev, out, options, partial,
+                                 "cohort" if d.world == 1 else f"rank {d.rank}")
+        shards = gather_objects((mine, totals), d)
+    finally:
+        teardown()
+    if not d.main:
+        return {"rank": d.rank, "cases": len(mine)}
+    rows = {k: v for shard, _ in shards for k, v in shard.items()}
+    table = [rows[s.id] for s in sources]
+    write_results(out / "results.csv", table)
+    for rank in range(1, d.world):
+        (out / f".results.rank{rank}.csv").unlink(missing_ok=True)
+    (out / ".results.rank0.csv").unlink(missing_ok=True)
+    if summary:
+        atomic_write_text(out / "summary.md", summary_text(table, loaded.info()))
+    wall = time.perf_counter() - t0
+    count = {s: sum(r["status"] == s for r in table) for s in ("ok", "error", "skipped")}
+    return {"results": str(out / "results.csv"), "summary": str(out / "summary.md") if summary else None,
+            "cases": len(table), **count, "ranks": d.world, "device": str(dev), "seconds": round(wall, 1),
+            "cases_per_minute": round(60 * len(table) / wall, 2),
+            "rank0_stages": {k: round(v, 1) for k, v in shards[0][1].items()}}

@@ -1,0 +1,108 @@
+"""The two halves of a case that run in worker processes: reading + preprocessing before the network, maps +
+writing after it (:mod:`BreastCMSLLib.pipeline.analyze`'s ``prepare`` and ``finish``, as ``breastcmsl analyze``
+runs them). Each returns a record instead of raising, so one broken case never stops the cohort."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from BreastCMSLLib.atomic import replace_folder, staging_folder
+from BreastCMSLLib.cohort.sources import CaseSource
+from BreastCMSLLib.config import ModelConfig
+from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.pipeline.analyze import NetResult, finish, prepare
+from BreastCMSLLib.pipeline.preprocess import Preprocessed
+
+
+@dataclass
+class Failed:
+    """A case that could not be analyzed: the one-line error and the seconds spent on it."""
+
+    source: CaseSource
+    error: str
+    seconds: float
+
+
+@dataclass
+class Prepared:
+    """A case read and preprocessed: ``array`` the (C, I, J, K) network input (a torch tensor, so that it
+    travels between processes through shared memory), ``prep`` the rest of :class:`Preprocessed`; ``used`` the
+    ``inputs`` record of result.json; ``reference`` the reference DICOM phase when a DICOM SEG is wanted."""
+
+    source: CaseSource
+    array: torch.Tensor
+    prep: Preprocessed
+    used: dict
+    centre: tuple[float, float, float] | None
+    mask_source: str
+    reference: object | None
+    timings: dict
+
+
+def one_line(err: BaseException) -> str:
+    """An error as one line: a user-facing :class:`InputError` as it is, anything else with its type."""
+    text = str(err) if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
+    return " ".join(text.split())[:500]
+
+
+def read_source(source: CaseSource, n_channels: int, seg: bool):
+    """The case's :class:`CaseInputs`, the ``inputs`` record and (for a DICOM study with ``seg``) the reference
+    phase, exactly as ``breastcmsl analyze`` reads a case folder or a ``--dicom`` study."""
+    from BreastCMSLLib.pipeline.preprocess import load_case
+
+    kind = source.kind
+    if kind == "folder":
+        inputs = load_case(source.folder)
+        return inputs, {"kind": inputs.kind, "t1": inputs.sources[0], "series": inputs.sources[1:]}, None
+    if kind == "dicom":
+        from BreastCMSLLib.dicom.roles import study_inputs
+
+        study, used = study_inputs(source.folder, source.study_file("ROLES.json"), n_channels,
+                                   source.study_file("PATTERNS.json"))
+        return study.inputs, used, study.reference if seg else None
+    if not source.folder.is_dir():
+        raise InputError(source.folder, "no such case folder")
+    raise InputError(source.folder, "holds neither case volumes nor DICOM files")
+
+
+def prepare_case(source: CaseSource, config: ModelConfig, model_name: str, label_fraction: float,
+                 seg: bool) -> Prepared | Failed:
+    """Read and preprocess one case (in a worker process)."""
+    t0 = time.perf_counter()
+    try:
+        inputs, used, reference = read_source(source, config.in_channels, seg)
+        t1 = time.perf_counter()
+        prep = prepare(inputs, config, model_name, label_fraction)
+        t2 = time.perf_counter()
+    except Exception as err:  # a broken case is recorded, never raised: the cohort goes on
+        return Failed(source, one_line(err), time.perf_counter() - t0)
+    centre = source.centre or (inputs.extra or {}).get("center_lps")
+    return Prepared(source, torch.from_numpy(prep.array), dataclasses.replace(prep, array=None), used, centre,
+                    inputs.mask_source, reference, {"read_s": t1 - t0, "preprocess_s": t2 - t1})
+
+
+def finish_case(case: Prepared, net: NetResult, model: dict, label_fraction: float, out_dir: Path) -> dict | Failed:
+    """Maps, labelmaps, figure, [DICOM SEG] and result.json of one case, written to a staging folder and moved to
+    ``out_dir`` whole (in a worker process). Returns result.json's dict."""
+    from BreastCMSLLib.pipeline.output import write_analysis
+
+    t0 = time.perf_counter()
+    try:
+        analysis = finish(case.prep, net, model, case.mask_source, label_fraction, case.timings)
+        extra = {}
+        if case.reference is not None:
+            from BreastCMSLLib.dicom.seg import coam_segmentation
+
+            seg = coam_segmentation(analysis.coam_label, case.reference)
+            extra["coam_seg.dcm"] = lambda path: seg.save_as(path)
+        with staging_folder(out_dir) as tmp:
+            result = write_analysis(analysis, tmp / "case", case.used, case.centre, extra)
+            replace_folder(tmp / "case", out_dir)
+        return result
+    except Exception as err:
+        return Failed(case.source, one_line(err), sum(case.timings.values()) + time.perf_counter() - t0)

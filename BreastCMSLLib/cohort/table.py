@@ -1,0 +1,108 @@
+"""``results.csv`` (one row per case) and ``summary.md`` (Table 1's metrics and centre distances) of a cohort.
+
+Peaks are LPS mm; distances are mm from the map's peak to the lesion centre; seconds are the case's own stage
+times (read, preprocess, inference, maps, write) as its result.json records them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from BreastCMSLLib.atomic import atomic_write_text
+
+COLUMNS = ("id", "status", "probability", "prediction",
+           "coam_peak_lps_x", "coam_peak_lps_y", "coam_peak_lps_z", "cam_peak_lps_x", "cam_peak_lps_y",
+           "cam_peak_lps_z", "mask_source", "roles", "label", "coam_distance_mm", "cam_distance_mm", "seconds",
+           "error")
+
+
+def roles_used(inputs: dict) -> str:
+    """``role=series`` per input of result.json's ``inputs``: DICOM series numbers (``:phase`` within a
+    multi-phase series), or the case folder's file names."""
+    if "dicom" in inputs:
+        return " ".join(f"{r['role']}={r['series_number']}" + (f":{r['phase']}" if r["phases_in_series"] > 1 else "")
+                        for r in inputs["dicom"]["roles"])
+    names = ["pre", *(f"post_{k}" for k in range(1, len(inputs["series"])))] if inputs["kind"] == "phases" else [
+        f"sub_{k}" for k in range(1, len(inputs["series"]) + 1)]
+    pairs = ([("t1", inputs["t1"])] if inputs["t1"] else []) + list(zip(names, inputs["series"], strict=True))
+    return " ".join(f"{role}={Path(path).name}" for role, path in pairs)
+
+
+def ok_row(case_id: str, result: dict, label: int | None) -> dict:
+    """The row of a case analyzed (now or by an earlier run) from its result.json."""
+    def mm(v):
+        return f"{v:.2f}"
+    row = {"id": case_id, "status": "ok", "probability": f"{result['probability']:.6f}",
+           "prediction": result["prediction"], "mask_source": result["mask_source"],
+           "roles": roles_used(result["inputs"]), "label": "" if label is None else str(label),
+           "seconds": f"{sum(result['timings'].values()):.2f}", "error": ""}
+    for name in ("coam", "cam"):
+        row.update(zip((f"{name}_peak_lps_{a}" for a in "xyz"), map(mm, result[f"{name}_peak_lps"]), strict=True))
+        row[f"{name}_distance_mm"] = mm(result[f"{name}_distance_mm"]) if f"{name}_distance_mm" in result else ""
+    return row
+
+
+def failed_row(case_id: str, status: str, error: str, seconds: float, label: int | None) -> dict:
+    """The row of a case that failed (``error``) or was not a case at all (``skipped``)."""
+    return {"id": case_id, "status": status, "label": "" if label is None else str(label),
+            "seconds": f"{seconds:.2f}", "error": error}
+
+
+def csv_text(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, COLUMNS, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_results(path: Path, rows: list[dict]) -> None:
+    """Rewrite ``results.csv`` atomically."""
+    atomic_write_text(path, csv_text(rows))
+
+
+def read_results(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _distances(rows: list[dict], name: str) -> str:
+    d = np.array([float(r[f"{name}_distance_mm"]) for r in rows if r["status"] == "ok" and r[f"{name}_distance_mm"]])
+    if not d.size:
+        return f"| {name.upper()} | 0 | n/a | n/a | n/a |"
+    return f"| {name.upper()} | {d.size} | {np.median(d):.1f} | {d.mean():.1f} | {d.max():.1f} |"
+
+
+def summary_text(rows: list[dict], model: dict, n_boot: int = 2000) -> str:
+    """summary.md: counts, Table 1's metrics over the analyzed cases with a label (``breastcmsl-train
+    evaluate``'s code: value and 95 % percentile-bootstrap CI, threshold p = 0.5) and the peak-to-centre
+    distances of COAM and CAM."""
+    from BreastCMSLLib.cohort.metrics import TABLE_HEADER, bootstrap_metrics, table_row
+
+    count = {s: sum(r["status"] == s for r in rows) for s in ("ok", "error", "skipped")}
+    labelled = [r for r in rows if r["status"] == "ok" and r["label"] != ""]
+    lines = [f"# Cohort summary: {model['name']}", "",
+             f"Model `{model['path']}` (sha256 {model['sha256'][:12]}{', untrained' if model['untrained'] else ''}). "
+             f"{len(rows)} cases: {count['ok']} analyzed, {count['error']} failed, {count['skipped']} skipped "
+             "(see results.csv).", "", "## Classification", ""]
+    if labelled:
+        label = np.array([int(r["label"]) for r in labelled])
+        probability = np.array([float(r["probability"]) for r in labelled])
+        metrics = bootstrap_metrics(label, probability, n_boot=n_boot)
+        lines += [f"{len(labelled)} analyzed cases with a label ({int(label.sum())} malignant); value "
+                  f"[95% percentile-bootstrap CI, {n_boot} resamples], threshold p = 0.5.", "",
+                  TABLE_HEADER, table_row(model["name"], metrics)]
+        if any(not math.isfinite(m["value"]) for m in metrics.values()):
+            lines += ["", "n/a: undefined for these cases (one class only)."]
+    else:
+        lines.append("No analyzed case has a label.")
+    lines += ["", "## Localization", "",
+              "Distance from each map's peak to the lesion centre (LPS mm), over the analyzed cases with a centre.",
+              "", "| Map | n | Median mm | Mean mm | Max mm |", "|---|---|---|---|---|",
+              _distances(rows, "coam"), _distances(rows, "cam")]
+    return "\n".join(lines) + "\n"
