@@ -187,7 +187,7 @@ def cmd_analyze(args, load=None, report=None) -> dict:
     return {k: result[k] for k in ("probability", "cos_theta", "prediction", "coam_peak_lps", "cam_peak_lps")}
 
 
-def cmd_analyze_cohort(args) -> dict:
+def cmd_analyze_cohort(args) -> dict | None:
     """``breastcmsl analyze-cohort`` (and ``torchrun ... -m BreastCMSLLib.cohort``): see
     :mod:`BreastCMSLLib.cohort.runner`. Ctrl-C keeps the finished cases and exits with 130."""
     from BreastCMSLLib.cohort.runner import run_cohort

@@ -187,7 +187,7 @@ def run_shard(sources: list[CaseSource], loaded, dev: torch.device, out: Path, o
 
 
 def run_cohort(sources: list[CaseSource], model_path: Path, out: Path, device: str, workers: int | None,
-               batch: int | None, seg: bool, label_fraction: float, summary: bool) -> dict:
+               batch: int | None, seg: bool, label_fraction: float, summary: bool) -> dict | None:
     """Analyze every case (this rank's share under torchrun), then (rank 0) write ``results.csv`` and, with
     ``summary``, ``summary.md``. Returns what the command prints."""
     from BreastCMSLLib.distributed import gather_objects, setup, teardown
@@ -213,7 +213,7 @@ def run_cohort(sources: list[CaseSource], model_path: Path, out: Path, device: s
     finally:
         teardown()
     if not d.main:
-        return {"rank": d.rank, "cases": len(mine)}
+        return None  # rank 0 reports the whole cohort
     rows = {k: v for shard, _ in shards for k, v in shard.items()}
     table = [rows[s.id] for s in sources]
     write_results(out / "results.csv", table)

@@ -11,7 +11,10 @@ Rules (each assigned role carries a confidence and the reason):
    in ScanOptions or the description, no dynamic wording), dynamic (several phases, or dynamic/pre/post
    wording).
 2. T1 (optional): one candidate is the T1; none means no T1 (the breast mask then comes from the
-   pre-contrast phase, ``mask_source`` ``"pre"``); two or more are an error listing the candidates.
+   pre-contrast phase, ``mask_source`` ``"pre"``); two or more are an error listing the candidates. A
+   non-fat-suppressed T1 acquired after contrast (a contrast marker such as ``+c``, ``c``, ``post``, ``gad`` in
+   its description, or acquired after the dynamic series began) is set aside: neither the mask T1 nor a
+   dynamic phase; the inventory lists it with the reason.
 3. Dynamic phases must share one slice orientation, else an error listing them by plane.
    Pre-contrast: the one phase whose description says pre-contrast; if none does, the earliest
    dynamic phase (confidence medium). Two pre-contrast candidates are an error. Post-contrast: the
@@ -63,6 +66,8 @@ class RolePatterns:
     post: str = (r"(?<![a-z])post|\d+(st|nd|rd|th)[-_ ]?pass|(?<![a-z])ph(ase)?[-_ ]?[1-9]|\+c(?![a-z])"
                  r"|(?<![a-z])(c\+|gd|gad\w*|contrast)(?![a-z])")
     subtraction: str = r"(?<![a-z])sub(s|tract\w*)?(?![a-z])"
+    after_contrast: str = (r"\+c(?![a-z])|(?<![a-z0-9])(c\+?|post\w*|gd|gad\w*)(?![a-z0-9])"
+                           r"|(?<!non[-_ ])(?<!wo[-_ ])(?<!without )(?<!w/o )contrast")
     exclude: str = (r"(?<![a-z0-9])t2|dwi|diff|adc|(?<![a-z])(stir|tirm|loc|localizer|survey|scout|mip|mpr|"
                     r"cad|perfusion|map|ser|pe\d*)(?![a-z])")
 
@@ -111,18 +116,22 @@ def _columns(rows: list[tuple[str, ...]]) -> str:
 
 def inventory(series: list[Series], patterns: RolePatterns | None = None) -> list[dict]:
     """Every series of a study as JSON-ready dicts: number, UID, description, ImageType, ScanOptions,
-    phases, images, orientation, problem (no usable volume) and excluded (why it never takes a role)."""
+    phases, images, orientation, problem (no usable volume), excluded (why it never takes a role) and
+    set_aside (why the rules give it no role: a non-fat-suppressed T1 after contrast)."""
+    patterns = patterns or RolePatterns()
+    late = _Pools(series, patterns).late
     return [{"series_uid": s.uid, "series_number": s.number, "description": s.description,
              "image_type": "\\".join(s.image_type), "scan_options": s.scan_options, "phases": len(s.phases),
              "images": s.n_images, "orientation": s.plane, "problem": s.problem,
-             "excluded": excluded_reason(s, patterns or RolePatterns())} for s in series]
+             "excluded": excluded_reason(s, patterns), "set_aside": late.get(s.uid)} for s in series]
 
 
 def inventory_table(series: list[Series], patterns: RolePatterns | None = None) -> str:
     """The study's series as a plain-text table (what a ROLES.json can name)."""
     rows = [("series", "description", "image_type", "phases", "orientation", "problem")]
     rows += [(str(d["series_number"]), d["description"], d["image_type"], str(d["phases"]), d["orientation"],
-              d["problem"] or (f"excluded: {d['excluded']}" if d["excluded"] else "")) for d in inventory(
+              d["problem"] or (f"excluded: {d['excluded']}" if d["excluded"] else "")
+              or (f"set aside: {d['set_aside']}" if d["set_aside"] else "")) for d in inventory(
                   series, patterns)]
     return _columns(rows)
 
@@ -166,7 +175,11 @@ class RoleAssignment:
         rows += [(e.role, str(e.phase.series.number),
                   f"{e.phase.index}/{len(e.phase.series.phases)}" if len(e.phase.series.phases) > 1 else "-",
                   e.phase.series.description, e.confidence, e.reason) for e in self.entries]
-        return _columns(rows) + f"\n{MASK_SOURCES[self.mask_source]} (mask_source {self.mask_source})"
+        used = {e.phase.series.uid for e in self.entries}
+        aside = [f"\nseries {d['series_number']} '{d['description']}' set aside: {d['set_aside']}"
+                 for d in inventory(self.series, self.patterns) if d["set_aside"] and d["series_uid"] not in used]
+        return (_columns(rows) + f"\n{MASK_SOURCES[self.mask_source]} (mask_source {self.mask_source})"
+                + "".join(aside))
 
 
 def _clock(seconds: float | None) -> str:
@@ -211,16 +224,26 @@ def excluded_reason(s: Series, patterns: RolePatterns) -> str | None:
 
 
 class _Pools:
-    """Candidate phases of a study by header facts."""
+    """Candidate phases of a study by header facts; ``late`` names (by UID) the non-fat-suppressed T1 series
+    acquired after contrast, with the reason, that take no role."""
 
     def __init__(self, series: list[Series], patterns: RolePatterns):
         self.patterns = patterns
         self.t1, self.dynamic, self.subtractions = [], [], []
         self.hints: dict[str, str] = {}
+        self.late: dict[str, str] = {}
         for s in series:
             pool = self._pool(s)
             if pool is not None:
                 pool.extend(s.phases)
+        times = [p.time_s for p in self.dynamic + self.subtractions if p.time_s is not None]
+        if times:  # contrast is given during the dynamic series: a T1 acquired after it began is post-contrast
+            start = min(times)
+            for p in [p for p in self.t1 if p.time_s is not None and p.time_s > start]:
+                self.t1.remove(p)
+                self.late[p.series.uid] = (f"non-fat-suppressed T1 acquired after contrast ({_clock(p.time_s)}, "
+                                           f"after the dynamic series began at {_clock(start)}): neither the mask "
+                                           "T1 nor a dynamic phase")
 
     def _pool(self, s: Series) -> list | None:
         p, d = self.patterns, s.description
@@ -228,15 +251,20 @@ class _Pools:
             return None  # before subtractions: a MIP of a subtraction is no subtraction volume
         if SUBTRACTION_IMAGE_TYPES & set(s.image_type) or p.match("subtraction", d):
             return self.subtractions
-        dynamic_words = p.match("dynamic", d) or p.match("pre", d) or p.match("post", d)
-        if len(s.phases) > 1 or dynamic_words:
-            return self.dynamic
-        if p.match("t1", d) or p.match("non_fat_sat", d):
+        if (len(s.phases) == 1 and (p.match("t1", d) or p.match("non_fat_sat", d))
+                and not (p.match("dynamic", d) or p.match("pre", d))):
             suppressed, hint = fat_suppression(s, p)
             if suppressed is not True:
-                if hint:
-                    self.hints[s.uid] = hint
-                return self.t1
+                if p.match("after_contrast", d):
+                    self.late[s.uid] = (f"non-fat-suppressed T1 after contrast (description '{d}' carries a "
+                                        "contrast marker): neither the mask T1 nor a dynamic phase")
+                    return None
+                if not p.match("post", d):  # other post wording ("1st pass", "ph2"): a dynamic phase
+                    if hint:
+                        self.hints[s.uid] = hint
+                    return self.t1
+        if len(s.phases) > 1 or p.match("dynamic", d) or p.match("pre", d) or p.match("post", d):
+            return self.dynamic
         return None
 
 
