@@ -11,9 +11,11 @@ torchrun each rank takes every world-th case on its own device and rank 0 merges
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -100,6 +102,9 @@ def run_shard(sources: list[CaseSource], loaded, dev: torch.device, out: Path, o
     cfg, name = loaded.config, loaded.name
     rows: dict[str, dict] = {}
     todo: list[CaseSource] = []
+    for s in sources:  # staging folders a killed run left behind (only this shard's: other ranks may be writing)
+        for stale in (out / "cases").glob(f".{glob.escape(s.id)}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     for s in sources:
         kind = s.kind
         if kind is None and s.folder.is_dir():

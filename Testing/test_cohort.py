@@ -1,0 +1,199 @@
+"""``breastcmsl analyze-cohort``: a cohort of phantoms with a truncated case, an ambiguous DICOM study and an empty
+folder; every good case equals single-case ``analyze``; SIGKILL then rerun; 2 torchrun CPU ranks; the summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from BreastCMSLLib.cohort.manifest import Case, write_manifest
+from BreastCMSLLib.cohort.metrics import bootstrap_metrics
+from BreastCMSLLib.pipeline.output import RESULT_FILES
+from BreastCMSLLib.pipeline.phantom import PhantomConfig, make_case, synth_case
+from Testing import dicomsynth
+from Testing.dicomsynth import SeriesSpec
+
+from .conftest import ROOT, TINY_SHAPE, TINY_SPACING, run_cli
+
+POSTS = [f"post_{k}" for k in range(1, 7)]
+GOOD = ["a_case", "b_case", "c_study", "d_case"]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """root/: three phantom case folders, a Siemens-style DICOM study, a case with a truncated post_3, a study with
+    two non-fat-suppressed T1s before contrast, an empty folder."""
+    root = tmp_path_factory.mktemp("cohort") / "root"
+    for name, seed, label in (("a_case", 1, 1), ("b_case", 2, 0), ("d_case", 4, 1), ("e_truncated", 5, 1)):
+        synth_case(root / name, seed=seed, label=label, shape=TINY_SHAPE, spacing=TINY_SPACING)
+    post_3 = root / "e_truncated" / "post_3.nrrd"
+    post_3.write_bytes(post_3.read_bytes()[: post_3.stat().st_size // 2])
+    images = make_case(3, PhantomConfig(shape=TINY_SHAPE, spacing=TINY_SPACING, label=1)).images
+    volumes = images["t1"], images["pre"], [images[p] for p in POSTS]
+    dicomsynth.write_study(root / "c_study", "siemens", *volumes)
+    dicomsynth.write_study(root / "f_ambiguous", "siemens", *volumes,
+                           extra=[SeriesSpec("t1_fl3d_tra_nonFS", [images["t1"]], [-30.0])])
+    (root / "g_empty").mkdir()
+    return root
+
+
+def cohort_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "BreastCMSLLib.cli", "analyze-cohort", *map(str, args)]
+
+
+def rows(out) -> list[dict]:
+    with open(out / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def without_seconds(table: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in table]
+
+
+def result(folder) -> dict:
+    data = json.loads((folder / "result.json").read_text())
+    data.pop("timings")
+    return data
+
+
+def assert_same_case(a, b) -> None:
+    assert result(a) == result(b)
+    for name in ("coam", "cam", "coam_label", "cam_label"):
+        x, y = sitk.ReadImage(str(a / f"{name}.nrrd")), sitk.ReadImage(str(b / f"{name}.nrrd"))
+        assert np.array_equal(sitk.GetArrayFromImage(x), sitk.GetArrayFromImage(y)), name
+        assert (x.GetOrigin(), x.GetSpacing(), x.GetDirection()) == (y.GetOrigin(), y.GetSpacing(), y.GetDirection())
+
+
+@pytest.fixture(scope="module")
+def one_run(cohort, tiny_model_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    proc = subprocess.run(cohort_cmd("--root", cohort, "--model", tiny_model_path, "--out", out, "--device", "cpu",
+                                     "--workers", "2"), capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    return out, json.loads(proc.stdout)
+
+
+def test_cohort_goes_on_past_broken_cases_and_equals_analyze(cohort, one_run, tiny_model_path, tmp_path):
+    out, summary = one_run
+    table = {r["id"]: r for r in rows(out)}
+    assert list(table) == [*GOOD, "e_truncated", "f_ambiguous", "g_empty"]  # the root's subfolders in name order
+    assert (summary["ok"], summary["error"], summary["skipped"]) == (4, 2, 1)
+    assert table["e_truncated"]["status"] == "error" and "post_3.nrrd" in table["e_truncated"]["error"]
+    assert table["f_ambiguous"]["status"] == "error"
+    assert "2 candidates for the non-fat-suppressed T1" in table["f_ambiguous"]["error"]
+    assert table["g_empty"]["status"] == "skipped"
+    assert sorted(p.name for p in (out / "cases").iterdir()) == GOOD  # failed cases leave no folder
+    for case in GOOD:
+        row, folder = table[case], out / "cases" / case
+        assert row["status"] == "ok" and row["error"] == "" and float(row["seconds"]) > 0
+        assert set(RESULT_FILES) <= {p.name for p in folder.iterdir()}
+        single = tmp_path / case
+        source = ["--dicom", cohort / case] if case == "c_study" else [cohort / case]
+        proc = run_cli("analyze", *source, "--model", tiny_model_path, "--out", single, "--device", "cpu")
+        assert proc.returncode == 0, proc.stderr
+        assert_same_case(folder, single)
+        data = result(folder)
+        assert float(row["probability"]) == pytest.approx(data["probability"], abs=1e-6)
+        assert [float(row[f"coam_peak_lps_{a}"]) for a in "xyz"] == pytest.approx(data["coam_peak_lps"], abs=0.005)
+        assert row["mask_source"] == "t1"
+    assert table["c_study"]["roles"].split() == ["t1=100", "pre=200", *[f"post_{k}={200 + 100 * k}"
+                                                                       for k in range(1, 7)]]
+    assert table["a_case"]["roles"].split()[:2] == ["t1=t1.nrrd", "pre=pre.nrrd"]
+
+
+def test_sigkill_then_rerun_gives_the_same_results(cohort, one_run, tiny_model_path, tmp_path):
+    out = tmp_path / "out"
+    cmd = cohort_cmd("--root", cohort, "--model", tiny_model_path, "--out", out, "--device", "cpu", "--workers", "1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not any((out / "cases").glob("[!.]*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the command and its worker processes
+    proc.wait()
+    done = [p for p in (out / "cases").iterdir() if not p.name.startswith(".")]
+    assert 1 <= len(done) < len(GOOD)  # killed mid-run
+    for folder in done:  # every case folder that exists is complete
+        assert set(RESULT_FILES) <= {p.name for p in folder.iterdir()}
+    before = {p.name: (p / "result.json").stat().st_mtime_ns for p in done}
+    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr
+    assert all((out / "cases" / n / "result.json").stat().st_mtime_ns == t for n, t in before.items())  # kept
+    assert without_seconds(rows(out)) == without_seconds(rows(one_run[0]))
+    assert not [p for p in (out / "cases").iterdir() if p.name.startswith(".")]  # no staging folder left
+    for case in GOOD:
+        assert_same_case(out / "cases" / case, one_run[0] / "cases" / case)
+
+
+def test_two_torchrun_ranks_equal_one_process(cohort, one_run, tiny_model_path, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "BreastCMSLLib.cohort", "--root", str(cohort), "--model", str(tiny_model_path),
+                           "--out", str(out), "--device", "cpu", "--workers", "1"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["ranks"] == 2
+    assert without_seconds(rows(out)) == without_seconds(rows(one_run[0]))
+    for case in GOOD:
+        assert_same_case(out / "cases" / case, one_run[0] / "cases" / case)
+    assert sorted(p.name for p in out.iterdir()) == ["cases", "results.csv"]  # the ranks' partial tables merged
+
+
+def test_manifest_summary_uses_evaluate_metrics(cohort, one_run, tiny_model_path, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(one_run[0], out)  # the finished cases are kept: only the failed ones are retried
+    truth = {c: json.loads((cohort / c / "case.json").read_text()) for c in GOOD if c != "c_study"}
+    cases = [Case(c, int(t["label"]), "", cohort / c, None, tuple(t["center_lps"])) for c, t in truth.items()]
+    cases.append(Case("e_truncated", 1, "", cohort / "e_truncated"))
+    write_manifest(tmp_path / "manifest.csv", cases)
+    proc = run_cli("analyze-cohort", "--manifest", tmp_path / "manifest.csv", "--model", tiny_model_path,
+                   "--out", out, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    table = rows(out)
+    assert [r["id"] for r in table] == ["a_case", "b_case", "d_case", "e_truncated"]
+    assert [r["label"] for r in table] == [str(int(truth[c]["label"])) for c in ("a_case", "b_case", "d_case")] + ["1"]
+    ok = [r for r in table if r["status"] == "ok"]
+    metrics = bootstrap_metrics(np.array([int(r["label"]) for r in ok]), np.array([float(r["probability"])
+                                                                                 for r in ok]))
+    text = (out / "summary.md").read_text()
+    cells = [("n/a" if not math.isfinite(m["value"]) else f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
+             for m in metrics.values()]
+    assert f"| tiny | {' | '.join(cells)} |" in text
+    assert "4 cases: 3 analyzed, 1 failed, 0 skipped" in text
+    # distances: independent of the runner, from each case's peaks and its truth
+    coam = [np.linalg.norm(np.subtract(result(out / "cases" / c)["coam_peak_lps"], truth[c]["center_lps"]))
+            for c in ("a_case", "b_case", "d_case")]
+    assert f"| COAM | 3 | {np.median(coam):.1f} | {np.mean(coam):.1f} | {np.max(coam):.1f} |" in text
+
+
+@pytest.mark.parametrize(("args", "problem"), [
+    (["--root", "NOPE"], "NOPE: no such folder of cases"),
+    (["--root", "ROOT", "--label-fraction", "0"], "--label-fraction: must be in (0, 1]"),
+    (["--root", "ROOT", "--workers", "0"], "--workers: must be at least 1"),
+    (["--manifest", "NOPE.csv"], "NOPE.csv: no such manifest file"),
+])
+def test_user_mistakes_are_one_line_and_exit_2(args, problem, cohort, tiny_model_path, tmp_path):
+    args = [str(cohort) if a == "ROOT" else str(tmp_path / a) if a.startswith("NOPE") else a for a in args]
+    proc = run_cli("analyze-cohort", *args, "--model", tiny_model_path, "--out", tmp_path / "out")
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and problem in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_model_is_a_user_mistake(cohort, tmp_path):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"not a model")
+    proc = run_cli("analyze-cohort", "--root", cohort, "--model", bad, "--out", tmp_path / "out")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and str(bad) in proc.stderr
+    assert not (tmp_path / "out").exists()
