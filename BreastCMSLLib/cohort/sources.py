@@ -46,7 +46,12 @@ def from_manifest(path: str | Path) -> list[CaseSource]:
     """The cases of a cohort manifest (read as ``breastcmsl-train`` reads it), in its row order."""
     from BreastCMSLLib.cohort.manifest import read_rows
 
-    return [CaseSource(c.subject_id, c.case_dir, c.label, c.center_lps) for c in read_rows(path)]
+    cases = read_rows(path)
+    for c in cases:
+        if "/" in c.subject_id or "\\" in c.subject_id or c.subject_id.startswith("."):
+            raise InputError(path, f"subject_id {c.subject_id!r} cannot name an output folder (no /, \\ or "
+                             "leading .)")
+    return [CaseSource(c.subject_id, c.case_dir, c.label, c.center_lps) for c in cases]
 
 
 def from_root(root: str | Path, out: str | Path) -> list[CaseSource]:
