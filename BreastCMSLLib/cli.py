@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -190,6 +191,9 @@ def cmd_analyze(args, load=None, report=None) -> dict:
 def cmd_analyze_cohort(args) -> dict | None:
     """``breastcmsl analyze-cohort`` (and ``torchrun ... -m BreastCMSLLib.cohort``): see
     :mod:`BreastCMSLLib.cohort.runner`. Ctrl-C keeps the finished cases and exits with 130."""
+    # the network's OpenMP threads share the cores with the worker processes: they sleep while they wait
+    # instead of spinning (read when torch loads OpenMP, i.e. on the import below in a fresh process)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from BreastCMSLLib.cohort.runner import run_cohort
     from BreastCMSLLib.cohort.sources import from_manifest, from_root
 

@@ -10,6 +10,7 @@ torchrun each rank takes every world-th case on its own device and rank 0 merges
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import glob
 import json
@@ -64,6 +65,20 @@ def finished(folder: Path, model: dict, options: Options, dicom: bool) -> dict |
     return result if same else None
 
 
+def keep_freed_memory() -> None:
+    """Tell glibc to keep the memory a case freed for the next one (no mmap for large blocks, no trimming) instead
+    of handing it back and faulting gigabytes of fresh zero pages in again per case, as the panel's warm worker
+    does; nothing happens without glibc. Run in this process and in every worker process."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
+    libc.mallopt(m_top_pad, 64 << 20)
+
+
 class Workers:
     """A spawn-context process pool that is rebuilt when one of its processes dies (the cases then in flight
     are recorded as failed; a rerun retries them)."""
@@ -73,7 +88,8 @@ class Workers:
         self.pool = self._new()
 
     def _new(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=keep_freed_memory)
 
     def submit(self, fn, *args) -> Future:
         try:
@@ -206,6 +222,7 @@ def run_cohort(sources: list[CaseSource], model_path: Path, out: Path, device: s
     if device not in ("auto", "cuda"):
         select_device(device)
     t0 = time.perf_counter()
+    keep_freed_memory()
     loaded = load_model(model_path)
     d, dev = setup(device)
     options = Options(workers or default_workers(), batch or (4 if dev.type == "cuda" else 1), seg, label_fraction)
