@@ -20,3 +20,27 @@ def test_network_input_equals_the_plain_cast_in_channels_last(dtype):
     # bf16 rounds to nearest even, as autocast's own cast of conv1's input would
     if dtype == torch.bfloat16:
         assert float((x.float() - torch.from_numpy(array).unsqueeze(0)).abs().max()) <= 2.0 ** -9
+
+
+def test_a_batch_gives_each_case_its_own_forward(tiny_model_path):
+    """The cohort's GPU batches: B cases in one pass (conv1 over the union of their non-zero boxes) give each case
+    what its own pass gives."""
+    from BreastCMSLLib.network.modelfile import load_model
+    from BreastCMSLLib.pipeline.analyze import forward, infer
+
+    from .conftest import TINY_INPUT
+
+    loaded = load_model(tiny_model_path)
+    rng = np.random.default_rng(1)
+    arrays = []
+    for lo, hi in (((4, 30), (5, 20)), ((30, 60), (20, 44))):  # non-zero in different boxes
+        a = np.zeros((6, *TINY_INPUT), np.float32)
+        a[:, lo[0]:lo[1], hi[0]:hi[1], 3:29] = rng.random((6, lo[1] - lo[0], hi[1] - hi[0], 26), dtype=np.float32)
+        arrays.append(a)
+    cpu = torch.device("cpu")
+    batch = infer(loaded, arrays, cpu)
+    for a, got in zip(arrays, batch, strict=True):
+        alone, _ = forward(loaded, a, cpu)
+        assert got.cos_theta == pytest.approx(float(alone.cos_theta[0]), abs=2e-3)
+        assert torch.allclose(got.cam_small, alone.logit_map[0].float(), atol=2e-2 * float(got.cam_small.abs().max()))
+    assert batch[0].cos_theta != pytest.approx(batch[1].cos_theta, abs=1e-6)  # two different cases
