@@ -38,7 +38,8 @@ if str(libraryRoot()) not in sys.path:
     sys.path.insert(0, str(libraryRoot()))
 
 from BreastCMSLLib.errors import InputError  # noqa: E402 (needs the path above)
-from BreastCMSLLib.panel.session import Session, evaluation_text, result_text  # noqa: E402
+from BreastCMSLLib.panel.session import Session  # noqa: E402
+from BreastCMSLLib.panel.text import NO_MODEL, evaluation_text, result_text  # noqa: E402
 
 PAPER = ("L. Luo, H. Chen, X. Wang, Q. Dou, H. Lin, J. Zhou, G. Li, P.-A. Heng: Deep Angular Embedding and "
          "Feature Correlation Attention for Breast MRI Cancer Analysis. MICCAI 2019 (arXiv:1906.02999).")
@@ -49,8 +50,6 @@ DEFAULT_CHANNELS = 6
 POLL_INTERVAL_MS = 200
 BUTTONS = ("autoAssign", "checkInputs", "importModel", "downloadModel", "buildDemoModel", "openCache", "clearCache",
            "analyze", "compare", "jumpToPeak", "placeCentre", "evaluate", "exportCsv")
-NO_MODEL = ("No model installed. No pretrained clinical BreastCMSL model exists: import a model file, or build the "
-            "synthetic demo model (trained on phantoms, not for diagnosis).")
 
 
 #
@@ -344,6 +343,7 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for label, key in ((self.ui.probabilityLabel, "probability"), (self.ui.predictionLabel, "prediction"),
                            (self.ui.resultModelLabel, "model"), (self.ui.disclaimerLabel, "disclaimer")):
             label.text = text[key]
+        self.ui.probabilityLabel.text += f" ({text['cos_theta']})" if text["cos_theta"] else ""
         self.updateOverlay()
         self.updateButtons()
 
@@ -371,7 +371,7 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if evaluation is not None:
             self.ui.tableSelector.setCurrentNode(self.logic.evaluation_table)
             self.ui.evaluationTableView.setMRMLTableNode(self.logic.evaluation_table)
-            self.ui.summaryLabel.text = evaluation_text(evaluation)
+            self.ui.summaryLabel.text = evaluation_text(evaluation["summary"])
             self.updateButtons()
 
     def onExportCsv(self) -> None:
@@ -537,26 +537,26 @@ class BreastCMSLTest(ScriptedLoadableModuleTest):
         logic.setInputsFrom(p)
         self.assertEqual(logic.check_inputs(p.modelPath), [])
         result = logic.analyze(p.modelPath, p.device, p.labelFraction).wait(600)
-        self.assertTrue(0.0 <= result["probability"] <= 1.0)
+        self.assertTrue(0.0 <= result.probability <= 1.0)
         expected = vtk.vtkMatrix4x4()
         p.seriesVolumes[1].GetIJKToRASMatrix(expected)
         for key in ("coam_volume", "cam_volume", "coam_label", "cam_label"):
             actual = vtk.vtkMatrix4x4()
-            slicer.mrmlScene.GetNodeByID(result["node_ids"][key]).GetIJKToRASMatrix(actual)
+            slicer.mrmlScene.GetNodeByID(result.nodes[key]).GetIJKToRASMatrix(actual)
             for r in range(4):
                 for c in range(4):
                     self.assertAlmostEqual(actual.GetElement(r, c), expected.GetElement(r, c), places=6)
         logic.show(logic.sliceNodes(), "coam", p.heatOpacity, p.showOutline)
         logic.compare(*logic.sliceNodes(["Red", "Yellow"]))
         logic.jump_to_peak(logic.sliceNodes(), "cam")
-        logic.set_lesion_centre(result["coam_peak_ras"])
+        logic.set_lesion_centre(result.peaks_ras["coam"])
         evaluation = logic.evaluate()
         self.assertAlmostEqual(evaluation["row"]["COAM mm"], 0.0, places=6)
         logic.save_table_csv(self.work / "evaluation.csv")
         self.assertTrue((self.work / "evaluation.csv").is_file())
         again = logic.analyze(p.modelPath, p.device, p.labelFraction)
         self.assertEqual(again.worker_pid, logic.job.worker_pid)
-        self.assertAlmostEqual(again.wait(600)["probability"], result["probability"], places=6)
+        self.assertAlmostEqual(again.wait(600).probability, result.probability, places=6)
         logic.close()
         self.delayDisplay("Test passed")
 

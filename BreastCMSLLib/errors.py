@@ -12,3 +12,10 @@ class InputError(Exception):
         self.source = None if source is None else str(source)
         self.problem = problem
         super().__init__(f"{self.source}: {problem}" if self.source else problem)
+
+
+def user_error(err: InputError | OSError) -> str:
+    """The one line a user mistake is reported by: the file (or node, argument) and the problem."""
+    if isinstance(err, InputError):
+        return str(err)
+    return f"{err.filename or ''}: {err.strerror or err}"

@@ -12,7 +12,9 @@ from trame_server import Server
 from trame_slicer.core import VolumeWindowLevel
 
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.panel.session import Session, disclaimer, models_in
+from BreastCMSLLib.panel.models import models_in
+from BreastCMSLLib.panel.session import Session
+from BreastCMSLLib.panel.text import evaluation_rows_text, evaluation_text, result_text
 
 from .catalog import Catalog
 from .errors import action, reports_errors
@@ -23,11 +25,6 @@ MAIN_VIEWS = ("view-axial", "view-coronal", "view-sagittal")
 POLL_S = 0.2
 NO_RESULT = {"has_result": False, "probability": "", "prediction": "", "model_label": "", "result_note": "",
              "centre": "", "placing": False}
-
-
-def model_flags(model: dict) -> str:
-    """How a model was made, as the page shows it."""
-    return "untrained" if model["untrained"] else "synthetic" if model["synthetic"] else "trained"
 
 
 class TabController:
@@ -66,8 +63,7 @@ class TabController:
                 self.catalog.model(name)
             except InputError:
                 continue
-            listed.append({"file": name, "label": f"{model['name']} · {model['short_sha']} · {model_flags(model)}",
-                           "channels": model["in_channels"]})
+            listed.append({"file": name, "label": model["title"], "channels": model["in_channels"]})
         return listed
 
     def relative(self, message: str) -> str:
@@ -164,12 +160,11 @@ class TabController:
         if result is None:
             return
         self.job = None
-        model = result["model"]
+        text = result_text(result)
         self.state.update({
             "busy": False, "progress": 1.0, "stage": "done", "has_result": True,
-            "probability": f"{result['probability']:.3f}", "prediction": result["prediction"],
-            "model_label": f"{model['name']} · {model['sha256'][:12]} · {model_flags(model)}",
-            "result_note": disclaimer(model),
+            "probability": text["probability"], "prediction": text["prediction"], "model_label": text["model"],
+            "result_note": text["disclaimer"],
         })
         self.show()
         self.session.jump_to_peak(self.views.slice_nodes(*MAIN_VIEWS), self.which)
@@ -258,10 +253,8 @@ class TabController:
     def evaluate(self) -> None:
         """Distances from the centre to the peaks, appended to the table with the running mean ± std."""
         summary = self.session.evaluate()["summary"]
-        self.state.rows = [{key: (f"{value:.3f}" if isinstance(value, float) else str(value))
-                            for key, value in row.items()} for row in self.session.evaluation_rows()]
-        self.state.summary = (f"n = {summary['n']}: COAM {summary['coam_mean_mm']:.2f} ± {summary['coam_std_mm']:.2f}"
-                              f" mm, CAM {summary['cam_mean_mm']:.2f} ± {summary['cam_std_mm']:.2f} mm")
+        self.state.rows = evaluation_rows_text(self.session.evaluation_rows())
+        self.state.summary = evaluation_text(summary)
 
     def csv_text(self) -> str:
         """The evaluation table as CSV text (for the page's download)."""

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from BreastCMSLLib import cli
 from BreastCMSLLib.panel import processes as background
 from BreastCMSLLib.panel.session import Session
 
@@ -211,20 +210,6 @@ def test_icon_is_a_128px_png():
     data = (MODULE / "Resources" / "Icons" / "BreastCMSL.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert int.from_bytes(data[16:20], "big") == 128 and int.from_bytes(data[20:24], "big") == 128
-
-
-@pytest.mark.parametrize("kind", ["subtractions", "phases"])
-@pytest.mark.parametrize("t1", ["t1.nrrd", None])
-def test_analyze_arguments_are_what_the_cli_parses(kind, t1):
-    series = ["a.nrrd", "b.nrrd", "c.nrrd"]
-    arguments = background.analyze_arguments(t1, series, kind, "m.safetensors", "out", "cpu", 0.4)
-    args = cli.build_parser().parse_args(arguments)
-    assert (args.command, args.t1 and str(args.t1), str(args.model), str(args.out), args.device,
-            args.label_fraction) == ("analyze", t1, "m.safetensors", "out", "cpu", 0.4)
-    if kind == "subtractions":
-        assert [str(p) for p in args.sub] == series and args.pre is None
-    else:
-        assert str(args.pre) == "a.nrrd" and [str(p) for p in args.post] == series[1:] and args.sub is None
 
 
 def pid_alive(pid: int) -> bool:
