@@ -38,6 +38,7 @@ if str(libraryRoot()) not in sys.path:
     sys.path.insert(0, str(libraryRoot()))
 
 from BreastCMSLLib.errors import InputError  # noqa: E402 (needs the path above)
+from BreastCMSLLib.panel.cases import phantom_case, role_patterns, untrained_model  # noqa: E402
 from BreastCMSLLib.panel.session import Session  # noqa: E402
 from BreastCMSLLib.panel.text import NO_MODEL, evaluation_text, result_text  # noqa: E402
 
@@ -85,11 +86,8 @@ def registerSampleData() -> None:
     import SampleData
 
     def makePhantom(source):
-        from BreastCMSLLib.pipeline.phantom import synth_case
-
         folder = Path(tempfile.mkdtemp(prefix="BreastCMSL-phantom-", dir=slicer.app.temporaryPath))
-        synth_case(folder / "phantom", seed=1, label=1)
-        return list(BreastCMSLLogic().load_case_folder(folder / "phantom")["series"])
+        return list(BreastCMSLLogic().load_case_folder(phantom_case(folder / "phantom"))["series"])
 
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="BreastCMSL", sampleName="BreastCMSL DCE phantom", uris=[], fileNames=[], nodeNames=[],
@@ -431,10 +429,8 @@ class BreastCMSLLogic(ScriptedLoadableModuleLogic, Session):
     def rolePatterns(p):
         """The role rules' patterns with the user's edits (empty fields keep the defaults); an invalid regular
         expression is an InputError naming the field."""
-        from BreastCMSLLib.dicom.roles import RolePatterns
-
         edits = {"t1": p.t1Pattern, "pre": p.prePattern, "post": p.postPattern, "subtraction": p.subPattern}
-        return RolePatterns.from_overrides({k: v for k, v in edits.items() if v}, "Name patterns")
+        return role_patterns(edits, "Name patterns")
 
     def autoAssign(self, p, model: dict | None) -> list:
         """Role assignment over the visible volumes (DICOM headers where they came from DICOM, else names),
@@ -515,14 +511,9 @@ class BreastCMSLTest(ScriptedLoadableModuleTest):
 
     def makeCase(self):
         """A small phantom case loaded as volume nodes (the panel's inputs) and an untrained small model."""
-        from BreastCMSLLib.cli import main as cli
-
         self.work = Path(tempfile.mkdtemp(prefix="BreastCMSLTest-", dir=slicer.app.temporaryPath))
-        case, model = self.work / "case", self.work / "model.safetensors"
-        self.assertEqual(cli(["synth", "--out", str(case), "--seed", "3", "--malignant", "--shape", "96", "64", "40",
-                              "--spacing", "3.5", "3.5", "3.5"]), 0)
-        self.assertEqual(cli(["init-model", "--out", str(model), "--input-size", "64", "48", "32",
-                              "--width-factor", "0.125"]), 0)
+        case = phantom_case(self.work / "case", seed=3, shape=(96, 64, 40), spacing=(3.5, 3.5, 3.5))
+        model = untrained_model(self.work / "model.safetensors", (64, 48, 32), width_factor=0.125)
         logic = BreastCMSLLogic()
         p = logic.getParameterNode()
         p.inputMode, p.modelPath, p.device = "phases", str(model), "cpu"

@@ -9,7 +9,6 @@ import argparse
 import gc
 import json
 import sys
-import time
 from pathlib import Path
 
 from BreastCMSLLib.errors import InputError, user_error
@@ -84,23 +83,15 @@ def cmd_synth(args) -> dict:
 
 
 def cmd_init_model(args) -> dict:
-    import torch
-
     from BreastCMSLLib.config import ModelConfig, PreprocessConfig
-    from BreastCMSLLib.network.modelfile import save_model
-    from BreastCMSLLib.network.net import build_model
+    from BreastCMSLLib.network.modelfile import save_untrained_model
 
     try:
         pre = PreprocessConfig() if args.input_size is None else PreprocessConfig(input_size=tuple(args.input_size))
         cfg = ModelConfig(in_channels=args.channels, width_factor=args.width_factor, loss=args.loss, preprocess=pre)
     except ValueError as err:
         raise InputError("init-model", str(err)) from None
-    torch.manual_seed(args.seed)
-    model = build_model(cfg)
-    provenance = {"name": args.out.stem, "untrained": True, "seed": args.seed,
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "note": "untrained: random weights, for smoke tests and benchmarks only"}
-    sha = save_model(args.out, model, cfg, provenance)
+    sha = save_untrained_model(args.out, cfg, args.seed)
     return {"model": str(args.out), "sha256": sha, "config": json.loads(cfg.to_json())}
 
 
