@@ -158,8 +158,8 @@ def console() -> None:
 
     Python's cyclic garbage collector is switched off and what survives is frozen before exit: a
     command creates few reference cycles, while each collection, and the interpreter's last one at
-    exit, walks the ~300k objects that importing torch, SimpleITK and matplotlib leaves behind
-    (measured on 2 cores: importing them and exiting took 1.5 s, 0.95 s this way).
+    exit, walks the ~300k objects that importing torch, SimpleITK and matplotlib leaves behind (timings:
+    ``benchmarks/README.md``).
     """
     gc.disable()
     code = main()

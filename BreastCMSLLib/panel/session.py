@@ -261,8 +261,8 @@ class Session:
         return self.job
 
     def _remove_later(self, folder: Path) -> None:
-        """Remove a finished job's folder in a background thread: the user sees the result 40 ms sooner (the
-        unlinking of 280 MB of volumes at the paper's size); :meth:`close` waits for it."""
+        """Remove a finished job's folder in a background thread: the user sees the result without waiting for
+        the unlinking of its volumes (``benchmarks/README.md``); :meth:`close` waits for it."""
         self._removals = [thread for thread in self._removals if thread.is_alive()]
         thread = threading.Thread(target=shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True},
                                   name="breastcmsl-cleanup")
@@ -427,8 +427,8 @@ class Session:
 
 def transfer_folder(min_free_bytes: int = 4 << 30) -> Path | None:
     """Where the session and its worker exchange volumes: RAM-backed ``/dev/shm`` where it exists with room
-    (measured for the 7 inputs of a paper-size case: writing took 0.13 s there against 0.64 s on the disk's
-    temporary folder), else None (the system's temporary folder)."""
+    (writing is faster there than on the disk: ``benchmarks/README.md``), else None (the system's temporary
+    folder)."""
     shm = Path("/dev/shm")
     try:
         if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free >= min_free_bytes:
