@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -205,3 +206,33 @@ class DemoBuild:
 
     def cancel(self) -> None:
         self.command.cancel()
+
+
+# ---- the poll/cancel cycle both faces run
+
+POLL_INTERVAL_S = 0.2  # how often a face polls a running job
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One poll of a job as a face shows it: progress (fraction, stage); once ``finished``, either ``value`` (an
+    :class:`~BreastCMSLLib.panel.state.AnalysisResult`, or the demo model's path) or ``error`` (one line)."""
+
+    fraction: float
+    stage: str
+    finished: bool = False
+    value: object = None
+    error: str = ""
+
+
+def check(job: AnalysisJob | DemoBuild) -> JobStatus:
+    """Poll ``job`` once (in the thread that owns the scene): a user mistake is a finished status with its line
+    as ``error``; a bug (``RuntimeError`` with the worker's traceback) propagates."""
+    fraction, stage = job.progress
+    try:
+        value = job.poll()
+    except InputError as err:
+        return JobStatus(fraction, "failed", finished=True, error=str(err))
+    if value is None:
+        return JobStatus(fraction, stage)
+    return JobStatus(1.0, "done", finished=True, value=value)

@@ -6,6 +6,8 @@ One format per quantity: probabilities and cos θ with 3 decimals, distances in 
 from __future__ import annotations
 
 MASK_SOURCES = {"t1": "non-fat-suppressed T1", "pre": "pre-contrast phase", "sub": "subtractions"}
+CANCELLED = "Cancelled; the scene is unchanged."
+GENERAL_DISCLAIMER = "Research software, not for diagnosis."
 NO_MODEL = ("No model installed. No pretrained clinical BreastCMSL model exists: import a model file, or build the "
             "synthetic demo model (trained on phantoms, not for diagnosis).")
 
@@ -13,10 +15,10 @@ NO_MODEL = ("No model installed. No pretrained clinical BreastCMSL model exists:
 def disclaimer(model: dict) -> str:
     """The line a panel shows under a result or a model (``model``: its ``untrained``/``synthetic`` flags)."""
     if model.get("untrained"):
-        return "Untrained model (random weights): the output means nothing. Research software, not for diagnosis."
+        return f"Untrained model (random weights): the output means nothing. {GENERAL_DISCLAIMER}"
     if model.get("synthetic"):
-        return "Synthetic demo model, trained on phantoms only. Research software, not for diagnosis."
-    return "Research software, not for diagnosis."
+        return f"Synthetic demo model, trained on phantoms only. {GENERAL_DISCLAIMER}"
+    return GENERAL_DISCLAIMER
 
 
 def model_flags(model: dict) -> str:
