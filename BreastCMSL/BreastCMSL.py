@@ -346,7 +346,11 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPollJob(self) -> None:
         """Show the job's stage; once it has finished, its result (an analysis, or the demo model built)."""
-        status = check(self.job)
+        try:
+            status = check(self.job)
+        except Exception:  # a bug: stop polling, the traceback goes to the Python console
+            self.setJob(None)
+            raise
         self.ui.progressBar.setRange(0, 100 if status.fraction else 0)  # busy until the first stage
         self.ui.progressBar.setValue(round(100 * status.fraction))
         self.ui.progressBar.format = f"{status.stage} %p%"
