@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, fields
 
 from BreastCMSLLib.config import MAP_NAMES
+from BreastCMSLLib.mrml.nodes import lps_to_ras
 
 PREFIX = "Result."
 NODE_ROLES = ("reference", "peaks", *(f"{name}_{part}" for name in MAP_NAMES for part in ("volume", "label")))
@@ -39,8 +40,7 @@ class AnalysisResult:
     def from_output(cls, case: str, output: dict, nodes: dict[str, str | None]) -> AnalysisResult:
         """The record of an analysis output (result.json's dict) whose nodes were added as ``nodes``."""
         scalars = {f.name: output[f.name] for f in fields(cls) if f.name not in ("case", "model", "peaks_ras", "nodes")}
-        peaks = {name: [-output[f"{name}_peak_lps"][0], -output[f"{name}_peak_lps"][1], output[f"{name}_peak_lps"][2]]
-                 for name in MAP_NAMES}
+        peaks = {name: lps_to_ras(output[f"{name}_peak_lps"]) for name in MAP_NAMES}
         return cls(case=case, model={key: output["model"].get(key) for key in MODEL_KEYS}, peaks_ras=peaks,
                    nodes=dict(nodes), **scalars)
 
