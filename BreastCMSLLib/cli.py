@@ -168,7 +168,8 @@ def cmd_analyze(args, load=None, report=None) -> dict:
     report(0.9, "write")
     result = write_analysis(analysis, args.out, used, centre, extra)
     report(1.0, "done")
-    return {k: result[k] for k in ("probability", "cos_theta", "prediction", "coam_peak_lps", "cam_peak_lps")}
+    return {k: result[k] for k in ("probability", "probability_uncalibrated", "cos_theta", "threshold", "prediction",
+                                   "calibrated", "operating_line", "coam_peak_lps", "cam_peak_lps")}
 
 
 def cmd_roles(args) -> dict | None:

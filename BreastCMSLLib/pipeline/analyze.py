@@ -19,6 +19,7 @@ import torch
 from BreastCMSLLib.config import NETWORK_STRIDE, ModelConfig
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.attention import coam
+from BreastCMSLLib.network.calibration import Calibration, score
 from BreastCMSLLib.network.modelfile import LoadedModel
 from BreastCMSLLib.network.net import NetOutput, bf16_native, probability
 from BreastCMSLLib.network.sparse import nonzero_box
@@ -122,10 +123,13 @@ def peak_lps(map_ijk: np.ndarray, prep: Preprocessed) -> tuple[float, float, flo
 class Analysis:
     """Everything ``breastcmsl analyze`` reports for one case (maps on the reference grid)."""
 
-    probability: float
+    probability: float  # calibrated: sigmoid(score / T) with the model file's temperature (T = 1 without one)
     cos_theta: float
     logit: float
-    prediction: str
+    prediction: str  # "malignant" when probability >= threshold
+    probability_uncalibrated: float  # sigmoid(score): the network's own output
+    threshold: float  # the model's operating point on the calibrated probability
+    calibration: Calibration
     coam: sitk.Image
     cam: sitk.Image
     coam_label: sitk.Image
@@ -180,13 +184,18 @@ def analyze_case(inputs: CaseInputs, loaded: LoadedModel, device: str = "auto", 
 
     with ThreadPoolExecutor(2) as pool:  # SimpleITK and numpy release the GIL: both maps at once
         (coam_in, coam_ref, coam_label, coam_peak), (cam_in, cam_ref, cam_label, cam_peak) = pool.map(carried, small)
-    p = float(probability(out, loaded.config)[0])
+    calibration = loaded.calibration
+    p = float(calibration.probability(score(out, loaded.config)[0]))
+    threshold = calibration.operating_point.threshold
     t3 = time.perf_counter()
     return Analysis(
         probability=p,
         cos_theta=float(out.cos_theta[0]),
         logit=float(out.logit[0]),
-        prediction="malignant" if p >= 0.5 else "benign",
+        prediction="malignant" if p >= threshold else "benign",
+        probability_uncalibrated=float(probability(out, loaded.config)[0]),
+        threshold=threshold,
+        calibration=calibration,
         coam=coam_ref,
         cam=cam_ref,
         coam_label=coam_label,
