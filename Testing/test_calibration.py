@@ -28,7 +28,13 @@ from BreastCMSLLib.pipeline.output import result_dict
 from BreastCMSLLib.pipeline.preprocess import load_case
 from Testing.conftest import run_cli
 from Training.cache import preprocess_cohort
-from Training.calibration import UnusableSplitError, check_split, fit_temperature, operating_point
+from Training.calibration import (
+    UnusableSplitError,
+    check_split,
+    fit_temperature,
+    operating_point,
+    read_run_calibration,
+)
 from Training.cohort import synth_cohort
 from Training.evaluate import compare, evaluate, export, predict_split
 from Training.metrics import METRICS, bootstrap_calibration, calibration_metrics, replicate_calibration
@@ -278,3 +284,8 @@ def test_calibrate_refuses_a_small_validation_split_and_leaves_the_run(run, tmp_
     proc = run_cli("export", "--run", small, "--out", tmp_path / "x.safetensors", "--operating-point",
                    "sensitivity=0.9", module="Training.cli")
     assert proc.returncode == 2 and "is not calibrated" in proc.stderr and not (tmp_path / "x.safetensors").exists()
+    # a calibration of another best model (the run trained again) is refused, not silently applied
+    shutil.copy(run / "calibration.json", small / "calibration.json")
+    shutil.copy(small / "model_last.safetensors", small / "model_best.safetensors")
+    with pytest.raises(InputError, match="fitted for another model_best"):
+        read_run_calibration(small)

@@ -21,8 +21,10 @@ from sklearn.metrics import roc_curve
 from BreastCMSLLib.atomic import atomic_write_text
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.calibration import Calibration, OperatingPoint, ScoreMetrics, parse_rule
+from BreastCMSLLib.network.modelfile import file_sha256
 
 from .metrics import bootstrap_metrics, calibrated_probability, calibration_metrics
+from .runmodel import run_model_path
 
 MIN_CASES = 10
 LOG_T_BOUNDS = (math.log(1e-2), math.log(1e2))  # T in [0.01, 100]
@@ -101,9 +103,11 @@ def calibration_file(run_dir: str | Path) -> Path:
 
 def write_run_calibration(run_dir: str | Path, cal: Calibration, subject_ids: list[str], label: np.ndarray,
                           score: np.ndarray) -> Path:
-    """``RUN/calibration.json``: the calibration and the validation scores it was fitted on (atomic)."""
+    """``RUN/calibration.json``: the calibration, the validation scores it was fitted on and the sha256 of
+    the best model that gave them (atomic)."""
     path = calibration_file(run_dir)
     atomic_write_text(path, json.dumps({
+        "model_sha256": file_sha256(run_model_path(run_dir)),
         "calibration": json.loads(cal.to_json()),
         "validation": {"subject_id": list(subject_ids), "label": [int(v) for v in label],
                        "score": [float(v) for v in score]}}, indent=1))
@@ -111,7 +115,8 @@ def write_run_calibration(run_dir: str | Path, cal: Calibration, subject_ids: li
 
 
 def read_run_calibration(run_dir: str | Path) -> tuple[Calibration, dict] | None:
-    """(calibration, validation scores) of a run, or None when it has not been calibrated."""
+    """(calibration, validation scores) of a run, or None when it has not been calibrated. A calibration
+    of another best model (the run was trained again) is refused."""
     path = calibration_file(run_dir)
     if not path.is_file():
         return None
@@ -120,9 +125,12 @@ def read_run_calibration(run_dir: str | Path) -> tuple[Calibration, dict] | None
         val = data["validation"]
         val = {"subject_id": list(val["subject_id"]), "label": np.asarray(val["label"], dtype=int),
                "score": np.asarray(val["score"], dtype=float)}
-        return Calibration.from_json(json.dumps(data["calibration"])), val
+        cal, sha = Calibration.from_json(json.dumps(data["calibration"])), data["model_sha256"]
     except (KeyError, ValueError, TypeError) as err:
         raise InputError(path, f"is not a readable run calibration ({err})") from None
+    if sha != file_sha256(run_model_path(run_dir)):
+        raise InputError(path, "was fitted for another model_best.safetensors; run `breastcmsl-train calibrate` again")
+    return cal, val
 
 
 def with_rule(cal: Calibration, val: dict, rule: str, source: str | Path, n_boot: int = 2000) -> Calibration:
