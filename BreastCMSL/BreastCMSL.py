@@ -11,12 +11,12 @@ import sys
 import tempfile
 import unittest
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode
+from slicer import vtkMRMLSequenceNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -38,7 +38,10 @@ if str(libraryRoot()) not in sys.path:
     sys.path.insert(0, str(libraryRoot()))
 
 from BreastCMSLLib.errors import InputError  # noqa: E402 (needs the path above)
-from BreastCMSLLib.panel.session import Session, evaluation_text, result_text  # noqa: E402
+from BreastCMSLLib.panel.cases import phantom_case, role_patterns, untrained_model  # noqa: E402
+from BreastCMSLLib.panel.jobs import POLL_INTERVAL_S, check  # noqa: E402
+from BreastCMSLLib.panel.session import Session  # noqa: E402
+from BreastCMSLLib.panel.text import CANCELLED, NO_MODEL, evaluation_text, result_text  # noqa: E402
 
 PAPER = ("L. Luo, H. Chen, X. Wang, Q. Dou, H. Lin, J. Zhou, G. Li, P.-A. Heng: Deep Angular Embedding and "
          "Feature Correlation Attention for Breast MRI Cancer Analysis. MICCAI 2019 (arXiv:1906.02999).")
@@ -46,11 +49,6 @@ PAPER = ("L. Luo, H. Chen, X. Wang, Q. Dou, H. Lin, J. Zhou, G. Li, P.-A. Heng: 
 PYTHON_REQUIREMENTS = {"safetensors": "safetensors>=0.4", "matplotlib": "matplotlib>=3.7"}
 TORCH_REQUIREMENT = ">=2.2"
 DEFAULT_CHANNELS = 6
-POLL_INTERVAL_MS = 200
-BUTTONS = ("autoAssign", "checkInputs", "importModel", "downloadModel", "buildDemoModel", "openCache", "clearCache",
-           "analyze", "compare", "jumpToPeak", "placeCentre", "evaluate", "exportCsv")
-NO_MODEL = ("No model installed. No pretrained clinical BreastCMSL model exists: import a model file, or build the "
-            "synthetic demo model (trained on phantoms, not for diagnosis).")
 
 
 #
@@ -86,11 +84,8 @@ def registerSampleData() -> None:
     import SampleData
 
     def makePhantom(source):
-        from BreastCMSLLib.pipeline.phantom import synth_case
-
         folder = Path(tempfile.mkdtemp(prefix="BreastCMSL-phantom-", dir=slicer.app.temporaryPath))
-        synth_case(folder / "phantom", seed=1, label=1)
-        return list(BreastCMSLLogic().load_case_folder(folder / "phantom")["series"])
+        return list(BreastCMSLLogic().load_case_folder(phantom_case(folder / "phantom"))["series"])
 
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="BreastCMSL", sampleName="BreastCMSL DCE phantom", uris=[], fileNames=[], nodeNames=[],
@@ -105,12 +100,11 @@ def registerSampleData() -> None:
 
 @parameterNodeWrapper
 class BreastCMSLParameterNode:
-    """GUI settings, saved with the scene (the session keeps the inputs and the result on the same node).
+    """GUI settings only, saved with the scene: how inputs are chosen, the model, the analysis settings and the
+    display. The session keeps the inputs and the result (``Result.*``) on the same node under its own names.
     Patterns left empty use the DICOM role rules' defaults."""
 
     inputMode: Annotated[str, Choice(["phases", "subtractions", "sequence"])] = "phases"
-    t1Volume: vtkMRMLScalarVolumeNode
-    seriesVolumes: list[Optional[vtkMRMLScalarVolumeNode]]  # noqa: UP045 (the wrapper knows typing.Optional)
     phaseSequence: vtkMRMLSequenceNode
     preFrameIndex: int = 0
     t1Pattern: str = ""
@@ -134,6 +128,7 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: binds widgets to the session (``self.logic``) and shows its state; no behaviour of its own."""
 
     def __init__(self, parent=None) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
@@ -143,54 +138,81 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.job = None  # the running AnalysisJob or DemoBuild
 
     def setup(self) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
         ScriptedLoadableModuleWidget.setup(self)
+
+        # Load widget from .ui file (created by Qt Designer); settings bound by SlicerParameterName.
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/BreastCMSL.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+
         self.logic = BreastCMSLLogic()
         self.pollTimer = qt.QTimer()
-        self.pollTimer.setInterval(POLL_INTERVAL_MS)
+        self.pollTimer.setInterval(round(1000 * POLL_INTERVAL_S))
         self.pollTimer.connect("timeout()", self.onPollJob)
+
+        # Connections
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        for widget, signal, slot in (
-                (self.ui.inputModeComboBox, "currentIndexChanged(int)", self.updateSeriesSelectors),
-                (self.ui.modelComboBox, "currentIndexChanged(int)", self.onModelSelected),
-                (self.ui.opacitySliderWidget, "valueChanged(double)", self.updateOverlay),
-                (self.ui.showCamCheckBox, "toggled(bool)", self.updateOverlay),
-                (self.ui.showOutlineCheckBox, "toggled(bool)", self.updateOverlay)):
-            widget.connect(signal, slot)
-        for name in BUTTONS:  # fooButton.clicked -> self.onFoo
-            getattr(self.ui, f"{name}Button").connect("clicked(bool)", getattr(self, f"on{name[0].upper()}{name[1:]}"))
+        self.ui.inputModeComboBox.connect("currentIndexChanged(int)", self.updateSeriesSelectors)
+        self.ui.t1Selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputSelectorChanged)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
+        self.ui.opacitySliderWidget.connect("valueChanged(double)", self.updateOverlay)
+        self.ui.showCamCheckBox.connect("toggled(bool)", self.updateOverlay)
+        self.ui.showOutlineCheckBox.connect("toggled(bool)", self.updateOverlay)
+
+        # Buttons
+        self.ui.autoAssignButton.connect("clicked(bool)", self.onAutoAssign)
+        self.ui.checkInputsButton.connect("clicked(bool)", self.onCheckInputs)
+        self.ui.importModelButton.connect("clicked(bool)", self.onImportModel)
+        self.ui.downloadModelButton.connect("clicked(bool)", self.onDownloadModel)
+        self.ui.buildDemoModelButton.connect("clicked(bool)", self.onBuildDemoModel)
+        self.ui.openCacheButton.connect("clicked(bool)", self.onOpenCache)
+        self.ui.clearCacheButton.connect("clicked(bool)", self.onClearCache)
+        self.ui.analyzeButton.connect("clicked(bool)", self.onAnalyze)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompare)
+        self.ui.jumpToPeakButton.connect("clicked(bool)", self.onJumpToPeak)
+        self.ui.placeCentreButton.connect("clicked(bool)", self.onPlaceCentre)
+        self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluate)
+        self.ui.exportCsvButton.connect("clicked(bool)", self.onExportCsv)
+
+        # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
         self.refreshModelList()
         self.showResult()
 
     def cleanup(self) -> None:
+        """Called when the application closes and the module widget is destroyed."""
         self.cancelJob()
         self.logic.close()
         self.removeObservers()
 
     def enter(self) -> None:
+        """Called each time the user opens this module."""
         self.initializeParameterNode()
 
     def exit(self) -> None:
+        """Called each time the user opens a different module."""
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
+        """Called just before the scene is closed."""
         self.cancelJob()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        """Called just after the scene is closed."""
         if self.parent.isEntered:
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
+        """Ensure parameter node exists and observed."""
         self.setParameterNode(self.logic.getParameterNode())
         self.showResult()
 
     def setParameterNode(self, parameterNode) -> None:
+        """Set and observe the parameter node; the GUI settings are bound to their widgets."""
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
@@ -201,7 +223,8 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateSeriesSelectors()
 
     def updateSeriesSelectors(self, *_) -> None:
-        """One selector per input the model takes: N subtractions, or pre + N posts; none for a Sequence."""
+        """One selector per input the model takes, showing the session's inputs: N subtractions, or pre + N
+        posts; none for a Sequence."""
         p, n = self._parameterNode, self.logic.channelCount(self.ui.modelComboBox.currentData)
         if not p:
             return
@@ -210,7 +233,10 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         layout = self.ui.seriesSelectorsFrame.layout()
         while layout.count():
             layout.takeAt(0).widget().deleteLater()
-        stored = list(p.seriesVolumes)
+        t1, stored, _ = self.logic.inputs()
+        wasBlocked = self.ui.t1Selector.blockSignals(True)
+        self.ui.t1Selector.setCurrentNode(t1)
+        self.ui.t1Selector.blockSignals(wasBlocked)
         self.seriesSelectors = []
         for index, text in enumerate(labels):
             selector = slicer.qMRMLNodeComboBox()
@@ -218,16 +244,23 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             selector.noneEnabled, selector.addEnabled, selector.removeEnabled = True, False, False
             selector.setMRMLScene(slicer.mrmlScene)
             selector.setCurrentNode(stored[index] if index < len(stored) else None)
-            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSeriesSelectorChanged)
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputSelectorChanged)
             layout.addRow(text, selector)
             self.seriesSelectors.append(selector)
-        self.onSeriesSelectorChanged()
+        self.onInputSelectorChanged()
         for widget in (self.ui.sequenceSelector, self.ui.preFrameSpinBox):
             widget.enabled = p.inputMode == "sequence"
         self.ui.seriesSelectorsFrame.visible = p.inputMode != "sequence"
 
-    def onSeriesSelectorChanged(self, *_) -> None:
-        self._parameterNode.seriesVolumes = [selector.currentNode() for selector in self.seriesSelectors]
+    def onInputSelectorChanged(self, *_) -> None:
+        """The selectors' volumes become the session's inputs."""
+        p = self._parameterNode
+        if p and p.inputMode != "sequence":
+            series = [selector.currentNode() for selector in self.seriesSelectors]
+            subtractions = p.inputMode == "subtractions"
+            self.logic.set_inputs(self.ui.t1Selector.currentNode(), phases=None if subtractions else series,
+                                  subtractions=series if subtractions else None)
+            self.updateButtons()
 
     def attempt(self, call, *args):
         """``call(*args)``'s value, or None after showing its :class:`InputError` (a user mistake) in the panel."""
@@ -313,24 +346,28 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPollJob(self) -> None:
         """Show the job's stage; once it has finished, its result (an analysis, or the demo model built)."""
-        fraction, stage = self.job.progress
-        self.ui.progressBar.setRange(0, 100 if fraction else 0)  # busy until the first stage
-        self.ui.progressBar.setValue(round(100 * fraction))
-        self.ui.progressBar.format = f"{stage} %p%"
         try:
-            result = self.job.poll()
-        except InputError as err:
+            status = check(self.job)
+        except Exception:  # a bug: stop polling, the traceback goes to the Python console
             self.setJob(None)
-            return self.setInputStatus(str(err), error=True)
-        if result is not None:
+            raise
+        self.ui.progressBar.setRange(0, 100 if status.fraction else 0)  # busy until the first stage
+        self.ui.progressBar.setValue(round(100 * status.fraction))
+        self.ui.progressBar.format = f"{status.stage} %p%"
+        if status.finished:
             self.setJob(None)
-            self.showResult() if isinstance(result, dict) else self.refreshModelList(select=result)
+            if status.error:
+                self.setInputStatus(status.error, error=True)
+            elif isinstance(status.value, Path):
+                self.refreshModelList(select=status.value)
+            else:
+                self.showResult()
 
     def cancelJob(self) -> None:
         if self.job:
             self.job.cancel()
             self.setJob(None)
-            self.ui.logTextEdit.appendPlainText("Cancelled; the scene is unchanged.")
+            self.ui.logTextEdit.appendPlainText(CANCELLED)
 
     def onAnalyze(self) -> None:
         p = self._parameterNode
@@ -341,8 +378,9 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def showResult(self) -> None:
         text = result_text(self.logic.result)
-        for label, key in ((self.ui.probabilityLabel, "probability"), (self.ui.predictionLabel, "prediction"),
-                           (self.ui.resultModelLabel, "model"), (self.ui.disclaimerLabel, "disclaimer")):
+        self.ui.probabilityLabel.text = " ".join(filter(None, [text["probability"], text["cos_theta"]]))
+        for label, key in ((self.ui.predictionLabel, "prediction"), (self.ui.resultModelLabel, "model"),
+                           (self.ui.disclaimerLabel, "disclaimer")):
             label.text = text[key]
         self.updateOverlay()
         self.updateButtons()
@@ -371,7 +409,7 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if evaluation is not None:
             self.ui.tableSelector.setCurrentNode(self.logic.evaluation_table)
             self.ui.evaluationTableView.setMRMLTableNode(self.logic.evaluation_table)
-            self.ui.summaryLabel.text = evaluation_text(evaluation)
+            self.ui.summaryLabel.text = evaluation_text(evaluation["summary"])
             self.updateButtons()
 
     def onExportCsv(self) -> None:
@@ -431,10 +469,8 @@ class BreastCMSLLogic(ScriptedLoadableModuleLogic, Session):
     def rolePatterns(p):
         """The role rules' patterns with the user's edits (empty fields keep the defaults); an invalid regular
         expression is an InputError naming the field."""
-        from BreastCMSLLib.dicom.roles import RolePatterns
-
         edits = {"t1": p.t1Pattern, "pre": p.prePattern, "post": p.postPattern, "subtraction": p.subPattern}
-        return RolePatterns.from_overrides({k: v for k, v in edits.items() if v}, "Name patterns")
+        return role_patterns(edits, "Name patterns")
 
     def autoAssign(self, p, model: dict | None) -> list:
         """Role assignment over the visible volumes (DICOM headers where they came from DICOM, else names),
@@ -443,26 +479,20 @@ class BreastCMSLLogic(ScriptedLoadableModuleLogic, Session):
                    if not n.IsA("vtkMRMLLabelMapVolumeNode") and not n.GetHideFromEditors()]
         notes = self.auto_assign(volumes, [self.dicomFiles(n) for n in volumes], self.channelCount(model),
                                  "subtractions" if p.inputMode == "subtractions" else "phases", self.rolePatterns(p))
-        p.t1Volume, p.seriesVolumes, p.inputMode = self.inputs()
+        p.inputMode = self.inputs()[2]
         return notes
 
     def checkInputsFrom(self, p) -> list:
-        """Check inputs: the panel's selectors become the session's inputs, then :meth:`check_inputs`."""
-        self.setInputsFrom(p)
+        """Check inputs (a Sequence's frames become the session's inputs first), then :meth:`check_inputs`."""
+        if p.inputMode == "sequence":
+            if not p.phaseSequence:
+                raise InputError("Dynamic sequence", "no volume Sequence selected")
+            self.set_inputs_from_sequence(self.inputs()[0], p.phaseSequence, p.preFrameIndex)
         return self.check_inputs(p.modelPath or None)
 
     @staticmethod
     def demoFolder() -> str:
         return tempfile.mkdtemp(prefix="BreastCMSL-demo-", dir=slicer.app.temporaryPath)
-
-    def setInputsFrom(self, p) -> None:
-        """The session's inputs from the panel's selectors (the T1 may be empty)."""
-        if p.inputMode == "sequence":
-            if not p.phaseSequence:
-                raise InputError("Dynamic sequence", "no volume Sequence selected")
-            self.set_inputs_from_sequence(p.t1Volume, p.phaseSequence, p.preFrameIndex)
-        else:
-            self.set_inputs(p.t1Volume, **{p.inputMode: list(p.seriesVolumes)})
 
     def placeCentre(self):
         """Start placing the lesion centre (one point, replacing an earlier one) with the mouse."""
@@ -515,48 +545,42 @@ class BreastCMSLTest(ScriptedLoadableModuleTest):
 
     def makeCase(self):
         """A small phantom case loaded as volume nodes (the panel's inputs) and an untrained small model."""
-        from BreastCMSLLib.cli import main as cli
-
         self.work = Path(tempfile.mkdtemp(prefix="BreastCMSLTest-", dir=slicer.app.temporaryPath))
-        case, model = self.work / "case", self.work / "model.safetensors"
-        self.assertEqual(cli(["synth", "--out", str(case), "--seed", "3", "--malignant", "--shape", "96", "64", "40",
-                              "--spacing", "3.5", "3.5", "3.5"]), 0)
-        self.assertEqual(cli(["init-model", "--out", str(model), "--input-size", "64", "48", "32",
-                              "--width-factor", "0.125"]), 0)
+        case = phantom_case(self.work / "case", seed=3, shape=(96, 64, 40), spacing=(3.5, 3.5, 3.5))
+        model = untrained_model(self.work / "model.safetensors", (64, 48, 32), width_factor=0.125)
         logic = BreastCMSLLogic()
         p = logic.getParameterNode()
         p.inputMode, p.modelPath, p.device = "phases", str(model), "cpu"
-        p.t1Volume = slicer.util.loadVolume(str(case / "t1.nrrd"))
-        p.seriesVolumes = [slicer.util.loadVolume(str(case / f"{name}.nrrd"))
-                           for name in ["pre", *(f"post_{k}" for k in range(1, 7))]]
+        logic.set_inputs(slicer.util.loadVolume(str(case / "t1.nrrd")),
+                         phases=[slicer.util.loadVolume(str(case / f"{name}.nrrd"))
+                                 for name in ["pre", *(f"post_{k}" for k in range(1, 7))]])
         return logic, p
 
     def test_AnalyzeEvaluateCompare(self):
         self.delayDisplay("Analyze (Check inputs, Analyze), show, compare, place a centre, evaluate, export")
         logic, p = self.makeCase()
-        logic.setInputsFrom(p)
         self.assertEqual(logic.check_inputs(p.modelPath), [])
         result = logic.analyze(p.modelPath, p.device, p.labelFraction).wait(600)
-        self.assertTrue(0.0 <= result["probability"] <= 1.0)
+        self.assertTrue(0.0 <= result.probability <= 1.0)
         expected = vtk.vtkMatrix4x4()
-        p.seriesVolumes[1].GetIJKToRASMatrix(expected)
+        logic.inputs()[1][1].GetIJKToRASMatrix(expected)
         for key in ("coam_volume", "cam_volume", "coam_label", "cam_label"):
             actual = vtk.vtkMatrix4x4()
-            slicer.mrmlScene.GetNodeByID(result["node_ids"][key]).GetIJKToRASMatrix(actual)
+            slicer.mrmlScene.GetNodeByID(result.nodes[key]).GetIJKToRASMatrix(actual)
             for r in range(4):
                 for c in range(4):
                     self.assertAlmostEqual(actual.GetElement(r, c), expected.GetElement(r, c), places=6)
         logic.show(logic.sliceNodes(), "coam", p.heatOpacity, p.showOutline)
         logic.compare(*logic.sliceNodes(["Red", "Yellow"]))
         logic.jump_to_peak(logic.sliceNodes(), "cam")
-        logic.set_lesion_centre(result["coam_peak_ras"])
+        logic.set_lesion_centre(result.peaks_ras["coam"])
         evaluation = logic.evaluate()
         self.assertAlmostEqual(evaluation["row"]["COAM mm"], 0.0, places=6)
         logic.save_table_csv(self.work / "evaluation.csv")
         self.assertTrue((self.work / "evaluation.csv").is_file())
         again = logic.analyze(p.modelPath, p.device, p.labelFraction)
         self.assertEqual(again.worker_pid, logic.job.worker_pid)
-        self.assertAlmostEqual(again.wait(600)["probability"], result["probability"], places=6)
+        self.assertAlmostEqual(again.wait(600).probability, result.probability, places=6)
         logic.close()
         self.delayDisplay("Test passed")
 
@@ -567,7 +591,6 @@ class BreastCMSLTest(ScriptedLoadableModuleTest):
         import time
 
         logic, p = self.makeCase()
-        logic.setInputsFrom(p)
         before = slicer.mrmlScene.GetNumberOfNodes()
         job = logic.analyze(p.modelPath, p.device)
         while job.progress[1] == "queued":

@@ -7,10 +7,13 @@ Layers, lowest first (a module imports only from its own layer or a lower one):
 - ``pipeline/``: volumes, grids, the breast mask, preprocessing, one analysis, its output files, the phantom
   (numpy, SimpleITK, torch);
 - ``dicom/``: DICOM series, their roles in a DCE study, DICOM SEG export (pydicom, highdicom);
-- ``cli``: the ``breastcmsl`` command line over the layers above;
+- ``run``, ``cli``: one analysis request (``AnalyzeRequest``) and its runner, and the ``breastcmsl`` command line;
 - ``mrml/``: the MRML adapters (volume nodes, display, the lesion centre table); they take the scene as an
   argument and are the only modules that import ``slicer``/``vtk``;
-- ``panel/``: what a panel does, Qt-free (the session, the warm worker process, background jobs).
+- ``panel/``: what a panel does, Qt-free (the session, its result record, the model store, the warm worker and
+  its protocol, background jobs, the texts both faces show); the faces import only this layer and ``errors``.
+
+``Testing/test_layers.py`` enforces the direction.
 
 Every physical point inside this package is ITK/LPS millimetres; only ``mrml/`` converts to RAS.
 """

@@ -9,10 +9,10 @@ import argparse
 import gc
 import json
 import sys
-import time
 from pathlib import Path
 
-from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.errors import InputError, user_error
+from BreastCMSLLib.run import AnalyzeRequest, run_analysis
 
 
 def _triple(kind):
@@ -83,93 +83,34 @@ def cmd_synth(args) -> dict:
 
 
 def cmd_init_model(args) -> dict:
-    import torch
-
     from BreastCMSLLib.config import ModelConfig, PreprocessConfig
-    from BreastCMSLLib.network.modelfile import save_model
-    from BreastCMSLLib.network.net import build_model
+    from BreastCMSLLib.network.modelfile import save_untrained_model
 
     try:
         pre = PreprocessConfig() if args.input_size is None else PreprocessConfig(input_size=tuple(args.input_size))
         cfg = ModelConfig(in_channels=args.channels, width_factor=args.width_factor, loss=args.loss, preprocess=pre)
     except ValueError as err:
         raise InputError("init-model", str(err)) from None
-    torch.manual_seed(args.seed)
-    model = build_model(cfg)
-    provenance = {"name": args.out.stem, "untrained": True, "seed": args.seed,
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "note": "untrained: random weights, for smoke tests and benchmarks only"}
-    sha = save_model(args.out, model, cfg, provenance)
+    sha = save_untrained_model(args.out, cfg, args.seed)
     return {"model": str(args.out), "sha256": sha, "config": json.loads(cfg.to_json())}
 
 
-def gather_inputs(args):
-    """The case's volumes from a case folder or from [--t1] --sub/--pre/--post; returns (inputs, used)."""
-    from BreastCMSLLib.pipeline.preprocess import load_case, load_inputs
-
-    named = args.t1 or args.sub or args.pre or args.post
-    if args.case_dir and named:
-        raise InputError(args.case_dir, "give either a case folder or --sub/--pre/--post (and --t1), not both")
-    if args.case_dir:
-        inputs = load_case(args.case_dir)
-    elif args.sub and not (args.pre or args.post):
-        inputs = load_inputs(args.t1, args.sub, "subtractions")
-    elif args.pre and args.post and not args.sub:
-        inputs = load_inputs(args.t1, [args.pre, *args.post], "phases")
-    else:
-        raise InputError("analyze", "give a case folder, or either --sub F... or --pre F --post F... "
-                         "(--t1 F optional)")
-    used = {"kind": inputs.kind, "t1": inputs.sources[0], "series": inputs.sources[1:]}
-    return inputs, used
+def analyze_request(args) -> AnalyzeRequest:
+    """The :class:`AnalyzeRequest` of ``breastcmsl analyze``'s arguments."""
+    return AnalyzeRequest(model=args.model, out=args.out, case_dir=args.case_dir, t1=args.t1, sub=args.sub or (),
+                          pre=args.pre, post=args.post or (), dicom=args.dicom, roles=args.roles,
+                          patterns=args.patterns, device=args.device, label_fraction=args.label_fraction,
+                          dicom_seg=args.dicom_seg)
 
 
 def print_progress(fraction: float, stage: str) -> None:
-    """``progress <fraction> <stage>`` on stderr, before each stage (the Slicer module's progress bar)."""
+    """``progress <fraction> <stage>`` on stderr, before each stage (for GUIs)."""
     print(f"progress {fraction:.2f} {stage}", file=sys.stderr, flush=True)
 
 
-def cmd_analyze(args, load=None, report=None) -> dict:
-    """``breastcmsl analyze``. ``load(path)`` loads the model (default :func:`modelfile.load_model`; the session's
-    warm worker passes its cache) and ``report(fraction, stage)`` receives the progress (default: ``--progress``
-    lines on stderr)."""
-    from BreastCMSLLib.network.modelfile import load_model
-    from BreastCMSLLib.pipeline.analyze import analyze_case, select_device
-    from BreastCMSLLib.pipeline.output import write_analysis
-
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(args.out, "the output folder is an existing file")
-    select_device(args.device)
-    report = report or (print_progress if args.progress else lambda fraction, stage: None)
-    report(0.0, "read")
-    t0 = time.perf_counter()
-    loaded = (load or load_model)(args.model)
-    if (args.roles or args.patterns or args.dicom_seg) and not args.dicom:
-        raise InputError("analyze", "--roles, --patterns and --dicom-seg need --dicom STUDY_DIR")
-    if args.dicom:
-        from BreastCMSLLib.dicom.roles import study_inputs
-
-        if args.case_dir or args.t1 or args.sub or args.pre or args.post:
-            raise InputError(args.dicom, "give either --dicom or a case folder / named volumes, not both")
-        study, used = study_inputs(args.dicom, args.roles, loaded.config.in_channels, args.patterns)
-        inputs = study.inputs
-    else:
-        inputs, used = gather_inputs(args)
-    t_read = time.perf_counter() - t0
-    analysis = analyze_case(inputs, loaded, device=args.device, label_fraction=args.label_fraction,
-                            progress=report)
-    analysis.timings["read_s"] = t_read
-    centre = (inputs.extra or {}).get("center_lps")
-    extra = {}
-    if args.dicom_seg:
-        from BreastCMSLLib.dicom.seg import coam_segmentation
-
-        seg = coam_segmentation(analysis.coam_label, study.reference)
-        extra["coam_seg.dcm"] = lambda path: seg.save_as(path)
-    report(0.9, "write")
-    result = write_analysis(analysis, args.out, used, centre, extra)
-    report(1.0, "done")
-    return {k: result[k] for k in ("probability", "probability_uncalibrated", "cos_theta", "threshold", "prediction",
-                                   "calibrated", "operating_line", "coam_peak_lps", "cam_peak_lps")}
+def cmd_analyze(args) -> dict:
+    """``breastcmsl analyze``: :func:`~BreastCMSLLib.run.run_analysis` of the arguments' request."""
+    return run_analysis(analyze_request(args), report=print_progress if args.progress else None)
 
 
 def cmd_roles(args) -> dict | None:
@@ -192,13 +133,6 @@ def cmd_roles(args) -> dict | None:
 
 
 COMMANDS = {"synth": cmd_synth, "init-model": cmd_init_model, "analyze": cmd_analyze, "roles": cmd_roles}
-
-
-def user_error(err: InputError | OSError) -> str:
-    """The one line a user mistake is reported by: the file (or node, argument) and the problem."""
-    if isinstance(err, InputError):
-        return str(err)
-    return f"{err.filename or ''}: {err.strerror or err}"
 
 
 def run(prog: str, parser: argparse.ArgumentParser, commands: dict, argv: list[str] | None) -> int:
@@ -224,8 +158,8 @@ def console() -> None:
 
     Python's cyclic garbage collector is switched off and what survives is frozen before exit: a
     command creates few reference cycles, while each collection, and the interpreter's last one at
-    exit, walks the ~300k objects that importing torch, SimpleITK and matplotlib leaves behind
-    (measured on 2 cores: importing them and exiting took 1.5 s, 0.95 s this way).
+    exit, walks the ~300k objects that importing torch, SimpleITK and matplotlib leaves behind (timings:
+    ``benchmarks/README.md``).
     """
     gc.disable()
     code = main()

@@ -11,6 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+MAP_NAMES = ("coam", "cam")  # the localization maps an analysis gives, each with a labelmap and a peak
 NETWORK_STRIDE = 32  # conv1 (2) x max pool (2) x layer2..4 (2 each): input voxels per feature voxel
 
 

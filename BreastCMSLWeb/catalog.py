@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.pipeline.volumes import VOLUME_SUFFIXES
+from BreastCMSLLib.panel.cases import is_case_folder
 
 
 def confined(root: Path, name: str, what: str) -> Path:
@@ -20,11 +20,6 @@ def confined(root: Path, name: str, what: str) -> Path:
     if not name or path == base or not path.is_relative_to(base):
         raise InputError(name or "(empty)", f"is not a {what} under {root}; refused")
     return path
-
-
-def _is_case_folder(folder: Path) -> bool:
-    """A case folder holds volume files (t1, pre/post_k or sub_k); anything else is taken as a DICOM study."""
-    return any(p.name.lower().endswith(VOLUME_SUFFIXES) for p in folder.iterdir() if p.is_file())
 
 
 @dataclass(frozen=True)
@@ -43,7 +38,7 @@ class Catalog:
             except InputError:
                 continue
             if folder.is_dir():
-                found.append({"name": entry.name, "kind": "case" if _is_case_folder(folder) else "dicom"})
+                found.append({"name": entry.name, "kind": "case" if is_case_folder(folder) else "dicom"})
         return found
 
     def case(self, name: str) -> tuple[Path, str]:
@@ -51,7 +46,7 @@ class Catalog:
         folder = confined(self.data, name, "case folder or DICOM study")
         if not folder.is_dir():
             raise InputError(name, f"no such case under {self.data}")
-        return folder, "case" if _is_case_folder(folder) else "dicom"
+        return folder, "case" if is_case_folder(folder) else "dicom"
 
     def model(self, name: str) -> Path:
         """A model file by its file name; refused outside the models root."""

@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 def reports_errors(method: Callable, clear: bool = False) -> Callable:
-    """Wrap a method of an object with ``state`` (trame) and ``relative`` (paths shortened for the page): a user
+    """Wrap a method of an object with ``state`` (trame), ``data`` (its typed state) and ``relative``: a user
     mistake shows as one line in ``#error``; anything else is logged with its traceback on the server and shown
     as one line too, and the server keeps serving. With ``clear``, the previous error line goes first."""
 
@@ -21,16 +21,16 @@ def reports_errors(method: Callable, clear: bool = False) -> Callable:
         try:
             with self.state:
                 if clear:
-                    self.state.error = ""
+                    self.data.error = ""
                 return method(self, *args, **kwargs)
         except InputError as err:
             with self.state:
-                self.state.error = self.relative(str(err))
+                self.data.error = self.relative(str(err))
         except Exception as err:  # the page must keep serving
             log.exception("unexpected error in %s", method.__name__)
             first = str(err).splitlines()[0] if str(err) else ""
             with self.state:
-                self.state.error = self.relative(f"internal error ({type(err).__name__}: {first})")
+                self.data.error = self.relative(f"internal error ({type(err).__name__}: {first})")
         return None
 
     return guarded

@@ -36,8 +36,8 @@ def main() -> None:
     views = create_views(server, app)
     controller = TabController(server, views, session, Catalog(Path(config["data"]), Path(config["models"])),
                                config["device"])
-    build_page(server, views)
-    controller.state.case_name = config.get("case", "")  # loaded by its change listener once the server is ready
+    build_page(server, views, controller.typed.name)
+    controller.data.case_name = config.get("case", "")  # loaded by its change listener once the server is ready
     server.controller.on_server_ready.add(lambda **_: print(f"READY {server.port}", flush=True))
     try:
         server.start(port=0, host="127.0.0.1", open_browser=False, show_connection_info=False,

@@ -49,7 +49,7 @@ def test_session_output_nodes_have_the_reference_geometry(session):
     # the case really is oblique: the direction has off-axis terms of sin(15 deg) x spacing
     assert abs(expected[0, 1]) == pytest.approx(3.5 * np.sin(np.radians(15)), abs=1e-6)
     for key in ("coam_volume", "cam_volume", "coam_label", "cam_label"):
-        node = scene.GetNodeByID(result["node_ids"][key])
+        node = scene.GetNodeByID(result.nodes[key])
         np.testing.assert_allclose(ijk_to_ras(node), expected, atol=1e-6)
         assert node.GetImageData().GetDimensions() == reference.GetImageData().GetDimensions() == (96, 64, 40)
 
@@ -58,7 +58,7 @@ def test_session_table_row_matches_a_hand_computation(session):
     scene, result, evaluation = session["scene"], session["result"], session["evaluation"]
     centre = np.zeros(3)
     session["centre"].GetNthControlPointPositionWorld(0, centre)
-    peaks = scene.GetNodeByID(result["node_ids"]["peaks"])
+    peaks = scene.GetNodeByID(result.nodes["peaks"])
     hand = {}
     for index, column in enumerate(("COAM mm", "CAM mm")):
         peak = np.zeros(3)
@@ -82,6 +82,8 @@ def test_session_second_run_reused_the_worker_and_equals_the_first(session):
     assert session["session"].job is not session["job"]
     assert session["session"].job.worker_pid == session["job"].worker_pid  # the warm worker did the second run
     assert session["job"].worker.process.poll() is not None  # session.close() stopped it
-    for key in ("probability", "cos_theta", "coam_peak_ras", "cam_peak_ras"):
-        assert again[key] == pytest.approx(result[key], abs=1e-6)
-    assert again["node_ids"]["coam_volume"] != result["node_ids"]["coam_volume"]  # a second set of nodes
+    for key in ("probability", "cos_theta"):
+        assert getattr(again, key) == pytest.approx(getattr(result, key), abs=1e-6)
+    for name in ("coam", "cam"):
+        np.testing.assert_allclose(again.peaks_ras[name], result.peaks_ras[name], atol=1e-6)
+    assert again.nodes["coam_volume"] != result.nodes["coam_volume"]  # a second set of nodes

@@ -16,16 +16,21 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
+import torch
 
 from BreastCMSLLib import cli
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.mrml import display, nodes
-from BreastCMSLLib.panel.session import Session, models_in, result_text
+from BreastCMSLLib.panel.models import models_in
+from BreastCMSLLib.panel.session import Session
+from BreastCMSLLib.panel.state import AnalysisResult
+from BreastCMSLLib.panel.text import result_text
 from BreastCMSLLib.pipeline.phantom import PhantomConfig, make_case, synth_case, write_case
 from Testing.dicomsynth import write_study
 from Testing.scenes import assert_unchanged, case_nodes, make_oblique_case, matrix_of, snapshot
 
 STAGES = ["read", "preprocess", "inference", "maps", "write", "done"]
+GUI_SETTINGS = {"device": "auto", "labelFraction": "0.5"}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +50,9 @@ def analyzed(case, tmp_path_factory):
     cold_job = session.analyze(case["model"], device="cpu")
     cold = cold_job.wait(timeout=300)
     added = scene.GetNumberOfNodes() - count
-    warm_job = session.analyze(case["model"], device="cpu")
+    for name, value in GUI_SETTINGS.items():  # what the Slicer module's parameter wrapper keeps on the same node
+        session.parameter_node.SetParameter(name, value)
+    warm_job = session.analyze(case["model"], device="auto", label_fraction=0.5)
     warm = warm_job.wait(timeout=300)
     yield {"scene": scene, "session": session, "t1": t1, "series": series, "cold": cold, "warm": warm,
            "cold_job": cold_job, "warm_job": warm_job, "added": added, "temp": temp}
@@ -63,8 +70,8 @@ def test_analyze_reports_its_stages_in_order(analyzed):
 def test_result_nodes_lie_exactly_on_the_reference_grid_and_equal_the_cli(case, analyzed):
     scene, result = analyzed["scene"], analyzed["cold"]
     reference = analyzed["series"][1]  # the first post-contrast phase
-    ids = result["node_ids"]
-    assert ids["reference_id"] == reference.GetID()
+    ids = result.nodes
+    assert ids["reference"] == reference.GetID()
     expected = {"coam_volume": "vtkMRMLScalarVolumeNode", "cam_volume": "vtkMRMLScalarVolumeNode",
                 "coam_label": "vtkMRMLLabelMapVolumeNode", "cam_label": "vtkMRMLLabelMapVolumeNode",
                 "peaks": "vtkMRMLMarkupsFiducialNode"}
@@ -84,21 +91,30 @@ def test_result_nodes_lie_exactly_on_the_reference_grid_and_equal_the_cli(case, 
         assert heat_display.GetColorNode().GetName() == "Inferno"
         assert (heat_display.GetWindowLevelMin(), heat_display.GetWindowLevelMax()) == (0.0, 1.0)
         x, y, z = case["result"][f"{key}_peak_lps"]
-        np.testing.assert_allclose(result[f"{key}_peak_ras"], [-x, -y, z], atol=1e-6)
+        np.testing.assert_allclose(result.peaks_ras[key], [-x, -y, z], atol=1e-6)
     cli_result = case["result"]
-    assert result["probability"] == pytest.approx(cli_result["probability"], abs=1e-6)
-    assert result["cos_theta"] == pytest.approx(cli_result["cos_theta"], abs=1e-6)
-    assert result["prediction"] == cli_result["prediction"]
-    assert result["model"]["sha256"] == hashlib.sha256(case["model"].read_bytes()).hexdigest()
-    assert result["model"]["untrained"] is True
+    assert result.probability == pytest.approx(cli_result["probability"], abs=1e-6)
+    assert result.cos_theta == pytest.approx(cli_result["cos_theta"], abs=1e-6)
+    assert result.prediction == cli_result["prediction"]
+    assert result.model["sha256"] == hashlib.sha256(case["model"].read_bytes()).hexdigest()
+    assert result.model["untrained"] is True
+    assert result.device == "cpu" and result.label_fraction == 0.5
     # 2 heat volumes, 2 labelmaps, the peaks point list, their 5 display nodes, the heat colour table and the 2
     # labelmap colour tables: nothing else (the inputs were not touched, no copies, no storage nodes)
     assert analyzed["added"] == 13
 
 
+def test_analyze_on_auto_keeps_the_choice_and_records_the_device_used(analyzed):
+    """The panel's settings (device "auto") are not the result's fields (the device the analysis ran on)."""
+    p, warm = analyzed["session"].parameter_node, analyzed["warm"]
+    assert {name: p.GetParameter(name) for name in GUI_SETTINGS} == GUI_SETTINGS
+    assert warm.device.split(":")[0] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert p.GetParameter("Result.device") == f'"{warm.device}"'
+
+
 def test_heat_colour_table_is_perceptually_ordered(analyzed):
     scene = analyzed["scene"]
-    heat = scene.GetNodeByID(analyzed["cold"]["node_ids"]["coam_volume"]).GetDisplayNode().GetColorNode()
+    heat = scene.GetNodeByID(analyzed["cold"].nodes["coam_volume"]).GetDisplayNode().GetColorNode()
     rgb = np.array([heat.GetColorTransferFunction().GetColor(t) for t in np.linspace(0, 1, 33)])
     assert np.all(np.diff(rgb @ [0.2126, 0.7152, 0.0722]) > 0), "lightness must rise with the map value"
     np.testing.assert_allclose(rgb[0], display.INFERNO_STOPS[0], atol=1e-4)
@@ -110,14 +126,16 @@ def test_the_warm_second_run_reuses_the_worker_and_equals_the_cold_run(analyzed)
     cold, warm = analyzed["cold"], analyzed["warm"]
     assert analyzed["warm_job"].worker_pid == analyzed["cold_job"].worker_pid
     assert analyzed["session"].worker.process.poll() is None  # still alive, waiting for the next analysis
-    for key in ("probability", "cos_theta", "prediction", "coam_peak_ras", "cam_peak_ras", "label_fraction"):
-        assert warm[key] == pytest.approx(cold[key], abs=1e-6)
+    for key in ("probability", "cos_theta", "prediction", "label_fraction"):
+        assert getattr(warm, key) == pytest.approx(getattr(cold, key), abs=1e-6)
+    for name in ("coam", "cam"):
+        np.testing.assert_allclose(warm.peaks_ras[name], cold.peaks_ras[name], atol=1e-6)
     scene = analyzed["scene"]
     for key in ("coam_volume", "cam_label"):
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(scene.GetNodeByID(warm["node_ids"][key])),
-                                      slicer.util.arrayFromVolume(scene.GetNodeByID(cold["node_ids"][key])))
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(scene.GetNodeByID(warm.nodes[key])),
+                                      slicer.util.arrayFromVolume(scene.GetNodeByID(cold.nodes[key])))
     # the parameter node holds the latest result
-    assert analyzed["session"].result["node_ids"] == warm["node_ids"]
+    assert analyzed["session"].result == warm
 
 
 def test_evaluation_against_a_hand_computation_and_csv(case, analyzed, tmp_path):
@@ -143,7 +161,7 @@ def test_evaluation_against_a_hand_computation_and_csv(case, analyzed, tmp_path)
     path = session.save_table_csv(tmp_path / "evaluation.csv")
     with open(path, newline="") as f:
         saved = list(csv.DictReader(f))
-    assert [r["case"] for r in saved] == [result["case"]] * 2
+    assert [r["case"] for r in saved] == [result.case] * 2
     np.testing.assert_allclose([float(r["COAM mm"]) for r in saved], coam, rtol=1e-5)
 
 
@@ -161,9 +179,9 @@ def test_display_compare_and_jump_to_peak(analyzed):
         views.append(view)
     session.show(views[:1], which="cam", opacity=0.3, outline=False)
     composite = slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(views[0])
-    ids = result["node_ids"]
+    ids = result.nodes
     assert (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID(), composite.GetLabelVolumeID()) == (
-        ids["reference_id"], ids["cam_volume"], ids["cam_label"])
+        ids["reference"], ids["cam_volume"], ids["cam_label"])
     assert composite.GetForegroundOpacity() == pytest.approx(0.3) and not views[0].GetUseLabelOutline()
 
     session.compare(*views)
@@ -173,18 +191,18 @@ def test_display_compare_and_jump_to_peak(analyzed):
         m = view.GetSliceToRAS()
         return np.array([m.GetElement(r, 3) for r in range(3)])
 
-    np.testing.assert_allclose(origin(cam_view), result["cam_peak_ras"], atol=1e-6)
-    np.testing.assert_allclose(origin(coam_view), result["coam_peak_ras"], atol=1e-6)
+    np.testing.assert_allclose(origin(cam_view), result.peaks_ras["cam"], atol=1e-6)
+    np.testing.assert_allclose(origin(coam_view), result.peaks_ras["coam"], atol=1e-6)
     assert slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(coam_view).GetForegroundVolumeID() == ids["coam_volume"]
     cam_view.SetSliceOffset(cam_view.GetSliceOffset() + 7.0)  # scroll the CAM view: the COAM view follows
-    offset = np.array(result["coam_peak_ras"]) - np.array(result["cam_peak_ras"])
+    offset = np.array(result.peaks_ras["coam"]) - np.array(result.peaks_ras["cam"])
     np.testing.assert_allclose(origin(coam_view) - origin(cam_view), offset, atol=1e-6)
-    assert origin(cam_view)[2] == pytest.approx(result["cam_peak_ras"][2] + 7.0)
+    assert origin(cam_view)[2] == pytest.approx(result.peaks_ras["cam"][2] + 7.0)
     session.stop_compare()
     cam_view.SetSliceOffset(cam_view.GetSliceOffset() + 5.0)  # unlinked: the COAM view stays
-    np.testing.assert_allclose(origin(coam_view)[2], result["coam_peak_ras"][2] + 7.0, atol=1e-6)
+    np.testing.assert_allclose(origin(coam_view)[2], result.peaks_ras["coam"][2] + 7.0, atol=1e-6)
     session.jump_to_peak([coam_view], "coam")
-    np.testing.assert_allclose(origin(coam_view), result["coam_peak_ras"], atol=1e-6)
+    np.testing.assert_allclose(origin(coam_view), result.peaks_ras["coam"], atol=1e-6)
 
 
 def test_saved_and_reloaded_scene_shows_the_same_result_and_table(analyzed, tmp_path):
@@ -204,23 +222,18 @@ def test_saved_and_reloaded_scene_shows_the_same_result_and_table(analyzed, tmp_
     assert loaded_scene.ReadFromMRB(str(bundle))
     loaded = Session(loaded_scene)
     after = loaded.result
-    for key in ("case", "prediction", "model", "mask_source", "label_fraction"):
-        assert after[key] == before[key]
-    for key in ("probability", "cos_theta"):
-        assert after[key] == pytest.approx(before[key], abs=1e-12)
-    for key in ("coam_peak_ras", "cam_peak_ras"):
-        np.testing.assert_allclose(after[key], before[key], atol=1e-6)
+    assert isinstance(after, AnalysisResult) and after == before  # every field, node IDs included
     _assert_same_rows(loaded.evaluation_rows(), rows)
     scene = analyzed["scene"]
     for key in ("coam_volume", "cam_label"):
-        original = scene.GetNodeByID(before["node_ids"][key])
-        restored = loaded_scene.GetNodeByID(after["node_ids"][key])
+        original = scene.GetNodeByID(before.nodes[key])
+        restored = loaded_scene.GetNodeByID(after.nodes[key])
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(restored), slicer.util.arrayFromVolume(original))
         np.testing.assert_allclose(matrix_of(restored), matrix_of(original), atol=1e-6)
-    reference = loaded_scene.GetNodeByID(after["node_ids"]["reference_id"])
-    assert reference.GetName() == scene.GetNodeByID(before["node_ids"]["reference_id"]).GetName()
-    peaks = loaded_scene.GetNodeByID(after["node_ids"]["peaks"])
-    np.testing.assert_allclose(peaks.GetNthControlPointPosition(0), before["coam_peak_ras"], atol=1e-3)
+    reference = loaded_scene.GetNodeByID(after.nodes["reference"])
+    assert reference.GetName() == scene.GetNodeByID(before.nodes["reference"]).GetName()
+    peaks = loaded_scene.GetNodeByID(after.nodes["peaks"])
+    np.testing.assert_allclose(peaks.GetNthControlPointPosition(0), before.peaks_ras["coam"], atol=1e-3)
     np.testing.assert_allclose(loaded.lesion_centre.GetNthControlPointPosition(0),
                                analyzed["session"].lesion_centre.GetNthControlPointPosition(0), atol=1e-3)
     loaded.close()
@@ -265,7 +278,7 @@ def test_cancel_kills_the_worker_leaves_the_scene_and_no_temporary_folder(case, 
     # the next analysis starts a new worker and works
     again = session.analyze(case["model"], device="cpu")
     assert again.worker_pid != pid
-    assert 0.0 <= again.wait(timeout=300)["probability"] <= 1.0
+    assert 0.0 <= again.wait(timeout=300).probability <= 1.0
     assert [stage for _, stage in again.stages] == STAGES and session.result is not None
     session.close()
     assert again.worker.process.poll() is not None
@@ -305,7 +318,7 @@ def test_a_failing_input_names_the_node_and_leaves_the_scene_unchanged(case, tmp
         session.analyze(pickle, device="cpu").wait(timeout=300)
     assert_unchanged(before, snapshot(scene, [t1, *series]))
     assert session.result is None
-    assert session.analyze(case["model"], device="cpu").wait(timeout=300)["prediction"] == case["result"]["prediction"]
+    assert session.analyze(case["model"], device="cpu").wait(timeout=300).prediction == case["result"]["prediction"]
     session.close()
 
 
@@ -318,7 +331,7 @@ def test_the_worker_exits_after_its_idle_time_and_the_next_analysis_starts_anoth
     first.worker.process.wait(timeout=30)  # exits by itself
     second = session.analyze(case["model"], device="cpu")
     assert second.worker_pid != first.worker_pid
-    assert second.wait(timeout=300)["probability"] == pytest.approx(case["result"]["probability"], abs=1e-6)
+    assert second.wait(timeout=300).probability == pytest.approx(case["result"]["probability"], abs=1e-6)
     session.close()
 
 
@@ -415,7 +428,7 @@ def test_a_case_without_t1_analyzes_through_the_session(case, tmp_path):
     loaded = session.load_case_folder(tmp_path / "case")
     assert loaded["t1"] is None and session.inputs()[0] is None and len(loaded["series"]) == 7
     result = session.analyze(case["model"], device="cpu").wait(timeout=300)
-    assert result["mask_source"] == "pre"
+    assert result.mask_source == "pre"
     assert "breast mask from the pre-contrast phase" in result_text(result)["prediction"]
     session.close()
 
@@ -435,7 +448,7 @@ def test_a_worker_that_dies_fails_its_job_and_is_replaced(case, tmp_path):
     assert scene.GetNumberOfNodes() == count and session.result is None
     again = session.analyze(case["model"], device="cpu")
     assert again.worker_pid != job.worker_pid
-    assert again.wait(timeout=300)["probability"] == pytest.approx(case["result"]["probability"], abs=1e-6)
+    assert again.wait(timeout=300).probability == pytest.approx(case["result"]["probability"], abs=1e-6)
     session.close()
 
 
@@ -452,14 +465,14 @@ def test_overlay_off_window_level_and_a_new_case_retires_the_old_points(case, tm
     scene.AddNode(composite)
     session.show([view], None)  # overlay off: the reference alone
     assert (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID(), composite.GetLabelVolumeID()) == (
-        first["node_ids"]["reference_id"], None, None)
+        first.nodes["reference"], None, None)
     session.set_window_level(400.0, 150.0)
-    reference_display = scene.GetNodeByID(first["node_ids"]["reference_id"]).GetDisplayNode()
+    reference_display = scene.GetNodeByID(first.nodes["reference"]).GetDisplayNode()
     assert (reference_display.GetWindow(), reference_display.GetLevel()) == (400.0, 150.0)
     assert not reference_display.GetAutoWindowLevel()
     session.set_lesion_centre([1.0, 2.0, 3.0])
     second = session.analyze(case["model"], device="cpu").wait(timeout=300)  # a new result: the old peaks hide
-    peaks = [scene.GetNodeByID(r["node_ids"]["peaks"]).GetDisplayNode() for r in (first, second)]
+    peaks = [scene.GetNodeByID(r.nodes["peaks"]).GetDisplayNode() for r in (first, second)]
     assert [p.GetVisibility() for p in peaks] == [0, 1]
     assert session.lesion_centre.GetNumberOfControlPoints() == 1  # the same case: its centre stays
     session.load_case_folder(case["dir"])  # another case loaded: the peaks hide, the centre is cleared

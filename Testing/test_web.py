@@ -204,7 +204,9 @@ def test_analyze_in_page_equals_cli_and_overlay_shows(server, browser, roots):
     probability = analyze(page)
     assert re.fullmatch(r"\d\.\d{3}", page.inner_text("#probability"))
     assert probability == pytest.approx(roots["cli"]["phantom1"]["probability"], abs=1e-3)
-    assert page.inner_text("#prediction") == roots["cli"]["phantom1"]["prediction"]
+    # the panel layer's text, as the Slicer module shows it
+    assert page.inner_text("#prediction") == f"{roots['cli']['phantom1']['prediction']} (breast mask from the " \
+        "non-fat-suppressed T1)"
     settle(page)
     page.screenshot(path=str(ARTIFACTS / "web.png"))
     with_overlay = view_pixels(page)

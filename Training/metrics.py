@@ -37,8 +37,8 @@ def replicate_metrics(label: np.ndarray, probability: np.ndarray, idx: np.ndarra
                       threshold: float = 0.5) -> dict[str, np.ndarray]:
     """The metrics of :func:`point_metrics` for many resamples at once: ``idx`` (B, n) case indices.
 
-    The same definitions as scikit-learn's, vectorized over resamples (calling scikit-learn per resample
-    costs ~1 ms per metric, i.e. ~10 s for 2000 resamples); AUC is the Mann-Whitney statistic with
+    The same definitions as scikit-learn's, vectorized over resamples (calling scikit-learn per resample is
+    slow at 2000 resamples: ``benchmarks/README.md``); AUC is the Mann-Whitney statistic with
     tie-averaged ranks (scipy). A test checks each resample against scikit-learn. NaN where undefined.
     """
     y = np.asarray(label).astype(int)[idx]

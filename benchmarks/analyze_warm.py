@@ -72,7 +72,7 @@ def main() -> None:
 
     med = statistics.median
     print(f"device: {args.device} (CPU threads {torch.get_num_threads()}), input 6x340x220x128, untrained full-size "
-          f"model, phantom cases {list(cases)}, repeats {args.repeats}, precision {results[-1]['precision']}")
+          f"model, phantom cases {list(cases)}, repeats {args.repeats}, precision {results[-1].precision}")
     print(f"cold first Analyze   median {med(cold):6.2f} s   {[round(t, 2) for t in cold]}")
     print(f"warm second Analyze  median {med(warm):6.2f} s   {[round(t, 2) for t in warm]}")
     print(f"ratio warm / cold = {med(warm) / med(cold):.3f}  (target <= 0.6)")

@@ -40,8 +40,10 @@ def table_rows(table_node) -> dict[str, np.ndarray]:
             for name in TABLE_COLUMNS[1:]}
 
 
-def centre_distances(scene, result: dict, centre_markups_node, table_node=None) -> dict:
-    """Distances (mm) from the annotated lesion centre to the COAM and CAM peaks of ``result``.
+def centre_distances(scene, case: str, probability: float, peaks_ras: dict, centre_markups_node,
+                     table_node=None) -> dict:
+    """Distances (mm) from the annotated lesion centre to the COAM and CAM peaks (``peaks_ras``, RAS mm) of
+    ``case``'s result.
 
     The centre is the first control point of ``centre_markups_node`` (world RAS). A row (case,
     probability, COAM mm, CAM mm) is appended to ``table_node`` (a new "BreastCMSL evaluation" table
@@ -53,14 +55,14 @@ def centre_distances(scene, result: dict, centre_markups_node, table_node=None) 
         raise InputError(name, "has no control point; place the lesion centre first")
     centre = np.zeros(3)
     centre_markups_node.GetNthControlPointPositionWorld(0, centre)
-    coam_mm = float(np.linalg.norm(centre - np.asarray(result["coam_peak_ras"])))
-    cam_mm = float(np.linalg.norm(centre - np.asarray(result["cam_peak_ras"])))
+    coam_mm = float(np.linalg.norm(centre - np.asarray(peaks_ras["coam"])))
+    cam_mm = float(np.linalg.norm(centre - np.asarray(peaks_ras["cam"])))
     if table_node is None:
         table_node = new_table(scene)
     table = table_node.GetTable()
     if any(table.GetColumnByName(name) is None for name in TABLE_COLUMNS):
         raise InputError(table_node.GetName(), f"is not a BreastCMSL evaluation table (columns {TABLE_COLUMNS})")
-    row = {"case": result["case"], "probability": float(result["probability"]), "COAM mm": coam_mm,
+    row = {"case": case, "probability": float(probability), "COAM mm": coam_mm,
            "CAM mm": cam_mm}
     table.GetColumnByName("case").InsertNextValue(row["case"])
     for name in TABLE_COLUMNS[1:]:

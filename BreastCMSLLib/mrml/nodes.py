@@ -19,12 +19,13 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from BreastCMSLLib.config import MAP_NAMES
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.mrml.display import style_heat_volume, style_label_volume
 from BreastCMSLLib.pipeline.volumes import check_image
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-MAP_NAMES = ("coam", "cam", "coam_label", "cam_label")
+MAP_FILES = (*MAP_NAMES, *(f"{name}_label" for name in MAP_NAMES))  # the output folder's volumes
 
 
 def lps_to_ras(point) -> list[float]:
@@ -92,7 +93,7 @@ def volume_node_from_image(scene, image: sitk.Image, name: str, labelmap: bool =
     """Add a scalar (or labelmap) volume node holding ``image``'s voxels on its exact grid; return it.
 
     ``value_range``: a scalar volume's display window from its known range of values, instead of the
-    automatic window level Slicer computes from a histogram (72 ms for a 10 M-voxel map)."""
+    automatic window level Slicer computes from a histogram (its cost: ``benchmarks/README.md``)."""
     array = np.ascontiguousarray(sitk.GetArrayViewFromImage(image))
     if labelmap:
         array = array.astype(np.uint8, copy=False)
@@ -136,7 +137,7 @@ def write_volume_node(node, path: str | Path) -> None:
     """Write a volume node as an uncompressed NRRD file with its world geometry (LPS in the file).
 
     A node without a parent transform is written by MRML's own volume storage node (Slicer's Save), straight
-    from the node's voxels: 15 ms for a 10 M-voxel float volume against 42 ms through a SimpleITK copy. A
+    from the node's voxels, without a SimpleITK copy (timings: ``benchmarks/README.md``). A
     node under a (linear) transform is written through :func:`image_from_volume_node`, which applies it."""
     volume_scalars(node)
     if node.GetParentTransformNode() is None:
@@ -234,17 +235,17 @@ def check_inputs(t1_node, series_nodes, inputs: str = "subtractions", model_path
 
 
 def add_result_nodes(scene, case: str, maps: dict[str, sitk.Image], peaks_lps: dict[str, tuple]) -> dict:
-    """Add the COAM/CAM heat volumes, their labelmaps and a peaks point list; return the new node IDs
-    (``coam_volume``, ``coam_label``, ``cam_volume``, ``cam_label``, ``peaks``).
+    """Add each map's heat volume and labelmap (``MAP_NAMES``: COAM, CAM) and a peaks point list; return the new
+    node IDs (``<map>_volume``, ``<map>_label``, ``peaks``).
 
-    ``maps`` holds ``coam``, ``cam`` (float, [0, 1]) and ``coam_label``, ``cam_label`` ({0, 1}) images;
-    ``peaks_lps`` holds ``coam`` and ``cam`` points in LPS mm; the peaks node holds them in RAS, COAM first.
+    ``maps`` holds each map (float, [0, 1]) and its ``<map>_label`` ({0, 1}) image; ``peaks_lps`` holds each
+    map's peak in LPS mm; the peaks node holds them in RAS, in ``MAP_NAMES`` order.
     All or nothing: if anything fails, every node added here (display and colour nodes included) is removed.
     """
     before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     try:
         ids = {}
-        for which in ("coam", "cam"):
+        for which in MAP_NAMES:
             volume = volume_node_from_image(scene, maps[which], f"{case} {which.upper()}", value_range=(0.0, 1.0))
             style_heat_volume(scene, volume)
             label = volume_node_from_image(scene, maps[f"{which}_label"], f"{case} {which.upper()} label",
@@ -255,7 +256,7 @@ def add_result_nodes(scene, case: str, maps: dict[str, sitk.Image], peaks_lps: d
         points.SetName(f"{case} peaks")
         scene.AddNode(points)
         points.CreateDefaultDisplayNodes()
-        for which in ("coam", "cam"):
+        for which in MAP_NAMES:
             index = points.AddControlPoint(vtk.vtkVector3d(*lps_to_ras(peaks_lps[which])), f"{which.upper()} peak")
             points.SetNthControlPointLocked(index, True)
         ids["peaks"] = points.GetID()
@@ -274,8 +275,8 @@ def read_result_folder(out_dir: str | Path) -> tuple[dict, dict[str, sitk.Image]
     try:
         result = json.loads((out_dir / "result.json").read_text())
         with ThreadPoolExecutor(2) as pool:  # SimpleITK reads without the GIL
-            maps = dict(zip(MAP_NAMES, pool.map(lambda name: sitk.ReadImage(str(out_dir / f"{name}.nrrd")),
-                                                MAP_NAMES)))
+            maps = dict(zip(MAP_FILES, pool.map(lambda name: sitk.ReadImage(str(out_dir / f"{name}.nrrd")),
+                                                MAP_FILES)))
     except (OSError, ValueError, RuntimeError) as err:
         raise InputError(out_dir, f"is not a complete analyze output folder ({err})") from None
     return result, maps

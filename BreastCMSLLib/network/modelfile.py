@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,16 @@ class LoadedModel:
             "method": self.config.loss if self.config.arch == "resnet34_3d" else self.config.arch,
             "version": self.provenance.get("version"),
         }
+
+
+def save_untrained_model(path: str | Path, cfg: ModelConfig, seed: int = 0) -> str:
+    """An untrained model (random weights from ``seed``, flagged untrained) written to ``path``; its sha256.
+    For smoke tests, self-tests and benchmarks only."""
+    torch.manual_seed(seed)
+    provenance = {"name": Path(path).stem, "untrained": True, "seed": seed,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "note": "untrained: random weights, for smoke tests and benchmarks only"}
+    return save_model(path, build_model(cfg), cfg, provenance)
 
 
 def model_name(path: str | Path, provenance: dict) -> str:

@@ -1,8 +1,8 @@
 """The 3D ResNet34 trunk, module for module and key for key MONAI's ``ResNet(block="basic")`` (shortcut B).
 
-Written here instead of imported because ``import monai`` alone took 1.4 s of a cold ``breastcmsl
-analyze`` on 2 cores (``python -X importtime``: monai/__init__ loads monai.data, transforms, scipy.signal
-and matplotlib), more than the whole margin the runtime has over a bare MONAI forward. The state dict
+Written here instead of imported because ``import monai`` loads monai.data, transforms, scipy.signal and
+matplotlib (``python -X importtime``), which cost a cold ``breastcmsl analyze`` more than the whole margin the
+runtime has over a bare MONAI forward (``benchmarks/README.md``). The state dict
 is MONAI's: ``Testing/test_model.py`` loads these weights into MONAI's ``resnet34`` and checks that both
 give the same features, so model files stay interchangeable with MONAI. Training still uses MONAI
 (transforms, 2D ResNet of the MIL baseline).
@@ -20,8 +20,8 @@ class MaxPool3d(nn.MaxPool3d):
     """MONAI's max pooling, run in its input's dtype under autocast.
 
     CPU autocast lists ``max_pool3d`` among the ops it runs in float32: under bf16 autocast it turned conv1's
-    bf16 output (64 x 170 x 110 x 64 at the paper's size) into float32 and back (about 0.15 s of a 2 s
-    inference on 2 cores, with the casts of layer1). A maximum commutes with rounding, so the pooled values
+    bf16 output (64 x 170 x 110 x 64 at the paper's size) into float32 and back (its cost:
+    ``benchmarks/README.md``). A maximum commutes with rounding, so the pooled values
     are the same; CUDA autocast already pools in bf16. Without autocast this is ``nn.MaxPool3d``.
     """
 
@@ -54,7 +54,7 @@ class ResNet3d(nn.Module):
     BasicBlocks with ``widths`` x ``width_factor`` channels (stages 2-4 stride 2); no pooling, no FC.
 
     ``initialize=False`` skips MONAI's Kaiming initialization, for networks whose weights are loaded next
-    (on the meta device ``kaiming_normal_`` imports torch._dynamo: ~1 s of a cold analyze)."""
+    (on the meta device ``kaiming_normal_`` imports torch._dynamo, a large part of a cold analyze)."""
 
     def __init__(self, layers: list[int], widths: list[int], in_channels: int, width_factor: float = 1.0,
                  conv1_stride: int = 2, initialize: bool = True):

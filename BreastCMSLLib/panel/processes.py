@@ -15,23 +15,6 @@ import sys
 from pathlib import Path
 
 
-def analyze_arguments(t1: str | Path | None, series: list[str | Path], kind: str, model: str | Path,
-                      out_dir: str | Path, device: str = "auto", label_fraction: float = 0.5) -> list[str]:
-    """The arguments of ``breastcmsl analyze`` for named input files (``t1`` None: no T1).
-
-    ``kind="subtractions"``: ``series`` are the subtractions; ``"phases"``: pre-contrast then posts.
-    """
-    if kind == "subtractions":
-        volumes = ["--sub", *map(str, series)]
-    elif kind == "phases":
-        volumes = ["--pre", str(series[0]), "--post", *map(str, series[1:])]
-    else:
-        raise ValueError(f"unknown input kind {kind!r}")
-    t1_args = [] if t1 is None else ["--t1", str(t1)]
-    return ["analyze", *t1_args, *volumes, "--model", str(model), "--out", str(out_dir), "--device", device,
-            "--label-fraction", repr(float(label_fraction))]
-
-
 def start_group(command: list[str], stdout, stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT, env: dict | None = None,
                 cwd: str | Path | None = None) -> subprocess.Popen:
     """Start ``command`` in its own process group (POSIX) or process tree (Windows), so that

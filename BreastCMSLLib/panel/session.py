@@ -1,335 +1,39 @@
-"""The panel's state and behaviour, Qt-free: inputs, models, the background analysis, results, display, evaluation.
+"""The panel's session, Qt-free: inputs, models, the background analysis, the result, display, evaluation.
 
 Both faces (the Slicer module ``BreastCMSL/`` and the browser ``BreastCMSLWeb/``) only bind widgets to a
-:class:`Session`. MRML goes through the adapter modules (:mod:`.nodes`, :mod:`.display`, :mod:`.evaluation`),
-which take the scene as an argument, so a session runs on desktop Slicer and on the ``slicer-core`` wheel alike.
+:class:`Session`. MRML goes through the adapter modules (:mod:`~BreastCMSLLib.mrml.nodes`, ``display``,
+``centres``), which take the scene as an argument, so a session runs on desktop Slicer and on the ``slicer-core``
+wheel alike. The model store is :mod:`.models`, the background work :mod:`.jobs`, the texts :mod:`.text`.
 
 State lives in the scene, on the module's parameter node (a ``vtkMRMLScriptedModuleNode`` with singleton tag
 ``BreastCMSL``, as Slicer's ``ScriptedLoadableModuleLogic.getParameterNode`` makes it): node references for
-the inputs, the reference volume, the maps, labelmaps, peaks, lesion centre and evaluation table, and plain
-values (probability, prediction, model, ...). A scene saved and loaded again shows the same result.
-
-Analyses run in a warm worker process (:mod:`.worker`) that keeps the model loaded between analyses; a job's
-result is added to the scene by :meth:`AnalysisJob.poll` / :meth:`AnalysisJob.wait`, in the calling thread
-(MRML is not thread-safe), all or nothing. Points are RAS mm here (MRML), LPS mm inside the Lib.
+the inputs, the lesion centre and the evaluation table, and the result as one
+:class:`~BreastCMSLLib.panel.state.AnalysisResult` under its own prefix. The faces keep their GUI settings
+(device choice, label fraction, ...) apart from it. A scene saved and loaded again shows the same result.
+Points are RAS mm here (MRML), LPS mm inside the Lib.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
+from BreastCMSLLib.config import MAP_NAMES
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.mrml import centres, display, nodes
-from BreastCMSLLib.panel.processes import BackgroundCommand, analyze_arguments, kill_group, start_group
-from BreastCMSLLib.panel.worker import MEMORY_ENVIRONMENT
+from BreastCMSLLib.panel.jobs import AnalysisJob, DemoBuild, Worker
+from BreastCMSLLib.panel.models import clear_models, download_model, import_model, models_in
+from BreastCMSLLib.panel.processes import BackgroundCommand
+from BreastCMSLLib.panel.state import PREFIX as RESULT_PREFIX
+from BreastCMSLLib.panel.state import AnalysisResult
+from BreastCMSLLib.run import AnalyzeRequest
 
 MODULE_NAME = "BreastCMSL"
 LIBRARY_ROOT = Path(__file__).resolve().parent.parent  # the folder holding the BreastCMSLLib package
-MASK_SOURCES = {"t1": "non-fat-suppressed T1", "pre": "pre-contrast phase", "sub": "subtractions"}
-MAP_ROLES = {"coam_volume": "coamVolume", "coam_label": "coamLabel", "cam_volume": "camVolume",
-             "cam_label": "camLabel", "peaks": "peaks"}
-
-
-def disclaimer(model: dict) -> str:
-    """The line a panel shows under a result or a model."""
-    if model.get("untrained"):
-        return "Untrained model (random weights): the output means nothing. Research software, not for diagnosis."
-    if model.get("synthetic"):
-        return "Synthetic demo model, trained on phantoms only. Research software, not for diagnosis."
-    return "Research software, not for diagnosis."
-
-
-def result_text(result: dict | None) -> dict[str, str]:
-    """What a panel shows of a result: ``probability`` (3 decimals and cos θ), ``prediction`` (with the breast
-    mask's source), ``model`` (name, version, short sha256) and ``disclaimer``; dashes before any result."""
-    if not result:
-        return {"probability": "-", "prediction": "-", "model": "-", "disclaimer": ""}
-    model, mask = result["model"], MASK_SOURCES.get(result["mask_source"], result["mask_source"])
-    return {"probability": f"{result['probability']:.3f} (cos θ = {result['cos_theta']:.3f})",
-            "prediction": f"{result['prediction']} (breast mask from the {mask})",
-            "model": f"{model['name']} {model['version'] or ''} (sha256 {model['sha256'][:12]}…)".replace("  ", " "),
-            "disclaimer": disclaimer(model)}
-
-
-def evaluation_text(evaluation: dict) -> str:
-    """One line on an evaluation: this case's distances and the running mean ± std over the table."""
-    s, row = evaluation["summary"], evaluation["row"]
-    return (f"This case: COAM {row['COAM mm']:.1f} mm, CAM {row['CAM mm']:.1f} mm. Over {s['n']} case(s): COAM "
-            f"{s['coam_mean_mm']:.1f} ± {s['coam_std_mm']:.1f} mm, CAM {s['cam_mean_mm']:.1f} ± "
-            f"{s['cam_std_mm']:.1f} mm (mean ± std).")
-
-
-# ---- the model store: a folder of .safetensors model files
-
-
-def models_in(folder: str | Path) -> list[dict]:
-    """The BreastCMSL model files in ``folder`` with what their metadata says, by file name. Files that are
-    not BreastCMSL models (or are pickles) are left out; nothing is unpickled."""
-    from BreastCMSLLib.network.modelfile import file_sha256, model_name, read_model_metadata
-
-    models = []
-    for path in sorted(Path(folder).glob("*.safetensors")):
-        try:
-            cfg, provenance = read_model_metadata(path)
-        except InputError:
-            continue
-        sha, name = file_sha256(path), model_name(path, provenance)
-        flags = ", ".join(flag for flag in ("untrained", "synthetic") if provenance.get(flag))
-        models.append({
-            "path": str(path), "name": name, "sha256": sha, "short_sha": sha[:12],
-            "untrained": bool(provenance.get("untrained")), "synthetic": bool(provenance.get("synthetic")),
-            "in_channels": cfg.in_channels,
-            "title": " ".join(filter(None, [name, provenance.get("version"), f"({flags})" if flags else ""])),
-            "details": (f"{name}: {cfg.loss.upper()}, {cfg.in_channels} channels, input "
-                        f"{' x '.join(map(str, cfg.preprocess.input_size))}, width x{cfg.width_factor}\n"
-                        f"sha256 {sha}\n{disclaimer(provenance)}"),
-        })
-    return models
-
-
-def import_model(path: str | Path, folder: str | Path) -> Path:
-    """Check that ``path`` is a BreastCMSL model (never unpickled; a pickle is refused) and copy it into
-    ``folder`` as ``<stem>-<sha256[:12]>.safetensors``; returns the copy."""
-    from BreastCMSLLib.network.modelfile import file_sha256, read_model_metadata
-
-    read_model_metadata(path)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{Path(path).stem}-{file_sha256(path)[:12]}.safetensors"
-    partial = target.with_name(f".{target.name}.partial")
-    shutil.copyfile(path, partial)
-    return partial.replace(target)
-
-
-def download_model(entry: dict, folder: str | Path) -> Path:
-    """Download a registry entry (``id``, ``version``, ``url``, ``sha256``) into ``folder``; a file whose
-    sha256 differs from the registry's, or that is not a BreastCMSL model, is deleted and refused."""
-    from BreastCMSLLib.network.modelfile import file_sha256, read_model_metadata
-
-    if not entry.get("url") or not entry.get("sha256"):
-        raise InputError(entry.get("id", "registry entry"), "has no download url and sha256")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{entry['id']}.download"
-    try:
-        urllib.request.urlretrieve(entry["url"], partial)
-        sha = file_sha256(partial)
-        if sha != entry["sha256"]:
-            raise InputError(entry["url"], f"sha256 {sha} differs from the registry's {entry['sha256']}")
-        read_model_metadata(partial)
-    except (InputError, OSError) as err:
-        partial.unlink(missing_ok=True)
-        if isinstance(err, InputError):
-            raise
-        raise InputError(entry["url"], f"download failed ({err})") from None
-    return partial.replace(folder / f"{entry['id']}-{entry['version']}.safetensors")
-
-
-def clear_models(folder: str | Path) -> int:
-    """Delete every model file in ``folder``; returns how many."""
-    paths = list(Path(folder).glob("*.safetensors"))
-    for path in paths:
-        path.unlink()
-    return len(paths)
-
-
-# ---- the warm worker
-
-
-class Worker:
-    """One ``python -m BreastCMSLLib.panel.worker`` process in its own process group; a thread reads its messages."""
-
-    def __init__(self, python: str, env: dict, idle_timeout_s: float, log_path: Path):
-        self.idle_timeout_s = idle_timeout_s
-        self.log_path = log_path
-        self.listener: AnalysisJob | None = None
-        self.last_used = time.monotonic()
-        with open(log_path, "ab") as log:
-            self.process = start_group([python, "-m", "BreastCMSLLib.panel.worker",
-                                        "--idle-timeout", repr(idle_timeout_s)],
-                                       stdout=subprocess.PIPE, stdin=subprocess.PIPE, stderr=log,
-                                       env={**MEMORY_ENVIRONMENT, **env})
-        threading.Thread(target=self._read, daemon=True, name="breastcmsl-worker-reader").start()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def usable(self) -> bool:
-        """Alive, idle, and not about to exit for idleness (a margin against sending into its exit)."""
-        margin = min(5.0, self.idle_timeout_s / 2)
-        return (self.process.poll() is None and self.listener is None
-                and time.monotonic() - self.last_used < self.idle_timeout_s - margin)
-
-    def submit(self, job: AnalysisJob, argv: list[str]) -> None:
-        self.listener = job
-        self.last_used = time.monotonic()
-        self.process.stdin.write((json.dumps({"argv": argv}) + "\n").encode())
-        self.process.stdin.flush()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            job = self.listener
-            if "ready" in message:
-                continue
-            if job is not None:
-                if "progress" not in message:
-                    self.listener = None
-                    self.last_used = time.monotonic()
-                job.receive(message)
-        code = self.process.wait()
-        job, self.listener = self.listener, None
-        if job is not None:
-            # not a bug to show as a traceback: the process was killed (out of memory, by the system) or crashed
-            job.receive({"error": f"the analysis worker exited with code {code}; its log: {self.log_path}"})
-
-    def stop(self, graceful: bool) -> None:
-        """End the worker and its process group: at once, or (``graceful``, when idle) by closing its input
-        so that it exits by itself, killed after 2 s if it has not."""
-        if graceful:
-            try:
-                self.process.stdin.close()
-                self.process.wait(timeout=2.0)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        kill_group(self.process)
-
-
-class AnalysisJob:
-    """One Analyze in the session's worker. ``progress`` is (fraction, stage) from the worker's stages."""
-
-    def __init__(self, session: Session, worker: Worker, work: Path, case: str, reference, names: dict[str, str]):
-        self.session = session
-        self.worker = worker
-        self.work = work
-        self.case = case
-        self.reference = reference
-        self.names = names  # exported file -> node name, to name nodes in the worker's messages
-        self.progress: tuple[float, str] = (0.0, "queued")
-        self.stages: list[tuple[float, str]] = []  # every (fraction, stage) reported, in order
-        self.cancelled = False
-        self._messages: queue.Queue[dict] = queue.Queue()
-        self._final: dict | None = None
-        self._result: dict | None = None
-        self._error: Exception | None = None
-        self._applied = False
-
-    @property
-    def worker_pid(self) -> int:
-        return self.worker.pid
-
-    @property
-    def done(self) -> bool:
-        """True once the worker has answered (or the job was cancelled)."""
-        return self.cancelled or self._final is not None or not self._messages.empty()
-
-    def receive(self, message: dict) -> None:
-        """Called by the worker's reader thread."""
-        if "progress" in message:
-            fraction, stage = message["progress"]
-            self.progress = (float(fraction), str(stage))
-            self.stages.append(self.progress)
-        else:
-            self._messages.put(message)
-
-    def _named(self, text: str) -> str:
-        for path, name in self.names.items():
-            text = text.replace(path, name)
-        return text
-
-    def poll(self) -> dict | None:
-        """None while running; once finished, the result (its nodes added to the scene on the first call).
-        Raises :class:`InputError` (one line naming the node or file) when the analysis failed."""
-        if self.cancelled:
-            raise InputError(self.case, "the analysis was cancelled")
-        if self._final is None:
-            try:
-                self._final = self._messages.get_nowait()
-            except queue.Empty:
-                return None
-        return self._finish()
-
-    def wait(self, timeout: float | None = None) -> dict:
-        """Block until the analysis ends; return :meth:`poll`'s result or raise its error. ``TimeoutError``
-        when ``timeout`` seconds pass first."""
-        if self.cancelled:
-            raise InputError(self.case, "the analysis was cancelled")
-        if self._final is None:
-            try:
-                self._final = self._messages.get(timeout=timeout)
-            except queue.Empty:
-                raise TimeoutError(f"the analysis of {self.case} did not finish in {timeout} s") from None
-        return self._finish()
-
-    def _finish(self) -> dict:
-        """Add the result to the scene on the first call; later calls return it, or raise the same error."""
-        if not self._applied:
-            self._applied = True
-            try:
-                if "ok" in self._final:
-                    self.progress = (1.0, "done")
-                    self._result = self.session._add_result(self.case, self.reference, self.work / "out")
-                elif "crash" in self._final:  # a bug: the traceback is what a developer needs
-                    self._error = RuntimeError(f"the analysis of {self.case} failed:\n{self._final['crash']}")
-                else:
-                    self._error = InputError(None, self._named(self._final["error"]))
-            except InputError as err:  # the output could not be read back
-                self._error = err
-            finally:
-                self.session._remove_later(self.work)
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-    def cancel(self) -> None:
-        """Kill the worker's process group (the next analysis starts a new worker); nothing is added to the
-        scene and the job's temporary folder is removed. Safe to call after the job has ended."""
-        if self._applied or self.cancelled:
-            return
-        self.cancelled = True
-        self.session._drop_worker(self.worker)
-        shutil.rmtree(self.work, ignore_errors=True)
-
-
-class DemoBuild:
-    """Building the synthetic demo model in the background, polled like an :class:`AnalysisJob`."""
-
-    def __init__(self, session: Session, command: BackgroundCommand, out_dir: Path):
-        self.session, self.command, self.out_dir = session, command, out_dir
-        self.progress: tuple[float, str] = (0.0, "training the demo model")
-
-    @property
-    def done(self) -> bool:
-        return self.command.poll() is not None
-
-    def poll(self) -> Path | None:
-        """None while building; then the imported model file. Raises :class:`InputError` if the build failed."""
-        code = self.command.poll()
-        if code is None:
-            return None
-        if code != 0:
-            raise InputError(self.command.log_path, f"building the demo model failed (exit code {code})")
-        return self.session.import_demo_model(self.out_dir)
-
-    def cancel(self) -> None:
-        self.command.cancel()
-
-
-# ---- the session
 
 
 class Session:
@@ -535,13 +239,14 @@ class Session:
             shutil.rmtree(work, ignore_errors=True)
             raise
         names = {str(path): node.GetName() for path, node in zip([t1_path, *paths], [t1, *series]) if node is not None}
-        argv = analyze_arguments(t1_path, paths, kind, model_path, work / "out", device, label_fraction)
+        request = AnalyzeRequest.for_volumes(t1_path, paths, kind, model=model_path, out=work / "out", device=device,
+                                             label_fraction=label_fraction)
         try:
-            return self._submit(argv, work, reference.GetName(), shown, names)
+            return self._submit(request, work, reference.GetName(), shown, names)
         except OSError:  # the worker died since it was last used (its stdin is a broken pipe): one replacement
             self._start_worker()
         try:
-            return self._submit(argv, work, reference.GetName(), shown, names)
+            return self._submit(request, work, reference.GetName(), shown, names)
         except OSError:
             shutil.rmtree(work, ignore_errors=True)
             raise InputError("Analyze", f"the analysis worker could not be started; see {self._log_path()}") from None
@@ -550,14 +255,14 @@ class Session:
         self._drop_worker(self.worker)
         self.worker = Worker(self.python, self.env, self.idle_timeout_s, self._log_path())
 
-    def _submit(self, argv: list[str], work: Path, case: str, shown, names: dict[str, str]) -> AnalysisJob:
+    def _submit(self, request: AnalyzeRequest, work: Path, case: str, shown, names: dict[str, str]) -> AnalysisJob:
         self.job = AnalysisJob(self, self.worker, work, case, shown, names)
-        self.worker.submit(self.job, argv)
+        self.worker.submit(self.job, request)
         return self.job
 
     def _remove_later(self, folder: Path) -> None:
-        """Remove a finished job's folder in a background thread: the user sees the result 40 ms sooner (the
-        unlinking of 280 MB of volumes at the paper's size); :meth:`close` waits for it."""
+        """Remove a finished job's folder in a background thread: the user sees the result without waiting for
+        the unlinking of its volumes (``benchmarks/README.md``); :meth:`close` waits for it."""
         self._removals = [thread for thread in self._removals if thread.is_alive()]
         thread = threading.Thread(target=shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True},
                                   name="breastcmsl-cleanup")
@@ -575,76 +280,49 @@ class Session:
         if worker is self.worker:
             self.worker = None
 
-    def _add_result(self, case: str, reference, out_dir: Path) -> dict:
+    def _add_result(self, case: str, reference, out_dir: Path) -> AnalysisResult:
         """Add the worker's output to the scene and record it on the parameter node; all or nothing."""
-        result, maps = nodes.read_result_folder(out_dir)
-        peaks = {"coam": result["coam_peak_lps"], "cam": result["cam_peak_lps"]}
-        ids = nodes.add_result_nodes(self.scene, case, maps, peaks)
+        output, maps = nodes.read_result_folder(out_dir)
+        ids = nodes.add_result_nodes(self.scene, case, maps, {name: output[f"{name}_peak_lps"] for name in MAP_NAMES})
         self._retire_points(centre=False)  # the earlier result's peaks (the new ones are not referenced yet)
-        p = self.parameter_node
-        was = p.StartModify()
-        self._set_ref("reference", reference)
-        for key, role in MAP_ROLES.items():
-            p.SetNodeReferenceID(role, ids[key])
-        model = result["model"]
-        values = {"case": case, "probability": result["probability"], "cosTheta": result["cos_theta"],
-                  "prediction": result["prediction"], "labelFraction": result["label_fraction"],
-                  "maskSource": result.get("mask_source", "t1"), "device": result["device"],
-                  "precision": result["precision"], "modelName": model["name"], "modelSha256": model["sha256"],
-                  "modelVersion": model.get("version") or "", "modelUntrained": model["untrained"],
-                  "modelSynthetic": model["synthetic"],
-                  "coamPeakRAS": " ".join(map(repr, nodes.lps_to_ras(peaks["coam"]))),
-                  "camPeakRAS": " ".join(map(repr, nodes.lps_to_ras(peaks["cam"])))}
-        for key, value in values.items():
-            p.SetParameter(key, repr(value) if isinstance(value, float) else str(value))
-        p.EndModify(was)
-        return self.result
+        result = AnalysisResult.from_output(case, output, {**ids, "reference": reference.GetID()})
+        result.write(self.parameter_node)
+        return result
 
     @property
-    def result(self) -> dict | None:
-        """The current result from the parameter node (None before the first analysis): case, probability,
-        cos_theta, prediction, model, label_fraction, mask_source, peaks in RAS mm, node IDs."""
-        p = self.parameter_node
-        if not p.GetParameter("probability"):
-            return None
-        get = p.GetParameter
-        ids = {key: (self._ref(role).GetID() if self._ref(role) else None) for key, role in MAP_ROLES.items()}
-        reference = self._ref("reference")
-        return {
-            "case": get("case"), "probability": float(get("probability")), "cos_theta": float(get("cosTheta")),
-            "prediction": get("prediction"), "label_fraction": float(get("labelFraction")),
-            "mask_source": get("maskSource"), "device": get("device"), "precision": get("precision"),
-            "model": {"name": get("modelName"), "sha256": get("modelSha256"), "version": get("modelVersion") or None,
-                      "untrained": get("modelUntrained") == "True", "synthetic": get("modelSynthetic") == "True"},
-            "coam_peak_ras": [float(v) for v in get("coamPeakRAS").split()],
-            "cam_peak_ras": [float(v) for v in get("camPeakRAS").split()],
-            "node_ids": {**ids, "reference_id": reference.GetID() if reference else None},
-        }
+    def result(self) -> AnalysisResult | None:
+        """The current result, from the parameter node (None before the first analysis)."""
+        return AnalysisResult.read(self.parameter_node)
 
     # ---- display
 
     def _maps(self, which: str):
-        if which not in ("coam", "cam"):
-            raise ValueError(f"which must be 'coam' or 'cam', not {which!r}")
+        """(heat volume, labelmap) of the current result's map ``which`` (one of MAP_NAMES)."""
+        if which not in MAP_NAMES:
+            raise ValueError(f"which must be one of {MAP_NAMES}, not {which!r}")
         if self.result is None:
             raise InputError("Analyze", "no result to show yet")
-        return self._ref(f"{which}Volume"), self._ref(f"{which}Label")
+        return self._result_node(f"{which}_volume"), self._result_node(f"{which}_label")
+
+    def _result_node(self, role: str):
+        """A node of the current result by its role (:data:`~BreastCMSLLib.panel.state.NODE_ROLES`)."""
+        return self._ref(RESULT_PREFIX + role)
 
     def show(self, slice_nodes, which: str | None = "coam", opacity: float = 0.5, outline: bool = True) -> None:
         """The reference volume with ``which`` map as heat overlay (``opacity``) and its labelmap (outline or
         filled) on the given slice views; ``which=None``: the reference alone (overlay off)."""
         heat, label = self._maps(which) if which else (None, None)
-        display.show_layers(slice_nodes, self._ref("reference"), heat, label, opacity, outline)
+        display.show_layers(slice_nodes, self._result_node("reference"), heat, label, opacity, outline)
 
     def set_window_level(self, window: float, level: float, volume=None) -> None:
         """Window and level (image units) of ``volume``'s display, by default the result's reference volume;
         the heat maps keep their fixed [0, 1] range."""
-        display.set_window_level(volume or self._ref("reference"), window, level)
+        display.set_window_level(volume or self._result_node("reference"), window, level)
 
     def _retire_points(self, centre: bool = True) -> None:
         """Hide the current result's peaks (a new result replaces it, or a new case was loaded) and, with
         ``centre``, clear the lesion centre (it belongs to the case loaded before)."""
-        peaks = self._ref("peaks")
+        peaks = self._result_node("peaks")
         if peaks is not None and peaks.GetDisplayNode() is not None:
             peaks.GetDisplayNode().SetVisibility(False)
         if centre and self.lesion_centre is not None:
@@ -652,7 +330,7 @@ class Session:
 
     def peak_ras(self, which: str = "coam") -> list[float]:
         self._maps(which)
-        return self.result[f"{which}_peak_ras"]
+        return self.result.peaks_ras[which]
 
     def jump_to_peak(self, slice_nodes, which: str | None = "coam") -> None:
         """Centre the slice views on the peak of ``which`` map (None: COAM)."""
@@ -714,7 +392,8 @@ class Session:
         result = self.result
         if result is None:
             raise InputError("Evaluate", "analyze a case first")
-        evaluation_ = centres.centre_distances(self.scene, result, self.lesion_centre, self.evaluation_table)
+        evaluation_ = centres.centre_distances(self.scene, result.case, result.probability, result.peaks_ras,
+                                                self.lesion_centre, self.evaluation_table)
         self._set_ref("evaluationTable", self.scene.GetNodeByID(evaluation_["table_id"]))
         return evaluation_
 
@@ -748,8 +427,8 @@ class Session:
 
 def transfer_folder(min_free_bytes: int = 4 << 30) -> Path | None:
     """Where the session and its worker exchange volumes: RAM-backed ``/dev/shm`` where it exists with room
-    (measured for the 7 inputs of a paper-size case: writing took 0.13 s there against 0.64 s on the disk's
-    temporary folder), else None (the system's temporary folder)."""
+    (writing is faster there than on the disk: ``benchmarks/README.md``), else None (the system's temporary
+    folder)."""
     shm = Path("/dev/shm")
     try:
         if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free >= min_free_bytes:

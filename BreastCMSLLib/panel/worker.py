@@ -1,11 +1,11 @@
 """The warm analysis worker: one background process that keeps the model loaded between analyses.
 
-The session (:mod:`.session`) starts ``python -m BreastCMSLLib.panel.worker`` in its own process group and talks
-to it in JSON lines. Each request on stdin is ``{"argv": [...]}``, the arguments of ``breastcmsl analyze``
-(so the worker runs exactly the command line's analysis, :func:`.cli.cmd_analyze`); the worker answers on
-stdout with ``{"progress": [fraction, stage]}`` lines, then ``{"ok": summary}``, ``{"error": "<file>:
-<problem>"}`` (a user mistake) or ``{"crash": traceback}``. Everything else the Lib prints goes to stderr
-(the session's log file), so stdout carries the protocol alone.
+The session starts ``python -m BreastCMSLLib.panel.worker`` in its own process group (:class:`.jobs.Worker`) and
+talks to it in the typed messages of :mod:`.protocol`, one JSON line each: an ``ANALYZE`` message carries an
+:class:`~BreastCMSLLib.run.AnalyzeRequest`, which the worker runs with :func:`~BreastCMSLLib.run.run_analysis`
+(the command line's one analysis path), answering ``PROGRESS`` lines, then ``DONE``, ``USER_ERROR`` (a user
+mistake, or a malformed request) or ``CRASH`` (a traceback). Everything else the Lib prints goes to stderr (the
+session's log file), so stdout carries the protocol alone.
 
 The model stays loaded, with its inference module built, keyed by the model file's sha256 and the device:
 the sha256 is hashed again only when the file's path, size or modification time change. The worker exits
@@ -15,7 +15,6 @@ when stdin closes (the session closed or died) or after ``--idle-timeout`` secon
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import queue
 import sys
@@ -23,12 +22,10 @@ import threading
 import traceback
 from pathlib import Path
 
-PROTOCOL_VERSION = 1
-
 # glibc gives every freed block over its mmap threshold (32 MB at most) back to the system and trims the top of
 # its heap beyond 128 KB, so each analysis at the paper's size faulted in about 2-3 GB of fresh zero pages again
-# (volumes, network input, activations, maps): measured on 2 cores, a warm analysis took 4.8 s with glibc's
-# defaults and 4.0 s with these. With them the worker takes every block from its heap and never trims it, so
+# (volumes, network input, activations, maps); a warm analysis is faster with these settings
+# (benchmarks/README.md). With them the worker takes every block from its heap and never trims it, so
 # an analysis reuses the pages the previous one freed; in exchange the idle worker keeps its peak memory
 # (see README) until it exits. These variables are glibc's; other C libraries ignore them. The session sets
 # them for the worker process only, and values already in its environment win.
@@ -62,24 +59,27 @@ class ModelCache:
 
 def serve(requests, send, idle_timeout_s: float) -> None:
     """Answer requests until stdin closes or ``idle_timeout_s`` pass without one."""
-    from BreastCMSLLib.cli import build_parser, cmd_analyze, user_error
-    from BreastCMSLLib.errors import InputError
+    from BreastCMSLLib.errors import InputError, user_error
+    from BreastCMSLLib.panel.protocol import Kind, Message
+    from BreastCMSLLib.run import AnalyzeRequest, run_analysis
 
     cache = ModelCache()
-    parser = build_parser()
     while True:
         line = requests(idle_timeout_s)
         if not line:
             return
         try:
-            args = parser.parse_args(json.loads(line)["argv"])
-            summary = cmd_analyze(args, load=cache.load, report=lambda f, stage: send({"progress": [f, stage]}))
+            message = Message.parse(line)
+            if message.kind is not Kind.ANALYZE:
+                raise InputError("worker message", f"expected {Kind.ANALYZE.value}, got {message.kind.value}")
+            summary = run_analysis(AnalyzeRequest.from_dict(message.request), load=cache.load,
+                                   report=lambda f, stage: send(Message(Kind.PROGRESS, fraction=f, stage=stage)))
         except (InputError, OSError) as err:
-            send({"error": user_error(err)})
-        except (Exception, SystemExit):  # a bug, not a user mistake: the session shows the traceback
-            send({"crash": traceback.format_exc()})
+            send(Message(Kind.USER_ERROR, text=user_error(err)))
+        except Exception:  # a bug, not a user mistake: the session shows the traceback
+            send(Message(Kind.CRASH, text=traceback.format_exc()))
         else:
-            send({"ok": summary})
+            send(Message(Kind.DONE, summary=summary))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,11 +103,13 @@ def main(argv: list[str] | None = None) -> None:
         except queue.Empty:
             return ""
 
-    def send(message: dict) -> None:
-        protocol.write(json.dumps(message) + "\n")
+    def send(message) -> None:
+        protocol.write(message.line())
         protocol.flush()
 
-    send({"ready": PROTOCOL_VERSION, "pid": os.getpid()})
+    from BreastCMSLLib.panel.protocol import Kind, Message
+
+    send(Message(Kind.READY))
     serve(requests, send, args.idle_timeout)
 
 

@@ -60,7 +60,7 @@ def host_input(array: np.ndarray, dtype: torch.dtype, pin: bool) -> torch.Tensor
 def network_input(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The network input on ``device``. For CUDA the cast to bf16 happens on the host into pinned memory, so half
     the bytes of float32 cross the bus in one direct DMA copy instead of float32 through a pageable staging
-    buffer (the H2D copy was most of analyze's 37 ms GPU inference step on an H200; not re-measured since)."""
+    buffer (the H2D copy was most of the GPU inference step: ``benchmarks/README.md``)."""
     if device.type != "cuda":
         return host_input(array, dtype, pin=False)
     return host_input(array, dtype, pin=True).to(device, non_blocking=True)
@@ -69,8 +69,8 @@ def network_input(array: np.ndarray, device: torch.device, dtype: torch.dtype) -
 def forward(loaded: LoadedModel, array: np.ndarray, device: torch.device) -> tuple[NetOutput, str]:
     """One inference pass on a (C, I, J, K) array with the BN-folded channels_last_3d network (conv1 only
     around the array's non-zero voxels, :mod:`.sparse`), under
-    bf16 autocast where the device runs bf16 natively (measured on the untrained full-size model on a
-    phantom: features within 0.8 % of float32, cos(theta) within 1e-4, same COAM/CAM maxima), else float32.
+    bf16 autocast where the device runs bf16 natively (its accuracy against float32: ``benchmarks/README.md``),
+    else float32.
     Returns the output and the precision used ("bf16" or "fp32")."""
     module = loaded.inference_module(device)
     bf16 = bf16_native(device)

@@ -7,8 +7,8 @@ put 0 where the grid lies outside the volume.
 Why a hand-written copy beside ``sitk.Resample``: where voxel centres coincide (the usual case: the
 crop/pad window of the input grid on the reference volume, reorientation, and the way back) a
 resampling is a signed axis permutation plus an integer shift, i.e. a strided numpy slice. SimpleITK's
-Resample still maps every voxel through the transform (~36 ms per 10 M-voxel volume on 2 cores, 15 of
-them per analysis); the slice copy is exact by construction and also does the (K, J, I) -> (I, J, K)
+Resample still maps every voxel through the transform, 15 volumes per analysis (timings:
+``benchmarks/README.md``); the slice copy is exact by construction and also does the (K, J, I) -> (I, J, K)
 transposition and the dtype conversion in the same pass.
 """
 

@@ -90,7 +90,7 @@ def write_analysis(analysis: Analysis, out_dir: str | Path, inputs_used: dict, c
     out_dir = Path(out_dir)
     extra = extra or {}
     with staging_folder(out_dir) as tmp:
-        # gzip shrinks float32 maps by only ~20 % at ~0.3 s each; the uint8 labelmaps by ~50x. SimpleITK
+        # gzip shrinks float32 maps little for its time, the uint8 labelmaps ~50x (benchmarks/README.md). SimpleITK
         # releases the GIL: the volumes are written while the figure is drawn.
         with ThreadPoolExecutor(2) as pool:
             written = [pool.submit(sitk.WriteImage, image, str(tmp / f"{name}.nrrd"), compress)

@@ -1,0 +1,238 @@
+"""What a session runs in the background and a face polls: the warm :class:`Worker` process, one
+:class:`AnalysisJob` in it, and a :class:`DemoBuild` (training the synthetic demo model).
+
+A face polls a job (``progress``, ``done``, ``poll()``, ``cancel()``) from its event loop; a job's result is added
+to the scene by ``poll``/``wait`` in the calling thread (MRML is not thread-safe), all or nothing.
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.panel.processes import BackgroundCommand, kill_group, start_group
+from BreastCMSLLib.panel.protocol import ENDINGS, Kind, Message
+from BreastCMSLLib.panel.worker import MEMORY_ENVIRONMENT
+from BreastCMSLLib.run import AnalyzeRequest
+
+if TYPE_CHECKING:
+    from BreastCMSLLib.panel.session import Session
+
+
+class Worker:
+    """One ``python -m BreastCMSLLib.panel.worker`` process in its own process group; a thread reads its messages."""
+
+    def __init__(self, python: str, env: dict, idle_timeout_s: float, log_path: Path):
+        self.idle_timeout_s = idle_timeout_s
+        self.log_path = log_path
+        self.listener: AnalysisJob | None = None
+        self.last_used = time.monotonic()
+        with open(log_path, "ab") as log:
+            self.process = start_group([python, "-m", "BreastCMSLLib.panel.worker",
+                                        "--idle-timeout", repr(idle_timeout_s)],
+                                       stdout=subprocess.PIPE, stdin=subprocess.PIPE, stderr=log,
+                                       env={**MEMORY_ENVIRONMENT, **env})
+        threading.Thread(target=self._read, daemon=True, name="breastcmsl-worker-reader").start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def usable(self) -> bool:
+        """Alive, idle, and not about to exit for idleness (a margin against sending into its exit)."""
+        margin = min(5.0, self.idle_timeout_s / 2)
+        return (self.process.poll() is None and self.listener is None
+                and time.monotonic() - self.last_used < self.idle_timeout_s - margin)
+
+    def submit(self, job: AnalysisJob, request: AnalyzeRequest) -> None:
+        self.listener = job
+        self.last_used = time.monotonic()
+        self.process.stdin.write(Message(Kind.ANALYZE, request=request.to_dict()).line().encode())
+        self.process.stdin.flush()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            try:
+                message = Message.parse(line)
+            except InputError:
+                continue
+            job = self.listener
+            if job is not None and message.kind is not Kind.READY:
+                if message.kind in ENDINGS:
+                    self.listener = None
+                    self.last_used = time.monotonic()
+                job.receive(message)
+        code = self.process.wait()
+        job, self.listener = self.listener, None
+        if job is not None:
+            # not a bug to show as a traceback: the process was killed (out of memory, by the system) or crashed
+            job.receive(Message(Kind.EXITED, text=f"the analysis worker exited with code {code}; its log: "
+                                                  f"{self.log_path}"))
+
+    def stop(self, graceful: bool) -> None:
+        """End the worker and its process group: at once, or (``graceful``, when idle) by closing its input
+        so that it exits by itself, killed after 2 s if it has not."""
+        if graceful:
+            try:
+                self.process.stdin.close()
+                self.process.wait(timeout=2.0)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        kill_group(self.process)
+
+
+class AnalysisJob:
+    """One Analyze in the session's worker. ``progress`` is (fraction, stage) from the worker's stages."""
+
+    def __init__(self, session: Session, worker: Worker, work: Path, case: str, reference, names: dict[str, str]):
+        self.session = session
+        self.worker = worker
+        self.work = work
+        self.case = case
+        self.reference = reference
+        self.names = names  # exported file -> node name, to name nodes in the worker's messages
+        self.progress: tuple[float, str] = (0.0, "queued")
+        self.stages: list[tuple[float, str]] = []  # every (fraction, stage) reported, in order
+        self.cancelled = False
+        self._messages: queue.Queue[Message] = queue.Queue()
+        self._final: Message | None = None
+        self._result = None
+        self._error: Exception | None = None
+        self._applied = False
+
+    @property
+    def worker_pid(self) -> int:
+        return self.worker.pid
+
+    @property
+    def done(self) -> bool:
+        """True once the worker has answered (or the job was cancelled)."""
+        return self.cancelled or self._final is not None or not self._messages.empty()
+
+    def receive(self, message: Message) -> None:
+        """Called by the worker's reader thread."""
+        if message.kind is Kind.PROGRESS:
+            self.progress = (float(message.fraction), message.stage)
+            self.stages.append(self.progress)
+        else:
+            self._messages.put(message)
+
+    def _named(self, text: str) -> str:
+        for path, name in self.names.items():
+            text = text.replace(path, name)
+        return text
+
+    def poll(self):
+        """None while running; once finished, the :class:`~BreastCMSLLib.panel.state.AnalysisResult` (its nodes
+        added to the scene on the first call).
+        Raises :class:`InputError` (one line naming the node or file) when the analysis failed."""
+        if self.cancelled:
+            raise InputError(self.case, "the analysis was cancelled")
+        if self._final is None:
+            try:
+                self._final = self._messages.get_nowait()
+            except queue.Empty:
+                return None
+        return self._finish()
+
+    def wait(self, timeout: float | None = None):
+        """Block until the analysis ends; return :meth:`poll`'s result or raise its error. ``TimeoutError``
+        when ``timeout`` seconds pass first."""
+        if self.cancelled:
+            raise InputError(self.case, "the analysis was cancelled")
+        if self._final is None:
+            try:
+                self._final = self._messages.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"the analysis of {self.case} did not finish in {timeout} s") from None
+        return self._finish()
+
+    def _finish(self):
+        """Add the result to the scene on the first call; later calls return it, or raise the same error."""
+        if not self._applied:
+            self._applied = True
+            try:
+                if self._final.kind is Kind.DONE:
+                    self.progress = (1.0, "done")
+                    self._result = self.session._add_result(self.case, self.reference, self.work / "out")
+                elif self._final.kind is Kind.CRASH:  # a bug: the traceback is what a developer needs
+                    self._error = RuntimeError(f"the analysis of {self.case} failed:\n{self._final.text}")
+                else:
+                    self._error = InputError(None, self._named(self._final.text))
+            except InputError as err:  # the output could not be read back
+                self._error = err
+            finally:
+                self.session._remove_later(self.work)
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def cancel(self) -> None:
+        """Kill the worker's process group (the next analysis starts a new worker); nothing is added to the
+        scene and the job's temporary folder is removed. Safe to call after the job has ended."""
+        if self._applied or self.cancelled:
+            return
+        self.cancelled = True
+        self.session._drop_worker(self.worker)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+class DemoBuild:
+    """Building the synthetic demo model in the background, polled like an :class:`AnalysisJob`."""
+
+    def __init__(self, session: Session, command: BackgroundCommand, out_dir: Path):
+        self.session, self.command, self.out_dir = session, command, out_dir
+        self.progress: tuple[float, str] = (0.0, "training the demo model")
+
+    @property
+    def done(self) -> bool:
+        return self.command.poll() is not None
+
+    def poll(self) -> Path | None:
+        """None while building; then the imported model file. Raises :class:`InputError` if the build failed."""
+        code = self.command.poll()
+        if code is None:
+            return None
+        if code != 0:
+            raise InputError(self.command.log_path, f"building the demo model failed (exit code {code})")
+        return self.session.import_demo_model(self.out_dir)
+
+    def cancel(self) -> None:
+        self.command.cancel()
+
+
+# ---- the poll/cancel cycle both faces run
+
+POLL_INTERVAL_S = 0.2  # how often a face polls a running job
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One poll of a job as a face shows it: progress (fraction, stage); once ``finished``, either ``value`` (an
+    :class:`~BreastCMSLLib.panel.state.AnalysisResult`, or the demo model's path) or ``error`` (one line)."""
+
+    fraction: float
+    stage: str
+    finished: bool = False
+    value: object = None
+    error: str = ""
+
+
+def check(job: AnalysisJob | DemoBuild) -> JobStatus:
+    """Poll ``job`` once (in the thread that owns the scene): a user mistake is a finished status with its line
+    as ``error``; a bug (``RuntimeError`` with the worker's traceback) propagates."""
+    fraction, stage = job.progress
+    try:
+        value = job.poll()
+    except InputError as err:
+        return JobStatus(fraction, "failed", finished=True, error=str(err))
+    if value is None:
+        return JobStatus(fraction, stage)
+    return JobStatus(1.0, "done", finished=True, value=value)

@@ -1,0 +1,156 @@
+"""One analysis request and the one function that runs it: the ``breastcmsl analyze`` command and the panel's
+warm worker both build an :class:`AnalyzeRequest` and call :func:`run_analysis`.
+
+It sits above ``pipeline/`` and ``dicom/`` (a request may name a DICOM study) and below ``mrml/`` and ``panel/``.
+Paths are files and folders on this machine; points in the summary are LPS mm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from BreastCMSLLib.errors import InputError
+
+Report = Callable[[float, str], None]  # (fraction done, stage name), before each stage
+
+
+@dataclass(frozen=True)
+class AnalyzeRequest:
+    """What to analyze and how. Inputs: a ``case_dir``; or ``sub`` (subtractions) or ``pre`` + ``post`` (phases),
+    with an optional ``t1``; or a ``dicom`` study (``roles``/``patterns`` JSON files optional). ``label_fraction``:
+    labelmaps are 1 where a map >= this fraction of its maximum; ``dicom_seg``: also write the COAM labelmap as a
+    DICOM Segmentation (with ``dicom`` only)."""
+
+    model: Path
+    out: Path
+    case_dir: Path | None = None
+    t1: Path | None = None
+    sub: tuple[Path, ...] = ()
+    pre: Path | None = None
+    post: tuple[Path, ...] = ()
+    dicom: Path | None = None
+    roles: Path | None = None
+    patterns: Path | None = None
+    device: str = "auto"
+    label_fraction: float = 0.5
+    dicom_seg: bool = False
+
+    @classmethod
+    def for_volumes(cls, t1, series: list, kind: str, **settings) -> AnalyzeRequest:
+        """A request for named volume files: ``kind`` "subtractions" (``series`` are they) or "phases"
+        (pre-contrast, then the post-contrast phases in time order)."""
+        if kind == "subtractions":
+            return cls(t1=t1, sub=tuple(series), **settings)
+        if kind == "phases":
+            return cls(t1=t1, pre=series[0], post=tuple(series[1:]), **settings)
+        raise InputError("inputs", f"unknown input kind {kind!r} (phases or subtractions)")
+
+    def __post_init__(self) -> None:
+        """Paths as ``Path``, sequences as tuples, types checked: a value of a wrong type is an :class:`InputError`
+        (ranges are checked where they are used)."""
+        convert = object.__setattr__
+        for name in ("model", "out", "case_dir", "t1", "pre", "dicom", "roles", "patterns"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, Path)):
+                raise InputError(name, f"must be a path, not {value!r}")
+            convert(self, name, None if value is None else Path(value))
+        for name in ("sub", "post"):
+            values = getattr(self, name) or ()
+            if isinstance(values, (str, Path)) or not all(isinstance(v, (str, Path)) for v in values):
+                raise InputError(name, f"must be a list of paths, not {values!r}")
+            convert(self, name, tuple(map(Path, values)))
+        if not isinstance(self.device, str):
+            raise InputError("device", f"must be auto, cpu or cuda[:N], not {self.device!r}")
+        if isinstance(self.label_fraction, bool) or not isinstance(self.label_fraction, (int, float)):
+            raise InputError("label fraction", f"must be a number, not {self.label_fraction!r}")
+        convert(self, "label_fraction", float(self.label_fraction))
+        if not isinstance(self.dicom_seg, bool):
+            raise InputError("dicom_seg", f"must be true or false, not {self.dicom_seg!r}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready: paths as strings."""
+        def plain(value):
+            return [str(v) for v in value] if isinstance(value, tuple) else str(value) if isinstance(value, Path) \
+                else value
+        return {field.name: plain(getattr(self, field.name)) for field in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data) -> AnalyzeRequest:
+        """The request :meth:`to_dict` gave; unknown or missing fields are an :class:`InputError`."""
+        if not isinstance(data, dict):
+            raise InputError("request", "must be a JSON object")
+        names = {field.name for field in dataclasses.fields(cls)}
+        if unknown := sorted(set(data) - names):
+            raise InputError("request", f"unknown field(s) {', '.join(unknown)}")
+        if missing := sorted({"model", "out"} - set(data)):
+            raise InputError("request", f"missing field(s) {', '.join(missing)}")
+        return cls(**data)
+
+
+def gather_inputs(request: AnalyzeRequest):
+    """The case's volumes from a case folder or from [t1] + sub or pre + post; returns (inputs, used)."""
+    from BreastCMSLLib.pipeline.preprocess import load_case, load_inputs
+
+    named = request.t1 or request.sub or request.pre or request.post
+    if request.case_dir and named:
+        raise InputError(request.case_dir, "give either a case folder or --sub/--pre/--post (and --t1), not both")
+    if request.case_dir:
+        inputs = load_case(request.case_dir)
+    elif request.sub and not (request.pre or request.post):
+        inputs = load_inputs(request.t1, list(request.sub), "subtractions")
+    elif request.pre and request.post and not request.sub:
+        inputs = load_inputs(request.t1, [request.pre, *request.post], "phases")
+    else:
+        raise InputError("analyze", "give a case folder, or either --sub F... or --pre F --post F... "
+                         "(--t1 F optional)")
+    used = {"kind": inputs.kind, "t1": inputs.sources[0], "series": inputs.sources[1:]}
+    return inputs, used
+
+
+def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: Report | None = None) -> dict:
+    """Analyze ``request``'s inputs and write every result file into ``request.out`` (all or nothing); return the
+    summary (probability, cos θ, prediction, COAM and CAM peaks in LPS mm). ``load(path)`` loads the model
+    (default :func:`~BreastCMSLLib.network.modelfile.load_model`; the warm worker passes its cache);
+    ``report(fraction, stage)`` is called before each stage. A user mistake is an :class:`InputError`."""
+    from BreastCMSLLib.network.modelfile import load_model
+    from BreastCMSLLib.pipeline.analyze import analyze_case, select_device
+    from BreastCMSLLib.pipeline.output import write_analysis
+
+    if request.out.exists() and not request.out.is_dir():
+        raise InputError(request.out, "the output folder is an existing file")
+    select_device(request.device)
+    report = report or (lambda fraction, stage: None)
+    report(0.0, "read")
+    t0 = time.perf_counter()
+    loaded = (load or load_model)(request.model)
+    if (request.roles or request.patterns or request.dicom_seg) and not request.dicom:
+        raise InputError("analyze", "--roles, --patterns and --dicom-seg need --dicom STUDY_DIR")
+    if request.dicom:
+        from BreastCMSLLib.dicom.roles import study_inputs
+
+        if request.case_dir or request.t1 or request.sub or request.pre or request.post:
+            raise InputError(request.dicom, "give either --dicom or a case folder / named volumes, not both")
+        study, used = study_inputs(request.dicom, request.roles, loaded.config.in_channels, request.patterns)
+        inputs = study.inputs
+    else:
+        inputs, used = gather_inputs(request)
+    t_read = time.perf_counter() - t0
+    analysis = analyze_case(inputs, loaded, device=request.device, label_fraction=request.label_fraction,
+                            progress=report)
+    analysis.timings["read_s"] = t_read
+    centre = (inputs.extra or {}).get("center_lps")
+    extra = {}
+    if request.dicom_seg:
+        from BreastCMSLLib.dicom.seg import coam_segmentation
+
+        seg = coam_segmentation(analysis.coam_label, study.reference)
+        extra["coam_seg.dcm"] = lambda path: seg.save_as(path)
+    report(0.9, "write")
+    result = write_analysis(analysis, request.out, used, centre, extra)
+    report(1.0, "done")
+    return {k: result[k] for k in ("probability", "probability_uncalibrated", "cos_theta", "threshold", "prediction",
+                                   "calibrated", "operating_line", "coam_peak_lps", "cam_peak_lps")}

@@ -1,0 +1,57 @@
+"""One tab's page state as typed dataclasses, bound to trame's state by ``TypedState`` (trame-slicer's pattern):
+the controller reads and writes ``typed.data.<field>``, the page binds ``typed.name.<field>`` (the state key)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from BreastCMSLLib.panel.text import result_text
+
+from .roleform import ROLE_KEYS
+
+
+@dataclass
+class ResultView:
+    """The current result as text (empty before one, or once the inputs changed), and the lesion centre."""
+
+    has_result: bool = False
+    probability: str = ""
+    cos_theta: str = ""
+    prediction: str = ""
+    model: str = ""
+    disclaimer: str = ""
+    centre: str = ""  # RAS mm, as text
+    placing: bool = False  # the next click on a view places the centre
+
+    @classmethod
+    def of(cls, result) -> ResultView:
+        """The view of an :class:`~BreastCMSLLib.panel.state.AnalysisResult` (None: no result)."""
+        return cls(has_result=result is not None, **result_text(result))
+
+
+@dataclass
+class TabState:
+    """Everything the page shows or binds."""
+
+    cases: list[dict] = field(default_factory=list)  # name, kind ("case" or "dicom")
+    case_name: str = ""
+    case_kind: str = ""
+    loaded: bool = False
+    roles: list[dict] = field(default_factory=list)  # the DICOM role table's rows, as text
+    role_overrides: dict[str, str] = field(default_factory=lambda: dict.fromkeys(ROLE_KEYS, ""))
+    models: list[dict] = field(default_factory=list)  # file, label, channels
+    model_file: str = ""
+    busy: bool = False
+    progress: float = 0.0
+    stage: str = ""
+    error: str = ""
+    show_cam: bool = False
+    show_overlay: bool = True
+    compare: bool = False
+    rows: list[dict] = field(default_factory=list)  # the evaluation table, as text
+    summary: str = ""
+    window: float = 1.0
+    level: float = 0.5
+    wl_low: float = 0.0
+    wl_high: float = 1.0
+    result: ResultView = field(default_factory=ResultView)
