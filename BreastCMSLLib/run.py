@@ -152,4 +152,5 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
     report(0.9, "write")
     result = write_analysis(analysis, request.out, used, centre, extra)
     report(1.0, "done")
-    return {k: result[k] for k in ("probability", "cos_theta", "prediction", "coam_peak_lps", "cam_peak_lps")}
+    return {k: result[k] for k in ("probability", "probability_uncalibrated", "cos_theta", "threshold", "prediction",
+                                   "calibrated", "operating_line", "coam_peak_lps", "cam_peak_lps")}

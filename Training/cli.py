@@ -1,4 +1,5 @@
-"""``breastcmsl-train``: synth, preprocess, fit, evaluate, compare, localize, export, demo, localization-study.
+"""``breastcmsl-train``: synth, preprocess, fit, calibrate, evaluate, compare, localize, export, demo,
+localization-study.
 
 User mistakes (:class:`InputError`) print one line naming the file and the problem and exit with 2.
 """
@@ -64,7 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conv1", choices=MODES, default="s2d", help="CUDA: exact conv1 rewrite (Training/fastconv.py)")
     p.add_argument("--compile", action="store_true", help="CUDA: torch.compile the network (slow first steps)")
 
-    p = sub.add_parser("evaluate", help="Table-1 metrics with bootstrap CIs, ROC, cos histograms")
+    p = sub.add_parser("calibrate", help="temperature scaling on the run's validation split (RUN/calibration.json)")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--cache", type=str, default=None, help="another cache (default: the run's)")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("evaluate", help="Table-1 and calibration metrics with bootstrap CIs, ROC, reliability "
+                       "diagram, cos histograms")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--cache", type=str, default=None, help="another cache (default: the run's)")
@@ -87,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None)
     p.add_argument("--synthetic", action="store_true",
                    help="mark the model as trained on synthetic phantoms (shown as such, not for diagnosis)")
+    p.add_argument("--operating-point", default=None, metavar="RULE",
+                   help="sensitivity=X or specificity=X: the threshold chosen on the calibrated validation "
+                   "probabilities (default: p >= 0.5)")
 
     p = sub.add_parser("localization-study", help="COAM vs CAM localization at the paper's feature grid (phantoms)")
     p.add_argument("--out", type=Path, required=True, help="study folder")
@@ -143,6 +153,12 @@ def cmd_fit(args) -> dict:
     return fit(cfg, resume=args.resume)
 
 
+def cmd_calibrate(args) -> dict:
+    from .evaluate import calibrate
+
+    return calibrate(args.run, args.cache, args.device)
+
+
 def cmd_evaluate(args) -> dict:
     from .evaluate import evaluate
 
@@ -167,7 +183,8 @@ def cmd_localize(args) -> dict:
 def cmd_export(args) -> dict:
     from .evaluate import export
 
-    return {"model": str(args.out), "sha256": export(args.run, args.out, args.name, args.synthetic)}
+    return {"model": str(args.out),
+            "sha256": export(args.run, args.out, args.name, args.synthetic, args.operating_point)}
 
 
 def cmd_study(args) -> dict:
@@ -185,7 +202,8 @@ def cmd_demo(args) -> dict:
     return demo(args.out, workers=args.workers)
 
 
-COMMANDS = {"synth": cmd_synth, "preprocess": cmd_preprocess, "fit": cmd_fit, "evaluate": cmd_evaluate,
+COMMANDS = {"synth": cmd_synth, "preprocess": cmd_preprocess, "fit": cmd_fit, "calibrate": cmd_calibrate,
+            "evaluate": cmd_evaluate,
             "compare": cmd_compare, "localize": cmd_localize, "export": cmd_export, "demo": cmd_demo,
             "localization-study": cmd_study,
             "ingest": ingest.cmd_ingest}

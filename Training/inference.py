@@ -74,24 +74,25 @@ def run_forward(method: MethodConfig, cfg: ModelConfig, model: nn.Module, x: tor
 @torch.no_grad()
 def predict(method: MethodConfig, cfg: ModelConfig, model: nn.Module, source: VolumeSource, batch_size: int,
             dist: Dist | None = None, conv1: str = "none") -> dict[str, np.ndarray]:
-    """Probability, cos(theta) (NaN for non-angular methods), per-case loss and label of every case of
-    ``source``, in its order; each rank predicts every world-th case and the results are gathered."""
+    """Probability, pre-sigmoid score, cos(theta) (NaN for non-angular methods), per-case loss and label of
+    every case of ``source``, in its order; each rank predicts every world-th case and the results are gathered."""
     dist = dist or Dist()
     model.eval()
     mine = list(range(dist.rank, len(source), dist.world))
-    out: dict[int, tuple[float, float, float]] = {}
+    out: dict[int, tuple[float, float, float, float]] = {}
     for idx, batch in source.batches([mine[n:n + batch_size] for n in range(0, len(mine), batch_size)]):
         x = prepare(batch, source.device, conv1)
         label, birads = source.labels[idx], source.birads[idx]
         for n, i in enumerate(idx):  # per-case loss: the loss of a batch of one (eval mode: no batch coupling)
             loss, scores = run_forward(method, cfg, model, x[n:n + 1], label[n:n + 1], birads[n:n + 1])
             cos = float(scores.cos_theta[0]) if scores.cos_theta is not None else math.nan
-            out[i] = (float(scores.probability[0]), cos, float(loss))
-    merged: dict[int, tuple[float, float, float]] = {}
+            out[i] = (float(scores.probability[0]), cos, float(loss), float(scores.score[0]))
+    merged: dict[int, tuple[float, float, float, float]] = {}
     for part in gather_objects(out, dist):
         merged.update(part)
     order = sorted(merged)
     return {"probability": np.array([merged[i][0] for i in order]),
             "cos_theta": np.array([merged[i][1] for i in order]),
             "loss": np.array([merged[i][2] for i in order]),
+            "score": np.array([merged[i][3] for i in order]),
             "label": source.labels.numpy()[order]}

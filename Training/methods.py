@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from BreastCMSLLib.config import ModelConfig
+from BreastCMSLLib.network.calibration import score
 from BreastCMSLLib.network.losses import bce_loss, cmsl_loss, nsl_loss
 from BreastCMSLLib.network.net import build_model
 
@@ -48,8 +49,9 @@ class MethodConfig:
 class Scores:
     """Per-case outputs of a forward pass: probability, the decision score and (angular) cos(theta)."""
 
-    probability: torch.Tensor  # (B,) malignancy probability, threshold 0.5
+    probability: torch.Tensor  # (B,) malignancy probability sigmoid(score), threshold 0.5
     cos_theta: torch.Tensor | None  # (B,) for the angular methods, else None
+    score: torch.Tensor  # (B,) pre-sigmoid score: s cos(theta) (angular) or the logit (what calibration scales)
 
 
 def model_config(method: str, base: ModelConfig) -> ModelConfig:
@@ -76,12 +78,12 @@ def forward(method: MethodConfig, cfg: ModelConfig, model: nn.Module, x: torch.T
     y = label.float()
     if method.name == "mil2d":
         bag, _ = model(x)
-        return bce_loss(bag, y), Scores(torch.sigmoid(bag), None)
+        return bce_loss(bag, y), Scores(torch.sigmoid(bag), None, bag.detach().float())
     out = model(x)
     if method.name == "sparse_mil":
         instance = out.logit_map.float().flatten(1)  # (B, N) instance logits over the feature grid
         loss = bce_loss(out.logit, y) + method.sparsity * torch.sigmoid(instance).mean()  # logit: the max instance
-        return loss, Scores(torch.sigmoid(out.logit), None)
+        return loss, Scores(torch.sigmoid(out.logit), None, out.logit.detach().float())
     if cfg.loss == "cmsl":
         loss = cmsl_loss(out.cos_theta, y, s=cfg.s, m=cfg.m)
     elif cfg.loss == "nsl":
@@ -91,6 +93,5 @@ def forward(method: MethodConfig, cfg: ModelConfig, model: nn.Module, x: torch.T
     if method.name == "dkmt":
         aux = F.cross_entropy(out.aux_logits.float(), birads, ignore_index=-100, reduction="sum")
         loss = loss + method.aux_weight * aux / (birads >= 0).sum().clamp(min=1)  # no host sync
-    if cfg.angular:
-        return loss, Scores(torch.sigmoid(cfg.s * out.cos_theta), out.cos_theta.detach())
-    return loss, Scores(torch.sigmoid(out.logit), None)
+    z = score(out, cfg).detach()
+    return loss, Scores(torch.sigmoid(z), out.cos_theta.detach() if cfg.angular else None, z)

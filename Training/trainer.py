@@ -309,9 +309,21 @@ class Trainer:
 
 
 def fit(cfg: FitConfig, resume: bool = False) -> dict:
-    """Run ``breastcmsl-train fit``; returns the last epoch's log row."""
+    """Run ``breastcmsl-train fit`` and calibrate the best model on the validation split; returns the last
+    epoch's log row with the calibration's summary (or why the validation split could not calibrate)."""
+    from .calibration import UnusableSplitError, calibration_file
+    from .evaluate import calibrate
+
     trainer = Trainer(cfg, resume=resume)
     try:
-        return trainer.run()
+        row = dict(trainer.run())
+        if trainer.dist.main:
+            try:
+                row["calibration"] = calibrate(cfg.out, device=cfg.device)
+            except UnusableSplitError as err:  # the run stays usable, uncalibrated (T = 1)
+                calibration_file(cfg.out).unlink(missing_ok=True)  # one of an earlier model in this folder
+                print(f"not calibrated: {err}", flush=True)
+                row["calibration"] = f"not calibrated: {err}"
+        return row
     finally:
         distributed.teardown()

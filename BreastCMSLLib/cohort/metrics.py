@@ -9,8 +9,16 @@ from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
 
 METRICS = ("accuracy", "sensitivity", "specificity", "f1", "auc")
-TABLE_HEADER = ("| Method | Accuracy | Sensitivity | Specificity | F1 | AUC |\n"
-                "|---|---|---|---|---|---|")
+COLUMNS = ("Accuracy", "Sensitivity", "Specificity", "F1", "AUC")
+
+
+def table_header(extra: tuple[str, ...] = ()) -> str:
+    """Table 1's header (two markdown lines): Method, the metrics of :data:`METRICS`, then ``extra`` columns."""
+    names = ("Method", *COLUMNS, *extra)
+    return "| " + " | ".join(names) + " |\n|" + "---|" * len(names)
+
+
+TABLE_HEADER = table_header()
 
 
 def safe_auc(label: np.ndarray, probability: np.ndarray) -> float:
@@ -77,10 +85,13 @@ def bootstrap_metrics(label: np.ndarray, probability: np.ndarray, n_boot: int = 
     return out
 
 
-def table_row(name: str, metrics: dict) -> str:
-    """One Table-1 row: value [95% CI] per metric."""
-    def cell(m: dict) -> str:
-        if not math.isfinite(m["value"]):
-            return "n/a"
-        return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
-    return f"| {name} | " + " | ".join(cell(metrics[k]) for k in METRICS) + " |"
+def metric_cell(m: dict | None) -> str:
+    """value [95% CI] to 3 decimals; n/a when absent or undefined."""
+    if m is None or not math.isfinite(m["value"]):
+        return "n/a"
+    return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
+def table_row(name: str, metrics: dict, extra: tuple[dict | None, ...] = ()) -> str:
+    """One Table-1 row: value [95% CI] per metric, then the ``extra`` cells (see :func:`table_header`)."""
+    return f"| {name} | " + " | ".join(metric_cell(m) for m in [*(metrics[k] for k in METRICS), *extra]) + " |"

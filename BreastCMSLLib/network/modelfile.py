@@ -1,4 +1,5 @@
-"""The model file: ONE ``.safetensors`` file; its metadata holds the ModelConfig JSON and provenance.
+"""The model file: ONE ``.safetensors`` file; its metadata holds the ModelConfig JSON, provenance and, once
+calibrated, the :class:`Calibration` (temperature and operating point).
 
 Loading reads tensors with safetensors only: nothing is ever unpickled.
 """
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from BreastCMSLLib.config import ModelConfig
 from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.network.calibration import Calibration
 from BreastCMSLLib.network.net import CMSLNet, bf16_native, build_model, inference_module
 
 FORMAT = "breastcmsl-model"
@@ -35,8 +37,10 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def save_model(path: str | Path, model: torch.nn.Module, cfg: ModelConfig, provenance: dict) -> str:
-    """Write weights, config and provenance atomically to ``path``; return the file's sha256."""
+def save_model(path: str | Path, model: torch.nn.Module, cfg: ModelConfig, provenance: dict,
+               calibration: Calibration | None = None) -> str:
+    """Write weights, config, provenance and (when given) the calibration atomically to ``path``; return the
+    file's sha256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -46,6 +50,8 @@ def save_model(path: str | Path, model: torch.nn.Module, cfg: ModelConfig, prove
         "config": cfg.to_json(),
         "provenance": json.dumps(provenance, sort_keys=True),
     }
+    if calibration is not None:
+        metadata["calibration"] = calibration.to_json()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
@@ -69,6 +75,7 @@ class LoadedModel:
     provenance: dict
     path: Path
     _digest: Future = field(repr=False, compare=False)
+    calibration: Calibration = field(default_factory=Calibration)  # T = 1, unfitted, when the file has none
     _inference: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -118,6 +125,12 @@ def model_name(path: str | Path, provenance: dict) -> str:
 
 def read_model_metadata(path: str | Path) -> tuple[ModelConfig, dict]:
     """Config and provenance of a model file, without building the network."""
+    cfg, provenance, _ = read_model_file_metadata(path)
+    return cfg, provenance
+
+
+def read_model_file_metadata(path: str | Path) -> tuple[ModelConfig, dict, Calibration]:
+    """Config, provenance and calibration (T = 1, unfitted, when absent) of a model file, parsed strictly."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such model file")
@@ -139,15 +152,16 @@ def read_model_metadata(path: str | Path) -> tuple[ModelConfig, dict]:
         provenance = json.loads(meta.get("provenance", "{}"))
         if not isinstance(provenance, dict):
             raise ValueError("provenance is not a JSON object")
+        calibration = Calibration.from_json(meta["calibration"]) if "calibration" in meta else Calibration()
     except (KeyError, ValueError, TypeError, AttributeError) as err:
         raise InputError(path, f"has unreadable BreastCMSL metadata ({err})") from None
-    return cfg, provenance
+    return cfg, provenance, calibration
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Build the network its config describes and load the weights (strict), in eval mode."""
     path = Path(path)
-    cfg, provenance = read_model_metadata(path)
+    cfg, provenance, calibration = read_model_file_metadata(path)
     try:
         with torch.device("meta"):  # no random initialization: every tensor comes from the file
             model = build_model(cfg, initialize=False)
@@ -158,4 +172,4 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     except RuntimeError as err:
         raise InputError(path, f"weights do not match its config ({str(err).splitlines()[0]})") from None
     model.to(device).eval()
-    return LoadedModel(model, cfg, provenance, path, _HASHING.submit(file_sha256, path))
+    return LoadedModel(model, cfg, provenance, path, _HASHING.submit(file_sha256, path), calibration)

@@ -19,6 +19,7 @@ import torch
 from BreastCMSLLib.config import NETWORK_STRIDE, ModelConfig
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.attention import coam
+from BreastCMSLLib.network.calibration import Calibration, score
 from BreastCMSLLib.network.modelfile import LoadedModel
 from BreastCMSLLib.network.net import NetOutput, bf16_native, probability
 from BreastCMSLLib.network.sparse import nonzero_box, union_box
@@ -132,10 +133,13 @@ def peak_lps(map_ijk: np.ndarray, prep: Preprocessed) -> tuple[float, float, flo
 class Analysis:
     """Everything ``breastcmsl analyze`` reports for one case (maps on the reference grid)."""
 
-    probability: float
+    probability: float  # calibrated: sigmoid(score / T) with the model file's temperature (T = 1 without one)
     cos_theta: float
     logit: float
-    prediction: str
+    prediction: str  # "malignant" when probability >= threshold
+    probability_uncalibrated: float  # sigmoid(score): the network's own output
+    threshold: float  # the model's operating point on the calibrated probability
+    calibration: Calibration
     coam: sitk.Image
     cam: sitk.Image
     coam_label: sitk.Image
@@ -171,13 +175,16 @@ def prepare(inputs: CaseInputs, config: ModelConfig, model_name: str, label_frac
 @dataclass
 class NetResult:
     """What one case's maps and scores need from the forward pass, on the CPU: COAM and CAM on the feature
-    grid (float32 (d, h, w)), the scores, and the device and precision it ran with."""
+    grid (float32 (d, h, w)), the scores (``probability`` calibrated with the model's ``calibration``), and the
+    device and precision it ran with."""
 
     coam_small: torch.Tensor
     cam_small: torch.Tensor
     probability: float
+    probability_uncalibrated: float
     cos_theta: float
     logit: float
+    calibration: Calibration
     device: str
     precision: str
 
@@ -190,8 +197,10 @@ def infer(loaded: LoadedModel, arrays: list[np.ndarray], dev: torch.device) -> l
     with torch.inference_mode():
         coams, cams = coam(out.features), out.logit_map  # the head's per-position logit is CAM
         p = probability(out, loaded.config)
-    return [NetResult(coams[b].float().cpu(), cams[b].float().cpu(), float(p[b]), float(out.cos_theta[b]),
-                      float(out.logit[b]), str(dev), precision) for b in range(len(arrays))]
+        calibrated = loaded.calibration.probability(score(out, loaded.config))
+    return [NetResult(coams[b].float().cpu(), cams[b].float().cpu(), float(calibrated[b]), float(p[b]),
+                      float(out.cos_theta[b]), float(out.logit[b]), loaded.calibration, str(dev), precision)
+            for b in range(len(arrays))]
 
 
 def finish(prep: Preprocessed, net: NetResult, model: dict, mask_source: str, label_fraction: float = 0.5,
@@ -208,13 +217,15 @@ def finish(prep: Preprocessed, net: NetResult, model: dict, mask_source: str, la
     with ThreadPoolExecutor(2) as pool:  # SimpleITK and numpy release the GIL: both maps at once
         (coam_in, coam_ref, coam_label, coam_peak), (cam_in, cam_ref, cam_label, cam_peak) = pool.map(
             carried, [net.coam_small, net.cam_small])
-    p = net.probability
     t3 = time.perf_counter()
     return Analysis(
-        probability=p,
+        probability=net.probability,
         cos_theta=net.cos_theta,
         logit=net.logit,
-        prediction="malignant" if p >= 0.5 else "benign",
+        prediction="malignant" if net.probability >= net.calibration.operating_point.threshold else "benign",
+        probability_uncalibrated=net.probability_uncalibrated,
+        threshold=net.calibration.operating_point.threshold,
+        calibration=net.calibration,
         coam=coam_ref,
         cam=cam_ref,
         coam_label=coam_label,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from BreastCMSLLib.atomic import staging_folder
+from BreastCMSLLib.network.calibration import operating_line
 from BreastCMSLLib.pipeline.analyze import Analysis
 
 RESULT_FILES = ("result.json", "coam.nrrd", "cam.nrrd", "coam_label.nrrd", "cam_label.nrrd", "overview.png")
@@ -25,6 +27,26 @@ def geometry_of(image: sitk.Image) -> dict:
             "origin": list(image.GetOrigin()), "direction": list(image.GetDirection())}
 
 
+def calibration_fields(analysis: Analysis) -> dict:
+    """result.json's calibration fields: the uncalibrated probability, T, the operating point's validation
+    sensitivity and specificity (with 95 % CIs and n) and the one plain line the faces show."""
+    cal, op = analysis.calibration, analysis.calibration.operating_point
+
+    def number(x: float) -> float | None:  # JSON has no NaN: an uncalibrated model's figures are null
+        return x if math.isfinite(x) else None
+
+    return {
+        "probability_uncalibrated": analysis.probability_uncalibrated,
+        "calibrated": cal.fitted,
+        "temperature": cal.temperature,
+        "operating_point": {"rule": op.rule, "sensitivity": number(op.sensitivity),
+                            "sensitivity_ci": [number(v) for v in op.sensitivity_ci],
+                            "specificity": number(op.specificity),
+                            "specificity_ci": [number(v) for v in op.specificity_ci], "n_validation": cal.n_val},
+        "operating_line": operating_line(cal),
+    }
+
+
 def result_dict(analysis: Analysis, inputs_used: dict, centre_lps=None) -> dict:
     """The content of result.json."""
     result = {
@@ -32,7 +54,8 @@ def result_dict(analysis: Analysis, inputs_used: dict, centre_lps=None) -> dict:
         "cos_theta": analysis.cos_theta,
         "logit": analysis.logit,
         "prediction": analysis.prediction,
-        "threshold": 0.5,
+        "threshold": analysis.threshold,
+        **calibration_fields(analysis),
         "model": analysis.model,
         "coam_peak_lps": list(analysis.coam_peak_lps),
         "cam_peak_lps": list(analysis.cam_peak_lps),
