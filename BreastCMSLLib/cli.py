@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=["cmsl", "nsl", "bce"], default="cmsl")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("analyze", help="malignancy probability and COAM/CAM maps for one case")
+    p = sub.add_parser("analyze", help="malignancy probability and the COAM, CAM and fine maps for one case")
     p.add_argument("case_dir", nargs="?", type=Path, help="case folder ([t1] + pre/post_k or sub_k)")
     p.add_argument("--t1", type=Path, help="non-fat-suppressed T1 (optional; without it the breast mask comes "
                    "from the pre-contrast phase)")
@@ -63,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom", type=Path, help="DICOM study folder (series roles assigned automatically)")
     p.add_argument("--roles", type=Path, help="with --dicom: ROLES.json overriding roles by series UID or number")
     p.add_argument("--patterns", type=Path, help="with --dicom: PATTERNS.json replacing role-rule patterns")
-    p.add_argument("--dicom-seg", action="store_true", help="with --dicom: also write the COAM labelmap as "
-                   "a DICOM Segmentation (coam_seg.dcm) referencing the reference series")
+    p.add_argument("--dicom-seg", action="store_true", help="with --dicom: also write a map's labelmap as "
+                   "a DICOM Segmentation (MAP_seg.dcm) referencing the reference series")
+    p.add_argument("--seg-map", choices=["coam", "cam", "fine"], default="coam",
+                   help="with --dicom-seg: the map whose labelmap is exported (default coam)")
 
     p = sub.add_parser("roles", help="show which series of a DICOM study fill which role")
     p.add_argument("study_dir", type=Path, help="DICOM study folder (searched recursively, .gz included)")
@@ -143,6 +145,8 @@ def cmd_analyze(args, load=None, report=None) -> dict:
     report(0.0, "read")
     t0 = time.perf_counter()
     loaded = (load or load_model)(args.model)
+    if args.seg_map != "coam" and not args.dicom_seg:
+        raise InputError("--seg-map", "needs --dicom-seg (and --dicom STUDY_DIR)")
     if (args.roles or args.patterns or args.dicom_seg) and not args.dicom:
         raise InputError("analyze", "--roles, --patterns and --dicom-seg need --dicom STUDY_DIR")
     if args.dicom:
@@ -161,14 +165,15 @@ def cmd_analyze(args, load=None, report=None) -> dict:
     centre = (inputs.extra or {}).get("center_lps")
     extra = {}
     if args.dicom_seg:
-        from BreastCMSLLib.dicom.seg import coam_segmentation
+        from BreastCMSLLib.dicom.seg import map_segmentation
 
-        seg = coam_segmentation(analysis.coam_label, study.reference)
-        extra["coam_seg.dcm"] = lambda path: seg.save_as(path)
+        seg = map_segmentation(getattr(analysis, f"{args.seg_map}_label"), study.reference, args.seg_map)
+        extra[f"{args.seg_map}_seg.dcm"] = lambda path: seg.save_as(path)
     report(0.9, "write")
     result = write_analysis(analysis, args.out, used, centre, extra)
     report(1.0, "done")
-    return {k: result[k] for k in ("probability", "cos_theta", "prediction", "coam_peak_lps", "cam_peak_lps")}
+    return {k: result[k] for k in ("probability", "cos_theta", "prediction", "coam_peak_lps", "cam_peak_lps",
+                                   "fine_peak_lps")}
 
 
 def cmd_roles(args) -> dict | None:
