@@ -18,6 +18,7 @@ from BreastCMSLLib.pipeline.analyze import analyze_case, forward, select_device
 from BreastCMSLLib.pipeline.output import write_analysis
 from BreastCMSLLib.pipeline.peaks import centroid_peak, quadratic_peak, stage_point_lps
 from BreastCMSLLib.pipeline.preprocess import load_case
+from Training.layercam import layercam_maps
 from Training.lesiontruth import MapScore, dilated, inside, top_share
 from Training.localize import CaseLocalization, candidate_names, fine_name, score_case
 from Training.study import map_rows
@@ -80,7 +81,11 @@ def test_coam_and_cam_are_bit_identical_with_and_without_the_fine_map(tiny_case,
 
 
 def test_the_fine_peak_is_the_study_candidate_of_its_name(tiny_case, tiny_model_path):
-    a = analyze_case(load_case(tiny_case), load_model(tiny_model_path))
+    loaded = load_model(tiny_model_path)
+    a = analyze_case(load_case(tiny_case), loaded)
+    a.grid_maps.update(layercam_maps(loaded, a.prep.array, "cpu"))
+    assert a.grid_maps["layercam_layer3"].shape == a.grid_maps["coam_layer3"].shape
+    assert a.grid_maps["layercam_layer2"].min() >= 0
     centre = json.loads((tiny_case / "case.json").read_text())["center_lps"]
     scores = score_case(a, centre, tiny_case)
     assert set(scores) == set(candidate_names())

@@ -3,7 +3,8 @@ the case carries a lesion mask, the pointing game and the top-1 % share (:mod:`T
 
 The maps (:data:`CANDIDATE_MAPS`, all from the one forward pass of ``analyze_case``): the paper's COAM and
 CAM on layer4's grid, Eq. 5 on layer3's and layer2's grids, and those gated by layer4's COAM (the fine map's
-candidates, :func:`BreastCMSLLib.network.attention.fine_map`); each with every peak rule
+candidates, :func:`BreastCMSLLib.network.attention.fine_map`) and LayerCAM of layer3 and layer2 (gradient-based,
+:mod:`Training.layercam`, study only); each with every peak rule
 (:data:`BreastCMSLLib.config.PEAK_RULES`), named ``MAP/RULE``. ``coam/node`` and ``cam/node`` are the paper's
 maps with ``breastcmsl analyze``'s own peaks; the Lib's default fine map is :func:`fine_name`. Two
 reference rows that are not a method: ``brightest enhancement`` and ``breast centre``.
@@ -48,6 +49,7 @@ from BreastCMSLLib.pipeline.figures import axial_row
 from BreastCMSLLib.pipeline.preprocess import load_case
 
 from .evaluate import predict_split
+from .layercam import layercam_maps
 from .lesiontruth import MapScore, breast_centre, brightest_enhancement, dilated, lesion_mask, on_input_grid, score
 from .manifest import read_centers
 from .methods import MIL2D_ARCH
@@ -57,7 +59,9 @@ MONTAGE_CASES = 6
 CSV_COLUMNS = ("subject_id", "label", "probability", "centre_x", "centre_y", "centre_z", "coam_x", "coam_y",
                "coam_z", "cam_x", "cam_y", "cam_z", "coam_mm", "cam_mm", "floor_mm", "fine_x", "fine_y", "fine_z",
                "fine_mm")
-CANDIDATE_MAPS = ("coam", "cam", "coam_layer3", "coam_layer2", "gated_layer3", "gated_layer2")
+CANDIDATE_MAPS = ("coam", "cam", "coam_layer3", "coam_layer2", "gated_layer3", "gated_layer2", "layercam_layer3",
+                  "layercam_layer2")
+GRADIENT_MAPS = ("layercam_layer3", "layercam_layer2")  # Training/layercam.py: a backward pass, the study only
 REFERENCES = ("brightest enhancement", "breast centre")
 
 
@@ -72,11 +76,14 @@ def candidate_names() -> list[str]:
 
 
 def candidate_maps(a: Analysis) -> dict[str, tuple[np.ndarray, int]]:
-    """Each candidate map of an analysis on its feature grid, with its stride (input voxels per voxel)."""
+    """Each candidate map of an analysis on its feature grid, with its stride (input voxels per voxel); the
+    LayerCAM maps must have been added to ``a.grid_maps`` (:func:`Training.layercam.layercam_maps`)."""
     maps = {"coam": (a.grid_maps["coam"], NETWORK_STRIDE), "cam": (a.grid_maps["cam"], NETWORK_STRIDE)}
     for name in CANDIDATE_MAPS[2:]:
         kind, stage = name.split("_")
-        maps[name] = (fine_on_grid(a.grid_maps, FineMapConfig(stage, kind == "gated")), STAGE_STRIDES[stage])
+        small = a.grid_maps[name] if name in GRADIENT_MAPS else fine_on_grid(a.grid_maps,
+                                                                              FineMapConfig(stage, kind == "gated"))
+        maps[name] = (small, STAGE_STRIDES[stage])
     return maps
 
 
@@ -215,6 +222,7 @@ def localize_cases(run_dir: str | Path, split: str = "test", centers: str | Path
         if (only_called and p < 0.5) or centre is None:
             continue
         a = analyze_case(load_case(case.case_dir), loaded, device=device)
+        a.grid_maps.update(layercam_maps(loaded, a.prep.array, device))
         grid = a.prep.input_grid
         cell, floor = nearest_feature(grid, centre)
         r = CaseLocalization(case.subject_id, case.label, float(p), tuple(float(v) for v in centre),
