@@ -21,16 +21,16 @@ class FineMapConfig:
     """The fine map (:func:`BreastCMSLLib.network.attention.fine_map`): Eq. 5 on ``stage``'s output, multiplied by
     layer4's COAM carried onto that grid when ``gated``; its peak found by ``peak`` (one of :data:`PEAK_RULES`)."""
 
-    stage: str = "layer3"
-    gated: bool = True
-    peak: str = "quadratic"
+    stage: str = "layer2"
+    gated: bool = False
+    peak: str = "centroid"
 
     def __post_init__(self) -> None:
         if self.stage not in ("layer2", "layer3") or self.peak not in PEAK_RULES:
             raise ValueError(f"fine map: stage must be layer2 or layer3 and peak one of {PEAK_RULES}, got {self}")
 
 
-FINE_MAP = FineMapConfig()  # the default fine map, chosen on the localization study's validation split
+FINE_MAP = FineMapConfig()  # the default: the localization study's validation split's best (docs/maps.md)
 
 
 @dataclass(frozen=True)

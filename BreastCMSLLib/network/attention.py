@@ -1,5 +1,5 @@
 """Weakly supervised attention maps: COAM (Eq. 5) and CAM on the network's last feature grid, and the fine map
-(Eq. 5 on a shallower stage, gated by layer4's COAM)."""
+(Eq. 5 on a shallower stage, optionally gated by layer4's COAM)."""
 
 from __future__ import annotations
 
