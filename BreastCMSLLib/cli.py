@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from BreastCMSLLib.config import MAP_NAMES
 from BreastCMSLLib.errors import InputError, user_error
 from BreastCMSLLib.run import AnalyzeRequest, run_analysis
 
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=["cmsl", "nsl", "bce"], default="cmsl")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("analyze", help="malignancy probability and COAM/CAM maps for one case")
+    p = sub.add_parser("analyze", help="malignancy probability and the COAM, CAM and fine maps for one case")
     p.add_argument("case_dir", nargs="?", type=Path, help="case folder ([t1] + pre/post_k or sub_k)")
     p.add_argument("--t1", type=Path, help="non-fat-suppressed T1 (optional; without it the breast mask comes "
                    "from the pre-contrast phase)")
@@ -64,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom", type=Path, help="DICOM study folder (series roles assigned automatically)")
     p.add_argument("--roles", type=Path, help="with --dicom: ROLES.json overriding roles by series UID or number")
     p.add_argument("--patterns", type=Path, help="with --dicom: PATTERNS.json replacing role-rule patterns")
-    p.add_argument("--dicom-seg", action="store_true", help="with --dicom: also write the COAM labelmap as "
-                   "a DICOM Segmentation (coam_seg.dcm) referencing the reference series")
+    p.add_argument("--dicom-seg", action="store_true", help="with --dicom: also write a map's labelmap as "
+                   "a DICOM Segmentation (MAP_seg.dcm) referencing the reference series")
+    p.add_argument("--seg-map", choices=MAP_NAMES, default="coam",
+                   help="with --dicom-seg: the map whose labelmap is exported (default coam)")
 
     p = sub.add_parser("analyze-cohort", help="analyze every case of a cohort: per-case folders, results.csv, "
                        "summary.md; pipelined, resumable, sharded under torchrun")
@@ -117,7 +120,7 @@ def analyze_request(args) -> AnalyzeRequest:
     return AnalyzeRequest(model=args.model, out=args.out, case_dir=args.case_dir, t1=args.t1, sub=args.sub or (),
                           pre=args.pre, post=args.post or (), dicom=args.dicom, roles=args.roles,
                           patterns=args.patterns, device=args.device, label_fraction=args.label_fraction,
-                          dicom_seg=args.dicom_seg)
+                          dicom_seg=args.dicom_seg, seg_map=args.seg_map)
 
 
 def print_progress(fraction: float, stage: str) -> None:

@@ -11,8 +11,27 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-MAP_NAMES = ("coam", "cam")  # the localization maps an analysis gives, each with a labelmap and a peak
+MAP_NAMES = ("coam", "cam", "fine")  # the localization maps an analysis gives, each with a labelmap and a peak
 NETWORK_STRIDE = 32  # conv1 (2) x max pool (2) x layer2..4 (2 each): input voxels per feature voxel
+STAGE_STRIDES = {"layer2": 8, "layer3": 16, "layer4": NETWORK_STRIDE}  # input voxels per voxel of each stage
+PEAK_RULES = ("node", "quadratic", "centroid")  # BreastCMSLLib.pipeline.peaks
+
+
+@dataclass(frozen=True)
+class FineMapConfig:
+    """The fine map (:func:`BreastCMSLLib.network.attention.fine_map`): Eq. 5 on ``stage``'s output, multiplied by
+    layer4's COAM carried onto that grid when ``gated``; its peak found by ``peak`` (one of :data:`PEAK_RULES`)."""
+
+    stage: str = "layer2"
+    gated: bool = False
+    peak: str = "centroid"
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("layer2", "layer3") or self.peak not in PEAK_RULES:
+            raise ValueError(f"fine map: stage must be layer2 or layer3 and peak one of {PEAK_RULES}, got {self}")
+
+
+FINE_MAP = FineMapConfig()  # the default: the localization study's validation split's best (docs/maps.md)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from BreastCMSLLib.config import MAP_NAMES
 from BreastCMSLLib.errors import InputError
 
 Report = Callable[[float, str], None]  # (fraction done, stage name), before each stage
@@ -22,8 +23,8 @@ Report = Callable[[float, str], None]  # (fraction done, stage name), before eac
 class AnalyzeRequest:
     """What to analyze and how. Inputs: a ``case_dir``; or ``sub`` (subtractions) or ``pre`` + ``post`` (phases),
     with an optional ``t1``; or a ``dicom`` study (``roles``/``patterns`` JSON files optional). ``label_fraction``:
-    labelmaps are 1 where a map >= this fraction of its maximum; ``dicom_seg``: also write the COAM labelmap as a
-    DICOM Segmentation (with ``dicom`` only)."""
+    labelmaps are 1 where a map >= this fraction of its maximum; ``dicom_seg``: also write the labelmap of the map
+    ``seg_map`` (coam, cam or fine) as a DICOM Segmentation ``MAP_seg.dcm`` (with ``dicom`` only)."""
 
     model: Path
     out: Path
@@ -38,6 +39,7 @@ class AnalyzeRequest:
     device: str = "auto"
     label_fraction: float = 0.5
     dicom_seg: bool = False
+    seg_map: str = "coam"
 
     @classmethod
     def for_volumes(cls, t1, series: list, kind: str, **settings) -> AnalyzeRequest:
@@ -70,6 +72,8 @@ class AnalyzeRequest:
         convert(self, "label_fraction", float(self.label_fraction))
         if not isinstance(self.dicom_seg, bool):
             raise InputError("dicom_seg", f"must be true or false, not {self.dicom_seg!r}")
+        if self.seg_map not in MAP_NAMES:
+            raise InputError("--seg-map", f"must be one of {', '.join(MAP_NAMES)}, not {self.seg_map!r}")
 
     def to_dict(self) -> dict:
         """JSON-ready: paths as strings."""
@@ -127,6 +131,8 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
     report(0.0, "read")
     t0 = time.perf_counter()
     loaded = (load or load_model)(request.model)
+    if request.seg_map != "coam" and not request.dicom_seg:
+        raise InputError("--seg-map", "needs --dicom-seg (and --dicom STUDY_DIR)")
     if (request.roles or request.patterns or request.dicom_seg) and not request.dicom:
         raise InputError("analyze", "--roles, --patterns and --dicom-seg need --dicom STUDY_DIR")
     if request.dicom:
@@ -145,12 +151,12 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
     centre = (inputs.extra or {}).get("center_lps")
     extra = {}
     if request.dicom_seg:
-        from BreastCMSLLib.dicom.seg import coam_segmentation
+        from BreastCMSLLib.dicom.seg import map_segmentation
 
-        seg = coam_segmentation(analysis.coam_label, study.reference)
-        extra["coam_seg.dcm"] = lambda path: seg.save_as(path)
+        seg = map_segmentation(getattr(analysis, f"{request.seg_map}_label"), study.reference, request.seg_map)
+        extra[f"{request.seg_map}_seg.dcm"] = lambda path: seg.save_as(path)
     report(0.9, "write")
     result = write_analysis(analysis, request.out, used, centre, extra)
     report(1.0, "done")
     return {k: result[k] for k in ("probability", "probability_uncalibrated", "cos_theta", "threshold", "prediction",
-                                   "calibrated", "operating_line", "coam_peak_lps", "cam_peak_lps")}
+                                   "calibrated", "operating_line", *(f"{name}_peak_lps" for name in MAP_NAMES))}

@@ -14,7 +14,8 @@ from BreastCMSLLib.dicom.series import read_dataset, scan_study, volume_to_image
 from BreastCMSLLib.pipeline.preprocess import load_case
 from Testing import dicomsynth
 
-MAPS = ("coam", "cam", "coam_label", "cam_label")
+MAPS = ("coam", "cam", "fine", "coam_label", "cam_label", "fine_label")
+SEG_MAP = {"siemens": "coam", "ge": "fine", "philips": "cam"}  # --seg-map exercised once per map
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +43,16 @@ def _image(path):
 @pytest.mark.parametrize("style", ["siemens", "ge", "philips"])
 def test_analyze_dicom_equals_case_folder(style, studies, case_result, tiny_model_path, tmp_path, capsys):
     out = tmp_path / "out"
+    seg_map = SEG_MAP[style]
     code = main(["analyze", "--dicom", str(studies / style), "--model", str(tiny_model_path), "--out", str(out),
-                 "--dicom-seg"])
+                 "--dicom-seg", "--seg-map", seg_map])
     capsys.readouterr()
     assert code == 0
     mine, theirs = (json.loads((d / "result.json").read_text()) for d in (out, case_result))
     assert abs(mine["probability"] - theirs["probability"]) <= 1e-4
     assert mine["cos_theta"] == pytest.approx(theirs["cos_theta"], abs=1e-5)
-    np.testing.assert_allclose(mine["coam_peak_lps"], theirs["coam_peak_lps"], atol=1e-4)
+    for peak in ("coam_peak_lps", "cam_peak_lps", "fine_peak_lps"):
+        np.testing.assert_allclose(mine[peak], theirs[peak], atol=1e-4)
     for name in MAPS:
         a, b = _image(out / f"{name}.nrrd"), _image(case_result / f"{name}.nrrd")
         assert a.GetSize() == b.GetSize()
@@ -67,14 +70,16 @@ def test_analyze_dicom_equals_case_folder(style, studies, case_result, tiny_mode
     assert all(r["description"] == series[r["series_number"]].description for r in roles)
 
     # the DICOM SEG: highdicom reads it back, it references the reference series, and it is the labelmap
-    seg = hd.seg.segread(out / "coam_seg.dcm")
+    assert sorted(p.name for p in out.glob("*_seg.dcm")) == [f"{seg_map}_seg.dcm"]
+    seg = hd.seg.segread(out / f"{seg_map}_seg.dcm")
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == reference["series_uid"]
     referenced = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     ref_series = series[reference["series_number"]]
     phase = ref_series.phases[reference["phase"] - 1]
     assert referenced == {str(read_dataset(f.path, stop_before_pixels=True).SOPInstanceUID) for f in phase.frames}
-    assert seg.get_segment_description(1).segment_label == "COAM attention"
-    label = _image(out / "coam_label.nrrd")
+    assert seg.get_segment_description(1).segment_label == {"coam": "COAM", "cam": "CAM",
+                                                            "fine": "fine map"}[seg_map] + " attention"
+    label = _image(out / f"{seg_map}_label.nrrd")
     back = volume_to_image(seg.get_volume(combine_segments=True))
     np.testing.assert_allclose(back.GetOrigin(), label.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(back.GetDirection(), label.GetDirection(), atol=1e-6)
@@ -94,4 +99,8 @@ def test_analyze_dicom_ambiguous_study_leaves_nothing(studies, tiny_case, tiny_m
     assert not out.exists()
     code = main(["analyze", str(tiny_case), "--model", str(tiny_model_path), "--out", str(out), "--dicom-seg"])
     assert code == 2 and "--dicom-seg need --dicom" in capsys.readouterr().err
+    assert not out.exists()
+    code = main(["analyze", str(tiny_case), "--model", str(tiny_model_path), "--out", str(out), "--seg-map", "fine"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--seg-map" in err and "--dicom-seg" in err
     assert not out.exists()

@@ -21,7 +21,7 @@ from pydicom.uid import (
 )
 
 from BreastCMSLLib.cli import main
-from BreastCMSLLib.dicom.seg import coam_segmentation
+from BreastCMSLLib.dicom.seg import map_segmentation
 from BreastCMSLLib.dicom.series import read_dataset, read_phase, scan_study
 from BreastCMSLLib.pipeline.phantom import PhantomConfig, make_case, write_case
 from Testing import dicomsynth
@@ -129,7 +129,7 @@ def gathered(phantom, tmp_path_factory):
         dicomsynth.SeriesSpec("Screen Save", [pre], [400.0], sop_class=SecondaryCaptureImageStorage)])
     dynamic = next(s for s in scan_study(study) if s.number == 100)
     truth = sagittal_unilateral(phantom.breast_mask)
-    coam_segmentation(truth, dynamic.phases[0], series_number=600).save_as(study / "seg.dcm")
+    map_segmentation(truth, dynamic.phases[0], series_number=600).save_as(study / "seg.dcm")
     _plain_object(study / "sr", BasicTextSRStorage, "SR", 700, "breast VOI report")
     _plain_object(study / "pr", GrayscaleSoftcopyPresentationStateStorage, "PR", 800, "key images")
     return study

@@ -51,7 +51,7 @@ def test_cli_maps_have_exactly_the_reference_geometry(oblique_case, tiny_model_p
     assert sorted(p.name for p in out.iterdir()) == sorted(RESULT_FILES)
     reference = sitk.ReadImage(str(oblique_case / "post_1.nrrd"))
     assert not np.allclose(np.reshape(reference.GetDirection(), (3, 3)), np.eye(3))
-    for name in ("coam", "cam", "coam_label", "cam_label"):
+    for name in ("coam", "cam", "fine", "coam_label", "cam_label", "fine_label"):
         image = sitk.ReadImage(str(out / f"{name}.nrrd"))
         assert same_geometry(image, reference), name
         values = sitk.GetArrayFromImage(image)
@@ -91,9 +91,11 @@ def test_storage_order_does_not_change_the_answer(oblique_case, tiny_model_path,
     a, b = analyze_case(base, loaded), analyze_case(other, loaded)
     assert abs(a.probability - b.probability) < 1e-4
     voxel = min(OBLIQUE)
-    for peak in ("coam_peak_lps", "cam_peak_lps"):
+    for peak in ("coam_peak_lps", "cam_peak_lps", "fine_peak_lps"):
         assert np.linalg.norm(np.subtract(getattr(a, peak), getattr(b, peak))) < voxel, peak
-    assert same_geometry(b.coam, other.reference)
+    assert same_geometry(b.coam, other.reference) and same_geometry(b.fine, other.reference)
+    back = sitk.Resample(b.fine, a.fine, sitk.Transform(), sitk.sitkNearestNeighbor)
+    assert np.abs(sitk.GetArrayFromImage(back) - sitk.GetArrayFromImage(a.fine)).max() < 1e-3
     back = sitk.Resample(b.coam, a.coam, sitk.Transform(), sitk.sitkNearestNeighbor)
     assert np.abs(sitk.GetArrayFromImage(back) - sitk.GetArrayFromImage(a.coam)).max() < 1e-3
 

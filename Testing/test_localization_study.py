@@ -15,7 +15,7 @@ from BreastCMSLLib.pipeline.phantom import PhantomConfig, draw_parameters, make_
 from .conftest import run_cli
 
 SUMMARY_KEYS = {"coam_mm", "cam_mm", "difference_mm", "wilcoxon_p", "feature_grid", "feature_spacing_mm", "floor_mm",
-                "config"}
+                "config", "fine_map", "maps", "validation"}
 
 
 def test_tiny_study_writes_the_report_and_the_summary_keys(tmp_path):

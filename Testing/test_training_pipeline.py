@@ -128,6 +128,8 @@ def test_localize_matches_analyze_and_compare_table(runs, cache_dir, tmp_path):
     cos_cache = pred["cos_theta"][[c.subject_id for c in cases].index(case.subject_id)]
     assert abs(cos_cache - a.cos_theta) < 0.02
     assert [float(rows[0][f"cam_{x}"]) for x in "xyz"] == pytest.approx(a.cam_peak_lps, abs=1e-3)
+    assert [float(rows[0][f"fine_{x}"]) for x in "xyz"] == pytest.approx(a.fine_peak_lps, abs=1e-3)
+    assert summary["fine_mm"]["n"] == len(rows) and summary["maps"]["coam/node"]["mm"] == summary["coam_mm"]
     assert float(rows[0]["cam_mm"]) == pytest.approx(
         np.linalg.norm(np.subtract(a.cam_peak_lps, case.center_lps)), abs=1e-3)
     assert (run / "localize" / "montage.png").stat().st_size > 0

@@ -1,4 +1,13 @@
-"""CAM vs COAM localization: distance (mm) between the annotated lesion centre and each map's peak.
+"""Localization of every map: distance (mm) between the annotated lesion centre and each map's peak, and, where
+the case carries a lesion mask, the pointing game and the top-1 % share (:mod:`Training.lesiontruth`).
+
+The maps (:data:`CANDIDATE_MAPS`, all from the one forward pass of ``analyze_case``): the paper's COAM and
+CAM on layer4's grid, Eq. 5 on layer3's and layer2's grids, and those gated by layer4's COAM (the fine map's
+candidates, :func:`BreastCMSLLib.network.attention.fine_map`) and LayerCAM of layer3 and layer2 (gradient-based,
+:mod:`Training.layercam`, study only); each with every peak rule
+(:data:`BreastCMSLLib.config.PEAK_RULES`), named ``MAP/RULE``. ``coam/node`` and ``cam/node`` are the paper's
+maps with ``breastcmsl analyze``'s own peaks; the Lib's default fine map is :func:`fine_name`. Two
+reference rows that are not a method: ``brightest enhancement`` and ``breast centre``.
 
 For the cases the model calls malignant (as the paper does), each case is analyzed with the core's
 :func:`BreastCMSLLib.pipeline.analyze.analyze_case`, i.e. exactly as ``breastcmsl analyze`` does (preprocessing
@@ -23,23 +32,81 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from BreastCMSLLib.atomic import atomic_path, atomic_write_text
-from BreastCMSLLib.config import NETWORK_STRIDE
+from BreastCMSLLib.config import FINE_MAP, NETWORK_STRIDE, PEAK_RULES, STAGE_STRIDES, FineMapConfig
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.modelfile import LoadedModel, load_model, read_model_metadata
-from BreastCMSLLib.pipeline.analyze import Analysis, analyze_case
+from BreastCMSLLib.pipeline.analyze import (
+    Analysis,
+    analyze_case,
+    fine_on_grid,
+    normalized_on_input_grid,
+    stage_peak_lps,
+)
 from BreastCMSLLib.pipeline.figures import axial_row
 from BreastCMSLLib.pipeline.preprocess import load_case
 
 from .evaluate import predict_split
+from .layercam import layercam_maps
+from .lesiontruth import MapScore, breast_centre, brightest_enhancement, dilated, lesion_mask, on_input_grid, score
 from .manifest import read_centers
 from .methods import MIL2D_ARCH
 from .runmodel import run_model_path
 
 MONTAGE_CASES = 6
 CSV_COLUMNS = ("subject_id", "label", "probability", "centre_x", "centre_y", "centre_z", "coam_x", "coam_y",
-               "coam_z", "cam_x", "cam_y", "cam_z", "coam_mm", "cam_mm", "floor_mm")
+               "coam_z", "cam_x", "cam_y", "cam_z", "coam_mm", "cam_mm", "floor_mm", "fine_x", "fine_y", "fine_z",
+               "fine_mm")
+CANDIDATE_MAPS = ("coam", "cam", "coam_layer3", "coam_layer2", "gated_layer3", "gated_layer2", "layercam_layer3",
+                  "layercam_layer2")
+GRADIENT_MAPS = ("layercam_layer3", "layercam_layer2")  # Training/layercam.py: a backward pass, the study only
+REFERENCES = ("brightest enhancement", "breast centre")
+
+
+def fine_name(cfg: FineMapConfig = FINE_MAP) -> str:
+    """The ``MAP/RULE`` name of a fine map configuration among the candidates."""
+    return f"{'gated' if cfg.gated else 'coam'}_{cfg.stage}/{cfg.peak}"
+
+
+def candidate_names() -> list[str]:
+    """Every ``MAP/RULE`` the study scores, then the reference rows."""
+    return [f"{m}/{r}" for m in CANDIDATE_MAPS for r in PEAK_RULES] + list(REFERENCES)
+
+
+def candidate_maps(a: Analysis) -> dict[str, tuple[np.ndarray, int]]:
+    """Each candidate map of an analysis on its feature grid, with its stride (input voxels per voxel); the
+    LayerCAM maps must have been added to ``a.grid_maps`` (:func:`Training.layercam.layercam_maps`)."""
+    maps = {"coam": (a.grid_maps["coam"], NETWORK_STRIDE), "cam": (a.grid_maps["cam"], NETWORK_STRIDE)}
+    for name in CANDIDATE_MAPS[2:]:
+        kind, stage = name.split("_")
+        small = a.grid_maps[name] if name in GRADIENT_MAPS else fine_on_grid(a.grid_maps,
+                                                                              FineMapConfig(stage, kind == "gated"))
+        maps[name] = (small, STAGE_STRIDES[stage])
+    return maps
+
+
+def score_case(a: Analysis, centre, case_dir) -> dict[str, MapScore]:
+    """Every candidate and reference row of one analyzed case against its lesion centre and (when the case
+    has one) its lesion mask dilated by 5 mm."""
+    prep = a.prep
+    truth = lesion_mask(case_dir)
+    mask = dilated(truth) if truth is not None else None
+    region = on_input_grid(mask, prep) if mask is not None else None
+    valid = None if prep.valid.all() else prep.valid
+    scores = {}
+    for name, (small, stride) in candidate_maps(a).items():
+        on_input = {"coam": a.coam_input, "cam": a.cam_input}.get(name)
+        if on_input is None:
+            on_input = normalized_on_input_grid(torch.from_numpy(small), prep, stride)
+        for rule in PEAK_RULES:
+            peak = stage_peak_lps(small, stride, rule, prep, on_input)
+            scores[f"{name}/{rule}"] = score(peak, centre, mask, region, on_input, valid)
+    peak, values = brightest_enhancement(prep)
+    scores["brightest enhancement"] = score(peak, centre, mask, region, values, valid)
+    scores["breast centre"] = score(breast_centre(prep), centre, mask)
+    return scores
 
 
 @dataclass(frozen=True)
@@ -58,6 +125,15 @@ class CaseLocalization:
     centre_cell: tuple[int, int, int]
     coam_cell: tuple[int, int, int]
     cam_cell: tuple[int, int, int]
+    scores: dict  # MAP/RULE or reference row -> :class:`MapScore` (:func:`score_case`)
+
+    @property
+    def fine_peak(self) -> tuple[float, float, float]:
+        return self.scores[fine_name()].peak
+
+    @property
+    def fine_mm(self) -> float:
+        return self.scores[fine_name()].distance_mm
 
     @property
     def coam_mm(self) -> float:
@@ -82,6 +158,7 @@ class MontageRow:
     subtraction: np.ndarray
     cam: np.ndarray
     coam: np.ndarray
+    fine: np.ndarray
     marks: dict
 
 
@@ -112,14 +189,15 @@ def nearest_feature(grid: sitk.Image, point) -> tuple[tuple[int, int, int], floa
 def montage_row(a: Analysis, centre, title: str) -> MontageRow:
     """The slices of one analyzed case through the lesion centre's axial slice."""
     grid = a.prep.input_grid
-    marks = {"COAM peak": a.coam_peak_lps, "CAM peak": a.cam_peak_lps, "true centre": centre}
+    marks = {"COAM peak": a.coam_peak_lps, "CAM peak": a.cam_peak_lps, "fine peak": a.fine_peak_lps,
+             "true centre": centre}
     marks = {k: np.array(grid.TransformPhysicalPointToContinuousIndex([float(v) for v in p])) for k, p in marks.items()}
     k = int(np.clip(round(marks["true centre"][2]), 0, grid.GetSize()[2] - 1))
     for m in marks.values():
         m[2] -= k
     cut = slice(k, k + 1)
     return MontageRow(title, k, a.prep.array[0][:, :, cut].copy(), a.cam_input[:, :, cut].copy(),
-                      a.coam_input[:, :, cut].copy(), marks)
+                      a.coam_input[:, :, cut].copy(), a.fine_input[:, :, cut].copy(), marks)
 
 
 def localize_cases(run_dir: str | Path, split: str = "test", centers: str | Path | None = None,
@@ -144,28 +222,39 @@ def localize_cases(run_dir: str | Path, split: str = "test", centers: str | Path
         if (only_called and p < 0.5) or centre is None:
             continue
         a = analyze_case(load_case(case.case_dir), loaded, device=device)
+        a.grid_maps.update(layercam_maps(loaded, a.prep.array, device))
         grid = a.prep.input_grid
         cell, floor = nearest_feature(grid, centre)
         r = CaseLocalization(case.subject_id, case.label, float(p), tuple(float(v) for v in centre),
                              a.coam_peak_lps, a.cam_peak_lps, floor, cell, nearest_feature(grid, a.coam_peak_lps)[0],
-                             nearest_feature(grid, a.cam_peak_lps)[0])
+                             nearest_feature(grid, a.cam_peak_lps)[0], score_case(a, centre, case.case_dir))
         results.append(r)
         if on_case is not None:
             on_case(r, a, loaded)
         if r.called_malignant and len(shown) < montage_cases:
-            shown.append(montage_row(a, centre, f"{r.subject_id}: COAM {r.coam_mm:.1f} mm, CAM {r.cam_mm:.1f} mm"))
+            shown.append(montage_row(a, centre, f"{r.subject_id}: COAM {r.coam_mm:.1f}, CAM {r.cam_mm:.1f}, "
+                                                f"fine {r.fine_mm:.1f} mm"))
     return results, shown
 
 
 def write_cases_csv(path: Path, results: list[CaseLocalization]) -> None:
-    """One row per case (LPS mm, distances in mm)."""
+    """One row per case (LPS mm, distances in mm); then, for every candidate and reference row, its distance
+    (``NAME mm``), pointing game (``NAME hit``, 1/0, empty without a lesion mask) and top-1 % share
+    (``NAME top1``)."""
+    def opt(v) -> str:
+        return "" if v is None else f"{float(v):.4f}"
+
     text = io.StringIO()
     w = csv.writer(text, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
+    names = candidate_names()
+    w.writerow([*CSV_COLUMNS, *(f"{n} {m}" for n in names for m in ("mm", "hit", "top1"))])
     for r in results:
         w.writerow([r.subject_id, r.label, f"{r.probability:.6f}", *[f"{v:.3f}" for v in r.centre],
                     *[f"{v:.3f}" for v in r.coam_peak], *[f"{v:.3f}" for v in r.cam_peak],
-                    f"{r.coam_mm:.3f}", f"{r.cam_mm:.3f}", f"{r.floor_mm:.3f}"])
+                    f"{r.coam_mm:.3f}", f"{r.cam_mm:.3f}", f"{r.floor_mm:.3f}",
+                    *[f"{v:.3f}" for v in r.fine_peak], f"{r.fine_mm:.3f}",
+                    *(x for n in names for x in (f"{r.scores[n].distance_mm:.3f}", opt(r.scores[n].pointing),
+                                                 opt(r.scores[n].top_share)))])
     atomic_write_text(path, text.getvalue())
 
 
@@ -176,28 +265,42 @@ def localize(run_dir: str | Path, split: str = "test", centers: str | Path | Non
     out = Path(run_dir) / "localize"
     out.mkdir(exist_ok=True)
     summary = {"coam_mm": summarize([r.coam_mm for r in results]), "cam_mm": summarize([r.cam_mm for r in results]),
-               "split": split, "cases_called_malignant_with_centre": len(results)}
+               "fine_mm": summarize([r.fine_mm for r in results]), "fine_map": fine_name(),
+               "maps": map_table(results), "split": split, "cases_called_malignant_with_centre": len(results)}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     write_cases_csv(out / "cases.csv", results)
     write_montage(out / "montage.png", shown)
     return summary
 
 
+def map_table(results: list[CaseLocalization], names: list[str] | None = None) -> dict[str, dict]:
+    """Per candidate or reference row over ``results``: the distance summary (:func:`summarize`), the
+    pointing-game hits and cases with a mask, and the mean top-1 % share."""
+    table = {}
+    for name in names or candidate_names():
+        s = [r.scores[name] for r in results]
+        hits = [x.pointing for x in s if x.pointing is not None]
+        shares = [x.top_share for x in s if x.top_share is not None]
+        table[name] = {"mm": summarize([x.distance_mm for x in s]), "hits": int(sum(hits)), "with_mask": len(hits),
+                       "top1_share": float(np.mean(shares)) if shares else math.nan}
+    return table
+
+
 def write_montage(path: Path, shown: list[MontageRow]) -> None:
-    """One row per case: subtraction, CAM, COAM through the true centre's slice, peaks and centre marked
-    (the paper's Fig. 3 layout)."""
+    """One row per case: subtraction, CAM, COAM and the fine map through the true centre's slice, peaks and
+    centre marked (the paper's Fig. 3 layout and the fine map)."""
     n = max(1, len(shown))
-    fig, axes = plt.subplots(n, 3, figsize=(9, 2.6 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 4, figsize=(12, 2.6 * n), squeeze=False)
     for row, s in zip(axes, shown, strict=False):
-        axial_row(row, s.subtraction, s.cam, s.coam, 0, s.marks)
-        for ax, name in zip(row, (s.title, "CAM", "COAM"), strict=True):
+        axial_row(row, s.subtraction, {"CAM": s.cam, "COAM": s.coam, "fine": s.fine}, 0, s.marks)
+        for ax, name in zip(row, (s.title, "CAM", "COAM", "fine"), strict=True):
             ax.set_title(f"{name}, slice k={s.k}" if ax is not row[0] else name, fontsize=8)
     if not shown:
         axes[0, 0].text(0.5, 0.5, "no case called malignant", ha="center")
         for ax in axes[0]:
             ax.set_axis_off()
     else:
-        axes[0, 2].legend(loc="lower right", fontsize=6)
+        axes[0, -1].legend(loc="lower right", fontsize=6)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)

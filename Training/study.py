@@ -1,4 +1,4 @@
-"""``breastcmsl-train localization-study``: COAM vs CAM localization at the paper's feature grid.
+"""``breastcmsl-train localization-study``: localization of COAM, CAM and the fine map's candidates.
 
 A phantom cohort at about the paper's voxel size (1.1 mm) whose lesions are spread over both breasts
 (position, size and kinetics varied: :data:`BreastCMSLLib.pipeline.phantom.LESION_PLACEMENTS` "spread"), the
@@ -9,6 +9,15 @@ i.e. ``breastcmsl analyze``'s own peaks). Paired difference COAM - CAM with a 95
 bootstrap CI (``scipy.stats.bootstrap``) and the Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``).
 The floor is the mean distance from the lesion centres to the nearest feature centre: the best any
 map whose peak sits on a feature centre can do.
+
+Every map and peak rule of :func:`Training.localize.candidate_names` (the paper's COAM and CAM, Eq. 5 on
+layer3/layer2, gated or not by layer4's COAM, node/quadratic/centroid peaks) and the two reference rows are
+scored on the test split's true positives (malignant, called malignant): centre distance with a 95 %
+percentile bootstrap CI of its mean, Wilcoxon signed-rank p against COAM and against CAM on the same
+cases, pointing game (peak in the lesion mask dilated by 5 mm) with a bootstrap CI, and the mean top-1 %
+share in that mask (:mod:`Training.lesiontruth`). The same scores on the validation split's true
+positives name the fine-map candidate with the smallest mean distance (the measurement the Lib's default
+:data:`BreastCMSLLib.config.FINE_MAP` was chosen by).
 
 Writes ``OUT/summary.json``, ``OUT/localization.md``, ``OUT/cases.csv`` (every test case with a lesion,
 called malignant or not), ``OUT/evidence.csv`` (what the maps are built from, per case called malignant:
@@ -39,7 +48,19 @@ from BreastCMSLLib.errors import InputError
 from .cache import preprocess_cohort
 from .cohort import synth_cohort
 from .evaluate import evaluate
-from .localize import CaseLocalization, feature_grid, localize_cases, summarize, write_cases_csv, write_montage
+from .localize import (
+    CANDIDATE_MAPS,
+    GRADIENT_MAPS,
+    REFERENCES,
+    CaseLocalization,
+    candidate_names,
+    feature_grid,
+    fine_name,
+    localize_cases,
+    summarize,
+    write_cases_csv,
+    write_montage,
+)
 from .manifest import assign_splits, read_manifest, write_manifest
 from .mapevidence import FIELDS, case_evidence
 from .stages import Stages
@@ -96,11 +117,80 @@ def paired_difference(coam_mm: list[float], cam_mm: list[float], n_boot: int, se
     return diff, p
 
 
-def study_summary(cfg: StudyConfig, called: list[CaseLocalization]) -> dict:
-    """The summary.json dict of the cases called malignant."""
+def mean_ci(values: list[float], n_boot: int, seed: int) -> tuple[float, float]:
+    """95 % percentile bootstrap CI of the mean (``scipy.stats.bootstrap``); the mean twice when the values
+    do not vary, NaN for fewer than 2."""
+    a = np.asarray(values, dtype=float)
+    if a.size < 2:
+        return math.nan, math.nan
+    if np.ptp(a) == 0:
+        return float(a[0]), float(a[0])
+    ci = stats.bootstrap((a,), np.mean, confidence_level=0.95, n_resamples=n_boot, method="percentile",
+                         random_state=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+def wilcoxon_p(a: list[float], b: list[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p of paired values; NaN when every difference is zero (or none)."""
+    return float(stats.wilcoxon(a, b).pvalue) if np.any(np.subtract(a, b) != 0) else math.nan
+
+
+def map_rows(cases: list[CaseLocalization], n_boot: int, seed: int) -> dict[str, dict]:
+    """Per candidate and reference row over ``cases``: distance summary and CI, paired Wilcoxon p against the
+    paper's COAM (``coam/node``) and CAM (``cam/node``), pointing game (share, CI, hits of cases with a mask)
+    and the mean top-1 % share."""
+    rows = {}
+    coam_mm = [r.scores["coam/node"].distance_mm for r in cases]
+    cam_mm = [r.scores["cam/node"].distance_mm for r in cases]
+    for name in candidate_names():
+        scores = [r.scores[name] for r in cases]
+        mm = [s.distance_mm for s in scores]
+        hits = [float(s.pointing) for s in scores if s.pointing is not None]
+        shares = [s.top_share for s in scores if s.top_share is not None]
+        low, high = mean_ci(mm, n_boot, seed)
+        hit_low, hit_high = mean_ci(hits, n_boot, seed)
+        rows[name] = {"mm": summarize(mm), "mm_ci": [low, high], "wilcoxon_p_vs_coam": wilcoxon_p(mm, coam_mm),
+                      "wilcoxon_p_vs_cam": wilcoxon_p(mm, cam_mm),
+                      "pointing": float(np.mean(hits)) if hits else math.nan, "pointing_ci": [hit_low, hit_high],
+                      "hits": int(sum(hits)), "with_mask": len(hits),
+                      "top1_share": float(np.mean(shares)) if shares else math.nan}
+    return rows
+
+
+def fine_candidates() -> list[str]:
+    """The candidates finer than layer4's grid: the fine map's (gradient-free) and LayerCAM's."""
+    return [n for n in candidate_names() if n.split("/")[0] in CANDIDATE_MAPS[2:]]
+
+
+def validation_choice(val_tp: list[CaseLocalization]) -> dict:
+    """Mean distance and pointing game of each fine candidate on the validation true positives; ``best``: the
+    gradient-free one with the smallest mean distance (ties: more hits, then the order of the candidates),
+    ``best_any``: the same over LayerCAM's too."""
+    rows = {n: {"mean_mm": float(np.mean([r.scores[n].distance_mm for r in val_tp])) if val_tp else math.nan,
+                "hits": int(sum(bool(r.scores[n].pointing) for r in val_tp))} for n in fine_candidates()}
+
+    def best(names: list[str]) -> str | None:
+        ranked = sorted(names, key=lambda n: (rows[n]["mean_mm"] if math.isfinite(rows[n]["mean_mm"]) else math.inf,
+                                              -rows[n]["hits"]))
+        return ranked[0] if val_tp else None
+
+    free = [n for n in rows if n.split("/")[0] not in GRADIENT_MAPS]
+    return {"n": len(val_tp), "candidates": rows, "best": best(free), "best_any": best(list(rows)),
+            "default": fine_name()}
+
+
+def true_positives(results: list[CaseLocalization]) -> list[CaseLocalization]:
+    """The malignant cases the model calls malignant."""
+    return [r for r in results if r.called_malignant and r.label == 1]
+
+
+def study_summary(cfg: StudyConfig, called: list[CaseLocalization], validation: dict | None = None) -> dict:
+    """The summary.json dict of the cases called malignant (``maps``: on the true positives among them)."""
     coam_mm, cam_mm = [r.coam_mm for r in called], [r.cam_mm for r in called]
     diff, p = paired_difference(coam_mm, cam_mm, cfg.n_boot, cfg.seed)
     return {"coam_mm": summarize(coam_mm), "cam_mm": summarize(cam_mm), "difference_mm": diff, "wilcoxon_p": p,
+            "fine_map": fine_name(), "maps": map_rows(true_positives(called), cfg.n_boot, cfg.seed),
+            "validation": validation,
             "feature_grid": list(feature_grid(cfg.input_size)),
             "feature_spacing_mm": [NETWORK_STRIDE * s for s in cfg.spacing_mm],  # preprocessing keeps the spacing
             "floor_mm": float(np.mean([r.floor_mm for r in called])) if called else math.nan,
@@ -159,10 +249,12 @@ def run_study(out: str | Path, cfg: StudyConfig = StudyConfig()) -> dict:
 
     results, shown = stage("localize", localize_cases, run, "test", device=cfg.device, only_called=False,
                            on_case=collect)
+    val_results, _ = stage("validate", localize_cases, run, "val", device=cfg.device, montage_cases=0)
+    validation = validation_choice(true_positives(val_results))
     called = [r for r in results if r.called_malignant]
     called_ids = {r.subject_id for r in called}
     evidence = [e for e in evidence if e["subject_id"] in called_ids]
-    summary = study_summary(cfg, called)
+    summary = study_summary(cfg, called, validation)
     seconds = stage.total()
     everything = study_summary(cfg, results)
     write_cases_csv(out / "cases.csv", results)
@@ -249,9 +341,59 @@ def report(cfg: StudyConfig, summary: dict, everything: dict, results: list[Case
         "- both live on the feature grid above and are resampled linearly onto the input grid; a plateau of "
         "maxima resolves to the plateau voxel nearest its centroid (BreastCMSLLib/pipeline/peaks.py)",
         *_evidence_lines(evidence), "",
+        *_map_lines(summary), "",
         "![montage](montage.png)", "",
     ]
     return "\n".join(lines)
+
+
+def _pct(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{100 * x:.0f} %"
+
+
+def _p(x: float) -> str:
+    return "–" if not math.isfinite(x) else f"{x:.2g}"
+
+
+def _map_lines(summary: dict) -> list[str]:
+    """The table of every map and reference row on the test true positives, and the validation choice."""
+    rows, fine = summary["maps"], summary["fine_map"]
+    n = rows["coam/node"]["mm"]["n"]
+    lines = ["## Every map against the lesion truth (test true positives)", "",
+             f"{n} malignant test cases called malignant. Distance: peak to lesion centre, mean ± sd (median) and "
+             "the 95 % bootstrap CI of the mean; pointing game: peak inside the lesion mask dilated by 5 mm "
+             "(95 % bootstrap CI); top 1 %: share of the map's top 1 % input-grid voxels inside that mask; "
+             "p: Wilcoxon signed-rank against the paper's COAM and CAM on the same cases. MAP/RULE: the map "
+             "(coam, cam: layer4; coam_layerN: Eq. 5 on layerN; gated_layerN: that times layer4's COAM; "
+             "layercam_layerN: LayerCAM of layerN, gradient-based) and its "
+             "peak (node: the input-grid maximum, as `analyze` gives COAM and CAM; quadratic, centroid: "
+             "sub-cell estimates on the map's own grid).", "",
+             "| map / peak | distance (mm) | 95 % CI | pointing game | top 1 % in mask | p vs COAM | p vs CAM |",
+             "|---|---|---|---|---|---|---|"]
+    titles = {"coam/node": "coam/node (the paper's COAM)", "cam/node": "cam/node (the paper's CAM)",
+              fine: f"**{fine} (fine, the default)**"}
+    for name, r in rows.items():
+        title = titles.get(name, name if name not in REFERENCES else f"reference: {name}")
+        hits = f"{r['hits']}/{r['with_mask']} ({_pct(r['pointing'])}, [{_pct(r['pointing_ci'][0])}, " \
+               f"{_pct(r['pointing_ci'][1])}])" if r["with_mask"] else "n/a"
+        top = _pct(r["top1_share"])
+        ci = f"[{r['mm_ci'][0]:.1f}, {r['mm_ci'][1]:.1f}]" if r["mm"]["n"] > 1 else "n/a"
+        lines.append(f"| {title} | {_mm(r['mm'])} | {ci} | {hits} | {top} | "
+                     f"{_p(r['wilcoxon_p_vs_coam'])} | {_p(r['wilcoxon_p_vs_cam'])} |")
+    f = rows[fine]
+    lines += ["", f"- goal for the fine map: mean distance ≤ 12 mm and pointing game ≥ 70 %; measured "
+              f"{f['mm']['mean']:.1f} mm and {_pct(f['pointing'])}"]
+    v = summary.get("validation")
+    if v:
+        best = v["best"]
+        lines.append(f"- validation split ({v['n']} true positives): the fine-map candidate with the smallest mean "
+                     f"distance is {best} ({v['candidates'][best]['mean_mm']:.1f} mm)" if best else
+                     "- validation split: no true positive, no choice measured")
+        if v["best_any"] and v["best_any"] != best:
+            lines.append(f"- with the gradient-based LayerCAM included it would be {v['best_any']} "
+                         f"({v['candidates'][v['best_any']]['mean_mm']:.1f} mm)")
+        lines.append(f"- the Lib's default fine map (BreastCMSLLib.config.FINE_MAP): {v['default']}")
+    return lines
 
 
 def _evidence_lines(evidence: list[dict]) -> list[str]:

@@ -96,9 +96,9 @@ def finish_case(case: Prepared, net: NetResult, model: dict, label_fraction: flo
         analysis = finish(case.prep, net, model, case.mask_source, label_fraction, case.timings)
         extra = {}
         if case.reference is not None:
-            from BreastCMSLLib.dicom.seg import coam_segmentation
+            from BreastCMSLLib.dicom.seg import map_segmentation
 
-            seg = coam_segmentation(analysis.coam_label, case.reference)
+            seg = map_segmentation(analysis.coam_label, case.reference)
             extra["coam_seg.dcm"] = lambda path: seg.save_as(path)
         with staging_folder(out_dir) as tmp:
             result = write_analysis(analysis, tmp / "case", case.used, case.centre, extra)

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from BreastCMSLLib.atomic import atomic_write_text
+from BreastCMSLLib.config import MAP_NAMES
 
 COLUMNS = ("id", "status", "probability", "prediction",
-           "coam_peak_lps_x", "coam_peak_lps_y", "coam_peak_lps_z", "cam_peak_lps_x", "cam_peak_lps_y",
-           "cam_peak_lps_z", "mask_source", "roles", "label", "coam_distance_mm", "cam_distance_mm", "seconds",
-           "error")
+           *(f"{name}_peak_lps_{axis}" for name in MAP_NAMES for axis in "xyz"), "mask_source", "roles", "label",
+           *(f"{name}_distance_mm" for name in MAP_NAMES), "seconds", "error")
 
 
 def roles_used(inputs: dict) -> str:
@@ -41,7 +41,7 @@ def ok_row(case_id: str, result: dict, label: int | None) -> dict:
            "prediction": result["prediction"], "mask_source": result["mask_source"],
            "roles": roles_used(result["inputs"]), "label": "" if label is None else str(label),
            "seconds": f"{sum(result['timings'].values()):.2f}", "error": ""}
-    for name in ("coam", "cam"):
+    for name in (n for n in MAP_NAMES if f"{n}_peak_lps" in result):
         row.update(zip((f"{name}_peak_lps_{a}" for a in "xyz"), map(mm, result[f"{name}_peak_lps"]), strict=True))
         row[f"{name}_distance_mm"] = mm(result[f"{name}_distance_mm"]) if f"{name}_distance_mm" in result else ""
     return row
@@ -104,5 +104,5 @@ def summary_text(rows: list[dict], model: dict, n_boot: int = 2000) -> str:
     lines += ["", "## Localization", "",
               "Distance from each map's peak to the lesion centre (LPS mm), over the analyzed cases with a centre.",
               "", "| Map | n | Median mm | Mean mm | Max mm |", "|---|---|---|---|---|",
-              _distances(rows, "coam"), _distances(rows, "cam")]
+              *(_distances(rows, name) for name in MAP_NAMES)]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""The COAM labelmap as a DICOM Segmentation (highdicom) that references the source series.
+"""A map's labelmap (COAM, CAM or the fine map) as a DICOM Segmentation (highdicom) that references the source
+series.
 
 The labelmap lies on the reference phase's grid (``analyze`` keeps every map there), so each source
 image (slice, or frame of an enhanced image) is one segmentation frame: we find its slice of the
@@ -35,9 +36,13 @@ def _slice_index(label: sitk.Image, position, source: str) -> int:
     return k
 
 
-def coam_segmentation(label: sitk.Image, phase: Phase, software_version: str = "0",
-                      series_number: int = 9901):
-    """A binary highdicom ``Segmentation`` of ``label`` (uint8 0/1 on ``phase``'s grid) over ``phase``'s images."""
+MAP_TITLES = {"coam": "COAM", "cam": "CAM", "fine": "fine map"}
+
+
+def map_segmentation(label: sitk.Image, phase: Phase, map_name: str = "coam", software_version: str = "0",
+                     series_number: int = 9901):
+    """A binary highdicom ``Segmentation`` of ``label`` (uint8 0/1 on ``phase``'s grid) over ``phase``'s images;
+    ``map_name`` (a key of :data:`MAP_TITLES`) names the map it labels."""
     import highdicom as hd
 
     source = f"series {phase.label} '{phase.series.description}'"
@@ -48,9 +53,10 @@ def coam_segmentation(label: sitk.Image, phase: Phase, software_version: str = "
     if frames.shape[1:] != (int(images[0].Rows), int(images[0].Columns)):
         raise InputError(source, f"labelmap slices {frames.shape[1:]} differ from the images' rows x columns")
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="BreastCMSL COAM", family=codes.cid7162.ArtificialIntelligence, version=software_version)
+        name=f"BreastCMSL {MAP_TITLES[map_name]}", family=codes.cid7162.ArtificialIntelligence,
+        version=software_version)
     segment = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="COAM attention", algorithm_identification=algorithm,
+        segment_number=1, segment_label=f"{MAP_TITLES[map_name]} attention", algorithm_identification=algorithm,
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC)
     return hd.seg.Segmentation(
@@ -59,6 +65,6 @@ def coam_segmentation(label: sitk.Image, phase: Phase, software_version: str = "
         series_instance_uid=generate_uid(), series_number=series_number, sop_instance_uid=generate_uid(),
         instance_number=1, manufacturer="BreastCMSL", manufacturer_model_name="BreastCMSL",
         software_versions=software_version, device_serial_number="none",
-        series_description="BreastCMSL COAM labelmap (research use, not for diagnosis)",
+        series_description=f"BreastCMSL {MAP_TITLES[map_name]} labelmap (research use, not for diagnosis)",
         omit_empty_frames=False)
 

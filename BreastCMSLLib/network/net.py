@@ -27,6 +27,8 @@ class NetOutput(NamedTuple):
     features: torch.Tensor  # (B, C, d, h, w) last activation map (for COAM)
     logit_map: torch.Tensor  # (B, d, h, w) per-position logit of the 1x1x1 head before pooling (CAM)
     aux_logits: torch.Tensor | None  # (B, aux_classes) auxiliary head (DK-MT baseline) or None
+    stages: dict[str, torch.Tensor] | None = None  # {"layer2": (B, C2, I/8, ..), "layer3": (B, C3, I/16, ..)}
+    # outputs of the shallower stages, kept only when the forward is asked for them (the fine map)
 
 
 class CMSLNet(nn.Module):
@@ -51,8 +53,10 @@ class CMSLNet(nn.Module):
         outside it (:mod:`.sparse`)."""
         return self.backbone(x, box)
 
-    def forward(self, x: torch.Tensor, box: Box | None = None) -> NetOutput:
-        f = self.features(x, box)
+    def forward(self, x: torch.Tensor, box: Box | None = None, keep_stages: bool = False) -> NetOutput:
+        """One pass; ``keep_stages``: also return layer2's and layer3's outputs (``NetOutput.stages``)."""
+        kept: dict[str, torch.Tensor] = {}
+        f = self.backbone(x, box, kept if keep_stages else None)
         logit_map = self.head(f)[:, 0]
         w = self.head.weight.reshape(-1).float()
         if self.cfg.pooling == "avg":
@@ -65,7 +69,7 @@ class CMSLNet(nn.Module):
         logit = pooled.float() @ w + self.head.bias.float()
         cos_theta = nn.functional.cosine_similarity(pooled.float(), w.unsqueeze(0), dim=1, eps=1e-8)
         aux = self.aux_head(pooled) if self.aux_head is not None else None
-        return NetOutput(cos_theta, logit, f, logit_map, aux)
+        return NetOutput(cos_theta, logit, f, logit_map, aux, kept if keep_stages else None)
 
 
 def probability(out: NetOutput, cfg: ModelConfig) -> torch.Tensor:

@@ -87,9 +87,13 @@ class ResNet3d(nn.Module):
         layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor, box: Box | None = None) -> torch.Tensor:
-        """``box``: when given, ``x`` is zero outside it and conv1 runs only where it sees data
-        (:func:`.sparse.conv_on_box`; the same output)."""
+    def forward(self, x: torch.Tensor, box: Box | None = None, kept: dict | None = None) -> torch.Tensor:
+        """layer4's output. ``box``: when given, ``x`` is zero outside it and conv1 runs only where it sees data
+        (:func:`.sparse.conv_on_box`; the same output). ``kept``: a dict that receives layer2's and layer3's
+        outputs (no block writes into its input, so they stay valid)."""
         stem = self.conv1(x) if box is None else conv_on_box(self.conv1, x, box)
-        x = self.maxpool(self.act(self.bn1(stem)))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.layer2(self.layer1(self.maxpool(self.act(self.bn1(stem)))))
+        y = self.layer3(x)
+        if kept is not None:
+            kept.update(layer2=x, layer3=y)
+        return self.layer4(y)

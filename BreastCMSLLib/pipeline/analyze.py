@@ -1,4 +1,5 @@
-"""Analysis of one case: preprocessing, one forward pass, COAM and CAM carried back to the reference grid.
+"""Analysis of one case: preprocessing, one forward pass, COAM, CAM and the fine map carried back to the
+reference grid.
 
 Peaks are LPS millimetres. Maps are float32 in [0, 1] on the reference input's grid (the first
 subtraction or first post-contrast phase, as stored); labelmaps are uint8 {0, 1} on the same grid.
@@ -16,14 +17,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from BreastCMSLLib.config import NETWORK_STRIDE, ModelConfig
+from BreastCMSLLib.config import FINE_MAP, NETWORK_STRIDE, STAGE_STRIDES, FineMapConfig, ModelConfig
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.network.attention import coam
+from BreastCMSLLib.network.attention import coam, fine_map
 from BreastCMSLLib.network.calibration import Calibration, score
 from BreastCMSLLib.network.modelfile import LoadedModel
 from BreastCMSLLib.network.net import NetOutput, bf16_native, probability
 from BreastCMSLLib.network.sparse import nonzero_box, union_box
-from BreastCMSLLib.pipeline.peaks import plateau_peak_lps
+from BreastCMSLLib.pipeline.peaks import centroid_peak, plateau_peak_lps, quadratic_peak, stage_point_lps
 from BreastCMSLLib.pipeline.preprocess import CaseInputs, Preprocessed, preprocess_case, to_ijk, to_reference
 
 Progress = Callable[[float, str], None]
@@ -70,46 +71,49 @@ def network_input(arrays: list[np.ndarray], device: torch.device, dtype: torch.d
     return host_input(arrays, dtype, pin=True).to(device, non_blocking=True)
 
 
-def forward(loaded: LoadedModel, array: np.ndarray, device: torch.device) -> tuple[NetOutput, str]:
+def forward(loaded: LoadedModel, array: np.ndarray, device: torch.device,
+            keep_stages: bool = False) -> tuple[NetOutput, str]:
     """One inference pass on a (C, I, J, K) array (:func:`forward_batch` of one)."""
-    return forward_batch(loaded, [array], device)
+    return forward_batch(loaded, [array], device, keep_stages)
 
 
-def forward_batch(loaded: LoadedModel, arrays: list[np.ndarray], device: torch.device) -> tuple[NetOutput, str]:
+def forward_batch(loaded: LoadedModel, arrays: list[np.ndarray], device: torch.device,
+                  keep_stages: bool = False) -> tuple[NetOutput, str]:
     """One inference pass on B same-shaped (C, I, J, K) arrays with the BN-folded channels_last_3d network
     (conv1 only around the arrays' non-zero voxels, their union box, :mod:`.sparse`), under
     bf16 autocast where the device runs bf16 natively (its accuracy against float32: ``benchmarks/README.md``),
-    else float32.
+    else float32. ``keep_stages``: the output also holds layer2's and layer3's activations (the fine map's).
     Returns the output (batch dimension B) and the precision used ("bf16" or "fp32")."""
     module = loaded.inference_module(device)
     bf16 = bf16_native(device)
     x = network_input(arrays, device, torch.bfloat16 if bf16 else torch.float32)
     box = nonzero_box(arrays[0]) if len(arrays) == 1 else union_box([nonzero_box(a) for a in arrays])
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        return module(x, box), "bf16" if bf16 else "fp32"
+        return module(x, box, keep_stages), "bf16" if bf16 else "fp32"
 
 
-def feature_map_image(small: torch.Tensor, input_grid: sitk.Image) -> sitk.Image:
-    """A (d, h, w) map on the network's feature grid as a physical image, padded by one edge-replicated
-    voxel on every side so that linear interpolation covers the whole input grid.
+def feature_map_image(small: torch.Tensor, input_grid: sitk.Image, stride: int = NETWORK_STRIDE) -> sitk.Image:
+    """A (d, h, w) map on a feature grid of ``stride`` input voxels per voxel (layer4's: 32) as a physical
+    image, padded by one edge-replicated voxel on every side so that linear interpolation covers the whole
+    input grid.
 
     Every stage of the network (conv1 k7 s2 p3, max pooling k3 s2 p1, the k3 s2 p1 and k1 s2 shortcut
-    convolutions) centres output o on input 2 o, so feature voxel f is centred on input voxel 32 f:
-    the feature grid has the input grid's direction and 32 times its spacing.
+    convolutions) centres output o on input 2 o, so feature voxel f is centred on input voxel ``stride`` f:
+    the feature grid has the input grid's direction and ``stride`` times its spacing.
     """
     padded = np.pad(small.float().cpu().numpy(), 1, mode="edge")
     image = sitk.GetImageFromArray(np.ascontiguousarray(padded.transpose(2, 1, 0)))
     image.SetDirection(input_grid.GetDirection())
-    image.SetSpacing([s * NETWORK_STRIDE for s in input_grid.GetSpacing()])
-    image.SetOrigin(input_grid.TransformContinuousIndexToPhysicalPoint([-float(NETWORK_STRIDE)] * 3))
+    image.SetSpacing([s * stride for s in input_grid.GetSpacing()])
+    image.SetOrigin(input_grid.TransformContinuousIndexToPhysicalPoint([-float(stride)] * 3))
     return image
 
 
-def normalized_on_input_grid(small: torch.Tensor, prep: Preprocessed) -> np.ndarray:
-    """A feature-grid map resampled linearly onto the input grid (constant beyond the outer feature
-    centres), min-max normalized to [0, 1] over the voxels inside the reference volume, 0 elsewhere.
-    Returns float32 (I, J, K)."""
-    image = feature_map_image(small, prep.input_grid)
+def normalized_on_input_grid(small: torch.Tensor, prep: Preprocessed, stride: int = NETWORK_STRIDE) -> np.ndarray:
+    """A feature-grid map (``stride`` input voxels per voxel) resampled linearly onto the input grid (constant
+    beyond the outer feature centres), min-max normalized to [0, 1] over the voxels inside the reference
+    volume, 0 elsewhere. Returns float32 (I, J, K)."""
+    image = feature_map_image(small, prep.input_grid, stride)
     up = to_ijk(sitk.Resample(image, prep.input_grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
     everywhere = bool(prep.valid.all())  # the usual crop: the input grid lies inside the reference volume
     inside = up if everywhere else up[prep.valid]
@@ -129,9 +133,40 @@ def peak_lps(map_ijk: np.ndarray, prep: Preprocessed) -> tuple[float, float, flo
     return plateau_peak_lps(map_ijk, prep.input_grid, None if prep.valid.all() else prep.valid)
 
 
+def stage_peak_lps(small: np.ndarray, stride: int, rule: str, prep: Preprocessed,
+                   on_input: np.ndarray | None = None) -> tuple[float, float, float]:
+    """LPS point (mm) of a feature-grid map's peak by ``rule``: "node" (the input-grid maximum of ``on_input``,
+    :func:`peak_lps`), "quadratic" or "centroid" (sub-cell estimates on the feature grid,
+    :mod:`BreastCMSLLib.pipeline.peaks`; ``stride`` input voxels per feature voxel)."""
+    if rule == "node":
+        return peak_lps(normalized_on_input_grid(torch.from_numpy(small), prep, stride) if on_input is None
+                        else on_input, prep)
+    index = quadratic_peak(small) if rule == "quadratic" else centroid_peak(small)
+    return stage_point_lps(index, stride, prep.input_grid)
+
+
+def grid_maps(out: NetOutput, b: int = 0) -> dict[str, np.ndarray]:
+    """Every map of case ``b`` of one forward on its own feature grid, float32 (d, h, w) in (i, j, k) order:
+    "coam" and "cam" (layer4; the head's per-position logit is CAM), and, when the output kept the shallower
+    stages, "coam_layer3" and "coam_layer2"."""
+    maps = {"coam": coam(out.features[b:b + 1])[0], "cam": out.logit_map[b]}
+    for stage, x in (out.stages or {}).items():
+        maps[f"coam_{stage}"] = coam(x[b:b + 1])[0]
+    return {k: v.float().cpu().numpy() for k, v in maps.items()}
+
+
+def fine_on_grid(maps: dict[str, np.ndarray], cfg: FineMapConfig) -> np.ndarray:
+    """The fine map (:func:`BreastCMSLLib.network.attention.fine_map`) on ``cfg.stage``'s grid from
+    :func:`grid_maps`."""
+    ratio = NETWORK_STRIDE // STAGE_STRIDES[cfg.stage]
+    local = torch.from_numpy(maps[f"coam_{cfg.stage}"])
+    return fine_map(local, torch.from_numpy(maps["coam"]), ratio, cfg.gated).numpy()
+
+
 @dataclass
 class Analysis:
-    """Everything ``breastcmsl analyze`` reports for one case (maps on the reference grid)."""
+    """Everything ``breastcmsl analyze`` reports for one case (maps on the reference grid). The ``fine*``
+    fields are None when the fine map was not asked for."""
 
     probability: float  # calibrated: sigmoid(score / T) with the model file's temperature (T = 1 without one)
     cos_theta: float
@@ -155,6 +190,12 @@ class Analysis:
     cam_input: np.ndarray
     mask_source: str  # what the breast mask came from: "t1", or "pre" (no T1; CaseInputs.mask_source)
     timings: dict = field(default_factory=dict)
+    fine: sitk.Image | None = None
+    fine_label: sitk.Image | None = None
+    fine_peak_lps: tuple[float, float, float] | None = None
+    fine_input: np.ndarray | None = None
+    fine_config: FineMapConfig | None = None
+    grid_maps: dict = field(default_factory=dict)  # :func:`grid_maps`, for the localization study
 
 
 def labelmap(image: sitk.Image, fraction: float) -> sitk.Image:
@@ -174,12 +215,12 @@ def prepare(inputs: CaseInputs, config: ModelConfig, model_name: str, label_frac
 
 @dataclass
 class NetResult:
-    """What one case's maps and scores need from the forward pass, on the CPU: COAM and CAM on the feature
-    grid (float32 (d, h, w)), the scores (``probability`` calibrated with the model's ``calibration``), and the
-    device and precision it ran with."""
+    """What one case's maps and scores need from the forward pass, on the CPU: every map on its own feature
+    grid (:func:`grid_maps`), the fine map's configuration (None: no fine map), the scores (``probability``
+    calibrated with the model's ``calibration``), and the device and precision it ran with."""
 
-    coam_small: torch.Tensor
-    cam_small: torch.Tensor
+    maps: dict[str, np.ndarray]
+    fine: FineMapConfig | None
     probability: float
     probability_uncalibrated: float
     cos_theta: float
@@ -189,42 +230,52 @@ class NetResult:
     precision: str
 
 
-def infer(loaded: LoadedModel, arrays: list[np.ndarray], dev: torch.device) -> list[NetResult]:
-    """The second stage: one forward pass over the preprocessed arrays of B cases (:func:`forward_batch`)."""
-    out, precision = forward_batch(loaded, arrays, dev)
+def infer(loaded: LoadedModel, arrays: list[np.ndarray], dev: torch.device,
+          fine: FineMapConfig | None = FINE_MAP) -> list[NetResult]:
+    """The second stage: one forward pass over the preprocessed arrays of B cases (:func:`forward_batch`),
+    keeping layer2/layer3 when the fine map is asked for."""
+    out, precision = forward_batch(loaded, arrays, dev, keep_stages=fine is not None)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     with torch.inference_mode():
-        coams, cams = coam(out.features), out.logit_map  # the head's per-position logit is CAM
         p = probability(out, loaded.config)
         calibrated = loaded.calibration.probability(score(out, loaded.config))
-    return [NetResult(coams[b].float().cpu(), cams[b].float().cpu(), float(calibrated[b]), float(p[b]),
-                      float(out.cos_theta[b]), float(out.logit[b]), loaded.calibration, str(dev), precision)
-            for b in range(len(arrays))]
+        return [NetResult(grid_maps(out, b), fine, float(calibrated[b]), float(p[b]), float(out.cos_theta[b]),
+                          float(out.logit[b]), loaded.calibration, str(dev), precision) for b in range(len(arrays))]
 
 
 def finish(prep: Preprocessed, net: NetResult, model: dict, mask_source: str, label_fraction: float = 0.5,
            timings: dict | None = None) -> Analysis:
-    """The last stage: COAM and CAM carried back to the reference grid, labelmaps and peaks. ``model`` is
-    :meth:`LoadedModel.info`; ``timings`` (seconds per stage so far) gains ``maps_s``. Needs no network."""
+    """The last stage: COAM, CAM and the fine map carried back to the reference grid, labelmaps and peaks.
+    ``model`` is :meth:`LoadedModel.info`; ``timings`` (seconds per stage so far) gains ``maps_s``. Needs no
+    network."""
     t2 = time.perf_counter()
+    maps, fine = net.maps, net.fine
+    small = {"coam": (maps["coam"], NETWORK_STRIDE), "cam": (maps["cam"], NETWORK_STRIDE)}
+    if fine is not None:
+        small["fine"] = (fine_on_grid(maps, fine), STAGE_STRIDES[fine.stage])
 
-    def carried(feature_map: torch.Tensor) -> tuple[np.ndarray, sitk.Image, sitk.Image, tuple[float, float, float]]:
-        on_input = normalized_on_input_grid(feature_map, prep)
+    def carried(name: str) -> tuple[np.ndarray, sitk.Image, sitk.Image, tuple[float, float, float]]:
+        feature_map, stride = small[name]
+        on_input = normalized_on_input_grid(torch.from_numpy(feature_map), prep, stride)
         on_reference = to_reference(on_input, prep)
-        return on_input, on_reference, labelmap(on_reference, label_fraction), peak_lps(on_input, prep)
+        rule = fine.peak if name == "fine" else "node"
+        return (on_input, on_reference, labelmap(on_reference, label_fraction),
+                stage_peak_lps(feature_map, stride, rule, prep, on_input))
 
-    with ThreadPoolExecutor(2) as pool:  # SimpleITK and numpy release the GIL: both maps at once
-        (coam_in, coam_ref, coam_label, coam_peak), (cam_in, cam_ref, cam_label, cam_peak) = pool.map(
-            carried, [net.coam_small, net.cam_small])
+    with ThreadPoolExecutor(2) as pool:  # SimpleITK and numpy release the GIL: two maps at once
+        done = dict(zip(small, pool.map(carried, small), strict=True))
+    (coam_in, coam_ref, coam_label, coam_peak), (cam_in, cam_ref, cam_label, cam_peak) = done["coam"], done["cam"]
+    fine_in, fine_ref, fine_label, fine_peak = done.get("fine", (None,) * 4)
+    threshold = net.calibration.operating_point.threshold
     t3 = time.perf_counter()
     return Analysis(
         probability=net.probability,
         cos_theta=net.cos_theta,
         logit=net.logit,
-        prediction="malignant" if net.probability >= net.calibration.operating_point.threshold else "benign",
+        prediction="malignant" if net.probability >= threshold else "benign",
         probability_uncalibrated=net.probability_uncalibrated,
-        threshold=net.calibration.operating_point.threshold,
+        threshold=threshold,
         calibration=net.calibration,
         coam=coam_ref,
         cam=cam_ref,
@@ -241,13 +292,18 @@ def finish(prep: Preprocessed, net: NetResult, model: dict, mask_source: str, la
         cam_input=cam_in,
         mask_source=mask_source,
         timings={**(timings or {}), "maps_s": t3 - t2},
+        fine=fine_ref,
+        fine_label=fine_label,
+        fine_peak_lps=fine_peak,
+        fine_input=fine_in,
+        fine_config=fine,
+        grid_maps=maps,
     )
 
-
 def analyze_case(inputs: CaseInputs, loaded: LoadedModel, device: str = "auto", label_fraction: float = 0.5,
-                 progress: Progress | None = None) -> Analysis:
-    """Preprocess, run the network once and build COAM and CAM on the reference grid: :func:`prepare`,
-    :func:`infer` and :func:`finish` in turn.
+                 progress: Progress | None = None, fine: FineMapConfig | None = FINE_MAP) -> Analysis:
+    """Preprocess, run the network once and build COAM, CAM and (unless ``fine`` is None) the fine map on the
+    reference grid: :func:`prepare`, :func:`infer` and :func:`finish` in turn.
 
     ``progress(fraction, stage)`` is called before each stage (preprocess, inference, maps).
     """
@@ -258,7 +314,7 @@ def analyze_case(inputs: CaseInputs, loaded: LoadedModel, device: str = "auto", 
     prep = prepare(inputs, loaded.config, loaded.name, label_fraction)
     report(0.4, "inference")
     t1 = time.perf_counter()
-    net = infer(loaded, [prep.array], dev)[0]
+    net = infer(loaded, [prep.array], dev, fine)[0]
     report(0.8, "maps")
     t2 = time.perf_counter()
     return finish(prep, net, loaded.info(), inputs.mask_source, label_fraction,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,11 +15,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from BreastCMSLLib.atomic import staging_folder
+from BreastCMSLLib.config import MAP_NAMES
 from BreastCMSLLib.network.calibration import operating_line
 from BreastCMSLLib.pipeline.analyze import Analysis
 
-RESULT_FILES = ("result.json", "coam.nrrd", "cam.nrrd", "coam_label.nrrd", "cam_label.nrrd", "overview.png")
-OPTIONAL_FILES = {"coam_seg.dcm"}  # written only on request (``breastcmsl analyze --dicom-seg``)
+# the fine map is absent from analyses run without it and from older folders
+RESULT_FILES = ("result.json", *(f"{m}{s}.nrrd" for m in MAP_NAMES for s in ("", "_label")), "overview.png")
+OPTIONAL_FILES = {f"{m}_seg.dcm" for m in MAP_NAMES}  # written only on request (``breastcmsl analyze --dicom-seg``)
 
 
 def geometry_of(image: sitk.Image) -> dict:
@@ -59,6 +62,8 @@ def result_dict(analysis: Analysis, inputs_used: dict, centre_lps=None) -> dict:
         "model": analysis.model,
         "coam_peak_lps": list(analysis.coam_peak_lps),
         "cam_peak_lps": list(analysis.cam_peak_lps),
+        **({"fine_peak_lps": list(analysis.fine_peak_lps), "fine_map": dataclasses.asdict(analysis.fine_config)}
+           if analysis.fine is not None else {}),
         "label_fraction": analysis.label_fraction,
         "mask_source": analysis.mask_source,
         "inputs": inputs_used,
@@ -70,8 +75,10 @@ def result_dict(analysis: Analysis, inputs_used: dict, centre_lps=None) -> dict:
     if centre_lps is not None:
         centre = np.asarray(centre_lps, dtype=float)
         result["centre_lps"] = centre.tolist()
-        result["coam_distance_mm"] = float(np.linalg.norm(np.asarray(analysis.coam_peak_lps) - centre))
-        result["cam_distance_mm"] = float(np.linalg.norm(np.asarray(analysis.cam_peak_lps) - centre))
+        for m in MAP_NAMES:
+            peak = getattr(analysis, f"{m}_peak_lps")
+            if peak is not None:
+                result[f"{m}_distance_mm"] = float(np.linalg.norm(np.asarray(peak) - centre))
     return result
 
 
@@ -82,7 +89,7 @@ def write_analysis(analysis: Analysis, out_dir: str | Path, inputs_used: dict, c
     ``extra`` maps further file names to writers ``write(path)`` (e.g. the DICOM SEG). Everything is
     written into a hidden staging folder beside ``out_dir`` and moved in only when all succeeded, so a
     failure leaves no partial output; result files of an earlier run that this one does not write
-    (an old ``coam_seg.dcm``) are removed.
+    (an old ``coam_seg.dcm``, the fine map of an analysis run without it) are removed.
     """
     from BreastCMSLLib.pipeline.figures import overview_figure, save_figure
 
@@ -93,10 +100,9 @@ def write_analysis(analysis: Analysis, out_dir: str | Path, inputs_used: dict, c
         # gzip shrinks float32 maps little for its time, the uint8 labelmaps ~50x (benchmarks/README.md). SimpleITK
         # releases the GIL: the volumes are written while the figure is drawn.
         with ThreadPoolExecutor(2) as pool:
-            written = [pool.submit(sitk.WriteImage, image, str(tmp / f"{name}.nrrd"), compress)
-                       for name, image, compress in [("coam", analysis.coam, False), ("cam", analysis.cam, False),
-                                                     ("coam_label", analysis.coam_label, True),
-                                                     ("cam_label", analysis.cam_label, True)]]
+            images = {f"{m}{s}": getattr(analysis, f"{m}{s}") for m in MAP_NAMES for s in ("", "_label")}
+            written = [pool.submit(sitk.WriteImage, image, str(tmp / f"{name}.nrrd"), name.endswith("_label"))
+                       for name, image in images.items() if image is not None]
             save_figure(overview_figure(analysis, centre_lps), tmp / "overview.png")
             for done in written:
                 done.result()
@@ -106,8 +112,9 @@ def write_analysis(analysis: Analysis, out_dir: str | Path, inputs_used: dict, c
         result = result_dict(analysis, inputs_used, centre_lps)
         (tmp / "result.json").write_text(json.dumps(result, indent=2))
         out_dir.mkdir(exist_ok=True)
-        for name in (*RESULT_FILES, *extra):
+        written = [name for name in (*RESULT_FILES, *extra) if (tmp / name).exists()]
+        for name in written:
             os.replace(tmp / name, out_dir / name)
-        for name in OPTIONAL_FILES.difference(extra):
+        for name in OPTIONAL_FILES.union(RESULT_FILES).difference(written):
             (out_dir / name).unlink(missing_ok=True)
     return result

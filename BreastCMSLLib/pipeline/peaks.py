@@ -42,3 +42,43 @@ def plateau_peak_index(values: np.ndarray, grid: sitk.Image, valid: np.ndarray |
 def plateau_peak_lps(values: np.ndarray, grid: sitk.Image, valid: np.ndarray | None = None) -> tuple[float, ...]:
     """LPS point (mm) of :func:`plateau_peak_index`."""
     return tuple(grid.TransformIndexToPhysicalPoint(plateau_peak_index(values, grid, valid)))
+
+
+def quadratic_peak(values: np.ndarray) -> np.ndarray:
+    """Sub-voxel maximum of a small (feature-grid) map, continuous index (i, j, k): along each axis the
+    parabola through the maximal voxel and its two neighbours, its vertex (at most half a voxel away; no
+    shift along an axis where the maximum is an outer voxel or the parabola is not concave)."""
+    top = np.array(np.unravel_index(int(np.argmax(values)), values.shape))
+    shift = np.zeros(3)
+    for axis in range(3):
+        if 0 < top[axis] < values.shape[axis] - 1:
+            lo, hi = top.copy(), top.copy()
+            lo[axis] -= 1
+            hi[axis] += 1
+            a, b, c = float(values[tuple(lo)]), float(values[tuple(top)]), float(values[tuple(hi)])
+            curvature = a - 2 * b + c
+            if curvature < 0:
+                shift[axis] = np.clip(0.5 * (a - c) / curvature, -0.5, 0.5)
+    return top + shift
+
+
+def centroid_peak(values: np.ndarray, fraction: float = 0.5) -> np.ndarray:
+    """Weighted centroid, continuous index (i, j, k), of the top region of a small map: the 26-connected
+    component holding the maximum of the voxels above ``fraction`` of the way from minimum to maximum,
+    each weighted by its height above that level."""
+    from scipy import ndimage
+
+    lo, hi = float(values.min()), float(values.max())
+    level = lo + fraction * (hi - lo)
+    labels, _ = ndimage.label(values >= level, structure=np.ones((3, 3, 3)))
+    region = labels == labels[np.unravel_index(int(np.argmax(values)), values.shape)]
+    weights = np.where(region, values - level, 0.0)
+    if weights.sum() <= 0:
+        return np.array(np.unravel_index(int(np.argmax(values)), values.shape), dtype=float)
+    return np.array(ndimage.center_of_mass(weights))
+
+
+def stage_point_lps(index, stride: int, grid: sitk.Image) -> tuple[float, float, float]:
+    """LPS point (mm) of a continuous index on a stage's feature grid (voxel u centred on input voxel
+    ``stride`` u of the input ``grid``)."""
+    return tuple(grid.TransformContinuousIndexToPhysicalPoint([float(stride * v) for v in index]))

@@ -1,0 +1,112 @@
+"""What the fine map costs: a warm in-process ``analyze_case`` with and without it, in the same run.
+
+One phantom case at the paper's voxel size and an untrained full-size model (``breastcmsl synth`` and
+``breastcmsl init-model``, made once in ``--work``) at the paper's input size (340 x 220 x 128). One
+untimed analysis warms the process (imports, BatchNorm folding, oneDNN kernels); then every repeat runs
+the analysis with and without the fine map, alternating which goes first, and then writes its result
+folder (``write_analysis``: result.json, the maps, overview.png). Prints the median wall time of each
+(analysis alone, and analysis + writing), their ratios, the median of the ``maps`` stage, and the peak
+resident memory each analysis reached above the memory held before it (Linux: VmHWM after resetting it
+through /proc/self/clear_refs).
+
+    python benchmarks/analyze_fine.py [--repeats 7] [--device cpu] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runs from a source checkout too
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def measured(run) -> tuple[float, float, object]:
+    """Wall time (s) of ``run()``, the peak resident memory above the memory before it (MiB), its result."""
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
+    before = _status_kib("VmRSS")
+    t0 = time.perf_counter()
+    result = run()
+    seconds = time.perf_counter() - t0
+    return seconds, (_status_kib("VmHWM") - before) / 1024, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work", type=Path, default=None, help="folder for the phantom case and the model")
+    parser.add_argument("--input-size", type=int, nargs=3, default=None, help="model input (default the paper's)")
+    args = parser.parse_args()
+
+    import torch
+
+    from BreastCMSLLib.config import FINE_MAP
+    from BreastCMSLLib.network.modelfile import load_model
+    from BreastCMSLLib.pipeline.analyze import analyze_case
+    from BreastCMSLLib.pipeline.output import write_analysis
+    from BreastCMSLLib.pipeline.preprocess import load_case
+
+    work = (args.work or Path(tempfile.mkdtemp(prefix="bench-fine-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    cli = [sys.executable, "-m", "BreastCMSLLib.cli"]
+    case = work / "case"
+    if not case.exists():
+        subprocess.run([*cli, "synth", "--out", str(case), "--seed", "1", "--malignant"], check=True,
+                       capture_output=True, cwd=ROOT)
+    model = work / "model.safetensors"
+    if not model.exists():  # untrained, full width
+        size = ["--input-size", *map(str, args.input_size)] if args.input_size else []
+        subprocess.run([*cli, "init-model", "--out", str(model), *size], check=True, capture_output=True, cwd=ROOT)
+    loaded = load_model(model)
+    inputs = load_case(case)
+    modes = {"with fine": FINE_MAP, "without": None}
+    analyze_case(inputs, loaded, device=args.device)  # warm-up, untimed
+    times = {m: [] for m in modes}
+    written = {m: [] for m in modes}
+    maps = {m: [] for m in modes}
+    memory = {m: [] for m in modes}
+    for repeat in range(args.repeats):
+        order = list(modes) if repeat % 2 == 0 else list(modes)[::-1]
+        for mode in order:
+            seconds, mib, a = measured(lambda m=mode: analyze_case(inputs, loaded, device=args.device,
+                                                                   fine=modes[m]))
+            times[mode].append(seconds)
+            t0 = time.perf_counter()
+            write_analysis(a, work / "out", {})
+            written[mode].append(seconds + time.perf_counter() - t0)
+            maps[mode].append(a.timings["maps_s"])
+            memory[mode].append(mib)
+            del a
+    median = {m: statistics.median(v) for m, v in times.items()}
+    median_written = {m: statistics.median(v) for m, v in written.items()}
+    report = {
+        "repeats": args.repeats, "device": args.device, "torch_threads": torch.get_num_threads(),
+        "input_size": list(loaded.config.preprocess.input_size), "fine_map": str(FINE_MAP),
+        "median_s": median, "ratio_with_over_without": median["with fine"] / median["without"],
+        "median_with_writing_s": median_written,
+        "ratio_with_writing": median_written["with fine"] / median_written["without"],
+        "median_maps_s": {m: statistics.median(v) for m, v in maps.items()},
+        "peak_memory_above_start_mib": {m: max(v) for m, v in memory.items()},
+        "all_s": times,
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
