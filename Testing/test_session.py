@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
+import shutil
 import time
 
 import numpy as np
@@ -19,12 +21,13 @@ import slicer
 import torch
 
 from BreastCMSLLib import cli
+from BreastCMSLLib.config import MAP_NAMES
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.mrml import display, nodes
 from BreastCMSLLib.panel.models import models_in
 from BreastCMSLLib.panel.session import Session
-from BreastCMSLLib.panel.state import AnalysisResult
-from BreastCMSLLib.panel.text import result_text
+from BreastCMSLLib.panel.state import CALIBRATION_KEYS, AnalysisResult
+from BreastCMSLLib.panel.text import UNCALIBRATED, evaluation_rows_text, evaluation_text, result_text
 from BreastCMSLLib.pipeline.phantom import PhantomConfig, make_case, synth_case, write_case
 from Testing.dicomsynth import write_study
 from Testing.scenes import assert_unchanged, case_nodes, make_oblique_case, matrix_of, snapshot
@@ -72,11 +75,14 @@ def test_result_nodes_lie_exactly_on_the_reference_grid_and_equal_the_cli(case, 
     reference = analyzed["series"][1]  # the first post-contrast phase
     ids = result.nodes
     assert ids["reference"] == reference.GetID()
-    expected = {"coam_volume": "vtkMRMLScalarVolumeNode", "cam_volume": "vtkMRMLScalarVolumeNode",
-                "coam_label": "vtkMRMLLabelMapVolumeNode", "cam_label": "vtkMRMLLabelMapVolumeNode",
-                "peaks": "vtkMRMLMarkupsFiducialNode"}
+    expected = {**{f"{m}_volume": "vtkMRMLScalarVolumeNode" for m in MAP_NAMES},
+                **{f"{m}_label": "vtkMRMLLabelMapVolumeNode" for m in MAP_NAMES}, "peaks": "vtkMRMLMarkupsFiducialNode"}
     assert {k: scene.GetNodeByID(ids[k]).GetClassName() for k in expected} == expected
-    for key in ("coam", "cam"):
+    assert result.maps == MAP_NAMES
+    peaks = scene.GetNodeByID(ids["peaks"])
+    assert [peaks.GetNthControlPointLabel(i) for i in range(peaks.GetNumberOfControlPoints())] == [
+        "COAM peak", "CAM peak", "FINE peak"]
+    for key in MAP_NAMES:
         heat, label = scene.GetNodeByID(ids[f"{key}_volume"]), scene.GetNodeByID(ids[f"{key}_label"])
         for node in (heat, label):
             np.testing.assert_allclose(matrix_of(node), matrix_of(reference), atol=1e-6)
@@ -99,9 +105,11 @@ def test_result_nodes_lie_exactly_on_the_reference_grid_and_equal_the_cli(case, 
     assert result.model["sha256"] == hashlib.sha256(case["model"].read_bytes()).hexdigest()
     assert result.model["untrained"] is True
     assert result.device == "cpu" and result.label_fraction == 0.5
-    # 2 heat volumes, 2 labelmaps, the peaks point list, their 5 display nodes, the heat colour table and the 2
+    assert result.calibrated is False and result.probability_uncalibrated == pytest.approx(result.probability)
+    assert result.operating_line == cli_result["operating_line"] and result.threshold == cli_result["threshold"]
+    # 3 heat volumes, 3 labelmaps, the peaks point list, their 7 display nodes, the heat colour table and the 3
     # labelmap colour tables: nothing else (the inputs were not touched, no copies, no storage nodes)
-    assert analyzed["added"] == 13
+    assert analyzed["added"] == 18
 
 
 def test_analyze_on_auto_keeps_the_choice_and_records_the_device_used(analyzed):
@@ -128,10 +136,10 @@ def test_the_warm_second_run_reuses_the_worker_and_equals_the_cold_run(analyzed)
     assert analyzed["session"].worker.process.poll() is None  # still alive, waiting for the next analysis
     for key in ("probability", "cos_theta", "prediction", "label_fraction"):
         assert getattr(warm, key) == pytest.approx(getattr(cold, key), abs=1e-6)
-    for name in ("coam", "cam"):
+    for name in MAP_NAMES:
         np.testing.assert_allclose(warm.peaks_ras[name], cold.peaks_ras[name], atol=1e-6)
     scene = analyzed["scene"]
-    for key in ("coam_volume", "cam_label"):
+    for key in ("coam_volume", "cam_label", "fine_volume", "fine_label"):
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(scene.GetNodeByID(warm.nodes[key])),
                                       slicer.util.arrayFromVolume(scene.GetNodeByID(cold.nodes[key])))
     # the parameter node holds the latest result
@@ -140,7 +148,7 @@ def test_the_warm_second_run_reuses_the_worker_and_equals_the_cold_run(analyzed)
 
 def test_evaluation_against_a_hand_computation_and_csv(case, analyzed, tmp_path):
     session, result = analyzed["session"], analyzed["warm"]
-    peaks_ras = {k: np.array(case["result"][f"{k}_peak_lps"]) * [-1, -1, 1] for k in ("coam", "cam")}
+    peaks_ras = {k: np.array(case["result"][f"{k}_peak_lps"]) * [-1, -1, 1] for k in MAP_NAMES}
     truth_ras = np.array(case["truth"]["center_lps"]) * [-1, -1, 1]
     centres = [truth_ras, truth_ras + np.array([4.0, -3.0, 12.0])]
     for centre in centres:
@@ -148,27 +156,36 @@ def test_evaluation_against_a_hand_computation_and_csv(case, analyzed, tmp_path)
         evaluation = session.evaluate()
         assert evaluation["row"]["COAM mm"] == pytest.approx(np.linalg.norm(centre - peaks_ras["coam"]), abs=1e-6)
         assert evaluation["row"]["CAM mm"] == pytest.approx(np.linalg.norm(centre - peaks_ras["cam"]), abs=1e-6)
+        assert evaluation["row"]["fine mm"] == pytest.approx(np.linalg.norm(centre - peaks_ras["fine"]), abs=1e-6)
     assert session.lesion_centre.GetNumberOfControlPoints() == 1
     rows = session.evaluation_rows()
     assert rows[0]["COAM mm"] == pytest.approx(case["result"]["coam_distance_mm"], abs=1e-6)  # the CLI's, in LPS
     coam = [float(np.linalg.norm(c - peaks_ras["coam"])) for c in centres]
     cam = [float(np.linalg.norm(c - peaks_ras["cam"])) for c in centres]
+    fine = [float(np.linalg.norm(c - peaks_ras["fine"])) for c in centres]
+    assert rows[0]["fine mm"] == pytest.approx(case["result"]["fine_distance_mm"], abs=1e-6)
     summary = session.evaluation_summary()
     assert summary["n"] == 2 and len(rows) == 2
     assert summary["coam_mean_mm"] == pytest.approx(np.mean(coam)) and summary["coam_std_mm"] == pytest.approx(
         np.std(coam))
     assert summary["cam_mean_mm"] == pytest.approx(np.mean(cam)) and summary["cam_std_mm"] == pytest.approx(np.std(cam))
+    assert summary["fine_n"] == 2 and summary["fine_mean_mm"] == pytest.approx(np.mean(fine))
+    assert summary["fine_std_mm"] == pytest.approx(np.std(fine))
+    assert evaluation_text(summary) == (
+        f"n = 2: COAM {np.mean(coam):.1f} ± {np.std(coam):.1f} mm, CAM {np.mean(cam):.1f} ± {np.std(cam):.1f} mm, "
+        f"fine {np.mean(fine):.1f} ± {np.std(fine):.1f} mm (mean ± std)")
     path = session.save_table_csv(tmp_path / "evaluation.csv")
     with open(path, newline="") as f:
         saved = list(csv.DictReader(f))
     assert [r["case"] for r in saved] == [result.case] * 2
     np.testing.assert_allclose([float(r["COAM mm"]) for r in saved], coam, rtol=1e-5)
+    np.testing.assert_allclose([float(r["fine mm"]) for r in saved], fine, rtol=1e-5)
 
 
-def test_display_compare_and_jump_to_peak(analyzed):
-    scene, session, result = analyzed["scene"], analyzed["session"], analyzed["warm"]
+def slice_views(scene, names=("Red", "Yellow")) -> list:
+    """Slice nodes with their composite nodes, as a layout makes them."""
     views = []
-    for name in ("Red", "Yellow"):
+    for name in names:
         view = slicer.vtkMRMLSliceNode()
         view.SetLayoutName(name)
         view.SetDimensions(400, 300, 1)
@@ -177,6 +194,12 @@ def test_display_compare_and_jump_to_peak(analyzed):
         composite.SetLayoutName(name)
         scene.AddNode(composite)
         views.append(view)
+    return views
+
+
+def test_display_compare_and_jump_to_peak(analyzed):
+    scene, session, result = analyzed["scene"], analyzed["session"], analyzed["warm"]
+    views = slice_views(scene)
     session.show(views[:1], which="cam", opacity=0.3, outline=False)
     composite = slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(views[0])
     ids = result.nodes
@@ -204,6 +227,22 @@ def test_display_compare_and_jump_to_peak(analyzed):
     session.jump_to_peak([coam_view], "coam")
     np.testing.assert_allclose(origin(coam_view), result.peaks_ras["coam"], atol=1e-6)
 
+    assert session.compare_pair() == ("coam", "fine")  # the faces' default once the fine map is there
+    session.compare(*views, pair=session.compare_pair())
+    left, right = views
+    np.testing.assert_allclose(origin(left), result.peaks_ras["coam"], atol=1e-6)
+    np.testing.assert_allclose(origin(right), result.peaks_ras["fine"], atol=1e-6)
+    assert slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(right).GetForegroundVolumeID() == ids["fine_volume"]
+    assert slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(right).GetLabelVolumeID() == ids["fine_label"]
+    left.SetSliceOffset(left.GetSliceOffset() + 3.5)
+    np.testing.assert_allclose(origin(right) - origin(left),
+                               np.array(result.peaks_ras["fine"]) - np.array(result.peaks_ras["coam"]), atol=1e-6)
+    session.stop_compare()
+    session.show(views[:1], which="fine")
+    assert composite.GetForegroundVolumeID() == ids["fine_volume"] and composite.GetLabelVolumeID() == ids["fine_label"]
+    session.jump_to_peak([left], "fine")
+    np.testing.assert_allclose(origin(left), result.peaks_ras["fine"], atol=1e-6)
+
 
 def test_saved_and_reloaded_scene_shows_the_same_result_and_table(analyzed, tmp_path):
     session = analyzed["session"]
@@ -225,7 +264,7 @@ def test_saved_and_reloaded_scene_shows_the_same_result_and_table(analyzed, tmp_
     assert isinstance(after, AnalysisResult) and after == before  # every field, node IDs included
     _assert_same_rows(loaded.evaluation_rows(), rows)
     scene = analyzed["scene"]
-    for key in ("coam_volume", "cam_label"):
+    for key in ("coam_volume", "cam_label", "fine_volume", "fine_label"):
         original = scene.GetNodeByID(before.nodes[key])
         restored = loaded_scene.GetNodeByID(after.nodes[key])
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(restored), slicer.util.arrayFromVolume(original))
@@ -242,7 +281,7 @@ def test_saved_and_reloaded_scene_shows_the_same_result_and_table(analyzed, tmp_
 def _assert_same_rows(a: list[dict], b: list[dict]) -> None:
     assert [r["case"] for r in a] == [r["case"] for r in b]
     for x, y in zip(a, b):
-        for key in ("probability", "COAM mm", "CAM mm"):
+        for key in ("probability", "COAM mm", "CAM mm", "fine mm"):
             assert x[key] == pytest.approx(y[key], rel=1e-5)  # the table's TSV keeps 6 digits
 
 
@@ -478,3 +517,86 @@ def test_overlay_off_window_level_and_a_new_case_retires_the_old_points(case, tm
     session.load_case_folder(case["dir"])  # another case loaded: the peaks hide, the centre is cleared
     assert peaks[1].GetVisibility() == 0 and session.lesion_centre.GetNumberOfControlPoints() == 0
     session.close()
+
+
+def test_a_result_without_the_fine_map_or_calibration_reads_back_and_displays(case, tmp_path):
+    """A result folder and a parameter node as an earlier version wrote them (no fine map, no calibration
+    fields): the session reads them, shows COAM and CAM, offers no fine map and evaluates with an empty fine
+    distance."""
+    old = tmp_path / "old_out"
+    old.mkdir()
+    output = json.loads((case["out"] / "result.json").read_text())
+    for key in ("fine_peak_lps", "fine_map", "fine_distance_mm", *CALIBRATION_KEYS, "temperature"):
+        output.pop(key, None)
+    (old / "result.json").write_text(json.dumps(output))
+    for name in ("coam", "cam", "coam_label", "cam_label"):
+        shutil.copy(case["out"] / f"{name}.nrrd", old / f"{name}.nrrd")
+    scene = slicer.vtkMRMLScene()
+    t1, series = case_nodes(scene, case["dir"])
+    session = Session(scene, temp_dir=tmp_path)
+    session.set_inputs(t1=t1, phases=series)
+    written = session._add_result("old case", series[1], old)
+    p = session.parameter_node
+    for key in CALIBRATION_KEYS:  # an older scene's parameter node has none of these parameters
+        p.UnsetParameter(f"Result.{key}")
+    result = session.result
+    assert result == written and result.maps == ("coam", "cam")
+    assert result.nodes["fine_volume"] is None and result.nodes["fine_label"] is None
+    assert not result.calibrated and result.probability_uncalibrated is None
+    text = result_text(result)
+    assert text["maps"] == "COAM, CAM" and text["calibration"] == "uncalibrated"
+    assert text["operating_line"] == UNCALIBRATED
+    views = slice_views(scene)
+    session.show(views[:1], "coam")
+    composite = slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(views[0])
+    assert composite.GetForegroundVolumeID() == result.nodes["coam_volume"]
+    with pytest.raises(InputError, match="this result has no fine map"):
+        session.show(views[:1], "fine")
+    assert composite.GetForegroundVolumeID() == result.nodes["coam_volume"]  # unchanged by the refusal
+    assert session.compare_pair() == ("cam", "coam")
+    session.compare(*views, pair=session.compare_pair())
+    session.stop_compare()
+    session.set_lesion_centre(result.peaks_ras["coam"])
+    row = session.evaluate()["row"]
+    assert row["COAM mm"] == pytest.approx(0.0, abs=1e-6) and np.isnan(row["fine mm"])
+    summary = session.evaluation_summary()
+    assert summary["fine_n"] == 0 and "fine" not in evaluation_text(summary)
+    assert evaluation_rows_text(session.evaluation_rows())[0]["fine mm"] == "–"
+    session.close()
+
+
+def test_a_calibrated_model_shows_the_calibrated_probability_and_its_line(case, analyzed, tmp_path):
+    """A model file with a temperature: the session's result holds the calibrated probability (as the CLI
+    reports it), the uncalibrated one and the model's operating line; an uncalibrated model shows the flag."""
+    from BreastCMSLLib.network.calibration import Calibration, OperatingPoint, ScoreMetrics, operating_line
+    from BreastCMSLLib.network.modelfile import load_model, save_model
+
+    cal = Calibration(temperature=2.0, fitted=True, n_val=40, n_val_malignant=20,
+                      before=ScoreMetrics(0.2, 0.4, 0.2, 0.9), after=ScoreMetrics(0.04, 0.1, 0.15, 0.45),
+                      operating_point=OperatingPoint("sensitivity=0.9", 0.3, 0.9, (0.75, 1.0), 0.7, (0.5, 0.85)))
+    loaded = load_model(case["model"])
+    model = tmp_path / "calibrated.safetensors"
+    save_model(model, loaded.model, loaded.config, loaded.provenance, cal)
+    assert cli.main(["analyze", str(case["dir"]), "--model", str(model), "--out", str(tmp_path / "cli"),
+                     "--device", "cpu"]) == 0
+    expected = json.loads((tmp_path / "cli" / "result.json").read_text())
+    scene = slicer.vtkMRMLScene()
+    t1, series = case_nodes(scene, case["dir"])
+    session = Session(scene, temp_dir=tmp_path)
+    session.set_inputs(t1=t1, phases=series)
+    result = session.analyze(model, device="cpu").wait(timeout=300)
+    session.close()
+    uncalibrated = analyzed["cold"]  # the same case and weights without a temperature
+    assert result.calibrated and result.threshold == pytest.approx(0.3)
+    assert result.probability_uncalibrated == pytest.approx(uncalibrated.probability, abs=1e-6)
+    assert result.probability == pytest.approx(expected["probability"], abs=1e-6)
+    z = np.log(uncalibrated.probability / (1 - uncalibrated.probability))  # the pre-sigmoid score
+    assert result.probability == pytest.approx(1 / (1 + np.exp(-z / 2.0)), abs=1e-5)
+    text = result_text(result)
+    assert text["probability"] == f"{result.probability:.3f}"
+    assert text["calibration"] == f"calibrated (uncalibrated {uncalibrated.probability:.3f})"
+    assert text["operating_line"] == operating_line(cal) == (
+        "at this model's threshold 0.3: sensitivity 0.90, specificity 0.70 on 40 validation cases")
+    assert result.operating_point["n_validation"] == 40 and result.operating_point["specificity"] == 0.7
+    flag = result_text(uncalibrated)
+    assert flag["calibration"] == "uncalibrated" and flag["operating_line"].startswith("uncalibrated")

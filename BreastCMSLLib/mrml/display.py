@@ -1,5 +1,5 @@
-"""MRML adapter, display and views: heat and labelmap styles, result layers on slice views, peaks, the
-CAM | COAM comparison kept in step. Slice nodes and the scene are arguments (RAS millimetres, as MRML)."""
+"""MRML adapter, display and views: heat and labelmap styles, result layers on slice views, peaks, two maps
+compared side by side kept in step. Slice nodes and the scene are arguments (RAS millimetres, as MRML)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ INFERNO_STOPS = (
     (0.5409, 0.1347, 0.4151), (0.7357, 0.2159, 0.3302), (0.8943, 0.3534, 0.1936),
     (0.9784, 0.5579, 0.0349), (0.9746, 0.7977, 0.2063), (0.9884, 0.9984, 0.6449),
 )
-LABEL_COLORS = {"coam": (1.0, 0.85, 0.1), "cam": (0.1, 0.8, 1.0)}  # outline colours of the labelmaps
+# outline colours of the labelmaps, one per map of MAP_NAMES
+LABEL_COLORS = {"coam": (1.0, 0.85, 0.1), "cam": (0.1, 0.8, 1.0), "fine": (0.2, 1.0, 0.35)}
 
 
 def follow_slice(leader, follower, offset_ras) -> None:
     """Move slice node ``follower`` as ``leader`` is: the same orientation, zoom and pan, with its slice
-    origin ``offset_ras`` (RAS mm) away from the leader's. "Compare CAM vs COAM" keeps each view on its
+    origin ``offset_ras`` (RAS mm) away from the leader's. The compare view keeps each view on its
     own map's peak this way (offset = follower's peak - leader's peak) while both scroll together."""
     slice_to_ras = follower.GetSliceToRAS()
     slice_to_ras.DeepCopy(leader.GetSliceToRAS())
@@ -62,8 +63,6 @@ def label_color_node(scene, which: str):
     return node
 
 
-
-
 def style_heat_volume(scene, volume) -> None:
     """Show a [0, 1] map with the heat colour table over its full range."""
     display = volume.GetDisplayNode()
@@ -73,7 +72,7 @@ def style_heat_volume(scene, volume) -> None:
 
 
 def style_label_volume(scene, label, which: str) -> None:
-    """Colour a {0, 1} labelmap with its map's outline colour (``which``: "coam" or "cam")."""
+    """Colour a {0, 1} labelmap with its map's outline colour (``which``: one of MAP_NAMES)."""
     label.GetDisplayNode().SetAndObserveColorNodeID(label_color_node(scene, which).GetID())
 
 
@@ -104,7 +103,7 @@ def jump_to(slice_nodes, ras) -> None:
 
 class LinkedViews:
     """Slice views that move together, each offset by its own point: moving one (scroll, zoom, pan) moves
-    the others with :func:`follow_slice`, so each stays on its point (e.g. CAM's and COAM's peaks)."""
+    the others with :func:`follow_slice`, so each stays on its point (e.g. two maps' peaks)."""
 
     def __init__(self, views: list[tuple[object, list[float]]]):
         self.views = views  # (slice node, its point in RAS mm)

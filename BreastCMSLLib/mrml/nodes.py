@@ -25,7 +25,6 @@ from BreastCMSLLib.mrml.display import style_heat_volume, style_label_volume
 from BreastCMSLLib.pipeline.volumes import check_image
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-MAP_FILES = (*MAP_NAMES, *(f"{name}_label" for name in MAP_NAMES))  # the output folder's volumes
 
 
 def lps_to_ras(point) -> list[float]:
@@ -235,17 +234,18 @@ def check_inputs(t1_node, series_nodes, inputs: str = "subtractions", model_path
 
 
 def add_result_nodes(scene, case: str, maps: dict[str, sitk.Image], peaks_lps: dict[str, tuple]) -> dict:
-    """Add each map's heat volume and labelmap (``MAP_NAMES``: COAM, CAM) and a peaks point list; return the new
-    node IDs (``<map>_volume``, ``<map>_label``, ``peaks``).
+    """Add each map's heat volume and labelmap and a peaks point list; return the new node IDs
+    (``<map>_volume``, ``<map>_label``, ``peaks``).
 
-    ``maps`` holds each map (float, [0, 1]) and its ``<map>_label`` ({0, 1}) image; ``peaks_lps`` holds each
-    map's peak in LPS mm; the peaks node holds them in RAS, in ``MAP_NAMES`` order.
+    ``peaks_lps`` holds the peak (LPS mm) of each map the result has (of ``MAP_NAMES``: COAM, CAM and, when
+    computed, the fine map); ``maps`` holds each of those maps (float, [0, 1]) and its ``<map>_label``
+    ({0, 1}) image. The peaks node holds the peaks in RAS, in ``MAP_NAMES`` order.
     All or nothing: if anything fails, every node added here (display and colour nodes included) is removed.
     """
     before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     try:
-        ids = {}
-        for which in MAP_NAMES:
+        ids, names = {}, [name for name in MAP_NAMES if name in peaks_lps]
+        for which in names:
             volume = volume_node_from_image(scene, maps[which], f"{case} {which.upper()}", value_range=(0.0, 1.0))
             style_heat_volume(scene, volume)
             label = volume_node_from_image(scene, maps[f"{which}_label"], f"{case} {which.upper()} label",
@@ -256,7 +256,7 @@ def add_result_nodes(scene, case: str, maps: dict[str, sitk.Image], peaks_lps: d
         points.SetName(f"{case} peaks")
         scene.AddNode(points)
         points.CreateDefaultDisplayNodes()
-        for which in MAP_NAMES:
+        for which in names:
             index = points.AddControlPoint(vtk.vtkVector3d(*lps_to_ras(peaks_lps[which])), f"{which.upper()} peak")
             points.SetNthControlPointLocked(index, True)
         ids["peaks"] = points.GetID()
@@ -270,13 +270,14 @@ def add_result_nodes(scene, case: str, maps: dict[str, sitk.Image], peaks_lps: d
 
 
 def read_result_folder(out_dir: str | Path) -> tuple[dict, dict[str, sitk.Image]]:
-    """result.json and the four maps written by ``breastcmsl analyze --out OUT_DIR``."""
+    """result.json and the maps and labelmaps written by ``breastcmsl analyze --out OUT_DIR``: every map
+    whose peak result.json names (a folder made without the fine map has COAM and CAM only)."""
     out_dir = Path(out_dir)
     try:
         result = json.loads((out_dir / "result.json").read_text())
+        files = [f"{name}{part}" for name in MAP_NAMES if f"{name}_peak_lps" in result for part in ("", "_label")]
         with ThreadPoolExecutor(2) as pool:  # SimpleITK reads without the GIL
-            maps = dict(zip(MAP_FILES, pool.map(lambda name: sitk.ReadImage(str(out_dir / f"{name}.nrrd")),
-                                                MAP_FILES)))
+            maps = dict(zip(files, pool.map(lambda name: sitk.ReadImage(str(out_dir / f"{name}.nrrd")), files)))
     except (OSError, ValueError, RuntimeError) as err:
         raise InputError(out_dir, f"is not a complete analyze output folder ({err})") from None
     return result, maps

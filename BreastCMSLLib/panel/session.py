@@ -283,7 +283,8 @@ class Session:
     def _add_result(self, case: str, reference, out_dir: Path) -> AnalysisResult:
         """Add the worker's output to the scene and record it on the parameter node; all or nothing."""
         output, maps = nodes.read_result_folder(out_dir)
-        ids = nodes.add_result_nodes(self.scene, case, maps, {name: output[f"{name}_peak_lps"] for name in MAP_NAMES})
+        peaks = {name: output[f"{name}_peak_lps"] for name in MAP_NAMES if f"{name}_peak_lps" in output}
+        ids = nodes.add_result_nodes(self.scene, case, maps, peaks)
         self._retire_points(centre=False)  # the earlier result's peaks (the new ones are not referenced yet)
         result = AnalysisResult.from_output(case, output, {**ids, "reference": reference.GetID()})
         result.write(self.parameter_node)
@@ -297,11 +298,15 @@ class Session:
     # ---- display
 
     def _maps(self, which: str):
-        """(heat volume, labelmap) of the current result's map ``which`` (one of MAP_NAMES)."""
+        """(heat volume, labelmap) of the current result's map ``which`` (one of MAP_NAMES that the result has)."""
         if which not in MAP_NAMES:
             raise ValueError(f"which must be one of {MAP_NAMES}, not {which!r}")
-        if self.result is None:
+        result = self.result
+        if result is None:
             raise InputError("Analyze", "no result to show yet")
+        if which not in result.maps:
+            raise InputError(which, f"this result has no {which} map (it has {', '.join(result.maps)}); "
+                             "analyze the case again")
         return self._result_node(f"{which}_volume"), self._result_node(f"{which}_label")
 
     def _result_node(self, role: str):
@@ -336,12 +341,22 @@ class Session:
         """Centre the slice views on the peak of ``which`` map (None: COAM)."""
         display.jump_to(slice_nodes, self.peak_ras(which or "coam"))
 
-    def compare(self, cam_slice_node, coam_slice_node, opacity: float = 0.5, outline: bool = True) -> None:
-        """CAM | COAM side by side: each view shows its map over the reference, centred on its own peak, and
-        the two move together (scroll, zoom, pan) while each stays on its peak."""
+    def compare_pair(self) -> tuple[str, str]:
+        """The two maps the compare view shows unless the user picks others: COAM | fine when the result has
+        the fine map, else CAM | COAM."""
+        result = self.result
+        return ("coam", "fine") if result is not None and "fine" in result.maps else ("cam", "coam")
+
+    def compare(self, left_slice_node, right_slice_node, opacity: float = 0.5, outline: bool = True,
+                pair: tuple[str, str] = ("cam", "coam")) -> None:
+        """Two maps side by side (``pair``: left, right; default CAM | COAM): each view shows its map over the
+        reference, centred on its own peak, and the two move together (scroll, zoom, pan) while each stays on
+        its peak."""
+        for which in pair:
+            self._maps(which)  # both maps exist before anything changes
         self.stop_compare()
         views = []
-        for slice_node, which in ((cam_slice_node, "cam"), (coam_slice_node, "coam")):
+        for slice_node, which in zip((left_slice_node, right_slice_node), pair):
             self.show([slice_node], which, opacity, outline)
             slice_node.SetOrientation("Axial")
             self.jump_to_peak([slice_node], which)
@@ -387,8 +402,8 @@ class Session:
         return self._ref("evaluationTable")
 
     def evaluate(self) -> dict:
-        """Distances from the lesion centre to the COAM and CAM peaks, appended to the evaluation table;
-        returns the row and the summary over all rows (mean ± std, n)."""
+        """Distances from the lesion centre to each map's peak (COAM, CAM, fine; NaN for a map the result lacks),
+        appended to the evaluation table; returns the row and the summary over all rows (mean ± std, n)."""
         result = self.result
         if result is None:
             raise InputError("Evaluate", "analyze a case first")

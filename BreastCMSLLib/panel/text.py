@@ -1,9 +1,16 @@
-"""Every text both faces show: the result lines, the disclaimer, model labels, the evaluation summary.
+"""Every text both faces show: the result lines, the operating line, the disclaimer, model labels, map names,
+the evaluation summary.
 
 One format per quantity: probabilities and cos θ with 3 decimals, distances in mm with 1 decimal.
 """
 
 from __future__ import annotations
+
+import math
+
+MAP_LABELS = {"coam": "COAM", "cam": "CAM", "fine": "fine"}  # each map of MAP_NAMES as the faces name it
+# a result without calibration fields (made before models carried a temperature) reads as uncalibrated
+UNCALIBRATED = "uncalibrated (this result records no calibration)"
 
 MASK_SOURCES = {"t1": "non-fat-suppressed T1", "pre": "pre-contrast phase", "sub": "subtractions"}
 CANCELLED = "Cancelled; the scene is unchanged."
@@ -33,30 +40,61 @@ def model_label(model: dict) -> str:
 
 
 def result_text(result) -> dict[str, str]:
-    """What a panel shows of an :class:`~BreastCMSLLib.panel.state.AnalysisResult`: ``probability`` (with
-    cos θ), ``prediction`` (with the breast mask's source), ``model`` and ``disclaimer``; empty before any result."""
+    """What a panel shows of an :class:`~BreastCMSLLib.panel.state.AnalysisResult`: ``probability`` (calibrated
+    where the model is; with cos θ), ``calibration`` ("calibrated" with the uncalibrated value, or
+    "uncalibrated"), ``operating_line`` (:func:`operating_text`), ``prediction`` (with the breast mask's
+    source), ``model``, ``disclaimer`` and ``maps`` (the maps' names, comma-separated); empty before any result."""
     if result is None:
-        return {"probability": "", "cos_theta": "", "prediction": "", "model": "", "disclaimer": ""}
+        return dict.fromkeys(("probability", "calibration", "operating_line", "cos_theta", "prediction", "model",
+                              "disclaimer", "maps"), "")
     mask = MASK_SOURCES.get(result.mask_source, result.mask_source)
-    return {"probability": f"{result.probability:.3f}", "cos_theta": f"cos θ = {result.cos_theta:.3f}",
+    return {"probability": f"{result.probability:.3f}", "calibration": calibration_text(result),
+            "operating_line": operating_text(result), "cos_theta": f"cos θ = {result.cos_theta:.3f}",
             "prediction": f"{result.prediction} (breast mask from the {mask})",
-            "model": model_label(result.model), "disclaimer": disclaimer(result.model)}
+            "model": model_label(result.model), "disclaimer": disclaimer(result.model),
+            "maps": ", ".join(MAP_LABELS[name] for name in result.maps)}
+
+
+def calibration_text(result) -> str:
+    """"calibrated (uncalibrated 0.xyz)" or "uncalibrated": what the probability shown is."""
+    if result.calibrated and result.probability_uncalibrated is not None:
+        return f"calibrated (uncalibrated {result.probability_uncalibrated:.3f})"
+    return "calibrated" if result.calibrated else "uncalibrated"
+
+
+def operating_text(result) -> str:
+    """The one plain line under the probability: the model's threshold with its validation sensitivity and
+    specificity, or the "uncalibrated" flag. The line is the one result.json holds, made by the Lib's
+    :func:`~BreastCMSLLib.network.calibration.operating_line` when the case was analyzed (the faces do not
+    import torch); :data:`UNCALIBRATED` for a result that records none."""
+    return result.operating_line or UNCALIBRATED
 
 
 def distance_text(mm: float) -> str:
-    return f"{mm:.1f}"
+    """Millimetres with 1 decimal; "–" for a map the result did not have (NaN)."""
+    return f"{mm:.1f}" if math.isfinite(mm) else "–"
+
+
+EVALUATION_COLUMNS = ("case", "probability", *(f"{label} mm" for label in MAP_LABELS.values()))
 
 
 def evaluation_rows_text(rows: list[dict]) -> list[dict[str, str]]:
-    """The evaluation table's rows as text: probability with 3 decimals, distances in mm with 1."""
+    """The evaluation table's rows as text (keys :data:`EVALUATION_COLUMNS`): probability with 3 decimals,
+    distances in mm with 1."""
     return [{"case": row["case"], "probability": f"{row['probability']:.3f}",
-             "COAM mm": distance_text(row["COAM mm"]), "CAM mm": distance_text(row["CAM mm"])} for row in rows]
+             **{key: distance_text(row[key]) for key in EVALUATION_COLUMNS[2:]}} for row in rows]
 
 
 def evaluation_text(summary: dict | None) -> str:
-    """One line on the evaluation table: mean ± std of each distance over its ``n`` cases."""
+    """One line on the evaluation table: mean ± std of each map's distance over its ``n`` cases (a map with
+    fewer rows than the table says so; one without rows is left out)."""
     if not summary:
         return ""
-    return (f"n = {summary['n']}: COAM {distance_text(summary['coam_mean_mm'])} ± "
-            f"{distance_text(summary['coam_std_mm'])} mm, CAM {distance_text(summary['cam_mean_mm'])} ± "
-            f"{distance_text(summary['cam_std_mm'])} mm (mean ± std)")
+    parts = []
+    for name, label in MAP_LABELS.items():
+        n = summary.get(f"{name}_n", summary["n"])
+        if n:
+            counted = "" if n == summary["n"] else f" (n = {n})"
+            parts.append(f"{label} {distance_text(summary[f'{name}_mean_mm'])} ± "
+                         f"{distance_text(summary[f'{name}_std_mm'])} mm{counted}")
+    return f"n = {summary['n']}: {', '.join(parts)} (mean ± std)"
