@@ -1,4 +1,4 @@
-"""BreastCMSL: malignancy probability of a breast DCE-MRI lesion with COAM and CAM localization maps.
+"""BreastCMSL: malignancy probability of a breast DCE-MRI lesion with COAM, CAM and fine localization maps.
 
 The 3D Slicer module binds widgets to :class:`BreastCMSLLib.panel.session.Session`, which holds every behaviour
 of the panel Qt-free (and is tested on the slicer-core wheel); the module's Logic is that session.
@@ -37,7 +37,8 @@ def libraryRoot() -> Path:
 if str(libraryRoot()) not in sys.path:
     sys.path.insert(0, str(libraryRoot()))
 
-from BreastCMSLLib.errors import InputError  # noqa: E402 (needs the path above)
+from BreastCMSLLib.config import MAP_NAMES  # noqa: E402 (needs the path above)
+from BreastCMSLLib.errors import InputError  # noqa: E402
 from BreastCMSLLib.panel.cases import phantom_case, role_patterns, untrained_model  # noqa: E402
 from BreastCMSLLib.panel.jobs import POLL_INTERVAL_S, check  # noqa: E402
 from BreastCMSLLib.panel.session import Session  # noqa: E402
@@ -68,10 +69,13 @@ class BreastCMSL(ScriptedLoadableModule):
         self.parent.helpText = f"""
 Estimates the malignancy probability of a breast DCE-MRI case with a 3D ResNet34 trained with the Cosine
 Margin Sigmoid Loss (CMSL) and shows where the network looked: the COrrelation Attention Map (COAM, the
-row sums of the feature Gram matrix) and, for comparison, the class activation map (CAM).
+row sums of the feature Gram matrix), for comparison the class activation map (CAM), and the fine map (the
+correlation map of a shallower network stage, on a finer grid than COAM's). The probability is calibrated where
+the model file holds a temperature; the line under it says what the model's threshold means on its validation
+cases.
 Inputs: the DCE series (subtractions, or pre + post-contrast phases, or one volume Sequence) and the
 non-fat-suppressed T1 (optional: without it the breast mask comes from the pre-contrast phase).
-Place the lesion centre and press Evaluate to measure map-peak distances.
+Place the lesion centre and press Evaluate to measure map-peak distances. User guide: docs/panel.md.
 <br><b>Research software, not for diagnosis.</b> No pretrained clinical model exists; the synthetic demo
 model is trained on phantoms only.<br>Method: {PAPER}
 """
@@ -115,7 +119,9 @@ class BreastCMSLParameterNode:
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     labelFraction: Annotated[float, WithinRange(0.05, 1.0)] = 0.5
     heatOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
-    showCam: bool = False
+    overlayMap: Annotated[str, Choice(list(MAP_NAMES))] = "coam"
+    compareLeft: Annotated[str, Choice(list(MAP_NAMES))] = "coam"
+    compareRight: Annotated[str, Choice(list(MAP_NAMES))] = "fine"
     showOutline: bool = True
 
 
@@ -159,7 +165,7 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.t1Selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputSelectorChanged)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.opacitySliderWidget.connect("valueChanged(double)", self.updateOverlay)
-        self.ui.showCamCheckBox.connect("toggled(bool)", self.updateOverlay)
+        self.ui.mapComboBox.connect("currentIndexChanged(int)", self.updateOverlay)
         self.ui.showOutlineCheckBox.connect("toggled(bool)", self.updateOverlay)
 
         # Buttons
@@ -377,29 +383,42 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setJob(self.logic.analyze(p.modelPath, p.device, p.labelFraction))
 
     def showResult(self) -> None:
-        text = result_text(self.logic.result)
-        self.ui.probabilityLabel.text = " ".join(filter(None, [text["probability"], text["cos_theta"]]))
-        for label, key in ((self.ui.predictionLabel, "prediction"), (self.ui.resultModelLabel, "model"),
-                           (self.ui.disclaimerLabel, "disclaimer")):
+        result = self.logic.result
+        text = result_text(result)
+        self.ui.probabilityLabel.text = " ".join(filter(None, [text["probability"], text["calibration"],
+                                                               text["cos_theta"]]))
+        for label, key in ((self.ui.operatingLineLabel, "operating_line"), (self.ui.predictionLabel, "prediction"),
+                           (self.ui.resultModelLabel, "model"), (self.ui.disclaimerLabel, "disclaimer")):
             label.text = text[key]
+        self.offerMaps(result.maps if result else MAP_NAMES)
         self.updateOverlay()
         self.updateButtons()
 
-    def which(self) -> str:
-        return "cam" if self._parameterNode.showCam else "coam"
+    def offerMaps(self, maps) -> None:
+        """Offer in the map choices only the maps the result has (a result without the fine map: COAM and CAM);
+        a choice the result lacks falls back to COAM, a compare pair to CAM | COAM."""
+        for combo in (self.ui.mapComboBox, self.ui.compareLeftComboBox, self.ui.compareRightComboBox):
+            for index in range(combo.count):
+                combo.model().item(index).setEnabled(combo.itemText(index) in maps)
+        p = self._parameterNode
+        if p and p.overlayMap not in maps:
+            p.overlayMap = "coam"
+        if p and not {p.compareLeft, p.compareRight} <= set(maps):
+            p.compareLeft, p.compareRight = self.logic.compare_pair()
 
     def updateOverlay(self, *_) -> None:
         p = self._parameterNode
         if p and self.logic.result:
-            self.logic.show(self.logic.sliceNodes(), self.which(), p.heatOpacity, p.showOutline)
+            self.attempt(self.logic.show, self.logic.sliceNodes(), p.overlayMap, p.heatOpacity, p.showOutline)
 
     def onJumpToPeak(self) -> None:
-        self.logic.jump_to_peak(self.logic.sliceNodes(), self.which())
+        self.attempt(self.logic.jump_to_peak, self.logic.sliceNodes(), self._parameterNode.overlayMap)
 
     def onCompare(self) -> None:
-        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)  # CAM | COAM
-        self.logic.compare(*self.logic.sliceNodes(["Red", "Yellow"]), self._parameterNode.heatOpacity,
-                           self._parameterNode.showOutline)
+        p = self._parameterNode
+        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)  # left | right
+        self.attempt(self.logic.compare, *self.logic.sliceNodes(["Red", "Yellow"]), p.heatOpacity, p.showOutline,
+                     (p.compareLeft, p.compareRight))
 
     def onPlaceCentre(self) -> None:
         self.ui.centreSelector.setCurrentNode(self.logic.placeCentre())
@@ -564,18 +583,26 @@ class BreastCMSLTest(ScriptedLoadableModuleTest):
         self.assertTrue(0.0 <= result.probability <= 1.0)
         expected = vtk.vtkMatrix4x4()
         logic.inputs()[1][1].GetIJKToRASMatrix(expected)
-        for key in ("coam_volume", "cam_volume", "coam_label", "cam_label"):
+        self.assertEqual(result.maps, MAP_NAMES)
+        for key in [f"{name}_{part}" for name in MAP_NAMES for part in ("volume", "label")]:
             actual = vtk.vtkMatrix4x4()
             slicer.mrmlScene.GetNodeByID(result.nodes[key]).GetIJKToRASMatrix(actual)
             for r in range(4):
                 for c in range(4):
                     self.assertAlmostEqual(actual.GetElement(r, c), expected.GetElement(r, c), places=6)
         logic.show(logic.sliceNodes(), "coam", p.heatOpacity, p.showOutline)
-        logic.compare(*logic.sliceNodes(["Red", "Yellow"]))
+        logic.show(logic.sliceNodes(), "fine", p.heatOpacity, p.showOutline)
+        logic.compare(*logic.sliceNodes(["Red", "Yellow"]))  # CAM | COAM
+        logic.compare(*logic.sliceNodes(["Red", "Yellow"]), pair=logic.compare_pair())  # COAM | fine
+        self.assertEqual(logic.compare_pair(), ("coam", "fine"))
+        logic.stop_compare()
         logic.jump_to_peak(logic.sliceNodes(), "cam")
-        logic.set_lesion_centre(result.peaks_ras["coam"])
+        logic.jump_to_peak(logic.sliceNodes(), "fine")
+        logic.set_lesion_centre(result.peaks_ras["fine"])
         evaluation = logic.evaluate()
-        self.assertAlmostEqual(evaluation["row"]["COAM mm"], 0.0, places=6)
+        self.assertAlmostEqual(evaluation["row"]["fine mm"], 0.0, places=6)
+        self.assertGreaterEqual(evaluation["row"]["COAM mm"], 0.0)
+        self.assertTrue(result_text(result)["operating_line"].startswith("uncalibrated"))
         logic.save_table_csv(self.work / "evaluation.csv")
         self.assertTrue((self.work / "evaluation.csv").is_file())
         again = logic.analyze(p.modelPath, p.device, p.labelFraction)

@@ -288,3 +288,32 @@ def test_read_output_holds_back_a_line_still_being_written(tmp_path):
         text = job.read_output()
     job.cancel()
     assert text == "progress 0.10 preprocess\n"
+
+
+def test_the_map_choices_and_the_operating_line_are_bound():
+    """The overlay's map and the compare pair are combo boxes bound to parameters whose choices are MAP_NAMES
+    (COAM, CAM, fine); the operating line and the calibration come from the panel's one text; the old
+    CAM-instead-of-COAM checkbox is gone."""
+    from BreastCMSLLib.config import MAP_NAMES
+
+    widgets = ui_widgets()
+    bound = {name: w.find("property[@name='SlicerParameterName']/string").text for name, w in widgets.items()
+             if w.find("property[@name='SlicerParameterName']") is not None}
+    combos = {"mapComboBox": "overlayMap", "compareLeftComboBox": "compareLeft",
+              "compareRightComboBox": "compareRight"}
+    for name, parameter in combos.items():
+        assert widgets[name].get("class") == "QComboBox" and bound[name] == parameter
+    assert widgets["operatingLineLabel"].get("class") == "QLabel"
+    assert "showCamCheckBox" not in widgets and "showCam" not in bound.values()
+    tree = ast.parse(SCRIPT.read_text())
+    node_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "BreastCMSLParameterNode")
+    annotations = {s.target.id: (ast.unparse(s.annotation), ast.unparse(s.value) if s.value else None)
+                   for s in node_class.body if isinstance(s, ast.AnnAssign)}
+    for parameter in combos.values():
+        assert annotations[parameter][0] == "Annotated[str, Choice(list(MAP_NAMES))]", parameter
+    assert (annotations["compareLeft"][1], annotations["compareRight"][1]) == ("'coam'", "'fine'")
+    assert MAP_NAMES == ("coam", "cam", "fine")
+    widget = ast.unparse(widget_class(tree))
+    assert "(self.ui.operatingLineLabel, 'operating_line')" in widget and "text['calibration']" in widget
+    assert "(p.compareLeft, p.compareRight)" in widget  # the compare pair reaches the session
+    assert "p.overlayMap" in widget and "self.ui.mapComboBox.connect" in widget

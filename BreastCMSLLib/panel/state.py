@@ -61,10 +61,10 @@ class AnalysisResult:
         """The record of an analysis output (result.json's dict) whose nodes were added as ``nodes``."""
         special = ("case", "model", "peaks_ras", "nodes")
         scalars = {f.name: output[f.name] for f in fields(cls)
-                   if f.name not in special and (f.name in output or f.default is MISSING)}
+                   if f.name not in special and (f.name in output or _required(f))}
         peaks = {name: lps_to_ras(output[f"{name}_peak_lps"]) for name in MAP_NAMES if f"{name}_peak_lps" in output}
         return cls(case=case, model={key: output["model"].get(key) for key in MODEL_KEYS}, peaks_ras=peaks,
-                   nodes=dict(nodes), **scalars)
+                   nodes={role: nodes.get(role) for role in NODE_ROLES}, **scalars)
 
     def write(self, parameter_node) -> None:
         """Store on ``parameter_node`` (one Modified event)."""
@@ -86,7 +86,12 @@ class AnalysisResult:
                 text = parameter_node.GetParameter(PREFIX + f.name)
                 if text:
                     values[f.name] = json.loads(text)
-                elif f.default is MISSING and f.default_factory is MISSING:
+                elif _required(f):
                     return None
         nodes = {role: parameter_node.GetNodeReferenceID(PREFIX + role) for role in NODE_ROLES}
         return cls(**values, nodes=nodes)
+
+
+def _required(f) -> bool:
+    """A field without a default (every record holds it)."""
+    return f.default is MISSING and f.default_factory is MISSING
