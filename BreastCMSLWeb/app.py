@@ -19,7 +19,8 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="breastcmsl-web", description="BreastCMSL in the browser: pick a case, "
-                                     "analyze, compare CAM and COAM. Research software, not for diagnosis.")
+                                     "analyze, show and compare the COAM, CAM and fine maps. Research software, not "
+                                     "for diagnosis.")
     parser.add_argument("--data", required=True, type=Path, help="folder of case folders and DICOM study folders")
     parser.add_argument("--models", required=True, type=Path, help="folder of .safetensors model files")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (other than 127.0.0.1 needs a token)")

@@ -48,7 +48,8 @@ class TabController:
             self.data.model_file = self.data.models[0]["file"]
         self.state.change(names.case_name)(lambda **_: self.load_case(self.data.case_name) if self.data.case_name
                                            else None)
-        self.state.change(names.show_cam, names.show_overlay)(lambda **_: self.show())
+        self.state.change(names.overlay_map, names.show_overlay, names.compare_left, names.compare_right)(
+            lambda **_: self.show())
         self.state.change(names.window, names.level)(lambda **_: self.window_level(self.data.window, self.data.level))
         views.set_visible(*MAIN_VIEWS)
         for name in TRIGGERS:
@@ -73,7 +74,7 @@ class TabController:
 
     @property
     def which(self) -> str:
-        return "cam" if self.data.show_cam else "coam"
+        return self.data.overlay_map
 
     # ---- inputs
 
@@ -161,6 +162,7 @@ class TabController:
         if status.error:
             raise InputError(None, status.error)
         self.data.result = ResultView.of(status.value)
+        self._offer(status.value.maps)
         self.show()
         self.session.jump_to_peak(self.views.slice_nodes(*MAIN_VIEWS), self.which)
 
@@ -178,26 +180,36 @@ class TabController:
 
     # ---- display
 
+    def _offer(self, maps: tuple[str, ...]) -> None:
+        """Keep the map choices within the result's maps: an overlay it lacks falls back to COAM, a compare pair
+        to the session's default (COAM | fine, or CAM | COAM without the fine map)."""
+        if self.data.overlay_map not in maps:
+            self.data.overlay_map = "coam"
+        if not {self.data.compare_left, self.data.compare_right} <= set(maps):
+            self.data.compare_left, self.data.compare_right = self.session.compare_pair()
+
     @reports_errors
     def show(self) -> None:
-        """The chosen map (COAM, or CAM with ``#show-cam``) over the reference with its labelmap outline."""
+        """The chosen map (``#map-select``) over the reference with its labelmap outline, or the compare pair
+        (``#compare-left`` | ``#compare-right``) side by side."""
         if not self.data.result.has_result:
             return
         if self.data.compare:
-            self.session.compare(*self.views.slice_nodes("view-cam", "view-axial"))
+            self.session.compare(*self.views.slice_nodes("view-left", "view-axial"),
+                                 pair=(self.data.compare_left, self.data.compare_right))
         else:  # the reference alone when the overlay is off
             self.session.show(self.views.slice_nodes(*MAIN_VIEWS), self.which if self.data.show_overlay else None)
         self._render()
 
     @action
     def toggle_compare(self) -> None:
-        """CAM | COAM side by side on axial views kept in step, or back to the three views."""
+        """The compare pair side by side on axial views kept in step, or back to the three views."""
         if not self.data.result.has_result:
             raise InputError("Compare", "analyze a case first")
         self.data.compare = not self.data.compare
         if self.data.compare:
-            self.views.set_visible("view-cam", "view-axial")
-            self.views.views["view-cam"].fit_view_to_content()
+            self.views.set_visible("view-left", "view-axial")
+            self.views.views["view-left"].fit_view_to_content()
         else:
             self.session.stop_compare()
             self.views.set_visible(*MAIN_VIEWS)

@@ -3,11 +3,13 @@ state key comes from the tab's typed state (:class:`.state.TabState`): ``n.<fiel
 
 from __future__ import annotations
 
+import json
+
 from trame.ui.html import DivLayout
 from trame.widgets import html
 from trame_server import Server
 
-from BreastCMSLLib.panel.text import GENERAL_DISCLAIMER
+from BreastCMSLLib.panel.text import EVALUATION_COLUMNS, GENERAL_DISCLAIMER, MAP_LABELS
 
 from .roleform import ROLE_KEYS
 from .state import TabState
@@ -18,6 +20,7 @@ VIEW = "flex:1;position:relative;min-width:0;min-height:0"
 TAG = ("position:absolute;top:4px;left:6px;color:#fff;font:12px sans-serif;pointer-events:none;"
        "text-shadow:0 0 2px #000;z-index:1")
 ROW = "display:flex;gap:6px;flex-wrap:wrap;margin:6px 0"
+LABELS = json.dumps(MAP_LABELS)  # a JavaScript object: map name -> label
 
 
 def _view(views: TabViews, element_id: str, label: str, **kwargs) -> None:
@@ -69,11 +72,19 @@ def _analysis(n: TabState) -> None:
     with html.Div(v_show=r.has_result, style="margin:6px 0"):
         with html.Div("Probability "):
             html.B(f"{{{{ {r.probability} }}}}", id="probability")
+            html.Span(f"{{{{ {r.calibration} }}}}", id="calibration", style="margin-left:4px")
             html.Span(f" ({{{{ {r.cos_theta} }}}})")
+        html.Div(f"{{{{ {r.operating_line} }}}}", id="operating-line", style="font-size:12px")
         with html.Div("Prediction "):
             html.B(f"{{{{ {r.prediction} }}}}", id="prediction")
         html.Div(f"Model {{{{ {r.model} }}}}", id="model")
         html.Div(f"{{{{ {r.disclaimer} }}}}", style="color:#c00")
+
+
+def _map_select(element_id: str, key: str, n: TabState, disabled) -> None:
+    """A choice among the result's maps (COAM, CAM and, when the result has it, fine)."""
+    with html.Select(id=element_id, v_model=(key,), disabled=disabled):
+        html.Option("{{ m.label }}", v_for=f"m in {n.result.maps}", key="m.value", value=("m.value",))
 
 
 def _display(n: TabState) -> None:
@@ -84,11 +95,15 @@ def _display(n: TabState) -> None:
             html.Input(type="checkbox", id="show-overlay", v_model=(n.show_overlay,), disabled=no_result)
             html.Span("overlay")
         with html.Label():
-            html.Input(type="checkbox", id="show-cam", v_model=(n.show_cam,), disabled=no_result)
-            html.Span("CAM instead of COAM")
-        html.Button(f"{{{{ {n.compare} ? 'Three views' : 'Compare CAM | COAM' }}}}", id="compare",
-                    click="trigger('toggle_compare')", disabled=no_result)
+            html.Span("map ")
+            _map_select("map-select", n.overlay_map, n, no_result)
         html.Button("Jump to peak", id="jump-peak", click="trigger('jump_to_peak')", disabled=no_result)
+    with html.Div(style=ROW):
+        _map_select("compare-left", n.compare_left, n, no_result)
+        html.Span("|")
+        _map_select("compare-right", n.compare_right, n, no_result)
+        html.Button(f"{{{{ {n.compare} ? 'Three views' : 'Compare' }}}}", id="compare",
+                    click="trigger('toggle_compare')", disabled=no_result)
     span = f"{n.wl_high} - {n.wl_low}"
     with html.Div(style=ROW + ";font-size:12px", v_show=n.loaded):
         for label, key, low, high in (("window", n.window, "1", span), ("level", n.level, n.wl_low, n.wl_high)):
@@ -106,10 +121,10 @@ def _display(n: TabState) -> None:
 def _evaluation(n: TabState) -> None:
     with html.Table(id="evaluation-table", style="width:100%;font-size:12px;margin-top:6px"):
         with html.Tr():
-            for title in ("case", "probability", "COAM mm", "CAM mm"):
+            for title in EVALUATION_COLUMNS:
                 html.Th(title, style="text-align:left")
         with html.Tr(v_for=f"(row, i) in {n.rows}", key="i"):
-            for key in ("case", "probability", "COAM mm", "CAM mm"):
+            for key in EVALUATION_COLUMNS:
                 html.Td(f"{{{{ row['{key}'] }}}}")
     html.Div(f"{{{{ {n.summary} }}}}", id="evaluation-summary")
     html.Button("Download CSV", id="download-csv", disabled=(f"!{n.rows}.length",),
@@ -127,8 +142,8 @@ def build_page(server: Server, views: TabViews, n: TabState) -> DivLayout:
             _display(n)
             _evaluation(n)
         with html.Div(style="flex:1;display:flex;gap:2px;background:#000;min-width:0"):
-            _view(views, "view-cam", "Axial · CAM", v_show=n.compare)
-            _view(views, "view-axial", f"Axial · {{{{ {n.compare} || !{n.show_cam} ? 'COAM' : 'CAM' }}}}")
+            _view(views, "view-left", f"Axial · {{{{ {LABELS}[{n.compare_left}] }}}}", v_show=n.compare)
+            _view(views, "view-axial", f"Axial · {{{{ {LABELS}[{n.compare} ? {n.compare_right} : {n.overlay_map}] }}}}")
             with html.Div(v_show=f"!{n.compare}", style="flex:1;display:flex;flex-direction:column;gap:2px"):
                 _view(views, "view-coronal", "Coronal")
                 _view(views, "view-sagittal", "Sagittal")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from BreastCMSLLib.panel.text import result_text
+from BreastCMSLLib.panel.text import MAP_LABELS, result_text
 
 from .roleform import ROLE_KEYS
 
@@ -16,17 +16,22 @@ class ResultView:
 
     has_result: bool = False
     probability: str = ""
+    calibration: str = ""  # "calibrated (uncalibrated 0.xyz)" or "uncalibrated"
+    operating_line: str = ""  # the model's threshold with its validation sensitivity and specificity
     cos_theta: str = ""
     prediction: str = ""
     model: str = ""
     disclaimer: str = ""
+    maps: list[dict] = field(default_factory=list)  # the result's maps: value (coam, cam, fine), label
     centre: str = ""  # RAS mm, as text
     placing: bool = False  # the next click on a view places the centre
 
     @classmethod
     def of(cls, result) -> ResultView:
         """The view of an :class:`~BreastCMSLLib.panel.state.AnalysisResult` (None: no result)."""
-        return cls(has_result=result is not None, **result_text(result))
+        text = {key: value for key, value in result_text(result).items() if key != "maps"}
+        maps = [{"value": name, "label": MAP_LABELS[name]} for name in (result.maps if result else ())]
+        return cls(has_result=result is not None, maps=maps, **text)
 
 
 @dataclass
@@ -45,9 +50,11 @@ class TabState:
     progress: float = 0.0
     stage: str = ""
     error: str = ""
-    show_cam: bool = False
+    overlay_map: str = "coam"  # the map shown over the reference (one of the result's maps)
     show_overlay: bool = True
     compare: bool = False
+    compare_left: str = "coam"  # the compare view's maps, left | right
+    compare_right: str = "fine"
     rows: list[dict] = field(default_factory=list)  # the evaluation table, as text
     summary: str = ""
     window: float = 1.0

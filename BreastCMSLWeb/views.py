@@ -1,4 +1,4 @@
-"""The slice views of one tab: axial, coronal, sagittal and a second axial for the CAM side of the comparison.
+"""The slice views of one tab: axial, coronal, sagittal and a second axial for the left side of the comparison.
 
 Views are trame-slicer slice views streamed as images (trame-rca); each is placed in the page inside a
 ``div`` with a stable id (``view-axial``, ...), so tests and users' scripts find it.
@@ -15,12 +15,13 @@ from trame_slicer.core import SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 from trame_slicer.views import SliceView, ViewLayoutDefinition
 
-# element id -> (singleton tag, orientation); "view-cam" is the CAM half of the side-by-side comparison
+# element id -> (singleton tag, orientation); "view-left" is the left half of the side-by-side comparison (the
+# right half is "view-axial")
 VIEWS = {
     "view-axial": ("Red", "Axial"),
     "view-coronal": ("Green", "Coronal"),
     "view-sagittal": ("Yellow", "Sagittal"),
-    "view-cam": ("CAM", "Axial"),
+    "view-left": ("CompareLeft", "Axial"),
 }
 
 

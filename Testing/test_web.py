@@ -25,6 +25,8 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
+from BreastCMSLLib.network.calibration import Calibration, OperatingPoint, ScoreMetrics, operating_line
+from BreastCMSLLib.network.modelfile import load_model, save_model
 from Testing.conftest import ROOT, run_cli
 from Testing.dicomsynth import write_study
 
@@ -36,6 +38,9 @@ POSTS = [f"post_{k}" for k in range(1, 7)]
 SWAPPED = ["400", "300", "500", "600", "700", "800"]  # the siemens study's post-contrast series, first two swapped
 ARTIFACTS = Path(os.environ.get("BREASTCMSL_ARTIFACTS", ROOT / "test-artifacts" / "web"))
 TIMEOUT_MS = 90_000
+CALIBRATION = Calibration(temperature=2.0, fitted=True, n_val=40, n_val_malignant=20,
+                          before=ScoreMetrics(0.2, 0.4, 0.2, 0.9), after=ScoreMetrics(0.04, 0.1, 0.15, 0.45),
+                          operating_point=OperatingPoint("sensitivity=0.9", 0.3, 0.9, (0.75, 1.0), 0.7, (0.5, 0.85)))
 
 
 # ---- data, CLI reference results, server, browser
@@ -61,14 +66,18 @@ def roots(tmp_path_factory) -> dict:
                    "--width-factor", "0.125")
     assert done.returncode == 0, done.stderr
     (models / "elsewhere.safetensors").symlink_to(models / "tiny.safetensors")  # resolves inside: listed
+    loaded = load_model(models / "tiny.safetensors")  # the same weights with a temperature and an operating point
+    save_model(models / "tiny_calibrated.safetensors", loaded.model, loaded.config, loaded.provenance, CALIBRATION)
     images = {n: sitk.ReadImage(str(data / "phantom1" / f"{n}.nrrd")) for n in ("t1", "pre", *POSTS)}
     write_study(data / "study", "siemens", images["t1"], images["pre"], [images[p] for p in POSTS])
     (base / "swap.json").write_text(json.dumps({"post": SWAPPED}))
     cli = {}
     for name, inputs in (("phantom1", [data / "phantom1"]), ("phantom2", [data / "phantom2"]),
                          ("study", ["--dicom", data / "study"]),
-                         ("swapped", ["--dicom", data / "study", "--roles", base / "swap.json"])):
-        done = run_cli("analyze", *inputs, "--model", models / "tiny.safetensors", "--out", base / f"cli_{name}")
+                         ("swapped", ["--dicom", data / "study", "--roles", base / "swap.json"]),
+                         ("calibrated", [data / "phantom1"])):
+        model = models / ("tiny_calibrated.safetensors" if name == "calibrated" else "tiny.safetensors")
+        done = run_cli("analyze", *inputs, "--model", model, "--out", base / f"cli_{name}")
         assert done.returncode == 0, done.stderr
         cli[name] = json.loads((base / f"cli_{name}" / "result.json").read_text())
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -207,8 +216,12 @@ def test_analyze_in_page_equals_cli_and_overlay_shows(server, browser, roots):
     # the panel layer's text, as the Slicer module shows it
     assert page.inner_text("#prediction") == f"{roots['cli']['phantom1']['prediction']} (breast mask from the " \
         "non-fat-suppressed T1)"
+    assert page.inner_text("#calibration") == "uncalibrated"  # the tiny model holds no temperature
+    assert page.inner_text("#operating-line") == roots["cli"]["phantom1"]["operating_line"]
+    assert page.inner_text("#operating-line").startswith("uncalibrated")
+    assert page.locator("#map-select option").all_inner_texts() == ["COAM", "CAM", "fine"]
+    assert page.input_value("#map-select") == "coam"
     settle(page)
-    page.screenshot(path=str(ARTIFACTS / "web.png"))
     with_overlay = view_pixels(page)
     page.uncheck("#show-overlay")
     settle(page)
@@ -218,8 +231,15 @@ def test_analyze_in_page_equals_cli_and_overlay_shows(server, browser, roots):
     assert coloured(with_overlay) > 0.02, "no heat overlay in the axial view"
     assert coloured(without) < 0.005
     assert shows_greyscale_image(without)
-    page.check("#show-cam")
     page.check("#show-overlay")
+    page.select_option("#map-select", "fine")
+    settle(page)
+    page.screenshot(path=str(ARTIFACTS / "web.png"))  # docs/web.png: the page with the fine map shown
+    fine = view_pixels(page)
+    Image.fromarray(fine).save(ARTIFACTS / "axial_fine.png")
+    assert coloured(fine) > 0.02 and np.abs(fine.astype(int) - with_overlay).mean() > 1.0, "fine looks like COAM"
+    assert "fine" in page.inner_text("#view-axial")
+    page.select_option("#map-select", "cam")
     settle(page)
     cam = view_pixels(page)
     assert coloured(cam) > 0.02 and np.abs(cam.astype(int) - with_overlay).mean() > 1.0, "CAM looks like COAM"
@@ -236,18 +256,42 @@ def test_analyze_in_page_equals_cli_and_overlay_shows(server, browser, roots):
     levelled = view_pixels(page)
     Image.fromarray(levelled).save(ARTIFACTS / "axial_window_level.png")
     assert np.abs(levelled.astype(int) - scrolled).mean() > 1.0, "the window slider did not change the image"
+    assert (page.input_value("#compare-left"), page.input_value("#compare-right")) == ("coam", "fine")
     page.click("#compare")
     settle(page, 2.5)
+    page.screenshot(path=str(ARTIFACTS / "web-compare.png"))  # docs/web-compare.png: COAM | fine
+    coam_side, fine_side = view_pixels(page, "view-left"), view_pixels(page, "view-axial")
+    assert coloured(coam_side) > 0.02 and coloured(fine_side) > 0.02
+    assert "COAM" in page.inner_text("#view-left") and "fine" in page.inner_text("#view-axial")
+    page.select_option("#compare-left", "cam")  # the paper's pair, CAM | COAM, stays reachable
+    page.select_option("#compare-right", "coam")
+    settle(page, 2.0)
     page.screenshot(path=str(ARTIFACTS / "compare.png"))
-    cam_side, coam_side = view_pixels(page, "view-cam"), view_pixels(page, "view-axial")
+    cam_side, coam_side = view_pixels(page, "view-left"), view_pixels(page, "view-axial")
     assert coloured(cam_side) > 0.02 and coloured(coam_side) > 0.02
+    assert np.abs(coam_side.astype(int) - fine_side).mean() > 1.0, "the right view still shows the fine map"
     box = page.locator("#view-axial").bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     for _ in range(3):
         page.mouse.wheel(0, 120)  # scroll the COAM side: the CAM side follows
     settle(page)
     assert np.abs(view_pixels(page, "view-axial").astype(int) - coam_side).mean() > 1.0
-    assert np.abs(view_pixels(page, "view-cam").astype(int) - cam_side).mean() > 1.0, "CAM did not move in step"
+    assert np.abs(view_pixels(page, "view-left").astype(int) - cam_side).mean() > 1.0, "CAM did not move in step"
+    page.close()
+
+
+def test_calibrated_model_shows_its_probability_and_operating_line(server, browser, roots):
+    page = open_tab(browser, server)
+    page.select_option("#model-select", "tiny_calibrated.safetensors")
+    expected = roots["cli"]["calibrated"]
+    assert analyze(page) == pytest.approx(expected["probability"], abs=1e-3)
+    uncalibrated = roots["cli"]["phantom1"]["probability"]  # the same weights without a temperature
+    assert expected["probability_uncalibrated"] == pytest.approx(uncalibrated, abs=1e-6)
+    z = np.log(uncalibrated / (1 - uncalibrated))
+    assert expected["probability"] == pytest.approx(1 / (1 + np.exp(-z / 2.0)), abs=1e-5)
+    assert page.inner_text("#calibration") == f"calibrated (uncalibrated {expected['probability_uncalibrated']:.3f})"
+    assert page.inner_text("#operating-line") == operating_line(CALIBRATION) == (
+        "at this model's threshold 0.3: sensitivity 0.90, specificity 0.70 on 40 validation cases")
     page.close()
 
 
@@ -280,11 +324,17 @@ def test_click_places_centre_and_table_distances(server, browser, roots):
     assert float(cells[1]) == pytest.approx(cli["probability"], abs=1e-3)
     assert float(cells[2]) == pytest.approx(np.linalg.norm(centre - coam), abs=3.5)
     assert float(cells[3]) == pytest.approx(np.linalg.norm(centre - cam), abs=3.5)
+    fine = np.array([-cli["fine_peak_lps"][0], -cli["fine_peak_lps"][1], cli["fine_peak_lps"][2]])
+    assert page.locator("#evaluation-table th").all_inner_texts() == ["case", "probability", "COAM mm", "CAM mm",
+                                                                      "fine mm"]
+    assert float(cells[4]) == pytest.approx(np.linalg.norm(centre - fine), abs=3.5)
+    assert "fine" in page.inner_text("#evaluation-summary")
     assert "n = 1" in page.inner_text("#evaluation-summary")
     with page.expect_download() as download:
         page.click("#download-csv")
     csv = Path(download.value.path()).read_text()
     assert "COAM mm" in csv and f"{float(cells[2]):.2f}"[:4] in csv
+    assert "fine mm" in csv.splitlines()[0] and f"{float(cells[4]):.2f}"[:4] in csv
     page.close()
 
 
