@@ -37,11 +37,11 @@ def libraryRoot() -> Path:
 if str(libraryRoot()) not in sys.path:
     sys.path.insert(0, str(libraryRoot()))
 
-from BreastCMSLLib.config import MAP_NAMES  # noqa: E402 (needs the path above)
-from BreastCMSLLib.errors import InputError  # noqa: E402
+from BreastCMSLLib.errors import InputError  # noqa: E402 (needs the path above)
 from BreastCMSLLib.panel.cases import phantom_case, role_patterns, untrained_model  # noqa: E402
 from BreastCMSLLib.panel.jobs import POLL_INTERVAL_S, check  # noqa: E402
 from BreastCMSLLib.panel.session import Session  # noqa: E402
+from BreastCMSLLib.panel.state import MAP_NAMES  # noqa: E402
 from BreastCMSLLib.panel.text import CANCELLED, NO_MODEL, evaluation_text, result_text  # noqa: E402
 
 PAPER = ("L. Luo, H. Chen, X. Wang, Q. Dou, H. Lin, J. Zhou, G. Li, P.-A. Heng: Deep Angular Embedding and "
