@@ -10,7 +10,7 @@ import slicer
 import vtk
 
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.mrml import display, nodes
+from BreastCMSLLib.mrml import centres, display, nodes
 from Testing.dicomsynth import write_study
 from Testing.scenes import OBLIQUE, case_nodes, make_oblique_case, matrix_of, rotation
 
@@ -229,3 +229,32 @@ def test_assign_by_dicom_maps_the_role_rules_back_to_nodes(tmp_path):
         nodes.assign_by_dicom([written[d] for d in order], n_channels=4)
 
 
+
+
+def test_an_evaluation_table_saved_before_the_fine_map_gains_its_column():
+    """A table with the columns case, probability, COAM mm, CAM mm (as scenes saved before the fine map hold)
+    gets a fine mm column, NaN for its earlier rows; the summary counts each map's own rows."""
+    scene = slicer.vtkMRMLScene()
+    table_node = slicer.vtkMRMLTableNode()
+    scene.AddNode(table_node)
+    case_column = vtk.vtkStringArray()
+    case_column.SetName("case")
+    case_column.InsertNextValue("old")
+    table_node.GetTable().AddColumn(case_column)
+    for name, value in (("probability", 0.7), ("COAM mm", 30.0), ("CAM mm", 40.0)):
+        column = vtk.vtkDoubleArray()
+        column.SetName(name)
+        column.InsertNextValue(value)
+        table_node.GetTable().AddColumn(column)
+    centre = slicer.vtkMRMLMarkupsFiducialNode()
+    scene.AddNode(centre)
+    centre.AddControlPoint(vtk.vtkVector3d(0.0, 0.0, 0.0), "centre")
+    peaks = {"coam": [10.0, 0.0, 0.0], "cam": [0.0, 20.0, 0.0], "fine": [3.0, 4.0, 0.0]}
+    evaluation = centres.centre_distances(scene, "new", 0.4, peaks, centre, table_node)
+    assert evaluation["row"] == {"case": "new", "probability": 0.4, "COAM mm": 10.0, "CAM mm": 20.0, "fine mm": 5.0}
+    rows = centres.table_records(table_node)
+    assert [r["case"] for r in rows] == ["old", "new"] and np.isnan(rows[0]["fine mm"])
+    summary = evaluation["summary"]
+    assert summary["n"] == 2 and summary["coam_n"] == 2 and summary["fine_n"] == 1
+    assert summary["coam_mean_mm"] == pytest.approx(20.0) and summary["coam_std_mm"] == pytest.approx(10.0)
+    assert summary["fine_mean_mm"] == pytest.approx(5.0) and summary["fine_std_mm"] == 0.0
