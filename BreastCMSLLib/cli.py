@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patterns", type=Path, help="with --dicom: PATTERNS.json replacing role-rule patterns")
     p.add_argument("--dicom-seg", action="store_true", help="with --dicom: also write a map's labelmap as "
                    "a DICOM Segmentation (MAP_seg.dcm) referencing the reference series")
+    p.add_argument("--no-fine-map", dest="fine_map", action="store_false",
+                   help="the paper's COAM and CAM only, without the fine map (docs/maps.md)")
     p.add_argument("--seg-map", choices=MAP_NAMES, default="coam",
                    help="with --dicom-seg: the map whose labelmap is exported (default coam)")
 
@@ -120,7 +122,8 @@ def analyze_request(args) -> AnalyzeRequest:
     return AnalyzeRequest(model=args.model, out=args.out, case_dir=args.case_dir, t1=args.t1, sub=args.sub or (),
                           pre=args.pre, post=args.post or (), dicom=args.dicom, roles=args.roles,
                           patterns=args.patterns, device=args.device, label_fraction=args.label_fraction,
-                          dicom_seg=args.dicom_seg, seg_map=args.seg_map)
+                          dicom_seg=args.dicom_seg, seg_map=args.seg_map,
+                          fine_map=args.fine_map)
 
 
 def print_progress(fraction: float, stage: str) -> None:

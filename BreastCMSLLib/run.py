@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from BreastCMSLLib.config import MAP_NAMES
+from BreastCMSLLib.config import FINE_MAP, MAP_NAMES
 from BreastCMSLLib.errors import InputError
 
 Report = Callable[[float, str], None]  # (fraction done, stage name), before each stage
@@ -24,7 +24,8 @@ class AnalyzeRequest:
     """What to analyze and how. Inputs: a ``case_dir``; or ``sub`` (subtractions) or ``pre`` + ``post`` (phases),
     with an optional ``t1``; or a ``dicom`` study (``roles``/``patterns`` JSON files optional). ``label_fraction``:
     labelmaps are 1 where a map >= this fraction of its maximum; ``dicom_seg``: also write the labelmap of the map
-    ``seg_map`` (coam, cam or fine) as a DICOM Segmentation ``MAP_seg.dcm`` (with ``dicom`` only)."""
+    ``seg_map`` (coam, cam or fine) as a DICOM Segmentation ``MAP_seg.dcm`` (with ``dicom`` only); ``fine_map``
+    False: COAM and CAM only (the paper's maps)."""
 
     model: Path
     out: Path
@@ -40,6 +41,7 @@ class AnalyzeRequest:
     label_fraction: float = 0.5
     dicom_seg: bool = False
     seg_map: str = "coam"
+    fine_map: bool = True
 
     @classmethod
     def for_volumes(cls, t1, series: list, kind: str, **settings) -> AnalyzeRequest:
@@ -72,6 +74,10 @@ class AnalyzeRequest:
         convert(self, "label_fraction", float(self.label_fraction))
         if not isinstance(self.dicom_seg, bool):
             raise InputError("dicom_seg", f"must be true or false, not {self.dicom_seg!r}")
+        if not isinstance(self.fine_map, bool):
+            raise InputError("fine_map", f"must be true or false, not {self.fine_map!r}")
+        if self.seg_map == "fine" and not self.fine_map:
+            raise InputError("--seg-map", "fine needs the fine map (drop --no-fine-map)")
         if self.seg_map not in MAP_NAMES:
             raise InputError("--seg-map", f"must be one of {', '.join(MAP_NAMES)}, not {self.seg_map!r}")
 
@@ -146,7 +152,7 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
         inputs, used = gather_inputs(request)
     t_read = time.perf_counter() - t0
     analysis = analyze_case(inputs, loaded, device=request.device, label_fraction=request.label_fraction,
-                            progress=report)
+                            progress=report, fine=FINE_MAP if request.fine_map else None)
     analysis.timings["read_s"] = t_read
     centre = (inputs.extra or {}).get("center_lps")
     extra = {}
@@ -158,5 +164,6 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
     report(0.9, "write")
     result = write_analysis(analysis, request.out, used, centre, extra)
     report(1.0, "done")
-    return {k: result[k] for k in ("probability", "probability_uncalibrated", "cos_theta", "threshold", "prediction",
-                                   "calibrated", "operating_line", *(f"{name}_peak_lps" for name in MAP_NAMES))}
+    keys = ("probability", "probability_uncalibrated", "cos_theta", "threshold", "prediction", "calibrated",
+            "operating_line", *(f"{name}_peak_lps" for name in MAP_NAMES))
+    return {k: result[k] for k in keys if k in result}

@@ -23,6 +23,8 @@ from Training.lesiontruth import MapScore, dilated, inside, top_share
 from Training.localize import CaseLocalization, candidate_names, fine_name, score_case
 from Training.study import map_rows
 
+from .conftest import run_cli
+
 HOT = np.array([5.3, 4.7, 3.4])  # a sub-cell position on a 12 x 10 x 8 feature grid
 
 
@@ -106,6 +108,19 @@ def test_writing_without_the_fine_map_leaves_no_fine_files(tiny_case, tiny_model
     assert not (out / "fine.nrrd").exists() and not (out / "fine_label.nrrd").exists()
     assert "fine_peak_lps" not in plain and "fine_distance_mm" not in plain
     assert plain["coam_distance_mm"] == full["coam_distance_mm"]
+
+
+def test_the_command_line_skips_the_fine_map_on_request(tiny_case, tiny_model_path, tmp_path):
+    run = run_cli("analyze", tiny_case, "--model", tiny_model_path, "--out", tmp_path / "plain", "--device", "cpu",
+                  "--no-fine-map")
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "plain" / "result.json").read_text())
+    assert "fine_peak_lps" not in result and "coam_peak_lps" in result
+    assert not (tmp_path / "plain" / "fine.nrrd").exists()
+    refused = run_cli("analyze", tiny_case, "--model", tiny_model_path, "--out", tmp_path / "no", "--no-fine-map",
+                      "--dicom-seg", "--seg-map", "fine")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--seg-map" in refused.stderr
+    assert not (tmp_path / "no").exists()
 
 
 def test_lesion_truth_metrics_equal_a_hand_computation():

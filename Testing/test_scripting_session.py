@@ -1,9 +1,9 @@
-"""The README's scripting session, run as written on the slicer-core wheel.
+"""The scripting guide's session, run as written on the slicer-core wheel.
 
-The session (README.md, "Scripting example") loads an oblique phantom case into volume nodes, analyzes it
-in the session's worker (twice), places a centre point and evaluates; here its output nodes' IJK-to-RAS
-matrices must equal the reference node's to 1e-6, the warm run must equal the cold one, and the table row
-must equal a hand computation.
+The session (docs/scripting.md, "A whole session, as a test runs it") loads an oblique phantom case into
+volume nodes, analyzes it in the session's worker (twice), places a centre point and evaluates; here its
+output nodes' IJK-to-RAS matrices must equal the reference node's to 1e-6, the warm run must equal the cold
+one, and the table row must equal a hand computation.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import pytest
 import vtk
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "scripting.md"
 
 
 def session_code() -> str:
-    text = README.read_text()
-    section = text.split("### Scripting example", 1)[1]
+    text = GUIDE.read_text()
+    section = text.split("## A whole session, as a test runs it", 1)[1]
     return re.search(r"```python\n(.*?)```", section, flags=re.DOTALL).group(1)
 
 
@@ -38,7 +38,7 @@ def session(tmp_path_factory):
     namespace = {"__name__": "readme_session"}
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
-        exec(compile(session_code(), str(README), "exec"), namespace)
+        exec(compile(session_code(), str(GUIDE), "exec"), namespace)
     namespace["folder"] = folder
     return namespace
 

@@ -220,9 +220,11 @@ class Session:
 
     # ---- analysis
 
-    def analyze(self, model_path: str | Path, device: str = "auto", label_fraction: float = 0.5) -> AnalysisJob:
+    def analyze(self, model_path: str | Path, device: str = "auto", label_fraction: float = 0.5,
+                fine_map: bool = True) -> AnalysisJob:
         """Start analyzing the inputs in the warm worker; returns at once. The inputs are exported here (in
-        the calling thread), so the scene is only read until :meth:`AnalysisJob.poll` adds the result."""
+        the calling thread), so the scene is only read until :meth:`AnalysisJob.poll` adds the result.
+        ``fine_map`` False: COAM and CAM only."""
         if self.job is not None and not self.job.done:
             raise InputError("Analyze", "an analysis is already running; cancel it first")
         t1, series, kind = self.inputs()
@@ -240,7 +242,7 @@ class Session:
             raise
         names = {str(path): node.GetName() for path, node in zip([t1_path, *paths], [t1, *series]) if node is not None}
         request = AnalyzeRequest.for_volumes(t1_path, paths, kind, model=model_path, out=work / "out", device=device,
-                                             label_fraction=label_fraction)
+                                             label_fraction=label_fraction, fine_map=fine_map)
         try:
             return self._submit(request, work, reference.GetName(), shown, names)
         except OSError:  # the worker died since it was last used (its stdin is a broken pipe): one replacement
