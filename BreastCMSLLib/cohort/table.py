@@ -16,7 +16,7 @@ import numpy as np
 from BreastCMSLLib.atomic import atomic_write_text
 from BreastCMSLLib.config import MAP_NAMES
 
-COLUMNS = ("id", "status", "probability", "prediction",
+COLUMNS = ("id", "status", "probability", "prediction", "threshold",
            *(f"{name}_peak_lps_{axis}" for name in MAP_NAMES for axis in "xyz"), "mask_source", "roles", "label",
            *(f"{name}_distance_mm" for name in MAP_NAMES), "seconds", "error")
 
@@ -38,7 +38,8 @@ def ok_row(case_id: str, result: dict, label: int | None) -> dict:
     def mm(v):
         return f"{v:.2f}"
     row = {"id": case_id, "status": "ok", "probability": f"{result['probability']:.6f}",
-           "prediction": result["prediction"], "mask_source": result["mask_source"],
+           "prediction": result["prediction"], "threshold": f"{result.get('threshold', 0.5):.6f}",
+           "mask_source": result["mask_source"],
            "roles": roles_used(result["inputs"]), "label": "" if label is None else str(label),
            "seconds": f"{sum(result['timings'].values()):.2f}", "error": ""}
     for name in (n for n in MAP_NAMES if f"{n}_peak_lps" in result):
@@ -80,8 +81,8 @@ def _distances(rows: list[dict], name: str) -> str:
 
 def summary_text(rows: list[dict], model: dict, n_boot: int = 2000) -> str:
     """summary.md: counts, Table 1's metrics over the analyzed cases with a label (``breastcmsl-train
-    evaluate``'s code: value and 95 % percentile-bootstrap CI, threshold p = 0.5) and the peak-to-centre
-    distances of COAM and CAM."""
+    evaluate``'s code: value and 95 % percentile-bootstrap CI, at the model's threshold) and the peak-to-centre
+    distances of every map."""
     from BreastCMSLLib.cohort.metrics import TABLE_HEADER, bootstrap_metrics, table_row
 
     count = {s: sum(r["status"] == s for r in rows) for s in ("ok", "error", "skipped")}
@@ -93,9 +94,11 @@ def summary_text(rows: list[dict], model: dict, n_boot: int = 2000) -> str:
     if labelled:
         label = np.array([int(r["label"]) for r in labelled])
         probability = np.array([float(r["probability"]) for r in labelled])
-        metrics = bootstrap_metrics(label, probability, n_boot=n_boot)
+        threshold = float(labelled[0]["threshold"] or 0.5)  # one model: one operating point
+        metrics = bootstrap_metrics(label, probability, n_boot=n_boot, threshold=threshold)
         lines += [f"{len(labelled)} analyzed cases with a label ({int(label.sum())} malignant); value "
-                  f"[95% percentile-bootstrap CI, {n_boot} resamples], threshold p = 0.5.", "",
+                  f"[95% percentile-bootstrap CI, {n_boot} resamples], malignant at p >= {threshold:.3f} "
+                  "(the model's operating point).", "",
                   TABLE_HEADER, table_row(model["name"], metrics)]
         if any(not math.isfinite(m["value"]) for m in metrics.values()):
             lines += ["", "n/a: undefined for these cases (one class only)."]
