@@ -265,8 +265,8 @@ def finish(prep: Preprocessed, net: NetResult, model: dict, mask_source: str, la
 
     with ThreadPoolExecutor(2) as pool:  # SimpleITK and numpy release the GIL: two maps at once
         done = dict(zip(small, pool.map(carried, small), strict=True))
-    (coam_in, coam_ref, coam_label, coam_peak), (cam_in, cam_ref, cam_label, cam_peak) = done["coam"], done["cam"]
-    fine_in, fine_ref, fine_label, fine_peak = done.get("fine", (None,) * 4)
+    per_map = {f"{name}{part}": value for name, carried_map in done.items()
+               for part, value in zip(("_input", "", "_label", "_peak_lps"), carried_map, strict=True)}
     threshold = net.calibration.operating_point.threshold
     t3 = time.perf_counter()
     return Analysis(
@@ -277,27 +277,16 @@ def finish(prep: Preprocessed, net: NetResult, model: dict, mask_source: str, la
         probability_uncalibrated=net.probability_uncalibrated,
         threshold=threshold,
         calibration=net.calibration,
-        coam=coam_ref,
-        cam=cam_ref,
-        coam_label=coam_label,
-        cam_label=cam_label,
-        coam_peak_lps=coam_peak,
-        cam_peak_lps=cam_peak,
         device=net.device,
         precision=net.precision,
         model=model,
         label_fraction=label_fraction,
         prep=prep,
-        coam_input=coam_in,
-        cam_input=cam_in,
         mask_source=mask_source,
         timings={**(timings or {}), "maps_s": t3 - t2},
-        fine=fine_ref,
-        fine_label=fine_label,
-        fine_peak_lps=fine_peak,
-        fine_input=fine_in,
         fine_config=fine,
         grid_maps=maps,
+        **per_map,
     )
 
 def analyze_case(inputs: CaseInputs, loaded: LoadedModel, device: str = "auto", label_fraction: float = 0.5,
