@@ -155,6 +155,8 @@ def _report(cfg: DemoConfig, table: str, loc: dict, results: dict, runs: dict, o
         "not the maps' quality; the paper's input (340×220×128 at ~1 mm) gives an 11×7×4 grid",
         f"- COAM peak to annotated lesion centre: {mm(loc['coam_mm'])}",
         f"- CAM peak to annotated lesion centre: {mm(loc['cam_mm'])}",
+        f"- fine map peak (Eq. 5 on layer2, 4× finer grid than COAM's; docs/maps.md) to annotated lesion centre: "
+        f"{mm(loc['fine_mm'])}",
         f"- per case: `{rel(runs['cmsl'] / 'localize' / 'cases.csv')}`", "",
         f"![montage]({rel(runs['cmsl'] / 'localize' / 'montage.png')})", "",
         "## Figures", "", *figures, "",
