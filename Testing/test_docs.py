@@ -22,9 +22,9 @@ FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```", re.S | re.M)
 
 
 def slug(heading: str) -> str:
-    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
-    text = re.sub(r"[`*_]", "", heading.strip().lower())
-    text = re.sub(r"[^\w\- ]", "", text)
+    """GitHub's anchor of a heading: lower case, punctuation dropped (letters, digits, "_" and "-" kept), spaces to
+    hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
     return text.replace(" ", "-")
 
 
@@ -66,6 +66,7 @@ def test_slug_matches_github():
     assert slug("Using it in 3D Slicer") == "using-it-in-3d-slicer"
     assert slug("`breastcmsl analyze`: one case") == "breastcmsl-analyze-one-case"
     assert slug("CAM, COAM and the fine map") == "cam-coam-and-the-fine-map"
+    assert slug("Throughput (`benchmarks/train_throughput.py`)") == "throughput-benchmarkstrain_throughputpy"
 
 
 def test_link_checker_finds_a_broken_link(tmp_path: Path):
