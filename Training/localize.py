@@ -294,6 +294,8 @@ def write_montage(path: Path, shown: list[MontageRow]) -> None:
     for row, s in zip(axes, shown, strict=False):
         axial_row(row, s.subtraction, {"CAM": s.cam, "COAM": s.coam, "fine": s.fine}, 0, s.marks)
         for ax, name in zip(row, (s.title, "CAM", "COAM", "fine"), strict=True):
+            for label in list(ax.texts):  # axial_row's column labels name the slice of the cut-out (k=0)
+                label.remove()
             ax.set_title(f"{name}, slice k={s.k}" if ax is not row[0] else name, fontsize=8)
     if not shown:
         axes[0, 0].text(0.5, 0.5, "no case called malignant", ha="center")
