@@ -55,19 +55,23 @@ class RolePatterns:
     """Case-insensitive regular expressions matched against SeriesDescription (ScanOptions for
     ``scan_options_fat_sat``); defaults cover usual Siemens, GE and Philips wording."""
 
+    # the non-fat-suppressed T1 and fat suppression (a T1 with a fat-suppression hint is no mask T1)
     t1: str = r"(?<![a-z0-9])t1"
     non_fat_sat: str = r"non[-_ ]?(fs|fat|sat|spair)|(?<![a-z])(nfs|no[-_ ]?fs|wo[-_ ]?fs)(?![a-z])"
     fat_sat: str = (r"(?<![a-z])(fs|fat[-_ ]?sat\w*|fatsup\w*|spair|spir|stir|water|dixon[-_ ]?w)(?![a-z])"
                     r"|vibrant|thrive")
     scan_options_fat_sat: str = r"(?<![a-z])(fs|sfs|fat[-_]?sat\w*|spair|spir)(?![a-z])"
+    # the dynamic series and its phases: pre-contrast, post-contrast, scanner subtractions
     dynamic: str = (r"dyn|vibrant|thrive|twist|views|multi[-_ ]?phase|(?<![a-z])ph(ase)?[-_ ]?\d"
                     r"|(?<![a-z])(pass|dce)(?![a-z])")
     pre: str = r"(?<![a-z])(pre|pre[-_ ]?contrast|nativ\w*|unenhanced)(?![a-z])"
     post: str = (r"(?<![a-z])post|\d+(st|nd|rd|th)[-_ ]?pass|(?<![a-z])ph(ase)?[-_ ]?[1-9]|\+c(?![a-z])"
                  r"|(?<![a-z])(c\+|gd|gad\w*|contrast)(?![a-z])")
     subtraction: str = r"(?<![a-z])sub(s|tract\w*)?(?![a-z])"
+    # a contrast marker on a T1: acquired after contrast, so neither the mask T1 nor a dynamic phase
     after_contrast: str = (r"\+c(?![a-z])|(?<![a-z0-9])(c\+?|post\w*|gd|gad\w*)(?![a-z0-9])"
                            r"|(?<!non[-_ ])(?<!wo[-_ ])(?<!without )(?<!w/o )contrast")
+    # series that never take a role (T2, diffusion, localizers, reformats, parametric maps)
     exclude: str = (r"(?<![a-z0-9])t2|dwi|diff|adc|(?<![a-z])(stir|tirm|loc|localizer|survey|scout|mip|mpr|"
                     r"cad|perfusion|map|ser|pe\d*)(?![a-z])")
 
