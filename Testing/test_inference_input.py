@@ -42,5 +42,7 @@ def test_a_batch_gives_each_case_its_own_forward(tiny_model_path):
     for a, got in zip(arrays, batch, strict=True):
         alone, _ = forward(loaded, a, cpu)
         assert got.cos_theta == pytest.approx(float(alone.cos_theta[0]), abs=2e-3)
-        assert torch.allclose(got.cam_small, alone.logit_map[0].float(), atol=2e-2 * float(got.cam_small.abs().max()))
+        cam = torch.from_numpy(got.maps["cam"])
+        assert torch.allclose(cam, alone.logit_map[0].float(), atol=2e-2 * float(cam.abs().max()))
+        assert got.maps["coam_layer2"].shape == tuple(s // 8 for s in a.shape[1:])  # the fine map's stage, kept
     assert batch[0].cos_theta != pytest.approx(batch[1].cos_theta, abs=1e-6)  # two different cases
