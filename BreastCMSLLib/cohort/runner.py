@@ -10,17 +10,13 @@ torchrun each rank takes every world-th case on its own device and rank 0 merges
 
 from __future__ import annotations
 
-import ctypes
-import dataclasses
 import glob
 import json
-import multiprocessing
-import os
 import shutil
 import time
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent import futures
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +24,11 @@ import torch
 
 from BreastCMSLLib.atomic import atomic_write_text
 from BreastCMSLLib.cohort.progress import Progress
+from BreastCMSLLib.cohort.slots import SlotPool, slot_array
 from BreastCMSLLib.cohort.sources import CaseSource
 from BreastCMSLLib.cohort.stages import Failed, Prepared, finish_case, prepare_case
 from BreastCMSLLib.cohort.table import failed_row, ok_row, summary_text, write_results
+from BreastCMSLLib.cohort.workers import Workers, default_workers, keep_freed_memory, outcome
 from BreastCMSLLib.errors import InputError
 
 
@@ -45,13 +43,6 @@ class Options:
     label_fraction: float = 0.5
 
 
-def default_workers() -> int:
-    """Worker processes per rank: half the cores over the ranks on this node, at least 2, at most 8 (each holds
-    one or two cases' volumes)."""
-    per_rank = (os.cpu_count() or 2) // (2 * int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return min(8, max(2, per_rank))
-
-
 def finished(folder: Path, model: dict, options: Options, dicom: bool) -> dict | None:
     """result.json of a case folder an earlier run completed with the same model file, label fraction and
     DICOM SEG choice; None when the case must be (re)done."""
@@ -63,52 +54,6 @@ def finished(folder: Path, model: dict, options: Options, dicom: bool) -> dict |
             and result.get("label_fraction") == options.label_fraction
             and (folder / "coam_seg.dcm").is_file() == (options.seg and dicom))
     return result if same else None
-
-
-def keep_freed_memory() -> None:
-    """Tell glibc to keep the memory a case freed for the next one (no mmap for large blocks, no trimming) instead
-    of handing it back and faulting gigabytes of fresh zero pages in again per case, as the panel's warm worker
-    does; nothing happens without glibc. Run in this process and in every worker process."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
-    libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, 2**31 - 1)
-    libc.mallopt(m_top_pad, 64 << 20)
-
-
-class Workers:
-    """A spawn-context process pool that is rebuilt when one of its processes dies (the cases then in flight
-    are recorded as failed; a rerun retries them)."""
-
-    def __init__(self, n: int):
-        self.n = n
-        self.pool = self._new()
-
-    def _new(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=keep_freed_memory)
-
-    def submit(self, fn, *args) -> Future:
-        try:
-            return self.pool.submit(fn, *args)
-        except BrokenProcessPool:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = self._new()
-            return self.pool.submit(fn, *args)
-
-    def close(self, cancel: bool = False) -> None:
-        self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
-
-
-def outcome(future: Future, source: CaseSource):
-    """A stage's record; a worker process that died makes it a :class:`Failed`."""
-    try:
-        return future.result()
-    except BrokenProcessPool as err:
-        return Failed(source, f"a worker process died while this case was in flight ({err}); rerun to retry", 0.0)
 
 
 def run_shard(sources: list[CaseSource], loaded, dev: torch.device, out: Path, options: Options,
@@ -145,45 +90,59 @@ def run_shard(sources: list[CaseSource], loaded, dev: torch.device, out: Path, o
         else:
             record(ok_row(source.id, item, source.label))
 
-    workers = Workers(options.workers)
+    depth = options.workers + options.batch  # cases read ahead
+    slots = SlotPool(min(depth + options.workers, len(todo)),  # the cases read ahead and those being written
+                     (cfg.in_channels, *cfg.preprocess.input_size))
+    workers = Workers(options.workers, slots.slots)
     queue = iter(todo)
-    preparing: deque[tuple[Future, CaseSource]] = deque()
-    writing: list[tuple[Future, CaseSource]] = []
-    depth = options.workers + options.batch  # cases read ahead: each holds its network input in memory
+    preparing: deque[tuple[Future, CaseSource, int]] = deque()
+    writing: list[tuple[Future, CaseSource, int]] = []
 
     def refill() -> None:
-        while len(preparing) < depth and (s := next(queue, None)) is not None:
-            preparing.append((workers.submit(prepare_case, s, cfg, name, options.label_fraction, options.seg), s))
+        while len(preparing) < depth and slots.free and (s := next(queue, None)) is not None:
+            slot = slots.take()
+            preparing.append((workers.submit(prepare_case, s, slot, cfg, name, options.label_fraction, options.seg),
+                              s, slot))
 
     def harvest(wait: bool) -> None:
-        for item in [w for w in writing if wait or w[0].done()]:
+        if wait and writing:
+            futures.wait([w[0] for w in writing], return_when=futures.FIRST_COMPLETED)
+        for item in [w for w in writing if w[0].done()]:
             writing.remove(item)
-            recorded(outcome(*item), item[1])
+            slots.give(item[2])
+            recorded(outcome(*item[:2]), item[1])
 
     try:
-        refill()
-        while preparing:
+        while True:
+            refill()
+            if not preparing:  # all read; or every slot is being written: wait for one
+                if not writing:
+                    break
+                harvest(wait=True)
+                continue
             t0 = time.perf_counter()
             batch: list[Prepared] = []
             while preparing and len(batch) < options.batch and (not batch or preparing[0][0].done()):
-                future, source = preparing.popleft()
+                future, source, slot = preparing.popleft()
                 item = outcome(future, source)
-                refill()
                 if isinstance(item, Failed):
+                    slots.give(slot)
                     recorded(item, source)
                 else:
                     batch.append(item)
+                refill()
             t1 = time.perf_counter()
             totals["waiting_for_workers_s"] += t1 - t0
             if batch:
                 from BreastCMSLLib.pipeline.analyze import infer
 
                 try:
-                    nets = infer(loaded, [c.array.numpy() for c in batch], dev)
+                    nets = infer(loaded, [slot_array(c.slot) for c in batch], dev)
                 except Exception as err:  # e.g. out of GPU memory: these cases fail, the rest go on
                     from BreastCMSLLib.cohort.stages import one_line
 
                     for c in batch:
+                        slots.give(c.slot)
                         recorded(Failed(c.source, one_line(err), sum(c.timings.values())), c.source)
                     nets = []
                 seconds = time.perf_counter() - t1
@@ -191,13 +150,9 @@ def run_shard(sources: list[CaseSource], loaded, dev: torch.device, out: Path, o
                 totals["forward_passes"] += 1
                 for case, net in zip(batch, nets, strict=False):
                     case.timings["inference_s"] = seconds
-                    # of the network input only the first channel goes back to a worker (the figure shows it)
-                    case.prep = dataclasses.replace(case.prep, array=case.array[:1].numpy())
-                    case.array = None
                     writing.append((workers.submit(finish_case, case, net, model, options.label_fraction,
-                                                   out / "cases" / case.source.id), case.source))
+                                                   out / "cases" / case.source.id), case.source, case.slot))
             harvest(wait=False)
-        harvest(wait=True)
     except KeyboardInterrupt:
         workers.close(cancel=True)
         progress.close()

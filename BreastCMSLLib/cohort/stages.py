@@ -9,9 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from BreastCMSLLib.atomic import replace_folder, staging_folder
+from BreastCMSLLib.cohort.slots import slot_array
 from BreastCMSLLib.cohort.sources import CaseSource
 from BreastCMSLLib.config import ModelConfig
 from BreastCMSLLib.errors import InputError
@@ -30,12 +29,12 @@ class Failed:
 
 @dataclass
 class Prepared:
-    """A case read and preprocessed: ``array`` the (C, I, J, K) network input (a torch tensor, so that it
-    travels between processes through shared memory), ``prep`` the rest of :class:`Preprocessed`; ``used`` the
-    ``inputs`` record of result.json; ``reference`` the reference DICOM phase when a DICOM SEG is wanted."""
+    """A case read and preprocessed: its network input is in shared-memory slot ``slot``
+    (:mod:`BreastCMSLLib.cohort.slots`), ``prep`` is the rest of :class:`Preprocessed`; ``used`` the ``inputs``
+    record of result.json; ``reference`` the reference DICOM phase when a DICOM SEG is wanted."""
 
     source: CaseSource
-    array: torch.Tensor
+    slot: int
     prep: Preprocessed
     used: dict
     centre: tuple[float, float, float] | None
@@ -70,30 +69,31 @@ def read_source(source: CaseSource, n_channels: int, seg: bool):
     raise InputError(source.folder, "holds neither case volumes nor DICOM files")
 
 
-def prepare_case(source: CaseSource, config: ModelConfig, model_name: str, label_fraction: float,
+def prepare_case(source: CaseSource, slot: int, config: ModelConfig, model_name: str, label_fraction: float,
                  seg: bool) -> Prepared | Failed:
-    """Read and preprocess one case (in a worker process)."""
+    """Read and preprocess one case into slot ``slot`` (in a worker process)."""
     t0 = time.perf_counter()
     try:
         inputs, used, reference = read_source(source, config.in_channels, seg)
         t1 = time.perf_counter()
-        prep = prepare(inputs, config, model_name, label_fraction)
+        prep = prepare(inputs, config, model_name, label_fraction, slot_array(slot))
         t2 = time.perf_counter()
     except Exception as err:  # a broken case is recorded, never raised: the cohort goes on
         return Failed(source, one_line(err), time.perf_counter() - t0)
     centre = source.centre or (inputs.extra or {}).get("center_lps")
-    return Prepared(source, torch.from_numpy(prep.array), dataclasses.replace(prep, array=None), used, centre,
+    return Prepared(source, slot, dataclasses.replace(prep, array=None), used, centre,
                     inputs.mask_source, reference, {"read_s": t1 - t0, "preprocess_s": t2 - t1})
 
 
 def finish_case(case: Prepared, net: NetResult, model: dict, label_fraction: float, out_dir: Path) -> dict | Failed:
-    """Maps, labelmaps, figure, [DICOM SEG] and result.json of one case, written to a staging folder and moved to
-    ``out_dir`` whole (in a worker process). Returns result.json's dict."""
+    """Maps, labelmaps, figure (from the case's slot), [DICOM SEG] and result.json of one case, written to a
+    staging folder and moved to ``out_dir`` whole (in a worker process). Returns result.json's dict."""
     from BreastCMSLLib.pipeline.output import write_analysis
 
     t0 = time.perf_counter()
     try:
-        analysis = finish(case.prep, net, model, case.mask_source, label_fraction, case.timings)
+        prep = dataclasses.replace(case.prep, array=slot_array(case.slot))
+        analysis = finish(prep, net, model, case.mask_source, label_fraction, case.timings)
         extra = {}
         if case.reference is not None:
             from BreastCMSLLib.dicom.seg import map_segmentation

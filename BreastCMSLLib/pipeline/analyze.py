@@ -204,13 +204,15 @@ def labelmap(image: sitk.Image, fraction: float) -> sitk.Image:
     return sitk.Cast(sitk.GreaterEqual(image, fraction * top), sitk.sitkUInt8)
 
 
-def prepare(inputs: CaseInputs, config: ModelConfig, model_name: str, label_fraction: float = 0.5) -> Preprocessed:
-    """Check the inputs against the model (``config``, named ``model_name``) and preprocess them: the first
-    stage of :func:`analyze_case`, free of the network (the cohort runner calls it in worker processes)."""
+def prepare(inputs: CaseInputs, config: ModelConfig, model_name: str, label_fraction: float = 0.5,
+            out: np.ndarray | None = None) -> Preprocessed:
+    """Check the inputs against the model (``config``, named ``model_name``) and preprocess them (the network
+    input into ``out`` when given): the first stage of :func:`analyze_case`, free of the network (the cohort
+    runner calls it in worker processes)."""
     check_channels(inputs, config, model_name)
     if not 0.0 < label_fraction <= 1.0:
         raise InputError("--label-fraction", f"must be in (0, 1], got {label_fraction}")
-    return preprocess_case(inputs, config.preprocess)
+    return preprocess_case(inputs, config.preprocess, out)
 
 
 @dataclass

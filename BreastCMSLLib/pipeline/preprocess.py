@@ -192,8 +192,9 @@ def crop_window(mask: np.ndarray, size: tuple[int, int, int]) -> tuple[int, int,
     return tuple(start)
 
 
-def preprocess_case(inputs: CaseInputs, cfg: PreprocessConfig) -> Preprocessed:
-    """Breast mask, masked subtractions clipped and scaled to [0, 1], on the cropped/padded input grid.
+def preprocess_case(inputs: CaseInputs, cfg: PreprocessConfig, out: np.ndarray | None = None) -> Preprocessed:
+    """Breast mask, masked subtractions clipped and scaled to [0, 1], on the cropped/padded input grid; the
+    network input is written into ``out`` (float32 (C, I, J, K)) when given.
 
     Intensity rule: subtractions (post_k - pre, or as given) are masked, clipped below at 0 (no
     enhancement) and above at the ``clip_percentile`` of all masked voxels of all channels together,
@@ -220,7 +221,7 @@ def preprocess_case(inputs: CaseInputs, cfg: PreprocessConfig) -> Preprocessed:
     mask_grid = image_from_ijk(mask, grid)
     mask = mask.astype(bool)
 
-    array = np.empty((inputs.n_channels, *cfg.input_size), dtype=np.float32)
+    array = np.empty((inputs.n_channels, *cfg.input_size), dtype=np.float32) if out is None else out
     pre = values_on(inputs.series[0], grid) if inputs.kind == "phases" else None
     series = inputs.series[1:] if pre is not None else inputs.series
 

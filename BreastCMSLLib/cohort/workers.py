@@ -1,0 +1,90 @@
+"""The cohort's worker processes: how many, how each is set up, and a pool that survives one of them dying.
+
+Each worker process reads, preprocesses and writes one case at a time (:mod:`BreastCMSLLib.cohort.stages`);
+the cohort gets its parallelism from running cases side by side, so a worker's SimpleITK filters run on its
+share of the cores instead of competing for all of them with the network and the other workers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import torch
+
+from BreastCMSLLib.cohort.slots import attach
+from BreastCMSLLib.cohort.sources import CaseSource
+from BreastCMSLLib.cohort.stages import Failed
+
+
+def cores_per_rank() -> int:
+    """This node's cores over the torchrun ranks on it (``LOCAL_WORLD_SIZE``), at least 1."""
+    return max(1, (os.cpu_count() or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def default_workers() -> int:
+    """Worker processes per rank: half the rank's cores, at least 2, at most 8 (each holds one or two cases'
+    volumes)."""
+    return min(8, max(2, cores_per_rank() // 2))
+
+
+def keep_freed_memory() -> None:
+    """Tell glibc to keep the memory a case freed for the next one instead of handing it back and faulting
+    fresh zero pages in again per case: no mmap for large blocks, no trimming, and one arena for all threads
+    (a thread's own arena would mmap every large block anew). Nothing happens without glibc. Run in this
+    process and in every worker process."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_top_pad, m_mmap_max, m_arena_max = -1, -2, -4, -8
+    libc.mallopt(m_arena_max, 1)
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
+    libc.mallopt(m_top_pad, 64 << 20)
+
+
+def start_worker(slots: list[torch.Tensor], threads: int) -> None:
+    """A worker process's initializer: keep freed memory, attach the run's slots, run SimpleITK on ``threads``."""
+    import SimpleITK as sitk
+
+    keep_freed_memory()
+    attach(slots)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+class Workers:
+    """``n`` spawned worker processes holding the run's shared-memory slots, each with its share of the rank's
+    cores (the other half is the network's); rebuilt when one of them dies (the cases then in flight are
+    recorded as failed; a rerun retries them)."""
+
+    def __init__(self, n: int, slots: list[torch.Tensor]):
+        self.n, self.slots = n, slots
+        self.threads = max(1, cores_per_rank() // (2 * n))
+        self.pool = self._new()
+
+    def _new(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=start_worker, initargs=(self.slots, self.threads))
+
+    def submit(self, fn, *args) -> Future:
+        try:
+            return self.pool.submit(fn, *args)
+        except BrokenProcessPool:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new()
+            return self.pool.submit(fn, *args)
+
+    def close(self, cancel: bool = False) -> None:
+        self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+def outcome(future: Future, source: CaseSource):
+    """A stage's record; a worker process that died makes it a :class:`Failed`."""
+    try:
+        return future.result()
+    except BrokenProcessPool as err:
+        return Failed(source, f"a worker process died while this case was in flight ({err}); rerun to retry", 0.0)
