@@ -1,5 +1,6 @@
 """COAM equals the row sums of the full Gram matrix; CAM equals the 1x1x1 head's output."""
 
+import pytest
 import torch
 
 from BreastCMSLLib.config import ModelConfig, PreprocessConfig
@@ -80,3 +81,28 @@ def test_a_one_hot_feature_peaks_at_input_voxel_32f():
     assert peak_lps(up, prep) == grid.TransformIndexToPhysicalPoint((32, 47, 0))
     assert up[16, 32, 0] == 0.5  # linear between feature centres 0 and 32
     assert up[16, 63, 0] == 0.5  # and constant beyond the last centre (j = 32), still linear along i
+
+
+@pytest.mark.parametrize(("size", "stride"), [((96, 64, 40), 32), ((45, 30, 21), 8)])
+def test_upsampling_equals_physical_resampling_of_the_padded_feature_grid(size, stride):
+    """Independent reference: the feature grid as a physical image (input direction, stride x spacing, voxel f
+    centred on input voxel stride f, one edge-replicated voxel around it) resampled linearly by SimpleITK."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from BreastCMSLLib.pipeline.analyze import upsample_linear
+
+    grid = sitk.Image(list(size), sitk.sitkUInt8)
+    grid.SetSpacing((0.9, 1.1, 2.0))
+    grid.SetOrigin((-40.0, 12.5, 7.0))
+    grid.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    small = np.random.default_rng(1).random([-(-n // stride) for n in size]).astype(np.float32)
+    padded = sitk.GetImageFromArray(np.pad(small, 1, mode="edge").transpose(2, 1, 0).copy())
+    padded.SetDirection(grid.GetDirection())
+    padded.SetSpacing([s * stride for s in grid.GetSpacing()])
+    padded.SetOrigin(grid.TransformContinuousIndexToPhysicalPoint([-float(stride)] * 3))
+    reference = sitk.GetArrayFromImage(sitk.Resample(padded, grid, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                     sitk.sitkFloat32)).transpose(2, 1, 0)
+    up = upsample_linear(small, size, stride)
+    assert up.shape == size and up.dtype == np.float32
+    assert np.abs(up - reference).max() < 1e-6

@@ -26,13 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import SimpleITK as sitk
 import torch
+from matplotlib.figure import Figure
 
 from BreastCMSLLib.atomic import atomic_path, atomic_write_text
 from BreastCMSLLib.config import FINE_MAP, NETWORK_STRIDE, PEAK_RULES, STAGE_STRIDES, FineMapConfig
@@ -45,7 +42,7 @@ from BreastCMSLLib.pipeline.analyze import (
     normalized_on_input_grid,
     stage_peak_lps,
 )
-from BreastCMSLLib.pipeline.figures import axial_row
+from BreastCMSLLib.pipeline.figures import PanelRow, panel_figure, save_figure
 from BreastCMSLLib.pipeline.preprocess import load_case
 
 from .evaluate import predict_split
@@ -148,20 +145,6 @@ class CaseLocalization:
         return self.probability >= 0.5
 
 
-@dataclass(frozen=True)
-class MontageRow:
-    """What one montage row shows: axial slices (I, J, 1) through the lesion centre and the marks
-    (continuous (i, j, k) indices, k relative to that slice)."""
-
-    title: str
-    k: int
-    subtraction: np.ndarray
-    cam: np.ndarray
-    coam: np.ndarray
-    fine: np.ndarray
-    marks: dict
-
-
 def summarize(values: list[float]) -> dict:
     """mean, (population) std, median and n of a list of distances in mm."""
     a = np.asarray(values, dtype=float)
@@ -178,7 +161,7 @@ def feature_grid(input_size) -> tuple[int, int, int]:
 def nearest_feature(grid: sitk.Image, point) -> tuple[tuple[int, int, int], float]:
     """The feature voxel (i, j, k) whose centre is nearest to an LPS point, and that distance (mm), on the
     input ``grid`` (feature voxel f is centred on input voxel 32 f, see
-    :func:`BreastCMSLLib.pipeline.analyze.feature_map_image`)."""
+    :func:`BreastCMSLLib.pipeline.analyze.upsample_linear`)."""
     last = np.array(feature_grid(grid.GetSize())) - 1
     cont = np.array(grid.TransformPhysicalPointToContinuousIndex([float(v) for v in point]))
     f = np.clip(np.rint(cont / NETWORK_STRIDE), 0, last).astype(int)
@@ -186,25 +169,25 @@ def nearest_feature(grid: sitk.Image, point) -> tuple[tuple[int, int, int], floa
     return tuple(int(v) for v in f), float(np.linalg.norm(np.subtract(centre, point)))
 
 
-def montage_row(a: Analysis, centre, title: str) -> MontageRow:
-    """The slices of one analyzed case through the lesion centre's axial slice."""
+def montage_row(a: Analysis, centre, title: str) -> PanelRow:
+    """The panels of one analyzed case through the lesion centre's axial slice, peaks and centre marked."""
     grid = a.prep.input_grid
     marks = {"COAM peak": a.coam_peak_lps, "CAM peak": a.cam_peak_lps, "fine peak": a.fine_peak_lps,
              "true centre": centre}
     marks = {k: np.array(grid.TransformPhysicalPointToContinuousIndex([float(v) for v in p])) for k, p in marks.items()}
     k = int(np.clip(round(marks["true centre"][2]), 0, grid.GetSize()[2] - 1))
-    for m in marks.values():
-        m[2] -= k
-    cut = slice(k, k + 1)
-    return MontageRow(title, k, a.prep.array[0][:, :, cut].copy(), a.cam_input[:, :, cut].copy(),
-                      a.coam_input[:, :, cut].copy(), a.fine_input[:, :, cut].copy(), marks)
+    return PanelRow(a.prep.array[0][:, :, k].copy(),
+                    {"CAM": a.cam_input[:, :, k].copy(), "COAM": a.coam_input[:, :, k].copy(),
+                     "fine": a.fine_input[:, :, k].copy()},
+                    [title, *(f"{name}, slice k={k}" for name in ("CAM", "COAM", "fine"))],
+                    {label: (m[0], m[1], abs(m[2] - k) <= 1) for label, m in marks.items()})
 
 
 def localize_cases(run_dir: str | Path, split: str = "test", centers: str | Path | None = None,
                    device: str = "auto", cache_dir: str | None = None, only_called: bool = True,
                    montage_cases: int = MONTAGE_CASES,
                    on_case: Callable[[CaseLocalization, Analysis, LoadedModel], None] | None = None,
-                   ) -> tuple[list[CaseLocalization], list[MontageRow]]:
+                   ) -> tuple[list[CaseLocalization], list[PanelRow]]:
     """Analyze the cases of ``split`` that have a lesion centre (only those the model calls malignant
     when ``only_called``); returns the per-case results and the montage rows of the first called ones.
     ``on_case(result, analysis, model)`` is called for each analyzed case."""
@@ -286,24 +269,13 @@ def map_table(results: list[CaseLocalization], names: list[str] | None = None) -
     return table
 
 
-def write_montage(path: Path, shown: list[MontageRow]) -> None:
+def write_montage(path: Path, shown: list[PanelRow]) -> None:
     """One row per case: subtraction, CAM, COAM and the fine map through the true centre's slice, peaks and
     centre marked (the paper's Fig. 3 layout and the fine map)."""
-    n = max(1, len(shown))
-    fig, axes = plt.subplots(n, 4, figsize=(12, 2.6 * n), squeeze=False)
-    for row, s in zip(axes, shown, strict=False):
-        axial_row(row, s.subtraction, {"CAM": s.cam, "COAM": s.coam, "fine": s.fine}, 0, s.marks)
-        for ax, name in zip(row, (s.title, "CAM", "COAM", "fine"), strict=True):
-            for label in list(ax.texts):  # axial_row's column labels name the slice of the cut-out (k=0)
-                label.remove()
-            ax.set_title(f"{name}, slice k={s.k}" if ax is not row[0] else name, fontsize=8)
-    if not shown:
-        axes[0, 0].text(0.5, 0.5, "no case called malignant", ha="center")
-        for ax in axes[0]:
-            ax.set_axis_off()
+    if shown:
+        fig = panel_figure(shown, "cases called malignant: each map's peak and the true lesion centre")
     else:
-        axes[0, -1].legend(loc="lower right", fontsize=6)
-    fig.tight_layout()
+        fig = Figure(figsize=(4, 1), dpi=100)
+        fig.text(0.5, 0.5, "no case called malignant", ha="center", va="center")
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+        save_figure(fig, tmp)

@@ -8,11 +8,14 @@ share of the cores instead of competing for all of them with the network and the
 from __future__ import annotations
 
 import ctypes
+import gc
+import importlib
 import multiprocessing
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+import SimpleITK as sitk
 import torch
 
 from BreastCMSLLib.cohort.slots import attach
@@ -48,12 +51,15 @@ def keep_freed_memory() -> None:
 
 
 def start_worker(slots: list[torch.Tensor], threads: int) -> None:
-    """A worker process's initializer: keep freed memory, attach the run's slots, run SimpleITK on ``threads``."""
-    import SimpleITK as sitk
-
+    """A worker process's initializer: keep freed memory, attach the run's slots, run SimpleITK on ``threads``,
+    and import what the stages use, then move it out of the garbage collector's sight (``gc.freeze``: its
+    collections then walk only what a case creates, not the ~300k objects of torch, SimpleITK and matplotlib)."""
+    for module in ("BreastCMSLLib.pipeline.output", "BreastCMSLLib.pipeline.figures"):  # else on the first case
+        importlib.import_module(module)
     keep_freed_memory()
     attach(slots)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    gc.freeze()
 
 
 class Workers:
