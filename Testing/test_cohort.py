@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,8 +130,11 @@ def test_sigkill_then_rerun_gives_the_same_results(cohort, one_run, tiny_model_p
     for folder in done:  # every case folder that exists is complete
         assert set(RESULT_FILES) <= {p.name for p in folder.iterdir()}
     before = {p.name: (p / "result.json").stat().st_mtime_ns for p in done}
+    left = sorted(Path("/dev/shm").glob(f"breastcmsl_slot_{proc.pid}_*"))  # the killed run's input slots
+    assert left
     rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr
+    assert not any(p.exists() for p in left)  # the rerun removed them
     assert all((out / "cases" / n / "result.json").stat().st_mtime_ns == t for n, t in before.items())  # kept
     assert without_seconds(rows(out)) == without_seconds(rows(one_run[0]))
     assert not [p for p in (out / "cases").iterdir() if p.name.startswith(".")]  # no staging folder left

@@ -91,73 +91,73 @@ def run_shard(sources: list[CaseSource], loaded, dev: torch.device, out: Path, o
             record(ok_row(source.id, item, source.label))
 
     depth = options.workers + options.batch  # cases read ahead
-    slots = SlotPool(min(depth + options.workers, len(todo)),  # the cases read ahead and those being written
-                     (cfg.in_channels, *cfg.preprocess.input_size))
-    workers = Workers(options.workers, slots.slots)
-    queue = iter(todo)
-    preparing: deque[tuple[Future, CaseSource, int]] = deque()
-    writing: list[tuple[Future, CaseSource, int]] = []
+    n_slots = min(depth + options.workers, len(todo))  # the cases read ahead and those being written
+    with SlotPool(n_slots, (cfg.in_channels, *cfg.preprocess.input_size)) as slots:
+        workers = Workers(options.workers, slots)
+        queue = iter(todo)
+        preparing: deque[tuple[Future, CaseSource, int]] = deque()
+        writing: list[tuple[Future, CaseSource, int]] = []
 
-    def refill() -> None:
-        while len(preparing) < depth and slots.free and (s := next(queue, None)) is not None:
-            slot = slots.take()
-            preparing.append((workers.submit(prepare_case, s, slot, cfg, name, options.label_fraction, options.seg),
-                              s, slot))
+        def refill() -> None:
+            while len(preparing) < depth and slots.free and (s := next(queue, None)) is not None:
+                slot = slots.take()
+                preparing.append((workers.submit(prepare_case, s, slot, cfg, name, options.label_fraction, options.seg),
+                                  s, slot))
 
-    def harvest(wait: bool) -> None:
-        if wait and writing:
-            futures.wait([w[0] for w in writing], return_when=futures.FIRST_COMPLETED)
-        for item in [w for w in writing if w[0].done()]:
-            writing.remove(item)
-            slots.give(item[2])
-            recorded(outcome(*item[:2]), item[1])
+        def harvest(wait: bool) -> None:
+            if wait and writing:
+                futures.wait([w[0] for w in writing], return_when=futures.FIRST_COMPLETED)
+            for item in [w for w in writing if w[0].done()]:
+                writing.remove(item)
+                slots.give(item[2])
+                recorded(outcome(*item[:2]), item[1])
 
-    try:
-        while True:
-            refill()
-            if not preparing:  # all read; or every slot is being written: wait for one
-                if not writing:
-                    break
-                harvest(wait=True)
-                continue
-            t0 = time.perf_counter()
-            batch: list[Prepared] = []
-            while preparing and len(batch) < options.batch and (not batch or preparing[0][0].done()):
-                future, source, slot = preparing.popleft()
-                item = outcome(future, source)
-                if isinstance(item, Failed):
-                    slots.give(slot)
-                    recorded(item, source)
-                else:
-                    batch.append(item)
+        try:
+            while True:
                 refill()
-            t1 = time.perf_counter()
-            totals["waiting_for_workers_s"] += t1 - t0
-            if batch:
-                from BreastCMSLLib.pipeline.analyze import infer
+                if not preparing:  # all read; or every slot is being written: wait for one
+                    if not writing:
+                        break
+                    harvest(wait=True)
+                    continue
+                t0 = time.perf_counter()
+                batch: list[Prepared] = []
+                while preparing and len(batch) < options.batch and (not batch or preparing[0][0].done()):
+                    future, source, slot = preparing.popleft()
+                    item = outcome(future, source)
+                    if isinstance(item, Failed):
+                        slots.give(slot)
+                        recorded(item, source)
+                    else:
+                        batch.append(item)
+                    refill()
+                t1 = time.perf_counter()
+                totals["waiting_for_workers_s"] += t1 - t0
+                if batch:
+                    from BreastCMSLLib.pipeline.analyze import infer
 
-                try:
-                    nets = infer(loaded, [slot_array(c.slot) for c in batch], dev)
-                except Exception as err:  # e.g. out of GPU memory: these cases fail, the rest go on
-                    from BreastCMSLLib.cohort.stages import one_line
+                    try:
+                        nets = infer(loaded, [slot_array(c.slot) for c in batch], dev)
+                    except Exception as err:  # e.g. out of GPU memory: these cases fail, the rest go on
+                        from BreastCMSLLib.cohort.stages import one_line
 
-                    for c in batch:
-                        slots.give(c.slot)
-                        recorded(Failed(c.source, one_line(err), sum(c.timings.values())), c.source)
-                    nets = []
-                seconds = time.perf_counter() - t1
-                totals["network_s"] += seconds
-                totals["forward_passes"] += 1
-                for case, net in zip(batch, nets, strict=False):
-                    case.timings["inference_s"] = seconds
-                    writing.append((workers.submit(finish_case, case, net, model, options.label_fraction,
-                                                   out / "cases" / case.source.id), case.source, case.slot))
-            harvest(wait=False)
-    except KeyboardInterrupt:
-        workers.close(cancel=True)
-        progress.close()
-        raise
-    workers.close()
+                        for c in batch:
+                            slots.give(c.slot)
+                            recorded(Failed(c.source, one_line(err), sum(c.timings.values())), c.source)
+                        nets = []
+                    seconds = time.perf_counter() - t1
+                    totals["network_s"] += seconds
+                    totals["forward_passes"] += 1
+                    for case, net in zip(batch, nets, strict=False):
+                        case.timings["inference_s"] = seconds
+                        writing.append((workers.submit(finish_case, case, net, model, options.label_fraction,
+                                                       out / "cases" / case.source.id), case.source, case.slot))
+                harvest(wait=False)
+        except KeyboardInterrupt:
+            workers.close(cancel=True)
+            progress.close()
+            raise
+        workers.close()
     progress.close()
     return rows, totals
 

@@ -1,41 +1,79 @@
 """Shared-memory slots that carry network inputs between the worker processes and the network.
 
 A slot holds one case's float32 (C, I, J, K) network input. The slots are made once per run in the network's
-process and handed to every worker process when it starts: preprocessing writes the input straight into a
+process and every worker process attaches them when it starts: preprocessing writes the input straight into a
 slot, the network reads it from there, and the worker that finishes the case draws the figure from the same
 slot. Nothing of the volume is copied or pickled per case and the slots' pages stay mapped for the whole run
 (fresh shared memory per case cost more kernel time than the copy itself: ``benchmarks/README.md``).
 
 A slot is taken when its case is sent to be prepared and given back when the case is written or has failed.
+The blocks live in ``/dev/shm`` (``multiprocessing.shared_memory``), named after the process that made them; the
+run removes them at its end, multiprocessing's resource tracker when only the run is killed, and the next run
+those of a process that no longer exists (a whole process group killed, tracker included).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections import deque
+from multiprocessing import shared_memory
+from pathlib import Path
 
 import numpy as np
-import torch
 
-_ATTACHED: list[torch.Tensor] = []  # this process's view of the run's slots
+PREFIX = "breastcmsl_slot_"
+
+_ATTACHED: list[tuple[shared_memory.SharedMemory, np.ndarray]] = []  # this process's view of the run's slots
 
 
-def attach(slots: list[torch.Tensor]) -> None:
-    """Make ``slots`` (shared tensors) this process's slots: the worker processes' initializer calls it."""
-    _ATTACHED[:] = slots
+def _use(blocks: list[shared_memory.SharedMemory], shape: tuple[int, ...]) -> None:
+    _ATTACHED[:] = [(block, np.ndarray(shape, np.float32, buffer=block.buf)) for block in blocks]
+
+
+def attach(names: list[str], shape: tuple[int, ...]) -> None:
+    """Map the slots ``names`` of ``shape`` into this process: the worker processes' initializer calls it."""
+    _use([shared_memory.SharedMemory(name=name) for name in names], shape)
 
 
 def slot_array(index: int) -> np.ndarray:
     """Slot ``index`` of this process as a writable float32 (C, I, J, K) array (no copy)."""
-    return _ATTACHED[index].numpy()
+    return _ATTACHED[index][1]
+
+
+def _running(pid: int) -> bool:
+    """Whether another process with id ``pid`` exists (this process's own id: an earlier process's slots)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale(folder: Path = Path("/dev/shm")) -> None:
+    """Remove from ``folder`` the slots of processes that no longer exist."""
+    for path in folder.glob(f"{PREFIX}*_*"):
+        pid = path.name[len(PREFIX):].split("_")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            path.unlink(missing_ok=True)
 
 
 class SlotPool:
-    """``n`` slots of ``shape`` in shared memory, attached to this process, and which of them are free."""
+    """``n`` slots of ``shape`` in shared memory, attached to this process, and which of them are free; a
+    context manager that removes the blocks on exit."""
 
     def __init__(self, n: int, shape: tuple[int, ...]):
-        self.slots = [torch.empty(shape, dtype=torch.float32).share_memory_() for _ in range(n)]
+        size = int(np.prod(shape)) * np.dtype(np.float32).itemsize
+        remove_stale()
+        self.blocks = [shared_memory.SharedMemory(f"{PREFIX}{os.getpid()}_{k}", create=True, size=size)
+                       for k in range(n)]
+        self.names, self.shape = [b.name for b in self.blocks], shape
         self.free = deque(range(n))
-        attach(self.slots)
+        _use(self.blocks, shape)
 
     def take(self) -> int | None:
         """A free slot's index, or None when every slot is in use."""
@@ -44,3 +82,13 @@ class SlotPool:
     def give(self, index: int) -> None:
         """Slot ``index`` is free again."""
         self.free.append(index)
+
+    def __enter__(self) -> SlotPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _ATTACHED.clear()  # the arrays over the blocks go first
+        for block in self.blocks:
+            block.unlink()
+            with contextlib.suppress(BufferError):  # an array still referenced (a traceback's): unmapped at exit
+                block.close()

@@ -16,9 +16,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import SimpleITK as sitk
-import torch
 
-from BreastCMSLLib.cohort.slots import attach
+from BreastCMSLLib.cohort.slots import SlotPool, attach
 from BreastCMSLLib.cohort.sources import CaseSource
 from BreastCMSLLib.cohort.stages import Failed
 
@@ -50,14 +49,14 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_top_pad, 64 << 20)
 
 
-def start_worker(slots: list[torch.Tensor], threads: int) -> None:
+def start_worker(slots: list[str], shape: tuple[int, ...], threads: int) -> None:
     """A worker process's initializer: keep freed memory, attach the run's slots, run SimpleITK on ``threads``,
     and import what the stages use, then move it out of the garbage collector's sight (``gc.freeze``: its
     collections then walk only what a case creates, not the ~300k objects of torch, SimpleITK and matplotlib)."""
     for module in ("BreastCMSLLib.pipeline.output", "BreastCMSLLib.pipeline.figures"):  # else on the first case
         importlib.import_module(module)
     keep_freed_memory()
-    attach(slots)
+    attach(slots, shape)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     gc.freeze()
 
@@ -67,14 +66,14 @@ class Workers:
     cores (the other half is the network's); rebuilt when one of them dies (the cases then in flight are
     recorded as failed; a rerun retries them)."""
 
-    def __init__(self, n: int, slots: list[torch.Tensor]):
+    def __init__(self, n: int, slots: SlotPool):
         self.n, self.slots = n, slots
         self.threads = max(1, cores_per_rank() // (2 * n))
         self.pool = self._new()
 
     def _new(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=start_worker, initargs=(self.slots, self.threads))
+        return ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
+                                   initargs=(self.slots.names, self.slots.shape, self.threads))
 
     def submit(self, fn, *args) -> Future:
         try:
