@@ -28,8 +28,9 @@ from BreastCMSLLib.cohort.slots import SlotPool, slot_array
 from BreastCMSLLib.cohort.sources import CaseSource
 from BreastCMSLLib.cohort.stages import Failed, Prepared, finish_case, prepare_case
 from BreastCMSLLib.cohort.table import failed_row, ok_row, summary_text, write_results
-from BreastCMSLLib.cohort.workers import Workers, default_workers, keep_freed_memory, outcome
+from BreastCMSLLib.cohort.workers import Workers, default_workers, outcome
 from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.memory import keep_freed_memory
 
 
 @dataclass(frozen=True)

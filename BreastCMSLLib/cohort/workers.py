@@ -7,7 +7,6 @@ share of the cores instead of competing for all of them with the network and the
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import importlib
 import multiprocessing
@@ -20,6 +19,7 @@ import SimpleITK as sitk
 from BreastCMSLLib.cohort.slots import SlotPool, attach
 from BreastCMSLLib.cohort.sources import CaseSource
 from BreastCMSLLib.cohort.stages import Failed
+from BreastCMSLLib.memory import keep_freed_memory
 
 
 def cores_per_rank() -> int:
@@ -31,22 +31,6 @@ def default_workers() -> int:
     """Worker processes per rank: half the rank's cores, at least 2, at most 8 (each holds one or two cases'
     volumes)."""
     return min(8, max(2, cores_per_rank() // 2))
-
-
-def keep_freed_memory() -> None:
-    """Tell glibc to keep the memory a case freed for the next one instead of handing it back and faulting
-    fresh zero pages in again per case: no mmap for large blocks, no trimming, and one arena for all threads
-    (a thread's own arena would mmap every large block anew). Nothing happens without glibc. Run in this
-    process and in every worker process."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_top_pad, m_mmap_max, m_arena_max = -1, -2, -4, -8
-    libc.mallopt(m_arena_max, 1)
-    libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, 2**31 - 1)
-    libc.mallopt(m_top_pad, 64 << 20)
 
 
 def start_worker(slots: list[str], shape: tuple[int, ...], threads: int) -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.memory import malloc_environment
 from BreastCMSLLib.panel.processes import BackgroundCommand, kill_group, start_group
 from BreastCMSLLib.panel.protocol import ENDINGS, Kind, Message
-from BreastCMSLLib.panel.worker import MEMORY_ENVIRONMENT
 from BreastCMSLLib.run import AnalyzeRequest
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class Worker:
             self.process = start_group([python, "-m", "BreastCMSLLib.panel.worker",
                                         "--idle-timeout", repr(idle_timeout_s)],
                                        stdout=subprocess.PIPE, stdin=subprocess.PIPE, stderr=log,
-                                       env={**MEMORY_ENVIRONMENT, **env})
+                                       env={**malloc_environment(), **env})  # values already in env win
         threading.Thread(target=self._read, daemon=True, name="breastcmsl-worker-reader").start()
 
     @property

@@ -22,15 +22,6 @@ import threading
 import traceback
 from pathlib import Path
 
-# glibc gives every freed block over its mmap threshold (32 MB at most) back to the system and trims the top of
-# its heap beyond 128 KB, so each analysis at the paper's size faulted in about 2-3 GB of fresh zero pages again
-# (volumes, network input, activations, maps); a warm analysis is faster with these settings
-# (benchmarks/README.md). With them the worker takes every block from its heap and never trims it, so
-# an analysis reuses the pages the previous one freed; in exchange the idle worker keeps its peak memory
-# (see README) until it exits. These variables are glibc's; other C libraries ignore them. The session sets
-# them for the worker process only, and values already in its environment win.
-MEMORY_ENVIRONMENT = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40), "MALLOC_TOP_PAD_": str(64 << 20)}
-
 
 class ModelCache:
     """The last model loaded, reused while the file (by sha256) stays the same."""

@@ -1,0 +1,36 @@
+"""glibc malloc settings for processes that analyze case after case: the panel's warm worker and the cohort's
+processes.
+
+With glibc's defaults every freed block over its mmap threshold (32 MB at most) goes back to the system, the top
+of the heap is trimmed beyond 128 KB, and each thread allocates from an arena of its own that maps every large
+block anew; so each analysis at the paper's size faulted in 2-3 GB of fresh zero pages again (volumes, network
+input, activations, maps). With these settings every block comes from one heap that is never trimmed, and an
+analysis reuses the pages the previous one freed; in exchange an idle process keeps its peak memory until it
+exits. Timings: ``benchmarks/README.md``. Other C libraries ignore both the variables and the call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+__all__ = ["MALLOC_SETTINGS", "keep_freed_memory", "malloc_environment"]
+
+# glibc's environment variable, mallopt's parameter number and the value: one arena, no mmap, no trimming (the
+# largest threshold mallopt takes), 64 MB asked for beyond each heap extension
+MALLOC_SETTINGS = (("MALLOC_ARENA_MAX", -8, 1), ("MALLOC_MMAP_MAX_", -4, 0),
+                   ("MALLOC_TRIM_THRESHOLD_", -1, 2**31 - 1), ("MALLOC_TOP_PAD_", -2, 64 << 20))
+
+
+def malloc_environment() -> dict[str, str]:
+    """The settings as environment variables, for a process about to start."""
+    return {name: str(value) for name, _, value in MALLOC_SETTINGS}
+
+
+def keep_freed_memory() -> None:
+    """Apply the settings to this running process (``mallopt``); nothing happens without glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    for _, parameter, value in MALLOC_SETTINGS:
+        libc.mallopt(parameter, value)
