@@ -14,6 +14,7 @@ from pathlib import Path
 
 from BreastCMSLLib.config import MAP_NAMES
 from BreastCMSLLib.errors import InputError, user_error
+from BreastCMSLLib.memory import keep_freed_memory
 from BreastCMSLLib.run import AnalyzeRequest, run_analysis
 
 
@@ -132,7 +133,9 @@ def print_progress(fraction: float, stage: str) -> None:
 
 
 def cmd_analyze(args) -> dict:
-    """``breastcmsl analyze``: :func:`~BreastCMSLLib.run.run_analysis` of the arguments' request."""
+    """``breastcmsl analyze``: :func:`~BreastCMSLLib.run.run_analysis` of the arguments' request, with glibc told
+    to reuse what the analysis frees (:mod:`BreastCMSLLib.memory`)."""
+    keep_freed_memory()
     return run_analysis(analyze_request(args), report=print_progress if args.progress else None)
 
 
