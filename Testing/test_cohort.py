@@ -218,3 +218,14 @@ def test_bad_model_is_a_user_mistake(cohort, tmp_path):
     proc = run_cli("analyze-cohort", "--root", cohort, "--model", bad, "--out", tmp_path / "out")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and str(bad) in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_too_little_shared_memory_is_one_line_naming_the_folder(tmp_path):
+    from BreastCMSLLib.cohort.slots import check_room
+    from BreastCMSLLib.errors import InputError
+
+    check_room(2, (6, 8, 8, 8), tmp_path)  # 24 KiB: room
+    check_room(10**9, (6, 340, 220, 128), tmp_path / "none")  # no such folder: nothing to check
+    with pytest.raises(InputError) as err:
+        check_room(10**6, (6, 340, 220, 128), tmp_path)  # 215 TiB
+    assert str(tmp_path) in str(err.value) and "--shm-size" in str(err.value) and "\n" not in str(err.value)

@@ -3,8 +3,10 @@
 12 phantom cases (default grid) and an untrained full-size model (the paper's input size 340 x 220 x 128); the
 loop starts one ``breastcmsl analyze`` process per case, the cohort command runs once over the folder. Both run
 in the same invocation (with ``--repeats`` > 1 in alternating order); prints seconds per case of each, the ratio
-(goal <= 0.5) and the cohort's stage totals: time the network waited for the worker processes vs time in the
-network, which says which stage bounds the run. Case folders and model are kept in ``--work`` for reuse.
+of their medians (goal <= 0.5), the median of each repeat's own ratio (its two runs back to back, so a machine
+that slows down for a while weighs on both), and the cohort's stage totals: time the network waited for the
+worker processes vs time in the network, which says which stage bounds the run. Case folders and model are kept
+in ``--work`` for reuse.
 
     python benchmarks/analyze_cohort.py [--cases 12] [--device cpu|cuda] [--workers N] [--repeats 1] [--work DIR]
 """
@@ -75,6 +77,8 @@ def main() -> None:
     a, b = statistics.median(loop), statistics.median(cohort)
     print(f"\n{len(names)} cases on {args.device}: loop of `breastcmsl analyze` {a:.2f} s per case, "
           f"`breastcmsl analyze-cohort` {b:.2f} s per case ({60 / b:.1f} cases/min); ratio {b / a:.2f} (goal <= 0.5)")
+    paired = [c / one for one, c in zip(loop, cohort, strict=True)]  # each repeat's two runs were timed back to back
+    print(f"per-repeat ratio median {statistics.median(paired):.2f}   {[round(r, 2) for r in paired]}")
     waited, network = (statistics.median(s[k] for s in stages) for k in ("waiting_for_workers_s", "network_s"))
     bound = "the worker processes (reading, preprocessing)" if waited > network else "the network"
     print(f"cohort stages: network {network:.1f} s, waiting for workers {waited:.1f} s: bounded by {bound}")

@@ -24,7 +24,7 @@ import torch
 
 from BreastCMSLLib.atomic import atomic_write_text
 from BreastCMSLLib.cohort.progress import Progress
-from BreastCMSLLib.cohort.slots import SlotPool, slot_array
+from BreastCMSLLib.cohort.slots import SlotPool, check_room, slot_array
 from BreastCMSLLib.cohort.sources import CaseSource
 from BreastCMSLLib.cohort.stages import Failed, Prepared, finish_case, prepare_case
 from BreastCMSLLib.cohort.table import failed_row, ok_row, summary_text, write_results
@@ -183,6 +183,8 @@ def run_cohort(sources: list[CaseSource], model_path: Path, out: Path, device: s
     d, dev = setup(device)
     options = Options(workers or default_workers(), batch or (4 if dev.type == "cuda" else 1), seg, label_fraction)
     try:
+        cfg = loaded.config
+        check_room(2 * options.workers + options.batch, (cfg.in_channels, *cfg.preprocess.input_size))
         (out / "cases").mkdir(parents=True, exist_ok=True)
         partial = out / "results.csv" if d.world == 1 else out / f".results.rank{d.rank}.csv"
         mine, totals = run_shard(sources[d.rank::d.world], loaded, dev, out, options, partial,

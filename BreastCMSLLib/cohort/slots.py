@@ -3,8 +3,8 @@
 A slot holds one case's float32 (C, I, J, K) network input. The slots are made once per run in the network's
 process and every worker process attaches them when it starts: preprocessing writes the input straight into a
 slot, the network reads it from there, and the worker that finishes the case draws the figure from the same
-slot. Nothing of the volume is copied or pickled per case and the slots' pages stay mapped for the whole run
-(fresh shared memory per case cost more kernel time than the copy itself: ``benchmarks/README.md``).
+slot. Nothing of the volume is copied or pickled per case, and the slots' pages stay mapped for the whole run
+instead of being faulted in afresh for every case (timings: ``benchmarks/README.md``).
 
 A slot is taken when its case is sent to be prepared and given back when the case is written or has failed.
 The blocks live in ``/dev/shm`` (``multiprocessing.shared_memory``), named after the process that made them; the
@@ -21,6 +21,8 @@ from multiprocessing import shared_memory
 from pathlib import Path
 
 import numpy as np
+
+from BreastCMSLLib.errors import InputError
 
 PREFIX = "breastcmsl_slot_"
 
@@ -39,6 +41,11 @@ def attach(names: list[str], shape: tuple[int, ...]) -> None:
 def slot_array(index: int) -> np.ndarray:
     """Slot ``index`` of this process as a writable float32 (C, I, J, K) array (no copy)."""
     return _ATTACHED[index][1]
+
+
+def slot_bytes(shape: tuple[int, ...]) -> int:
+    """The size of one slot of ``shape`` (float32), bytes."""
+    return int(np.prod(shape)) * np.dtype(np.float32).itemsize
 
 
 def _running(pid: int) -> bool:
@@ -62,14 +69,27 @@ def remove_stale(folder: Path = Path("/dev/shm")) -> None:
             path.unlink(missing_ok=True)
 
 
+def check_room(n: int, shape: tuple[int, ...], folder: Path = Path("/dev/shm")) -> None:
+    """An :class:`InputError` when ``folder`` (where the slots live) has no room for ``n`` slots of ``shape`` once
+    stale slots are removed: writing beyond a full ``/dev/shm`` kills the process that writes. Nothing is checked
+    where there is no such folder."""
+    if not folder.is_dir():
+        return
+    remove_stale(folder)
+    stat = os.statvfs(folder)
+    free, need = stat.f_bavail * stat.f_frsize, n * slot_bytes(shape)
+    if free < need:
+        raise InputError(folder, f"{free / 2**30:.2f} GiB free, the run needs {need / 2**30:.2f} GiB for {n} input "
+                         "slots (give a container more with --shm-size, or use fewer --workers)")
+
+
 class SlotPool:
     """``n`` slots of ``shape`` in shared memory, attached to this process, and which of them are free; a
     context manager that removes the blocks on exit."""
 
     def __init__(self, n: int, shape: tuple[int, ...]):
-        size = int(np.prod(shape)) * np.dtype(np.float32).itemsize
         remove_stale()
-        self.blocks = [shared_memory.SharedMemory(f"{PREFIX}{os.getpid()}_{k}", create=True, size=size)
+        self.blocks = [shared_memory.SharedMemory(f"{PREFIX}{os.getpid()}_{k}", create=True, size=slot_bytes(shape))
                        for k in range(n)]
         self.names, self.shape = [b.name for b in self.blocks], shape
         self.free = deque(range(n))
