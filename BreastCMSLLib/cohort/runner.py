@@ -1,8 +1,7 @@
-"""The pipelined, resumable, sharded cohort run.
+"""The resumable, sharded cohort run.
 
-Worker processes read and preprocess the next cases (and carry maps back and write the finished ones) while
-this process runs the network, loaded once (BatchNorm folded, as ``breastcmsl analyze``), on the previous ones;
-on a GPU, prepared cases go through the network in batches. Every case lands in ``OUT/cases/<id>/`` whole or
+Each process runs its cases through :mod:`BreastCMSLLib.cohort.flow` with the network loaded once (BatchNorm
+folded, as ``breastcmsl analyze``). Every case lands in ``OUT/cases/<id>/`` whole or
 not at all; a rerun keeps the finished ones (same model file and label fraction) and redoes the rest. Under
 torchrun each rank takes every world-th case on its own device and rank 0 merges ``results.csv`` and
 ``summary.md``.
@@ -14,34 +13,20 @@ import glob
 import json
 import shutil
 import time
-from collections import deque
-from concurrent import futures
-from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from BreastCMSLLib.atomic import atomic_write_text
+from BreastCMSLLib.cohort.flow import Options, run_flow
 from BreastCMSLLib.cohort.progress import Progress
-from BreastCMSLLib.cohort.slots import SlotPool, check_room, slot_array
+from BreastCMSLLib.cohort.slots import check_room
 from BreastCMSLLib.cohort.sources import CaseSource
-from BreastCMSLLib.cohort.stages import Failed, Prepared, finish_case, prepare_case
+from BreastCMSLLib.cohort.stages import Failed
 from BreastCMSLLib.cohort.table import failed_row, ok_row, summary_text, write_results
-from BreastCMSLLib.cohort.workers import Workers, default_workers, outcome
+from BreastCMSLLib.cohort.workers import default_workers
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.memory import keep_freed_memory
-
-
-@dataclass(frozen=True)
-class Options:
-    """How to run: ``workers`` processes for reading/preprocessing and writing, ``batch`` cases per forward
-    pass, ``seg``: a DICOM SEG of COAM for DICOM studies, ``label_fraction`` as ``analyze --label-fraction``."""
-
-    workers: int
-    batch: int
-    seg: bool = False
-    label_fraction: float = 0.5
 
 
 def finished(folder: Path, model: dict, options: Options, dicom: bool) -> dict | None:
@@ -61,7 +46,6 @@ def run_shard(sources: list[CaseSource], loaded, dev: torch.device, out: Path, o
               partial_csv: Path, label: str = "cohort") -> tuple[dict[str, dict], dict]:
     """Analyze ``sources`` (this process's share); returns {id: results.csv row} and stage totals (seconds)."""
     model = loaded.info()
-    cfg, name = loaded.config, loaded.name
     rows: dict[str, dict] = {}
     todo: list[CaseSource] = []
     for s in sources:  # staging folders a killed run left behind (only this shard's: other ranks may be writing)
@@ -78,7 +62,6 @@ def run_shard(sources: list[CaseSource], loaded, dev: torch.device, out: Path, o
             todo.append(s)
     order = {s.id: i for i, s in enumerate(sources)}
     progress = Progress(len(sources), len(rows), sum(r["status"] == "error" for r in rows.values()), label)
-    totals = {"waiting_for_workers_s": 0.0, "network_s": 0.0, "forward_passes": 0}
 
     def record(row: dict) -> None:
         rows[row["id"]] = row
@@ -91,75 +74,10 @@ def run_shard(sources: list[CaseSource], loaded, dev: torch.device, out: Path, o
         else:
             record(ok_row(source.id, item, source.label))
 
-    depth = options.workers + options.batch  # cases read ahead
-    n_slots = min(depth + options.workers, len(todo))  # the cases read ahead and those being written
-    with SlotPool(n_slots, (cfg.in_channels, *cfg.preprocess.input_size)) as slots:
-        workers = Workers(options.workers, slots)
-        queue = iter(todo)
-        preparing: deque[tuple[Future, CaseSource, int]] = deque()
-        writing: list[tuple[Future, CaseSource, int]] = []
-
-        def refill() -> None:
-            while len(preparing) < depth and slots.free and (s := next(queue, None)) is not None:
-                slot = slots.take()
-                preparing.append((workers.submit(prepare_case, s, slot, cfg, name, options.label_fraction, options.seg),
-                                  s, slot))
-
-        def harvest(wait: bool) -> None:
-            if wait and writing:
-                futures.wait([w[0] for w in writing], return_when=futures.FIRST_COMPLETED)
-            for item in [w for w in writing if w[0].done()]:
-                writing.remove(item)
-                slots.give(item[2])
-                recorded(outcome(*item[:2]), item[1])
-
-        try:
-            while True:
-                refill()
-                if not preparing:  # all read; or every slot is being written: wait for one
-                    if not writing:
-                        break
-                    harvest(wait=True)
-                    continue
-                t0 = time.perf_counter()
-                batch: list[Prepared] = []
-                while preparing and len(batch) < options.batch and (not batch or preparing[0][0].done()):
-                    future, source, slot = preparing.popleft()
-                    item = outcome(future, source)
-                    if isinstance(item, Failed):
-                        slots.give(slot)
-                        recorded(item, source)
-                    else:
-                        batch.append(item)
-                    refill()
-                t1 = time.perf_counter()
-                totals["waiting_for_workers_s"] += t1 - t0
-                if batch:
-                    from BreastCMSLLib.pipeline.analyze import infer
-
-                    try:
-                        nets = infer(loaded, [slot_array(c.slot) for c in batch], dev)
-                    except Exception as err:  # e.g. out of GPU memory: these cases fail, the rest go on
-                        from BreastCMSLLib.cohort.stages import one_line
-
-                        for c in batch:
-                            slots.give(c.slot)
-                            recorded(Failed(c.source, one_line(err), sum(c.timings.values())), c.source)
-                        nets = []
-                    seconds = time.perf_counter() - t1
-                    totals["network_s"] += seconds
-                    totals["forward_passes"] += 1
-                    for case, net in zip(batch, nets, strict=False):
-                        case.timings["inference_s"] = seconds
-                        writing.append((workers.submit(finish_case, case, net, model, options.label_fraction,
-                                                       out / "cases" / case.source.id), case.source, case.slot))
-                harvest(wait=False)
-        except KeyboardInterrupt:
-            workers.close(cancel=True)
-            progress.close()
-            raise
-        workers.close()
-    progress.close()
+    try:
+        totals = run_flow(todo, loaded, dev, out, options, recorded)
+    finally:
+        progress.close()
     return rows, totals
 
 
