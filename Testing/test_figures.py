@@ -21,7 +21,7 @@ def test_panel_rgb_is_grey_blended_with_inferno_at_half_opacity():
     assert np.array_equal(panel_rgb(sub)[..., 0], np.round(sub.T * 255).astype(np.uint8))
 
 
-@pytest.mark.parametrize(("size", "zoom"), [((220, 120), 1), ((64, 40), 4)])
+@pytest.mark.parametrize(("size", "zoom"), [((340, 120), 1), ((64, 40), 5)])
 def test_voxels_and_marks_land_on_their_pixels(size, zoom, tmp_path):
     sub = np.zeros(size)
     sub[5, 30] = 1.0  # one bright voxel: i = 5, j = 30

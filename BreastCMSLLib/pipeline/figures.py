@@ -27,7 +27,7 @@ from matplotlib.transforms import IdentityTransform
 __all__ = ["MARK_STYLES", "PanelRow", "overview_figure", "panel_figure", "panel_rgb", "save_figure"]
 
 MARK_STYLES = {"COAM peak": ("c", "+"), "CAM peak": ("y", "x"), "fine peak": ("lime", "*"), "true centre": ("r", "o")}
-MIN_PANEL_PX = 200  # grids narrower than this (voxels along i) are enlarged by a whole factor
+MIN_PANEL_PX = 300  # grids narrower than this (voxels along i) are enlarged by a whole factor
 GAP, TITLE_BAND, HEADER = 8, 18, 34  # pixels: between panels, above each row for the panel titles, figure title
 
 
@@ -71,7 +71,7 @@ def panel_figure(rows: list[PanelRow], title: str) -> Figure:
             x0 = GAP + c * (w + GAP)
             fig.figimage(np.kron(image, np.ones((zoom, zoom, 1), np.uint8)) if zoom > 1 else image, x0, y0,
                          origin="upper")
-            fig.text((x0 + w / 2) / width, (y0 + h + 3) / height, name, ha="center", va="bottom", fontsize=8)
+            fig.text(x0 / width, (y0 + h + 3) / height, name, ha="left", va="bottom", fontsize=8)
             for label, (i, j, on_slice) in row.marks.items():
                 colour, marker = MARK_STYLES[label]
                 used[label] = Line2D([], [], marker=marker, color=colour, markerfacecolor="none", linestyle="none",
