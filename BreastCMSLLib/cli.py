@@ -143,10 +143,10 @@ def cmd_analyze_cohort(args) -> dict | None:
     """``breastcmsl analyze-cohort`` (and ``torchrun ... -m BreastCMSLLib.cohort``): see
     :mod:`BreastCMSLLib.cohort.runner`. Ctrl-C keeps the finished cases and exits with 130."""
     # the network's OpenMP threads share the cores with the worker processes: they sleep while they wait
-    # instead of spinning (read when torch loads OpenMP, i.e. on the import below in a fresh process)
+    # instead of spinning (read when torch loads OpenMP, i.e. on the runner's import below in a fresh process)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from BreastCMSLLib.cohort.runner import run_cohort
     from BreastCMSLLib.cohort.sources import from_manifest, from_root
+    from BreastCMSLLib.cohort.workers import Workers, default_workers
 
     if not 0.0 < args.label_fraction <= 1.0:
         raise InputError("--label-fraction", f"must be in (0, 1], got {args.label_fraction}")
@@ -164,8 +164,12 @@ def cmd_analyze_cohort(args) -> dict | None:
     else:
         sources = from_root(args.root, args.out)
     try:
-        return run_cohort(sources, args.model, args.out, args.device, args.workers, args.batch, args.seg,
-                          args.label_fraction, summary=args.manifest is not None)
+        # the worker processes start first and import while this process loads torch and the model
+        with Workers(args.workers or default_workers()) as workers:
+            from BreastCMSLLib.cohort.runner import run_cohort
+
+            return run_cohort(sources, args.model, args.out, args.device, workers, args.batch, args.seg,
+                              args.label_fraction, summary=args.manifest is not None)
     except KeyboardInterrupt:
         print("breastcmsl analyze-cohort: interrupted; finished cases are kept, rerun the same command to do the "
               "rest", file=sys.stderr)

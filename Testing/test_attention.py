@@ -62,7 +62,7 @@ def test_a_one_hot_feature_peaks_at_input_voxel_32f():
     import numpy as np
     import SimpleITK as sitk
 
-    from BreastCMSLLib.pipeline.analyze import normalized_on_input_grid, peak_lps
+    from BreastCMSLLib.pipeline.maps import normalized_on_input_grid, peak_lps
     from BreastCMSLLib.pipeline.preprocess import Preprocessed
 
     grid = sitk.Image([96, 64, 64], sitk.sitkUInt8)
@@ -70,7 +70,7 @@ def test_a_one_hot_feature_peaks_at_input_voxel_32f():
     grid.SetOrigin((-40.0, 12.5, 7.0))
     grid.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
     prep = Preprocessed(np.zeros((1, 96, 64, 64), np.float32), grid, grid, np.ones((96, 64, 64), bool))
-    small = torch.zeros(3, 2, 2)
+    small = np.zeros((3, 2, 2), np.float32)
     small[1, 1, 0] = 5.0
     up = normalized_on_input_grid(small, prep)
     assert up.shape == (96, 64, 64) and up.max() == 1.0 and up.min() == 0.0
@@ -90,7 +90,7 @@ def test_upsampling_equals_physical_resampling_of_the_padded_feature_grid(size, 
     import numpy as np
     import SimpleITK as sitk
 
-    from BreastCMSLLib.pipeline.analyze import upsample_linear
+    from BreastCMSLLib.pipeline.maps import upsample_linear
 
     grid = sitk.Image(list(size), sitk.sitkUInt8)
     grid.SetSpacing((0.9, 1.1, 2.0))

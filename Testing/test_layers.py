@@ -9,6 +9,8 @@ Layers of ``BreastCMSLLib``, lowest first: foundation (``errors``, ``config``, `
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,13 @@ def test_a_planted_bad_import_is_found(tmp_path, relative):
     path.write_text(source)
     (found,) = violations(tmp_path)
     assert found.startswith(f"{relative}:") and rule in found
+
+
+def test_the_cohort_workers_start_without_torch():
+    """A cohort worker process reads, preprocesses, draws and writes without torch (its import is most of a
+    worker's start-up): importing everything it runs leaves torch unimported."""
+    code = ("import sys; import BreastCMSLLib.cohort.workers, BreastCMSLLib.pipeline.output, "
+            "BreastCMSLLib.pipeline.figures, BreastCMSLLib.dicom.roles, BreastCMSLLib.dicom.seg; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert proc.stdout.strip() == "[]"

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from BreastCMSLLib.config import PreprocessConfig
 from BreastCMSLLib.network.modelfile import load_model
-from BreastCMSLLib.pipeline.analyze import analyze_case, normalized_on_input_grid, peak_lps
+from BreastCMSLLib.pipeline.analyze import analyze_case
+from BreastCMSLLib.pipeline.maps import normalized_on_input_grid, peak_lps
 from BreastCMSLLib.pipeline.peaks import plateau_peak_index, plateau_peak_lps
 from BreastCMSLLib.pipeline.preprocess import CaseInputs, load_case, preprocess_case, to_reference
 
@@ -65,7 +65,7 @@ def test_edge_plateau_gives_one_physical_peak_in_both_storages(tiny_case):
     """A map whose maximum is the last feature along i: every input voxel beyond that feature centre is
     maximal. The peak is the same LPS point for both storages and the written map is maximal there."""
     base = load_case(tiny_case)
-    small = torch.zeros(2, 2, 1)
+    small = np.zeros((2, 2, 1), np.float32)
     small[1, 0, 0] = 3.0
     small[0, 1, 0] = 1.0
     peaks = []

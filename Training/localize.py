@@ -28,21 +28,15 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 from matplotlib.figure import Figure
 
 from BreastCMSLLib.atomic import atomic_path, atomic_write_text
 from BreastCMSLLib.config import FINE_MAP, NETWORK_STRIDE, PEAK_RULES, STAGE_STRIDES, FineMapConfig
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.modelfile import LoadedModel, load_model, read_model_metadata
-from BreastCMSLLib.pipeline.analyze import (
-    Analysis,
-    analyze_case,
-    fine_on_grid,
-    normalized_on_input_grid,
-    stage_peak_lps,
-)
+from BreastCMSLLib.pipeline.analyze import analyze_case, fine_on_grid
 from BreastCMSLLib.pipeline.figures import PanelRow, panel_figure, save_figure
+from BreastCMSLLib.pipeline.maps import Analysis, normalized_on_input_grid, stage_peak_lps
 from BreastCMSLLib.pipeline.preprocess import load_case
 
 from .evaluate import predict_split
@@ -96,7 +90,7 @@ def score_case(a: Analysis, centre, case_dir) -> dict[str, MapScore]:
     for name, (small, stride) in candidate_maps(a).items():
         on_input = {"coam": a.coam_input, "cam": a.cam_input}.get(name)
         if on_input is None:
-            on_input = normalized_on_input_grid(torch.from_numpy(small), prep, stride)
+            on_input = normalized_on_input_grid(small, prep, stride)
         for rule in PEAK_RULES:
             peak = stage_peak_lps(small, stride, rule, prep, on_input)
             scores[f"{name}/{rule}"] = score(peak, centre, mask, region, on_input, valid)
@@ -161,7 +155,7 @@ def feature_grid(input_size) -> tuple[int, int, int]:
 def nearest_feature(grid: sitk.Image, point) -> tuple[tuple[int, int, int], float]:
     """The feature voxel (i, j, k) whose centre is nearest to an LPS point, and that distance (mm), on the
     input ``grid`` (feature voxel f is centred on input voxel 32 f, see
-    :func:`BreastCMSLLib.pipeline.analyze.upsample_linear`)."""
+    :func:`BreastCMSLLib.pipeline.maps.upsample_linear`)."""
     last = np.array(feature_grid(grid.GetSize())) - 1
     cont = np.array(grid.TransformPhysicalPointToContinuousIndex([float(v) for v in point]))
     f = np.clip(np.rint(cont / NETWORK_STRIDE), 0, last).astype(int)

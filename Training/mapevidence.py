@@ -15,7 +15,8 @@ import torch
 
 from BreastCMSLLib.network.attention import coam
 from BreastCMSLLib.network.modelfile import LoadedModel
-from BreastCMSLLib.pipeline.analyze import Analysis, forward, select_device
+from BreastCMSLLib.pipeline.analyze import forward, select_device
+from BreastCMSLLib.pipeline.maps import Analysis
 
 FIELDS = ("subject_id", "cells", "rank_coam", "rank_cam", "rank_coam_pre_relu", "rank_norm", "corr_coam_norm2",
           "corr_coam_cam", "zero_fraction", "pre_relu_negative_gram_fraction")

@@ -51,6 +51,11 @@ def main() -> None:
     if not model.exists():
         subprocess.run([*CLI, "init-model", "--out", str(model)], check=True, capture_output=True, cwd=ROOT)
     names = sorted(p.name for p in cases.iterdir() if p.is_dir())[: args.cases]
+    root = work / f"root_{len(names)}"  # exactly these cases for the cohort (--work may hold more)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    for name in names:
+        (root / name).symlink_to(cases / name, target_is_directory=True)
 
     loop, cohort, stages = [], [], []
     for r in range(args.repeats):
@@ -66,7 +71,7 @@ def main() -> None:
                 print(f"repeat {r}: loop of analyze {loop[-1]:.2f} s per case", flush=True)
             else:
                 extra = ["--workers", str(args.workers)] if args.workers else []
-                seconds, stdout = timed([*CLI, "analyze-cohort", "--root", str(cases), "--model", str(model),
+                seconds, stdout = timed([*CLI, "analyze-cohort", "--root", str(root), "--model", str(model),
                                          "--out", str(out), "--device", args.device, *extra])
                 report = json.loads(stdout)
                 assert report["ok"] == len(names), report

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from BreastCMSLLib.cohort.slots import SlotPool, slot_array
+from BreastCMSLLib.cohort.slots import Slot, SlotPool
 from BreastCMSLLib.cohort.sources import CaseSource
 from BreastCMSLLib.cohort.stages import Failed, Prepared, finish_case, one_line, prepare_case
-from BreastCMSLLib.cohort.workers import Workers, outcome
+from BreastCMSLLib.cohort.workers import Workers, network_threads, outcome
 
 
 @dataclass(frozen=True)
@@ -33,22 +33,24 @@ class Options:
     label_fraction: float = 0.5
 
 
-def run_flow(todo: list[CaseSource], loaded, dev: torch.device, out: Path, options: Options,
+def run_flow(todo: list[CaseSource], loaded, dev: torch.device, out: Path, options: Options, workers: Workers,
              recorded: Callable[[object, CaseSource], None]) -> dict:
-    """Analyze ``todo`` with the model ``loaded`` on ``dev`` into ``out/cases/``; ``recorded(item, source)`` gets
-    each case's result.json dict or :class:`Failed` as it ends. Returns the stage totals (seconds)."""
+    """Analyze ``todo`` with the model ``loaded`` on ``dev`` and the worker processes ``workers`` into
+    ``out/cases/``; ``recorded(item, source)`` gets each case's result.json dict or :class:`Failed` as it ends.
+    Returns the stage totals (seconds)."""
     from BreastCMSLLib.pipeline.analyze import infer
 
     model = loaded.info()
+    if dev.type == "cpu":
+        torch.set_num_threads(network_threads(options.workers))
     cfg, name = loaded.config, loaded.name
     totals = {"waiting_for_workers_s": 0.0, "network_s": 0.0, "forward_passes": 0}
     depth = options.workers + options.batch  # cases read ahead
     n_slots = min(depth + options.workers, len(todo))  # the cases read ahead and those being written
     with SlotPool(n_slots, (cfg.in_channels, *cfg.preprocess.input_size)) as slots:
-        workers = Workers(options.workers, slots)
         queue = iter(todo)
-        preparing: deque[tuple[Future, CaseSource, int]] = deque()
-        writing: list[tuple[Future, CaseSource, int]] = []
+        preparing: deque[tuple[Future, CaseSource, Slot]] = deque()
+        writing: list[tuple[Future, CaseSource, Slot]] = []
 
         def refill() -> None:
             while len(preparing) < depth and slots.free and (s := next(queue, None)) is not None:
@@ -64,45 +66,40 @@ def run_flow(todo: list[CaseSource], loaded, dev: torch.device, out: Path, optio
                 slots.give(item[2])
                 recorded(outcome(*item[:2]), item[1])
 
-        try:
-            while True:
+        while True:
+            refill()
+            if not preparing:  # all read; or every slot is being written: wait for one
+                if not writing:
+                    break
+                harvest(wait=True)
+                continue
+            t0 = time.perf_counter()
+            batch: list[Prepared] = []
+            while preparing and len(batch) < options.batch and (not batch or preparing[0][0].done()):
+                future, source, slot = preparing.popleft()
+                item = outcome(future, source)
+                if isinstance(item, Failed):
+                    slots.give(slot)
+                    recorded(item, source)
+                else:
+                    batch.append(item)
                 refill()
-                if not preparing:  # all read; or every slot is being written: wait for one
-                    if not writing:
-                        break
-                    harvest(wait=True)
-                    continue
-                t0 = time.perf_counter()
-                batch: list[Prepared] = []
-                while preparing and len(batch) < options.batch and (not batch or preparing[0][0].done()):
-                    future, source, slot = preparing.popleft()
-                    item = outcome(future, source)
-                    if isinstance(item, Failed):
-                        slots.give(slot)
-                        recorded(item, source)
-                    else:
-                        batch.append(item)
-                    refill()
-                t1 = time.perf_counter()
-                totals["waiting_for_workers_s"] += t1 - t0
-                if batch:
-                    try:
-                        nets = infer(loaded, [slot_array(c.slot) for c in batch], dev)
-                    except Exception as err:  # e.g. out of GPU memory: these cases fail, the rest go on
-                        for c in batch:
-                            slots.give(c.slot)
-                            recorded(Failed(c.source, one_line(err), sum(c.timings.values())), c.source)
-                        nets = []
-                    seconds = time.perf_counter() - t1
-                    totals["network_s"] += seconds
-                    totals["forward_passes"] += 1
-                    for case, net in zip(batch, nets, strict=False):
-                        case.timings["inference_s"] = seconds
-                        writing.append((workers.submit(finish_case, case, net, model, options.label_fraction,
-                                                       out / "cases" / case.source.id), case.source, case.slot))
-                harvest(wait=False)
-        except KeyboardInterrupt:
-            workers.close(cancel=True)
-            raise
-        workers.close()
+            t1 = time.perf_counter()
+            totals["waiting_for_workers_s"] += t1 - t0
+            if batch:
+                try:
+                    nets = infer(loaded, [c.slot.array() for c in batch], dev)
+                except Exception as err:  # e.g. out of GPU memory: these cases fail, the rest go on
+                    for c in batch:
+                        slots.give(c.slot)
+                        recorded(Failed(c.source, one_line(err), sum(c.timings.values())), c.source)
+                    nets = []
+                seconds = time.perf_counter() - t1
+                totals["network_s"] += seconds
+                totals["forward_passes"] += 1
+                for case, net in zip(batch, nets, strict=False):
+                    case.timings["inference_s"] = seconds
+                    writing.append((workers.submit(finish_case, case, net, model, options.label_fraction,
+                                                   out / "cases" / case.source.id), case.source, case.slot))
+            harvest(wait=False)
     return totals

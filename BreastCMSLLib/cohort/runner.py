@@ -24,7 +24,7 @@ from BreastCMSLLib.cohort.slots import check_room
 from BreastCMSLLib.cohort.sources import CaseSource
 from BreastCMSLLib.cohort.stages import Failed
 from BreastCMSLLib.cohort.table import failed_row, ok_row, summary_text, write_results
-from BreastCMSLLib.cohort.workers import default_workers
+from BreastCMSLLib.cohort.workers import Workers
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.memory import keep_freed_memory
 
@@ -42,9 +42,10 @@ def finished(folder: Path, model: dict, options: Options, dicom: bool) -> dict |
     return result if same else None
 
 
-def run_shard(sources: list[CaseSource], loaded, dev: torch.device, out: Path, options: Options,
+def run_shard(sources: list[CaseSource], loaded, dev: torch.device, out: Path, options: Options, workers: Workers,
               partial_csv: Path, label: str = "cohort") -> tuple[dict[str, dict], dict]:
-    """Analyze ``sources`` (this process's share); returns {id: results.csv row} and stage totals (seconds)."""
+    """Analyze ``sources`` (this process's share) with the worker processes ``workers``; returns {id: results.csv
+    row} and stage totals (seconds)."""
     model = loaded.info()
     rows: dict[str, dict] = {}
     todo: list[CaseSource] = []
@@ -75,16 +76,16 @@ def run_shard(sources: list[CaseSource], loaded, dev: torch.device, out: Path, o
             record(ok_row(source.id, item, source.label))
 
     try:
-        totals = run_flow(todo, loaded, dev, out, options, recorded)
+        totals = run_flow(todo, loaded, dev, out, options, workers, recorded)
     finally:
         progress.close()
     return rows, totals
 
 
-def run_cohort(sources: list[CaseSource], model_path: Path, out: Path, device: str, workers: int | None,
+def run_cohort(sources: list[CaseSource], model_path: Path, out: Path, device: str, workers: Workers,
                batch: int | None, seg: bool, label_fraction: float, summary: bool) -> dict | None:
-    """Analyze every case (this rank's share under torchrun), then (rank 0) write ``results.csv`` and, with
-    ``summary``, ``summary.md``. Returns what the command prints."""
+    """Analyze every case (this rank's share under torchrun) with the rank's worker processes ``workers``, then
+    (rank 0) write ``results.csv`` and, with ``summary``, ``summary.md``. Returns what the command prints."""
     from BreastCMSLLib.distributed import gather_objects, setup, teardown
     from BreastCMSLLib.network.modelfile import load_model
     from BreastCMSLLib.pipeline.analyze import select_device
@@ -99,13 +100,13 @@ def run_cohort(sources: list[CaseSource], model_path: Path, out: Path, device: s
     keep_freed_memory()
     loaded = load_model(model_path)
     d, dev = setup(device)
-    options = Options(workers or default_workers(), batch or (4 if dev.type == "cuda" else 1), seg, label_fraction)
+    options = Options(workers.n, batch or (4 if dev.type == "cuda" else 1), seg, label_fraction)
     try:
         cfg = loaded.config
         check_room(2 * options.workers + options.batch, (cfg.in_channels, *cfg.preprocess.input_size))
         (out / "cases").mkdir(parents=True, exist_ok=True)
         partial = out / "results.csv" if d.world == 1 else out / f".results.rank{d.rank}.csv"
-        mine, totals = run_shard(sources[d.rank::d.world], loaded, dev, out, options, partial,
+        mine, totals = run_shard(sources[d.rank::d.world], loaded, dev, out, options, workers, partial,
                                  "cohort" if d.world == 1 else f"rank {d.rank}")
         shards = gather_objects((mine, totals), d)
     finally:

@@ -1,12 +1,13 @@
 """Shared-memory slots that carry network inputs between the worker processes and the network.
 
 A slot holds one case's float32 (C, I, J, K) network input. The slots are made once per run in the network's
-process and every worker process attaches them when it starts: preprocessing writes the input straight into a
-slot, the network reads it from there, and the worker that finishes the case draws the figure from the same
-slot. Nothing of the volume is copied or pickled per case, and the slots' pages stay mapped for the whole run
-instead of being faulted in afresh for every case (timings: ``benchmarks/README.md``).
+process, and a worker process maps them the first time it meets one (:class:`Slot`): preprocessing writes the
+input straight into a slot, the network reads it from there, and the worker that finishes the case draws the
+figure from the same slot. Nothing of the volume is copied or pickled per case, and the slots' pages stay mapped
+for the whole run instead of being faulted in afresh for every case (timings: ``benchmarks/README.md``).
 
-A slot is taken when its case is sent to be prepared and given back when the case is written or has failed.
+A slot is taken when its case is sent to be prepared and given back when the case is written or has failed; the
+slot given back last is taken first, so a short run touches (and the kernel zeroes) no more slots than it needs.
 The blocks live in ``/dev/shm`` (``multiprocessing.shared_memory``), named after the process that made them; the
 run removes them at its end, multiprocessing's resource tracker when only the run is killed, and the next run
 those of a process that no longer exists (a whole process group killed, tracker included).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
+from dataclasses import dataclass
 from multiprocessing import shared_memory
 from pathlib import Path
 
@@ -26,21 +28,29 @@ from BreastCMSLLib.errors import InputError
 
 PREFIX = "breastcmsl_slot_"
 
-_ATTACHED: list[tuple[shared_memory.SharedMemory, np.ndarray]] = []  # this process's view of the run's slots
+_ATTACHED: dict[tuple[str, ...], list[tuple[shared_memory.SharedMemory, np.ndarray]]] = {}  # this process's views
 
 
 def _use(blocks: list[shared_memory.SharedMemory], shape: tuple[int, ...]) -> None:
-    _ATTACHED[:] = [(block, np.ndarray(shape, np.float32, buffer=block.buf)) for block in blocks]
+    _ATTACHED.clear()  # one run's slots at a time
+    _ATTACHED[tuple(b.name for b in blocks)] = [(b, np.ndarray(shape, np.float32, buffer=b.buf)) for b in blocks]
 
 
-def attach(names: list[str], shape: tuple[int, ...]) -> None:
-    """Map the slots ``names`` of ``shape`` into this process: the worker processes' initializer calls it."""
-    _use([shared_memory.SharedMemory(name=name) for name in names], shape)
+@dataclass(frozen=True)
+class Slot:
+    """One slot of a run as it travels to a worker process (a few bytes to pickle): the run's block ``names``, the
+    slot ``shape`` and this slot's ``index``."""
 
+    names: tuple[str, ...]
+    shape: tuple[int, ...]
+    index: int
 
-def slot_array(index: int) -> np.ndarray:
-    """Slot ``index`` of this process as a writable float32 (C, I, J, K) array (no copy)."""
-    return _ATTACHED[index][1]
+    def array(self) -> np.ndarray:
+        """The slot as a writable float32 (C, I, J, K) array (no copy); a worker process maps the run's blocks the
+        first time it meets one of them."""
+        if self.names not in _ATTACHED:
+            _use([shared_memory.SharedMemory(name=name) for name in self.names], self.shape)
+        return _ATTACHED[self.names][self.index][1]
 
 
 def slot_bytes(shape: tuple[int, ...]) -> int:
@@ -91,17 +101,17 @@ class SlotPool:
         remove_stale()
         self.blocks = [shared_memory.SharedMemory(f"{PREFIX}{os.getpid()}_{k}", create=True, size=slot_bytes(shape))
                        for k in range(n)]
-        self.names, self.shape = [b.name for b in self.blocks], shape
+        self.names, self.shape = tuple(b.name for b in self.blocks), shape
         self.free = deque(range(n))
         _use(self.blocks, shape)
 
-    def take(self) -> int | None:
-        """A free slot's index, or None when every slot is in use."""
-        return self.free.popleft() if self.free else None
+    def take(self) -> Slot | None:
+        """A free slot (the one given back last), or None when every slot is in use."""
+        return Slot(self.names, self.shape, self.free.popleft()) if self.free else None
 
-    def give(self, index: int) -> None:
-        """Slot ``index`` is free again."""
-        self.free.append(index)
+    def give(self, slot: Slot) -> None:
+        """``slot`` is free again."""
+        self.free.appendleft(slot.index)
 
     def __enter__(self) -> SlotPool:
         return self

@@ -1,6 +1,7 @@
 """The two halves of a case that run in worker processes: reading + preprocessing before the network, maps +
-writing after it (:mod:`BreastCMSLLib.pipeline.analyze`'s ``prepare`` and ``finish``, as ``breastcmsl analyze``
-runs them). Each returns a record instead of raising, so one broken case never stops the cohort."""
+writing after it (:func:`~BreastCMSLLib.pipeline.preprocess.prepare` and :func:`~BreastCMSLLib.pipeline.maps.finish`,
+as ``breastcmsl analyze`` runs them; neither needs torch, so a worker never imports it). Each returns a record
+instead of raising, so one broken case never stops the cohort."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from BreastCMSLLib.atomic import replace_folder, staging_folder
-from BreastCMSLLib.cohort.slots import slot_array
+from BreastCMSLLib.cohort.slots import Slot
 from BreastCMSLLib.cohort.sources import CaseSource
 from BreastCMSLLib.config import ModelConfig
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.pipeline.analyze import NetResult, finish, prepare
-from BreastCMSLLib.pipeline.preprocess import Preprocessed
+from BreastCMSLLib.pipeline.maps import NetResult, finish
+from BreastCMSLLib.pipeline.preprocess import Preprocessed, prepare
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Prepared:
     record of result.json; ``reference`` the reference DICOM phase when a DICOM SEG is wanted."""
 
     source: CaseSource
-    slot: int
+    slot: Slot
     prep: Preprocessed
     used: dict
     centre: tuple[float, float, float] | None
@@ -69,14 +70,14 @@ def read_source(source: CaseSource, n_channels: int, seg: bool):
     raise InputError(source.folder, "holds neither case volumes nor DICOM files")
 
 
-def prepare_case(source: CaseSource, slot: int, config: ModelConfig, model_name: str, label_fraction: float,
+def prepare_case(source: CaseSource, slot: Slot, config: ModelConfig, model_name: str, label_fraction: float,
                  seg: bool) -> Prepared | Failed:
     """Read and preprocess one case into slot ``slot`` (in a worker process)."""
     t0 = time.perf_counter()
     try:
         inputs, used, reference = read_source(source, config.in_channels, seg)
         t1 = time.perf_counter()
-        prep = prepare(inputs, config, model_name, label_fraction, slot_array(slot))
+        prep = prepare(inputs, config, model_name, label_fraction, slot.array())
         t2 = time.perf_counter()
     except Exception as err:  # a broken case is recorded, never raised: the cohort goes on
         return Failed(source, one_line(err), time.perf_counter() - t0)
@@ -92,7 +93,7 @@ def finish_case(case: Prepared, net: NetResult, model: dict, label_fraction: flo
 
     t0 = time.perf_counter()
     try:
-        prep = dataclasses.replace(case.prep, array=slot_array(case.slot))
+        prep = dataclasses.replace(case.prep, array=case.slot.array())
         analysis = finish(prep, net, model, case.mask_source, label_fraction, case.timings)
         extra = {}
         if case.reference is not None:

@@ -16,10 +16,13 @@ from concurrent.futures.process import BrokenProcessPool
 
 import SimpleITK as sitk
 
-from BreastCMSLLib.cohort.slots import SlotPool, attach
 from BreastCMSLLib.cohort.sources import CaseSource
 from BreastCMSLLib.cohort.stages import Failed
 from BreastCMSLLib.memory import keep_freed_memory
+
+# The network is the one stage a case cannot overlap with itself, so a core it wants is never taken by a
+# worker: the workers run at this niceness and have the cores whenever the network does not (benchmarks/README.md)
+NICENESS = 10
 
 
 def cores_per_rank() -> int:
@@ -33,31 +36,52 @@ def default_workers() -> int:
     return min(8, max(2, cores_per_rank() // 2))
 
 
-def start_worker(slots: list[str], shape: tuple[int, ...], threads: int) -> None:
-    """A worker process's initializer: keep freed memory, attach the run's slots, run SimpleITK on ``threads``,
-    and import what the stages use, then move it out of the garbage collector's sight (``gc.freeze``: its
-    collections then walk only what a case creates, not the ~300k objects of torch, SimpleITK and matplotlib)."""
+def network_threads(workers: int) -> int:
+    """The network's threads on a CPU: the rank's cores the ``workers`` processes leave, at least 1."""
+    return max(1, cores_per_rank() - workers)
+
+
+def start_worker(threads: int) -> None:
+    """A worker process's initializer: yield the cores to the network (niceness +:data:`NICENESS`), keep freed
+    memory, run SimpleITK on ``threads`` and import what the stages use, then move it out of the garbage
+    collector's sight (``gc.freeze``: its collections then walk only what a case creates, not the objects of
+    SimpleITK and matplotlib)."""
+    if hasattr(os, "nice"):
+        os.nice(NICENESS)
     for module in ("BreastCMSLLib.pipeline.output", "BreastCMSLLib.pipeline.figures"):  # else on the first case
         importlib.import_module(module)
     keep_freed_memory()
-    attach(slots, shape)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     gc.freeze()
 
 
-class Workers:
-    """``n`` spawned worker processes holding the run's shared-memory slots, each with its share of the rank's
-    cores (the other half is the network's); rebuilt when one of them dies (the cases then in flight are
-    recorded as failed; a rerun retries them)."""
+def started() -> int:
+    """The task each worker process gets first, so that all of them start at once: its process id."""
+    return os.getpid()
 
-    def __init__(self, n: int, slots: SlotPool):
-        self.n, self.slots = n, slots
+
+class Workers:
+    """``n`` spawned worker processes, each with its share of the rank's cores, started at once so that they
+    import while the network's process loads torch and the model (a context manager that closes them); rebuilt
+    when one of them dies (the cases then in flight are recorded as failed; a rerun retries them)."""
+
+    def __init__(self, n: int):
+        self.n = n
         self.threads = max(1, cores_per_rank() // (2 * n))
         self.pool = self._new()
 
     def _new(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
-                                   initargs=(self.slots.names, self.slots.shape, self.threads))
+        pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
+                                   initargs=(self.threads,))
+        for _ in range(self.n):  # the pool spawns a process for each task that finds none idle
+            pool.submit(started)
+        return pool
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(cancel=exc_type is not None)
 
     def submit(self, fn, *args) -> Future:
         try:

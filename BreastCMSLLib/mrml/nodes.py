@@ -218,9 +218,8 @@ def check_inputs(t1_node, series_nodes, inputs: str = "subtractions", model_path
     not those of the reference, which preprocessing interpolates.
     """
     from BreastCMSLLib.network.modelfile import model_name, read_model_metadata
-    from BreastCMSLLib.pipeline.analyze import check_channels
     from BreastCMSLLib.pipeline.grids import lattice_aligned
-    from BreastCMSLLib.pipeline.preprocess import check_overlap
+    from BreastCMSLLib.pipeline.preprocess import check_channels, check_overlap
 
     case = inputs_from_nodes(t1_node, series_nodes, inputs)
     check_overlap(case)

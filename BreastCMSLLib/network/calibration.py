@@ -13,11 +13,14 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from BreastCMSLLib.config import ModelConfig, from_dict
-from BreastCMSLLib.network.net import NetOutput
+
+if TYPE_CHECKING:  # torch only where a score is turned into a probability: reading a Calibration needs none
+    import torch
+
+    from BreastCMSLLib.network.net import NetOutput
 
 DEFAULT_RULE = "probability=0.5"
 
@@ -76,6 +79,8 @@ class Calibration:
 
     def probability(self, score: torch.Tensor | float) -> torch.Tensor:
         """Calibrated probability sigmoid(score / T), float64."""
+        import torch
+
         return torch.sigmoid(torch.as_tensor(score, dtype=torch.float64) / self.temperature)
 
     def to_json(self) -> str:

@@ -86,7 +86,7 @@ def panel_figure(rows: list[PanelRow], title: str) -> Figure:
 
 
 def overview_figure(analysis, centre_lps=None) -> Figure:
-    """The figure of an :class:`~BreastCMSLLib.pipeline.analyze.Analysis`: one row per distinct slice through
+    """The figure of an :class:`~BreastCMSLLib.pipeline.maps.Analysis`: one row per distinct slice through
     the COAM, CAM and fine peaks and (when known) the true lesion centre (LPS mm)."""
     prep = analysis.prep
     grid = prep.input_grid

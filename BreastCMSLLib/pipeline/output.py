@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from BreastCMSLLib.atomic import staging_folder
 from BreastCMSLLib.config import MAP_NAMES
 from BreastCMSLLib.network.calibration import operating_line
-from BreastCMSLLib.pipeline.analyze import Analysis
+from BreastCMSLLib.pipeline.maps import Analysis
 
 # the fine map is absent from analyses run without it and from older folders
 RESULT_FILES = ("result.json", *(f"{m}{s}.nrrd" for m in MAP_NAMES for s in ("", "_label")), "overview.png")

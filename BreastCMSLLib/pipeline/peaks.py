@@ -7,7 +7,7 @@ the same map stored with flipped or permuted axes gives the same LPS point, and 
 of the plateau (the map's value there is its maximum). A single maximum is its own peak.
 
 Why plateaus occur: COAM and CAM live on the network's coarse feature grid, which is extended by an
-edge-replicated layer before linear interpolation onto the input grid (:func:`BreastCMSLLib.pipeline.analyze.
+edge-replicated layer before linear interpolation onto the input grid (:func:`BreastCMSLLib.pipeline.maps.
 upsample_linear`); when the maximum is an outer feature, every input voxel beyond that feature
 centre carries the same maximal value. The first voxel of such a plateau in index order (``argmax``)
 depends on how the volume is stored and is often a corner of the volume.

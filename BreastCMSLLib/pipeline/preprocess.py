@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from BreastCMSLLib.config import NETWORK_STRIDE, PreprocessConfig
+from BreastCMSLLib.config import NETWORK_STRIDE, ModelConfig, PreprocessConfig
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.pipeline.grids import copy_onto, coverage, image_from_ijk, resample, values_on
 from BreastCMSLLib.pipeline.mask import breast_mask
@@ -253,3 +253,21 @@ def to_reference(array_ijk: np.ndarray, prep: Preprocessed) -> sitk.Image:
         image.CopyInformation(prep.reference)
         return image
     return resample(image_from_ijk(np.asarray(array_ijk, np.float32), prep.input_grid), prep.reference)
+
+
+def check_channels(inputs: CaseInputs, cfg: ModelConfig, model_name: str) -> None:
+    """The model takes ``cfg.in_channels`` subtraction channels; the inputs must give exactly that."""
+    if inputs.n_channels != cfg.in_channels:
+        raise InputError(inputs.reference_source, f"the model {model_name} takes {cfg.in_channels} subtraction "
+                         f"channels, these inputs give {inputs.n_channels}")
+
+
+def prepare(inputs: CaseInputs, config: ModelConfig, model_name: str, label_fraction: float = 0.5,
+            out: np.ndarray | None = None) -> Preprocessed:
+    """Check the inputs against the model (``config``, named ``model_name``) and preprocess them (the network
+    input into ``out`` when given): the first stage of :func:`~BreastCMSLLib.pipeline.analyze.analyze_case`, free
+    of the network (the cohort runs it in worker processes)."""
+    check_channels(inputs, config, model_name)
+    if not 0.0 < label_fraction <= 1.0:
+        raise InputError("--label-fraction", f"must be in (0, 1], got {label_fraction}")
+    return preprocess_case(inputs, config.preprocess, out)
