@@ -1,4 +1,4 @@
-"""conv1 computed only around the input's non-zero box gives the plain convolution's output."""
+"""The stem computed only around the input's non-zero box gives the plain stem's output."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,8 @@ import torch
 
 from BreastCMSLLib.config import ModelConfig, PreprocessConfig
 from BreastCMSLLib.network.net import build_model, inference_module
-from BreastCMSLLib.network.sparse import EMPTY, conv_on_box, nonzero_box
+from BreastCMSLLib.network.resnet import MaxPool3d
+from BreastCMSLLib.network.sparse import EMPTY, nonzero_box, stem_on_box
 
 SMALL = ModelConfig(width_factor=0.125, preprocess=PreprocessConfig(input_size=(64, 64, 32)))
 
@@ -39,24 +40,30 @@ BOXES = {
 
 
 @pytest.mark.parametrize("name", sorted(BOXES))
+@pytest.mark.parametrize("size", [(64, 64, 32), (61, 45, 23)])  # even and odd: the pooling's edges
 @pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
-def test_conv_on_box_equals_the_convolution(name, bf16, bias):
+def test_stem_on_box_equals_the_stem(name, size, bf16, bias):
     torch.manual_seed(1)
     conv = torch.nn.Conv3d(6, 8, kernel_size=7, stride=2, padding=3, bias=bias).eval()
-    box = BOXES[name]
-    x = torch.from_numpy(sparse_input(box if box != EMPTY else ((0, 0),) * 3))
+    if bias:  # some channels negative, so that ReLU decides what the pooled voxels away from the box hold
+        torch.nn.init.uniform_(conv.bias, -1.0, 1.0)
+    relu, pool = torch.nn.ReLU(inplace=True), MaxPool3d(kernel_size=3, stride=2, padding=1)
+    box = tuple((min(lo, n - 1), min(hi, n - 1)) for (lo, hi), n in zip(BOXES[name], size)) if BOXES[name] != EMPTY \
+        else EMPTY
+    x = torch.from_numpy(sparse_input(box if box != EMPTY else ((0, 0),) * 3, size))
     if box == EMPTY:
         x.zero_()
     x = x.unsqueeze(0).contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        expected, got = conv(x), conv_on_box(conv, x, box)
+        expected, got = pool(relu(conv(x))), stem_on_box(conv, relu, pool, x, box)
     assert got.dtype == expected.dtype == (torch.bfloat16 if bf16 else torch.float32)
     assert got.shape == expected.shape and got.is_contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
-    if box == EMPTY:  # an all-zero input: every voxel is the bias (rounded as autocast rounds it), or 0
-        value = conv.bias.to(got.dtype) if bias else torch.zeros(8, dtype=got.dtype)
-        assert torch.equal(got, value.view(1, -1, 1, 1, 1).expand_as(got))
+    value = torch.relu(conv.bias.to(got.dtype)) if bias else torch.zeros(8, dtype=got.dtype)
+    far = got[0, :, -1, -1, -1] if box != EMPTY and box[0][1] < 40 else got[0, :, 0, 0, 0]
+    if box == EMPTY or box[0][1] < 40:  # a pooled voxel far from the box: the stem of zeros, exactly
+        assert torch.equal(far, value)
 
 
 def test_the_inference_network_with_a_box_gives_the_same_output():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from BreastCMSLLib.network.sparse import Box, conv_on_box
+from BreastCMSLLib.network.sparse import Box, stem_on_box
 
 
 class MaxPool3d(nn.MaxPool3d):
@@ -88,11 +88,14 @@ class ResNet3d(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, box: Box | None = None, kept: dict | None = None) -> torch.Tensor:
-        """layer4's output. ``box``: when given, ``x`` is zero outside it and conv1 runs only where it sees data
-        (:func:`.sparse.conv_on_box`; the same output). ``kept``: a dict that receives layer2's and layer3's
-        outputs (no block writes into its input, so they stay valid)."""
-        stem = self.conv1(x) if box is None else conv_on_box(self.conv1, x, box)
-        x = self.layer2(self.layer1(self.maxpool(self.act(self.bn1(stem)))))
+        """layer4's output. ``box``: when given, ``x`` is zero outside it and the stem (conv1, BatchNorm, ReLU, max
+        pooling) runs only where it sees data (:func:`.sparse.stem_on_box`; the same output). ``kept``: a dict that
+        receives layer2's and layer3's outputs (no block writes into its input, so they stay valid)."""
+        if box is None:
+            stem = self.maxpool(self.act(self.bn1(self.conv1(x))))
+        else:
+            stem = stem_on_box(self.conv1, lambda t: self.act(self.bn1(t)), self.maxpool, x, box)
+        x = self.layer2(self.layer1(stem))
         y = self.layer3(x)
         if kept is not None:
             kept.update(layer2=x, layer3=y)

@@ -70,7 +70,7 @@ def forward(loaded: LoadedModel, array: np.ndarray, device: torch.device,
 def forward_batch(loaded: LoadedModel, arrays: list[np.ndarray], device: torch.device,
                   keep_stages: bool = False) -> tuple[NetOutput, str]:
     """One inference pass on B same-shaped (C, I, J, K) arrays with the BN-folded channels_last_3d network
-    (conv1 only around the arrays' non-zero voxels, their union box, :mod:`.sparse`), under
+    (the stem only around the arrays' non-zero voxels, their union box, :mod:`.sparse`), under
     bf16 autocast where the device runs bf16 natively (its accuracy against float32: ``benchmarks/README.md``),
     else float32. ``keep_stages``: the output also holds layer2's and layer3's activations (the fine map's).
     Returns the output (batch dimension B) and the precision used ("bf16" or "fp32")."""
