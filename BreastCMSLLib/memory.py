@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import ctypes
 
-__all__ = ["MALLOC_SETTINGS", "keep_freed_memory", "malloc_environment"]
+import numpy as np
+
+__all__ = ["MALLOC_SETTINGS", "fault_in", "keep_freed_memory", "malloc_environment"]
 
 # glibc's environment variable, mallopt's parameter number and the value: one arena, no mmap, no trimming (the
 # largest threshold mallopt takes), 64 MB asked for beyond each heap extension
@@ -34,3 +36,14 @@ def keep_freed_memory() -> None:
         return
     for _, parameter, value in MALLOC_SETTINGS:
         libc.mallopt(parameter, value)
+
+
+def fault_in(nbytes: int) -> None:
+    """Write ``nbytes`` of fresh memory and free it again, so that (after :func:`keep_freed_memory`, which keeps it
+    in this process's heap) the allocations that follow find their pages already mapped. The cohort's network
+    process does this once before its first forward pass, which otherwise faulted in its memory page by page
+    while the worker processes faulted in theirs, and took twice as long as the next ones (``benchmarks/README.md``).
+    """
+    block = np.ones(nbytes // 4, np.float32)
+    del block
+

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from BreastCMSLLib.cohort.slots import Slot, SlotPool
+from BreastCMSLLib.cohort.slots import Slot, SlotPool, slot_bytes
 from BreastCMSLLib.cohort.sources import CaseSource
 from BreastCMSLLib.cohort.stages import Failed, Prepared, finish_case, one_line, prepare_case
 from BreastCMSLLib.cohort.workers import Workers, network_threads, outcome
+from BreastCMSLLib.memory import fault_in
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ def run_flow(todo: list[CaseSource], loaded, dev: torch.device, out: Path, optio
     depth = options.workers + options.batch  # cases read ahead
     n_slots = min(depth + options.workers, len(todo))  # the cases read ahead and those being written
     with SlotPool(n_slots, (cfg.in_channels, *cfg.preprocess.input_size)) as slots:
+        if dev.type == "cpu":  # the forward pass's memory mapped now, while the workers read the first cases
+            fault_in(2 * slot_bytes(slots.shape) * options.batch)
         queue = iter(todo)
         preparing: deque[tuple[Future, CaseSource, Slot]] = deque()
         writing: list[tuple[Future, CaseSource, Slot]] = []
