@@ -20,8 +20,9 @@ from BreastCMSLLib.cohort.sources import CaseSource
 from BreastCMSLLib.cohort.stages import Failed
 from BreastCMSLLib.memory import keep_freed_memory
 
-# The network is the one stage a case cannot overlap with itself, so a core it wants is never taken by a
-# worker: the workers run at this niceness and have the cores whenever the network does not (benchmarks/README.md)
+# The network is the one stage a case cannot overlap with itself, so it comes first: the workers run at this
+# niceness (on a core they share with it, about a tenth of its share) and have the cores whenever it does not
+# need them (benchmarks/README.md)
 NICENESS = 10
 
 
