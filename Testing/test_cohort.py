@@ -229,3 +229,32 @@ def test_too_little_shared_memory_is_one_line_naming_the_folder(tmp_path):
     with pytest.raises(InputError) as err:
         check_room(10**6, (6, 340, 220, 128), tmp_path)  # 215 TiB
     assert str(tmp_path) in str(err.value) and "--shm-size" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_preprocessed_crosses_processes_small_and_whole():
+    """What a worker sends per case: the masks bit-packed and the reference as geometry, equal after the trip."""
+    import pickle
+
+    from BreastCMSLLib.pipeline.preprocess import Preprocessed
+
+    rng = np.random.default_rng(0)
+    mask = sitk.GetImageFromArray((rng.random((9, 11, 13)) > 0.5).astype(np.uint8))  # (k, j, i): size 13, 11, 9
+    mask.SetSpacing((0.7, 0.8, 2.5))
+    mask.SetOrigin((-10.0, 3.0, 7.5))
+    reference = sitk.Image((15, 12, 7), sitk.sitkUInt8)
+    reference.SetSpacing((0.6, 0.9, 3.0))
+    reference.SetOrigin((1.0, -2.0, 0.5))
+    reference.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    valid = rng.random((13, 11, 9)) > 0.3
+    prep = Preprocessed(None, mask, reference, valid)
+    back = pickle.loads(pickle.dumps(prep, protocol=5))
+    assert np.array_equal(sitk.GetArrayFromImage(back.input_grid), sitk.GetArrayFromImage(mask))
+    assert back.input_grid.GetPixelID() == sitk.sitkUInt8
+    for image, original in ((back.input_grid, mask), (back.reference, reference)):
+        assert (image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()) == (
+            original.GetSize(), original.GetSpacing(), original.GetOrigin(), original.GetDirection())
+    assert not sitk.GetArrayViewFromImage(back.reference).any()
+    assert back.valid.dtype == bool and np.array_equal(back.valid, valid)
+    assert back.array is None
+    plain = len(pickle.dumps((mask, reference, valid), protocol=5))
+    assert len(pickle.dumps(prep, protocol=5)) < plain / 4

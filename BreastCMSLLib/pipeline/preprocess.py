@@ -118,6 +118,37 @@ class Preprocessed:
     reference: sitk.Image
     valid: np.ndarray
 
+    def __getstate__(self) -> dict:
+        """Pickled small (the cohort sends it between processes twice per case): the breast mask and ``valid``
+        bit-packed, ``reference`` as its geometry only (30 MB at the paper's size -> 2.5 MB)."""
+        mask = sitk.GetArrayViewFromImage(self.input_grid)
+        return {"array": self.array, "mask": (np.packbits(mask), _geometry(self.input_grid)),
+                "reference": _geometry(self.reference), "valid": (np.packbits(self.valid), self.valid.shape)}
+
+    def __setstate__(self, state: dict) -> None:
+        bits, geometry = state["mask"]
+        size = geometry[0]
+        mask = np.unpackbits(bits, count=int(np.prod(size))).reshape(size[::-1])
+        self.input_grid = sitk.GetImageFromArray(mask)
+        _set_geometry(self.input_grid, geometry)
+        self.reference = sitk.Image(state["reference"][0], sitk.sitkUInt8)
+        _set_geometry(self.reference, state["reference"])
+        bits, shape = state["valid"]
+        self.valid = np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
+        self.array = state["array"]
+
+
+def _geometry(image: sitk.Image) -> tuple:
+    """(size, spacing, origin, direction) of ``image``."""
+    return image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+
+
+def _set_geometry(image: sitk.Image, geometry: tuple) -> None:
+    """Give ``image`` (already of that size) the spacing, origin and direction of ``geometry``."""
+    image.SetSpacing(geometry[1])
+    image.SetOrigin(geometry[2])
+    image.SetDirection(geometry[3])
+
 
 def to_ijk(image: sitk.Image) -> np.ndarray:
     """A copy of the voxel array in (i, j, k) order (SimpleITK's own arrays are (k, j, i)). A copy, not a
