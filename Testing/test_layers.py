@@ -120,11 +120,15 @@ def test_a_planted_bad_import_is_found(tmp_path, relative):
     assert found.startswith(f"{relative}:") and rule in found
 
 
-def test_the_cohort_workers_start_without_torch():
+def test_the_cohort_workers_start_without_torch(tiny_model_path):
     """A cohort worker process reads, preprocesses, draws and writes without torch (its import is most of a
-    worker's start-up): importing everything it runs leaves torch unimported."""
+    worker's start-up), and the cohort plans its run and the model store lists models from a model file's header
+    before torch loads: importing all of that, and reading a header, leaves torch unimported."""
     code = ("import sys; import BreastCMSLLib.cohort.workers, BreastCMSLLib.pipeline.output, "
-            "BreastCMSLLib.pipeline.figures, BreastCMSLLib.dicom.roles, BreastCMSLLib.dicom.seg; "
+            "BreastCMSLLib.pipeline.figures, BreastCMSLLib.dicom.roles, BreastCMSLLib.dicom.seg, "
+            "BreastCMSLLib.cohort.runner, BreastCMSLLib.panel.models; "
+            "from BreastCMSLLib.network.header import read_model_file_metadata as read; "
+            f"read({str(tiny_model_path)!r}); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert proc.stdout.strip() == "[]"

@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from BreastCMSLLib.config import ModelConfig, PreprocessConfig
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.network.modelfile import file_sha256, load_model, save_model
+from BreastCMSLLib.network.header import file_sha256
+from BreastCMSLLib.network.modelfile import load_model, save_model
 from BreastCMSLLib.network.net import build_model, inference_module, probability
 
 SMALL = ModelConfig(width_factor=0.125, preprocess=PreprocessConfig(input_size=(64, 64, 32)))

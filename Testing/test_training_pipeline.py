@@ -22,7 +22,8 @@ from sklearn.metrics import roc_auc_score
 from BreastCMSLLib.cohort.metrics import point_metrics
 from BreastCMSLLib.config import PreprocessConfig
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.network.modelfile import load_model, read_model_metadata
+from BreastCMSLLib.network.header import read_model_metadata
+from BreastCMSLLib.network.modelfile import load_model
 from BreastCMSLLib.pipeline.analyze import analyze_case
 from BreastCMSLLib.pipeline.preprocess import load_case
 from Training.cache import open_cache, preprocess_cohort

@@ -21,7 +21,7 @@ from sklearn.metrics import roc_curve
 from BreastCMSLLib.atomic import atomic_write_text
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.calibration import Calibration, OperatingPoint, ScoreMetrics, parse_rule
-from BreastCMSLLib.network.modelfile import file_sha256
+from BreastCMSLLib.network.header import file_sha256
 
 from .metrics import bootstrap_metrics, calibrated_probability, calibration_metrics
 from .runmodel import run_model_path

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from BreastCMSLLib.config import NETWORK_STRIDE, PreprocessConfig
 from BreastCMSLLib.network.calibration import operating_line
-from BreastCMSLLib.network.modelfile import read_model_file_metadata
+from BreastCMSLLib.network.header import read_model_file_metadata
 from BreastCMSLLib.pipeline.phantom import FOV_MM
 
 from .cache import preprocess_cohort

@@ -33,7 +33,8 @@ from matplotlib.figure import Figure
 from BreastCMSLLib.atomic import atomic_path, atomic_write_text
 from BreastCMSLLib.config import FINE_MAP, NETWORK_STRIDE, PEAK_RULES, STAGE_STRIDES, FineMapConfig
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.network.modelfile import LoadedModel, load_model, read_model_metadata
+from BreastCMSLLib.network.header import read_model_metadata
+from BreastCMSLLib.network.modelfile import LoadedModel, load_model
 from BreastCMSLLib.pipeline.analyze import analyze_case, fine_on_grid
 from BreastCMSLLib.pipeline.figures import PanelRow, panel_figure, save_figure
 from BreastCMSLLib.pipeline.maps import Analysis, normalized_on_input_grid, stage_peak_lps

@@ -10,7 +10,7 @@ from torch import nn
 
 from BreastCMSLLib.config import ModelConfig
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.network.modelfile import read_model_metadata
+from BreastCMSLLib.network.header import read_model_metadata
 
 from .methods import MethodConfig, build_network
 from .trainer import run_files

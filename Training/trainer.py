@@ -26,7 +26,8 @@ from torch.utils.data.distributed import DistributedSampler
 from BreastCMSLLib.atomic import atomic_write_text
 from BreastCMSLLib.config import ModelConfig
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.network.modelfile import read_model_metadata, save_model
+from BreastCMSLLib.network.header import read_model_metadata
+from BreastCMSLLib.network.modelfile import save_model
 
 from . import distributed, fastconv
 from .cache import Cache, open_cache

@@ -1,7 +1,7 @@
 """Shared-memory slots that carry network inputs between the worker processes and the network.
 
 A slot holds one case's float32 (C, I, J, K) network input. The slots are made once per run in the network's
-process, and a worker process maps them the first time it meets one (:class:`Slot`): preprocessing writes the
+process, and a worker process maps each the first time it meets it (:class:`Slot`): preprocessing writes the
 input straight into a slot, the network reads it from there, and the worker that finishes the case draws the
 figure from the same slot. Nothing of the volume is copied or pickled per case, and the slots' pages stay mapped
 for the whole run instead of being faulted in afresh for every case (timings: ``benchmarks/README.md``).
@@ -30,12 +30,7 @@ from BreastCMSLLib.errors import InputError
 PREFIX = "breastcmsl_slot_"
 SHM = Path("/dev/shm")  # where Linux keeps the blocks
 
-_ATTACHED: dict[tuple[str, ...], list[tuple[shared_memory.SharedMemory, np.ndarray]]] = {}  # this process's views
-
-
-def _use(names: tuple[str, ...], blocks: list, shape: tuple[int, ...]) -> None:
-    _ATTACHED.clear()  # one run's slots at a time
-    _ATTACHED[names] = [(b, np.ndarray(shape, np.float32, buffer=getattr(b, "buf", b))) for b in blocks]
+_ATTACHED: dict[str, tuple[shared_memory.SharedMemory | mmap.mmap, np.ndarray]] = {}  # this process's, by block
 
 
 def _attach(name: str, nbytes: int) -> shared_memory.SharedMemory | mmap.mmap:
@@ -49,21 +44,27 @@ def _attach(name: str, nbytes: int) -> shared_memory.SharedMemory | mmap.mmap:
     return shared_memory.SharedMemory(name=name)
 
 
+def _keep(name: str, block: shared_memory.SharedMemory | mmap.mmap, shape: tuple[int, ...]) -> np.ndarray:
+    """Keep the mapping ``block`` of the block ``name`` in this process and return its float32 array."""
+    array = np.ndarray(shape, np.float32, buffer=getattr(block, "buf", block))
+    _ATTACHED[name] = (block, array)
+    return array
+
+
 @dataclass(frozen=True)
 class Slot:
-    """One slot of a run as it travels to a worker process (a few bytes to pickle): the run's block ``names``, the
-    slot ``shape`` and this slot's ``index``."""
+    """One slot as it travels to a worker process (a few bytes to pickle): its shared-memory block's ``name`` and
+    the ``shape`` of the network input it holds."""
 
-    names: tuple[str, ...]
+    name: str
     shape: tuple[int, ...]
-    index: int
 
     def array(self) -> np.ndarray:
-        """The slot as a writable float32 (C, I, J, K) array (no copy); a worker process maps the run's blocks the
-        first time it meets one of them."""
-        if self.names not in _ATTACHED:
-            _use(self.names, [_attach(name, slot_bytes(self.shape)) for name in self.names], self.shape)
-        return _ATTACHED[self.names][self.index][1]
+        """The slot as a writable float32 (C, I, J, K) array (no copy); a worker process maps the block the first
+        time it meets it."""
+        if self.name in _ATTACHED:
+            return _ATTACHED[self.name][1]
+        return _keep(self.name, _attach(self.name, slot_bytes(self.shape)), self.shape)
 
 
 def slot_bytes(shape: tuple[int, ...]) -> int:
@@ -107,31 +108,39 @@ def check_room(n: int, shape: tuple[int, ...], folder: Path = SHM) -> None:
 
 
 class SlotPool:
-    """``n`` slots of ``shape`` in shared memory, attached to this process, and which of them are free; a
-    context manager that removes the blocks on exit."""
+    """Slots of ``shape`` in shared memory (``n`` to start with), attached to this process, and which of them are
+    free; a context manager that removes the blocks on exit."""
 
     def __init__(self, n: int, shape: tuple[int, ...]):
         remove_stale()
-        self.blocks = [shared_memory.SharedMemory(f"{PREFIX}{os.getpid()}_{k}", create=True, size=slot_bytes(shape))
-                       for k in range(n)]
-        self.names, self.shape = tuple(b.name for b in self.blocks), shape
-        self.free = deque(range(n))
-        _use(self.names, self.blocks, shape)
+        self.shape = shape
+        self.blocks: list[shared_memory.SharedMemory] = []
+        self.free: deque[str] = deque()
+        self.grow(n)
+
+    def grow(self, n: int) -> None:
+        """Make more slots, up to ``n`` in all (a GPU's batches need more than the run starts with)."""
+        while len(self.blocks) < n:
+            block = shared_memory.SharedMemory(f"{PREFIX}{os.getpid()}_{len(self.blocks)}", create=True,
+                                               size=slot_bytes(self.shape))
+            self.blocks.append(block)
+            _keep(block.name, block, self.shape)
+            self.free.append(block.name)
 
     def take(self) -> Slot | None:
         """A free slot (the one given back last), or None when every slot is in use."""
-        return Slot(self.names, self.shape, self.free.popleft()) if self.free else None
+        return Slot(self.free.popleft(), self.shape) if self.free else None
 
     def give(self, slot: Slot) -> None:
         """``slot`` is free again."""
-        self.free.appendleft(slot.index)
+        self.free.appendleft(slot.name)
 
     def __enter__(self) -> SlotPool:
         return self
 
     def __exit__(self, *exc) -> None:
-        _ATTACHED.clear()  # the arrays over the blocks go first
         for block in self.blocks:
+            _ATTACHED.pop(block.name, None)  # the array over the block goes first
             block.unlink()
             with contextlib.suppress(BufferError):  # an array still referenced (a traceback's): unmapped at exit
                 block.close()

@@ -13,6 +13,7 @@ import importlib
 import multiprocessing
 import os
 import sys
+from concurrent import futures
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -69,26 +70,26 @@ def end_worker() -> None:
 
 
 def started() -> int:
-    """The task each worker process gets first, so that all of them start at once: its process id."""
+    """The task the first worker process gets first: its process id."""
     return os.getpid()
 
 
 class Workers:
-    """``n`` spawned worker processes, each with its share of the rank's cores, started at once so that they
-    import while the network's process loads torch and the model (a context manager that closes them); rebuilt
-    when one of them dies (the cases then in flight are recorded as failed; a rerun retries them)."""
+    """Up to ``n`` spawned worker processes, each with its share of the rank's cores (a context manager that closes
+    them). The first starts at once and imports while the network's process plans the run; it gets the first
+    case, which it reads and preprocesses while that process loads torch and the network. The others start as
+    later cases find every process busy. Rebuilt when one of them dies (the cases then in flight are recorded as
+    failed; a rerun retries them)."""
 
     def __init__(self, n: int):
         self.n = n
         self.threads = max(1, cores_per_rank() // (2 * n))
-        self.pool = self._new()
+        self.pool, self.up = self._new()
 
-    def _new(self) -> ProcessPoolExecutor:
+    def _new(self) -> tuple[ProcessPoolExecutor, Future]:
         pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
                                    initargs=(self.threads,))
-        for _ in range(self.n):  # the pool spawns a process for each task that finds none idle
-            pool.submit(started)
-        return pool
+        return pool, pool.submit(started)  # the pool starts a process for each task that finds none idle
 
     def __enter__(self) -> Workers:
         return self
@@ -97,11 +98,15 @@ class Workers:
         self.close(cancel=exc_type is not None)
 
     def submit(self, fn, *args) -> Future:
+        """Run ``fn(*args)`` in a worker process. The first task waits until the first process is up, so that it
+        goes to that process instead of starting a second one beside it."""
+        futures.wait([self.up])
         try:
             return self.pool.submit(fn, *args)
         except BrokenProcessPool:
             self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = self._new()
+            self.pool, self.up = self._new()
+            futures.wait([self.up])
             return self.pool.submit(fn, *args)
 
     def close(self, cancel: bool = False) -> None:

@@ -217,7 +217,7 @@ def check_inputs(t1_node, series_nodes, inputs: str = "subtractions", model_path
     reference, channel count the model does not take); returns notes on volumes whose voxel centres are
     not those of the reference, which preprocessing interpolates.
     """
-    from BreastCMSLLib.network.modelfile import model_name, read_model_metadata
+    from BreastCMSLLib.network.header import model_name, read_model_metadata
     from BreastCMSLLib.pipeline.grids import lattice_aligned
     from BreastCMSLLib.pipeline.preprocess import check_channels, check_overlap
 

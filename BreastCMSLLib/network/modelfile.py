@@ -1,12 +1,12 @@
 """The model file: ONE ``.safetensors`` file; its metadata holds the ModelConfig JSON, provenance and, once
-calibrated, the :class:`Calibration` (temperature and operating point).
+calibrated, the :class:`Calibration` (temperature and operating point); what it says without loading the
+weights is in :mod:`.header`.
 
 Loading reads tensors with safetensors only: nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -16,25 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from BreastCMSLLib.config import ModelConfig
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.calibration import Calibration
+from BreastCMSLLib.network.header import (
+    FORMAT,
+    FORMAT_VERSION,
+    file_sha256,
+    model_info,
+    model_name,
+    read_model_file_metadata,
+)
 from BreastCMSLLib.network.net import CMSLNet, bf16_native, build_model, inference_module
-
-FORMAT = "breastcmsl-model"
-FORMAT_VERSION = "1"
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_model(path: str | Path, model: torch.nn.Module, cfg: ModelConfig, provenance: dict,
@@ -97,15 +92,7 @@ class LoadedModel:
 
     def info(self) -> dict:
         """What result.json records about the model."""
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "sha256": self.sha256,
-            "untrained": bool(self.provenance.get("untrained", False)),
-            "synthetic": bool(self.provenance.get("synthetic", False)),
-            "method": self.config.loss if self.config.arch == "resnet34_3d" else self.config.arch,
-            "version": self.provenance.get("version"),
-        }
+        return model_info(self.path, self.config, self.provenance, self.sha256)
 
 
 def save_untrained_model(path: str | Path, cfg: ModelConfig, seed: int = 0) -> str:
@@ -118,48 +105,9 @@ def save_untrained_model(path: str | Path, cfg: ModelConfig, seed: int = 0) -> s
     return save_model(path, build_model(cfg), cfg, provenance)
 
 
-def model_name(path: str | Path, provenance: dict) -> str:
-    """The name a model is shown by: its provenance's ``name``, else the file's stem."""
-    return str(provenance.get("name") or Path(path).stem)
-
-
-def read_model_metadata(path: str | Path) -> tuple[ModelConfig, dict]:
-    """Config and provenance of a model file, without building the network."""
-    cfg, provenance, _ = read_model_file_metadata(path)
-    return cfg, provenance
-
-
-def read_model_file_metadata(path: str | Path) -> tuple[ModelConfig, dict, Calibration]:
-    """Config, provenance and calibration (T = 1, unfitted, when absent) of a model file, parsed strictly."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such model file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as err:
-        with open(path, "rb") as f:
-            head = f.read(2)
-        # only once safetensors refused it: a valid header length can also start with these bytes
-        if head == b"PK" or head[:1] == b"\x80":
-            raise InputError(path, "is a PyTorch/pickle checkpoint, not a BreastCMSL .safetensors model; "
-                             "refusing to unpickle it (export one with `breastcmsl-train export`)") from None
-        raise InputError(path, f"is not a safetensors model file ({err})") from None
-    if meta.get("format") != FORMAT:
-        raise InputError(path, "is a safetensors file but not a BreastCMSL model (no breastcmsl metadata)")
-    try:
-        cfg = ModelConfig.from_json(meta["config"])
-        provenance = json.loads(meta.get("provenance", "{}"))
-        if not isinstance(provenance, dict):
-            raise ValueError("provenance is not a JSON object")
-        calibration = Calibration.from_json(meta["calibration"]) if "calibration" in meta else Calibration()
-    except (KeyError, ValueError, TypeError, AttributeError) as err:
-        raise InputError(path, f"has unreadable BreastCMSL metadata ({err})") from None
-    return cfg, provenance, calibration
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Build the network its config describes and load the weights (strict), in eval mode."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", sha256: str | None = None) -> LoadedModel:
+    """Build the network its config describes and load the weights (strict), in eval mode. ``sha256``: the
+    file's, when the caller has already hashed it (else it is hashed in the background)."""
     path = Path(path)
     cfg, provenance, calibration = read_model_file_metadata(path)
     try:
@@ -172,4 +120,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     except RuntimeError as err:
         raise InputError(path, f"weights do not match its config ({str(err).splitlines()[0]})") from None
     model.to(device).eval()
-    return LoadedModel(model, cfg, provenance, path, _HASHING.submit(file_sha256, path), calibration)
+    if sha256 is None:
+        digest = _HASHING.submit(file_sha256, path)
+    else:
+        digest = Future()
+        digest.set_result(sha256)
+    return LoadedModel(model, cfg, provenance, path, digest, calibration)

@@ -1,6 +1,6 @@
 """The model store: a folder of BreastCMSL ``.safetensors`` model files (listed, imported, downloaded, cleared).
 
-Nothing is unpickled: a file's metadata is read by :func:`~BreastCMSLLib.network.modelfile.read_model_metadata`,
+Nothing is unpickled: a file's metadata is read by :func:`~BreastCMSLLib.network.header.read_model_metadata`,
 which refuses pickles and foreign files.
 """
 
@@ -17,7 +17,7 @@ from BreastCMSLLib.panel.text import disclaimer, model_label
 def models_in(folder: str | Path) -> list[dict]:
     """The BreastCMSL model files in ``folder`` with what their metadata says, by file name. Files that are
     not BreastCMSL models (or are pickles) are left out; nothing is unpickled."""
-    from BreastCMSLLib.network.modelfile import file_sha256, model_name, read_model_metadata
+    from BreastCMSLLib.network.header import file_sha256, model_name, read_model_metadata
 
     models = []
     for path in sorted(Path(folder).glob("*.safetensors")):
@@ -40,7 +40,7 @@ def models_in(folder: str | Path) -> list[dict]:
 def import_model(path: str | Path, folder: str | Path) -> Path:
     """Check that ``path`` is a BreastCMSL model (never unpickled; a pickle is refused) and copy it into
     ``folder`` as ``<stem>-<sha256[:12]>.safetensors``; returns the copy."""
-    from BreastCMSLLib.network.modelfile import file_sha256, read_model_metadata
+    from BreastCMSLLib.network.header import file_sha256, read_model_metadata
 
     read_model_metadata(path)
     folder = Path(folder)
@@ -54,7 +54,7 @@ def import_model(path: str | Path, folder: str | Path) -> Path:
 def download_model(entry: dict, folder: str | Path) -> Path:
     """Download a registry entry (``id``, ``version``, ``url``, ``sha256``) into ``folder``; a file whose
     sha256 differs from the registry's, or that is not a BreastCMSL model, is deleted and refused."""
-    from BreastCMSLLib.network.modelfile import file_sha256, read_model_metadata
+    from BreastCMSLLib.network.header import file_sha256, read_model_metadata
 
     if not entry.get("url") or not entry.get("sha256"):
         raise InputError(entry.get("id", "registry entry"), "has no download url and sha256")

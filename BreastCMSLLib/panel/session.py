@@ -204,7 +204,7 @@ class Session:
 
     def import_demo_model(self, out_dir: str | Path) -> Path:
         """Import the trained model a demo build exported (synthetic CMSL first)."""
-        from BreastCMSLLib.network.modelfile import read_model_metadata
+        from BreastCMSLLib.network.header import read_model_metadata
 
         exported = [(path, read_model_metadata(path)[1]) for path in sorted(Path(out_dir).rglob("*.safetensors"))]
         trained = [(path, provenance) for path, provenance in exported if not provenance.get("untrained")]

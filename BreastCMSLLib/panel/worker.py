@@ -32,7 +32,8 @@ class ModelCache:
         self.loaded = None
 
     def load(self, path: str | Path):
-        from BreastCMSLLib.network.modelfile import file_sha256, load_model
+        from BreastCMSLLib.network.header import file_sha256
+        from BreastCMSLLib.network.modelfile import load_model
 
         path = Path(path).resolve()
         try:

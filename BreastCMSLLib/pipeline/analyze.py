@@ -5,7 +5,6 @@ the fine map carried back to the reference grid (:func:`~BreastCMSLLib.pipeline.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from BreastCMSLLib.config import FINE_MAP, NETWORK_STRIDE, STAGE_STRIDES, FineMapConfig
+from BreastCMSLLib.distributed import device_index
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.attention import coam, fine_map
 from BreastCMSLLib.network.calibration import score
@@ -27,15 +27,11 @@ Progress = Callable[[float, str], None]
 
 def select_device(device: str = "auto") -> torch.device:
     """``auto``: CUDA when available, else CPU; ``cpu``; ``cuda`` or ``cuda:N`` of an existing GPU."""
+    index = device_index(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
-    if not match:
-        raise InputError("--device", f"expected auto, cpu, cuda or cuda:N, got {device!r}")
-    if device.startswith("cuda"):
-        index = int(match.group(1) or 0)
-        if index >= torch.cuda.device_count():
-            raise InputError("--device", f"{device} requested but {torch.cuda.device_count()} CUDA devices exist")
+    if index is not None and index >= torch.cuda.device_count():
+        raise InputError("--device", f"{device} requested but {torch.cuda.device_count()} CUDA devices exist")
     return torch.device(device)
 
 
