@@ -35,8 +35,8 @@ _ATTACHED: dict[str, tuple[shared_memory.SharedMemory | mmap.mmap, np.ndarray]] 
 
 def _attach(name: str, nbytes: int) -> shared_memory.SharedMemory | mmap.mmap:
     """A worker process's writable mapping of the block ``name``. Where the system has ``MAP_POPULATE`` (Linux)
-    all its pages are mapped in one call: touched one by one they cost 56 k page faults per slot at the paper's
-    size, about three times as long (``benchmarks/README.md``)."""
+    all its pages are mapped in one call instead of a page fault each (56 k per slot at the paper's size;
+    timings: ``benchmarks/README.md``)."""
     path = SHM / name
     if hasattr(mmap, "MAP_POPULATE") and path.is_file():
         with open(path, "r+b") as f:

@@ -62,8 +62,8 @@ def start_worker(threads: int) -> None:
 
 def end_worker() -> None:
     """A worker process's end: it has nothing left to finish (a case's files are in place and its record sent
-    before its task returns), so it leaves without the interpreter's teardown, which took 0.1-0.3 s with
-    SimpleITK and matplotlib loaded, at the end of every run."""
+    before its task returns), so it leaves without the interpreter's teardown, which the end of every run
+    waited for (``benchmarks/README.md``)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
