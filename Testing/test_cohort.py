@@ -258,3 +258,34 @@ def test_preprocessed_crosses_processes_small_and_whole():
     assert back.array is None
     plain = len(pickle.dumps((mask, reference, valid), protocol=5))
     assert len(pickle.dumps(prep, protocol=5)) < plain / 4
+
+
+def _write_through_slot(slot, value: float) -> float:
+    """In a spawned process: map ``slot`` as a worker does, read its first value, fill it with ``value``."""
+    array = slot.array()
+    first = float(array.flat[0])
+    array[...] = value
+    return first
+
+
+def test_slots_grow_and_are_shared_with_a_worker_process():
+    """A pool made for one case per forward pass grows for a GPU's batches; a spawned process sees what this one
+    wrote into a slot, and this one what it wrote back (the worker's mapping, MAP_POPULATE on Linux)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from BreastCMSLLib.cohort.slots import SlotPool
+
+    with SlotPool(1, (2, 3, 4, 5)) as slots:
+        slots.grow(3)
+        taken = [slots.take() for _ in range(3)]
+        assert slots.take() is None and len({s.name for s in taken}) == 3
+        for k, slot in enumerate(taken):
+            slot.array()[...] = k + 0.5
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            seen = [pool.submit(_write_through_slot, slot, 10.0 + k).result() for k, slot in enumerate(taken)]
+        assert seen == [0.5, 1.5, 2.5]
+        assert [float(slot.array().min()) for slot in taken] == [10.0, 11.0, 12.0]
+        slots.give(taken[1])
+        assert slots.take() == taken[1]  # the slot given back last is taken first
+    assert not list(Path("/dev/shm").glob(f"breastcmsl_slot_{os.getpid()}_*"))
