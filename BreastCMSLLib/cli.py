@@ -145,7 +145,6 @@ def cmd_analyze_cohort(args) -> dict | None:
     # the network's OpenMP threads share the cores with the worker processes: they sleep while they wait
     # instead of spinning (read when torch loads OpenMP: in a fresh process, once the run is planned)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from BreastCMSLLib.cohort.runner import run_cohort
     from BreastCMSLLib.cohort.sources import from_manifest, from_root
     from BreastCMSLLib.cohort.workers import Workers, default_workers
 
@@ -167,6 +166,8 @@ def cmd_analyze_cohort(args) -> dict | None:
     try:
         # the first worker process starts now and imports while this process plans the run
         with Workers(args.workers or default_workers()) as workers:
+            from BreastCMSLLib.cohort.runner import run_cohort
+
             return run_cohort(sources, args.model, args.out, args.device, workers, args.batch, args.seg,
                               args.label_fraction, summary=args.manifest is not None)
     except KeyboardInterrupt:
