@@ -24,7 +24,7 @@ from BreastCMSLLib.cohort.sources import CaseSource
 from BreastCMSLLib.cohort.stages import Failed
 from BreastCMSLLib.cohort.table import failed_row, ok_row, summary_text, write_results
 from BreastCMSLLib.cohort.workers import Workers
-from BreastCMSLLib.distributed import Dist
+from BreastCMSLLib.distributed import Dist, device_index, gather_objects, teardown
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.memory import keep_freed_memory
 from BreastCMSLLib.network.header import file_sha256, model_info, read_model_file_metadata
@@ -70,12 +70,11 @@ def run_cohort(sources: list[CaseSource], model_path: Path, out: Path, device: s
                batch: int | None, seg: bool, label_fraction: float, summary: bool) -> dict | None:
     """Analyze every case (this rank's share under torchrun) with the rank's worker processes ``workers``, then
     (rank 0) write ``results.csv`` and, with ``summary``, ``summary.md``. Returns what the command prints."""
-    from BreastCMSLLib.distributed import gather_objects
-
     if out.exists() and not out.is_dir():
         raise InputError(out, "the output folder is an existing file")
     if len({s.id for s in sources}) != len(sources):
         raise InputError("cohort", "case ids repeat; every case needs its own output folder")
+    device_index(device)  # the name; whether such a GPU exists is known once torch is loaded
     t0 = time.perf_counter()
     keep_freed_memory()
     cfg, provenance, _ = read_model_file_metadata(model_path)
@@ -106,8 +105,6 @@ def run_cohort(sources: list[CaseSource], model_path: Path, out: Path, device: s
                                "cohort" if d.world == 1 else f"rank {d.rank}")
         shards = gather_objects((rows, totals), d)
     finally:
-        from BreastCMSLLib.distributed import teardown
-
         teardown()
     if not d.main:
         return None  # rank 0 reports the whole cohort
