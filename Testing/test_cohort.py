@@ -118,6 +118,7 @@ def test_cohort_goes_on_past_broken_cases_and_equals_analyze(cohort, one_run, ti
 def test_sigkill_then_rerun_gives_the_same_results(cohort, one_run, tiny_model_path, tmp_path):
     out = tmp_path / "out"
     cmd = cohort_cmd("--root", cohort, "--model", tiny_model_path, "--out", out, "--device", "cpu", "--workers", "1")
+    semaphores = set(Path("/dev/shm").glob("sem.mp-*"))
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 600
@@ -125,6 +126,8 @@ def test_sigkill_then_rerun_gives_the_same_results(cohort, one_run, tiny_model_p
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the command and its worker processes
     proc.wait()
+    for path in set(Path("/dev/shm").glob("sem.mp-*")) - semaphores:  # multiprocessing's, the killed group's
+        path.unlink(missing_ok=True)
     done = [p for p in (out / "cases").iterdir() if not p.name.startswith(".")]
     assert 1 <= len(done) < len(GOOD)  # killed mid-run
     for folder in done:  # every case folder that exists is complete
