@@ -52,6 +52,22 @@ def staging_folder(out_dir: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_through(folder: str | Path) -> None:
+    """Put every file of ``folder`` on disk (``fdatasync``) and out of the page cache (``POSIX_FADV_DONTNEED``):
+    for a folder nobody reads back soon, such as a cohort's case folder. Moved into place after this, the folder's
+    files are on disk, not only visible to readers; and a run that writes many gigabytes does not fill the page
+    cache with them, so the next case's files take the pages this one's gave back (fresh pages cost the kernel
+    more: ``benchmarks/README.md``). Where the system has no ``posix_fadvise``, only the first."""
+    for path in Path(folder).iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            (os.fdatasync if hasattr(os, "fdatasync") else os.fsync)(fd)
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def replace_folder(staged: Path, out_dir: str | Path) -> None:
     """Put the finished ``staged`` folder in the place of ``out_dir`` (an older one is removed first)."""
     out_dir = Path(out_dir)

@@ -292,3 +292,58 @@ def test_slots_grow_and_are_shared_with_a_worker_process():
         slots.give(taken[1])
         assert slots.take() == taken[1]  # the slot given back last is taken first
     assert not list(Path("/dev/shm").glob(f"breastcmsl_slot_{os.getpid()}_*"))
+
+
+def _tunables() -> str | None:
+    """In a worker process: its glibc tunables."""
+    return os.environ.get("GLIBC_TUNABLES")
+
+
+def test_worker_processes_ask_for_huge_pages_and_leave_the_environment_as_it_was(monkeypatch):
+    """The cohort's worker processes start with glibc's huge-page tunable added to the user's; a value the user set
+    wins; this process's environment is unchanged afterwards."""
+    from BreastCMSLLib.cohort.workers import Workers
+    from BreastCMSLLib.memory import HUGE_PAGES, huge_pages_for_children
+
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
+    with Workers(1) as workers:
+        assert workers.submit(_tunables).result() == f"glibc.malloc.tcache_count=0:{HUGE_PAGES}"
+    assert os.environ["GLIBC_TUNABLES"] == "glibc.malloc.tcache_count=0"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")
+    with huge_pages_for_children():
+        assert os.environ["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    with huge_pages_for_children():
+        assert os.environ["GLIBC_TUNABLES"] == HUGE_PAGES
+    assert "GLIBC_TUNABLES" not in os.environ
+
+
+def _resident_pages(path: Path) -> int:
+    """How many of ``path``'s pages are in the page cache (Linux ``mincore`` on a mapping that faults nothing in)."""
+    import ctypes
+    import mmap
+
+    size = path.stat().st_size
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
+        pages = -(-size // mmap.PAGESIZE)
+        vector = (ctypes.c_ubyte * pages)()
+        address = ctypes.addressof(ctypes.c_char.from_buffer(mapped))
+        assert ctypes.CDLL(None, use_errno=True).mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vector) == 0
+        resident = sum(v & 1 for v in vector)
+        del address
+    return resident
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore and posix_fadvise as on Linux")
+def test_write_through_leaves_the_files_whole_and_out_of_the_page_cache(tmp_path):
+    """A case folder is put on disk and dropped from the page cache before it is moved into place."""
+    from BreastCMSLLib.atomic import write_through
+
+    data = np.random.default_rng(0).random(2**20, dtype=np.float32).tobytes()  # 4 MiB
+    (tmp_path / "map.nrrd").write_bytes(data)
+    (tmp_path / "result.json").write_text('{"probability": 0.5}')
+    assert _resident_pages(tmp_path / "map.nrrd") > 0  # just written: cached
+    write_through(tmp_path)
+    assert _resident_pages(tmp_path / "map.nrrd") == 0
+    assert (tmp_path / "map.nrrd").read_bytes() == data
+    assert json.loads((tmp_path / "result.json").read_text()) == {"probability": 0.5}

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from BreastCMSLLib.cohort.slots import Slot, SlotPool, slot_bytes
 from BreastCMSLLib.cohort.sources import CaseSource
 from BreastCMSLLib.cohort.stages import Failed, Prepared, finish_case, one_line, prepare_case
-from BreastCMSLLib.cohort.workers import Workers, network_threads, outcome
+from BreastCMSLLib.cohort.workers import Workers, cores_per_rank, network_threads, outcome
 from BreastCMSLLib.config import ModelConfig
 from BreastCMSLLib.memory import fault_in
 
@@ -62,14 +62,14 @@ def run_flow(todo: list[CaseSource], loaded, dev: torch.device, out: Path, optio
     cfg, name = loaded.config, loaded.name
     totals = {"waiting_for_workers_s": 0.0, "network_s": 0.0, "forward_passes": 0}
     depth = options.workers + options.batch  # cases read ahead
-    queue = iter(todo[len(started):])
+    queue = deque(todo[len(started):])
     preparing: deque[Pending] = deque(started)
     writing: list[Pending] = []
 
     def refill() -> None:
-        while len(preparing) < depth and slots.free and (s := next(queue, None)) is not None:
-            preparing.append(send_to_prepare(workers, s, slots.take(), cfg, name, options.label_fraction,
-                                             options.seg))
+        while len(preparing) < depth and slots.free and queue:
+            preparing.append(send_to_prepare(workers, queue.popleft(), slots.take(), cfg, name,
+                                             options.label_fraction, options.seg))
 
     def harvest(wait: bool) -> None:
         if wait and writing:
@@ -100,6 +100,8 @@ def run_flow(todo: list[CaseSource], loaded, dev: torch.device, out: Path, optio
         t1 = time.perf_counter()
         totals["waiting_for_workers_s"] += t1 - t0
         if batch:
+            if dev.type == "cpu" and not queue and not preparing:  # every case read: the workers only write now
+                torch.set_num_threads(cores_per_rank())
             try:
                 nets = infer(loaded, [c.slot.array() for c in batch], dev)
             except Exception as err:  # e.g. out of GPU memory: these cases fail, the rest go on

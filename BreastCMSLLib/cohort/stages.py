@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from BreastCMSLLib.atomic import replace_folder, staging_folder
+from BreastCMSLLib.atomic import replace_folder, staging_folder, write_through
 from BreastCMSLLib.cohort.slots import Slot
 from BreastCMSLLib.cohort.sources import CaseSource
 from BreastCMSLLib.config import ModelConfig
@@ -88,7 +88,8 @@ def prepare_case(source: CaseSource, slot: Slot, config: ModelConfig, model_name
 
 def finish_case(case: Prepared, net: NetResult, model: dict, label_fraction: float, out_dir: Path) -> dict | Failed:
     """Maps, labelmaps, figure (from the case's slot), [DICOM SEG] and result.json of one case, written to a
-    staging folder and moved to ``out_dir`` whole (in a worker process). Returns result.json's dict."""
+    staging folder, put on disk (:func:`~BreastCMSLLib.atomic.write_through`) and moved to ``out_dir`` whole (in a
+    worker process). Returns result.json's dict."""
     from BreastCMSLLib.pipeline.output import write_analysis
 
     t0 = time.perf_counter()
@@ -103,6 +104,7 @@ def finish_case(case: Prepared, net: NetResult, model: dict, label_fraction: flo
             extra["coam_seg.dcm"] = lambda path: seg.save_as(path)
         with staging_folder(out_dir) as tmp:
             result = write_analysis(analysis, tmp / "case", case.used, case.centre, extra)
+            write_through(tmp / "case")
             replace_folder(tmp / "case", out_dir)
         return result
     except Exception as err:

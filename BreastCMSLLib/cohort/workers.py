@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from BreastCMSLLib.cohort.sources import CaseSource
 from BreastCMSLLib.cohort.stages import Failed
-from BreastCMSLLib.memory import keep_freed_memory
+from BreastCMSLLib.memory import huge_pages_for_children, keep_freed_memory
 
 # The network is the one stage a case cannot overlap with itself, so it comes first: the workers run at this
 # niceness (on a core they share with it, about a tenth of its share) and have the cores whenever it does not
@@ -89,7 +89,14 @@ class Workers:
     def _new(self) -> tuple[ProcessPoolExecutor, Future]:
         pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
                                    initargs=(self.threads,))
-        return pool, pool.submit(started)  # the pool starts a process for each task that finds none idle
+        return pool, self._submit(pool, started)
+
+    @staticmethod
+    def _submit(pool: ProcessPoolExecutor, fn, *args) -> Future:
+        """``pool.submit``: the pool starts a process for a task that finds none idle, with transparent huge pages
+        for its memory (a new process faulted in its first cases' volumes page by page; ``benchmarks/README.md``)."""
+        with huge_pages_for_children():
+            return pool.submit(fn, *args)
 
     def __enter__(self) -> Workers:
         return self
@@ -102,12 +109,12 @@ class Workers:
         goes to that process instead of starting a second one beside it."""
         futures.wait([self.up])
         try:
-            return self.pool.submit(fn, *args)
+            return self._submit(self.pool, fn, *args)
         except BrokenProcessPool:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool, self.up = self._new()
             futures.wait([self.up])
-            return self.pool.submit(fn, *args)
+            return self._submit(self.pool, fn, *args)
 
     def close(self, cancel: bool = False) -> None:
         self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
