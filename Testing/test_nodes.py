@@ -229,8 +229,6 @@ def test_assign_by_dicom_maps_the_role_rules_back_to_nodes(tmp_path):
         nodes.assign_by_dicom([written[d] for d in order], n_channels=4)
 
 
-
-
 def test_an_evaluation_table_saved_before_the_fine_map_gains_its_column():
     """A table with the columns case, probability, COAM mm, CAM mm (as scenes saved before the fine map hold)
     gets a fine mm column, NaN for its earlier rows; the summary counts each map's own rows."""

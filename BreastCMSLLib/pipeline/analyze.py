@@ -35,8 +35,6 @@ def select_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-
-
 def host_input(arrays: list[np.ndarray], dtype: torch.dtype, pin: bool) -> torch.Tensor:
     """The (B, C, I, J, K) network input of B same-shaped (C, I, J, K) arrays on the host, cast to ``dtype``
     (the dtype autocast gives conv1) and laid out channels_last_3d, one multi-threaded pass per array; in
@@ -78,14 +76,6 @@ def forward_batch(loaded: LoadedModel, arrays: list[np.ndarray], device: torch.d
         return module(x, box, keep_stages), "bf16" if bf16 else "fp32"
 
 
-
-
-
-
-
-
-
-
 def grid_maps(out: NetOutput, b: int = 0) -> dict[str, np.ndarray]:
     """Every map of case ``b`` of one forward on its own feature grid, float32 (d, h, w) in (i, j, k) order:
     "coam" and "cam" (layer4; the head's per-position logit is CAM), and, when the output kept the shallower
@@ -102,14 +92,6 @@ def fine_on_grid(maps: dict[str, np.ndarray], cfg: FineMapConfig) -> np.ndarray:
     ratio = NETWORK_STRIDE // STAGE_STRIDES[cfg.stage]
     local = torch.from_numpy(maps[f"coam_{cfg.stage}"])
     return fine_map(local, torch.from_numpy(maps["coam"]), ratio, cfg.gated).numpy()
-
-
-
-
-
-
-
-
 
 
 def infer(loaded: LoadedModel, arrays: list[np.ndarray], dev: torch.device,
@@ -129,7 +111,6 @@ def infer(loaded: LoadedModel, arrays: list[np.ndarray], dev: torch.device,
                                      float(calibrated[b]), float(p[b]), float(out.cos_theta[b]), float(out.logit[b]),
                                      loaded.calibration, str(dev), precision))
         return results
-
 
 
 def analyze_case(inputs: CaseInputs, loaded: LoadedModel, device: str = "auto", label_fraction: float = 0.5,
