@@ -347,3 +347,26 @@ def test_write_through_leaves_the_files_whole_and_out_of_the_page_cache(tmp_path
     assert _resident_pages(tmp_path / "map.nrrd") == 0
     assert (tmp_path / "map.nrrd").read_bytes() == data
     assert json.loads((tmp_path / "result.json").read_text()) == {"probability": 0.5}
+
+
+def test_batches_of_cases_equal_one_case_per_pass(cohort, one_run, tiny_model_path, tmp_path):
+    """``--batch 3``, the path a GPU takes by default, here on the CPU (up to 3 cases per forward pass, as many as
+    are ready; the slot pool grown for them): the same rows and maps as one case per pass, to float rounding
+    (a batch's stem runs on the union of its cases' boxes: ``test_inference_input.py``)."""
+    out = tmp_path / "out"
+    proc = subprocess.run(cohort_cmd("--root", cohort, "--model", tiny_model_path, "--out", out, "--device", "cpu",
+                                     "--workers", "2", "--batch", "3"), capture_output=True, text=True, cwd=ROOT,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert 1 <= json.loads(proc.stdout)["rank0_stages"]["forward_passes"] <= len(GOOD)  # how many: as cases get ready
+    single = {r["id"]: r for r in rows(one_run[0])}
+    for row in rows(out):
+        base = single[row["id"]]
+        assert (row["status"], row["error"]) == (base["status"], base["error"])
+        if row["status"] == "ok":
+            assert float(row["probability"]) == pytest.approx(float(base["probability"]), abs=1e-5)
+    for case in GOOD:
+        for name in ("coam", "cam", "fine"):
+            batched, alone = (sitk.GetArrayFromImage(sitk.ReadImage(str(o / "cases" / case / f"{name}.nrrd")))
+                              for o in (out, one_run[0]))
+            np.testing.assert_allclose(batched, alone, atol=1e-4, err_msg=f"{case} {name}")
