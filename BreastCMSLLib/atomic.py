@@ -59,7 +59,7 @@ def write_through(folder: str | Path) -> None:
     cache with them, so the next case's files take the pages this one's gave back (fresh pages cost the kernel
     more: ``benchmarks/README.md``). Where the system has no ``posix_fadvise``, only the first."""
     for path in Path(folder).iterdir():
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDWR)  # Windows flushes only a file opened for writing
         try:
             (os.fdatasync if hasattr(os, "fdatasync") else os.fsync)(fd)
             if hasattr(os, "posix_fadvise"):
