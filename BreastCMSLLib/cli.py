@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_synth(args) -> dict:
-    from BreastCMSLLib.pipeline.phantom import synth_case
+    from BreastCMSLLib.phantom.synth import synth_case
 
     return synth_case(args.out, seed=args.seed, label=args.label, shape=args.shape, spacing=args.spacing,
                       inputs=args.inputs)

@@ -38,7 +38,7 @@ def tiny_model_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_case(tmp_path_factory) -> Path:
     """A small malignant phantom case folder (t1, pre, post_1..6, truth/, case.json)."""
-    from BreastCMSLLib.pipeline.phantom import synth_case
+    from BreastCMSLLib.phantom.synth import synth_case
 
     out = tmp_path_factory.mktemp("case") / "case"
     synth_case(out, seed=7, label=1, shape=TINY_SHAPE, spacing=TINY_SPACING)

@@ -13,7 +13,7 @@ import slicer
 import vtk
 
 from BreastCMSLLib import cli
-from BreastCMSLLib.pipeline.phantom import synth_case
+from BreastCMSLLib.phantom.synth import synth_case
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,8 +20,9 @@ import SimpleITK as sitk
 
 from BreastCMSLLib.cohort.manifest import Case, write_manifest
 from BreastCMSLLib.cohort.metrics import bootstrap_metrics
+from BreastCMSLLib.phantom.parameters import PhantomConfig
+from BreastCMSLLib.phantom.synth import make_case, synth_case
 from BreastCMSLLib.pipeline.output import RESULT_FILES
-from BreastCMSLLib.pipeline.phantom import PhantomConfig, make_case, synth_case
 from Testing import dicomsynth
 from Testing.dicomsynth import SeriesSpec
 

@@ -13,7 +13,8 @@ import SimpleITK as sitk
 from BreastCMSLLib.cohort.manifest import read_manifest
 from BreastCMSLLib.config import PreprocessConfig
 from BreastCMSLLib.network.modelfile import load_model
-from BreastCMSLLib.pipeline.phantom import PhantomConfig, make_case
+from BreastCMSLLib.phantom.parameters import PhantomConfig
+from BreastCMSLLib.phantom.synth import make_case
 from BreastCMSLLib.pipeline.preprocess import load_case
 from Testing import dicomsynth
 from Training.ingest import ingest

@@ -25,7 +25,8 @@ N_SERIES = {"siemens": 15, "ge": 3, "philips": 7, "duke": 8}  # series each styl
 
 @pytest.fixture(scope="module")
 def phantom():
-    from BreastCMSLLib.pipeline.phantom import PhantomConfig, make_case
+    from BreastCMSLLib.phantom.parameters import PhantomConfig
+    from BreastCMSLLib.phantom.synth import make_case
 
     from .test_dicom_roles import ROTATION
 

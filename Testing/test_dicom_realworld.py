@@ -23,7 +23,8 @@ from pydicom.uid import (
 from BreastCMSLLib.cli import main
 from BreastCMSLLib.dicom.seg import map_segmentation
 from BreastCMSLLib.dicom.series import read_dataset, read_phase, scan_study
-from BreastCMSLLib.pipeline.phantom import PhantomConfig, make_case, write_case
+from BreastCMSLLib.phantom.parameters import PhantomConfig
+from BreastCMSLLib.phantom.synth import make_case, write_case
 from Testing import dicomsynth
 
 from .conftest import TINY_SHAPE, run_cli

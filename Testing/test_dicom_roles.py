@@ -11,7 +11,8 @@ import SimpleITK as sitk
 from BreastCMSLLib.cli import main
 from BreastCMSLLib.dicom.roles import RolePatterns, assign_roles
 from BreastCMSLLib.dicom.series import read_phase, scan_study
-from BreastCMSLLib.pipeline.phantom import PhantomConfig, make_case
+from BreastCMSLLib.phantom.parameters import PhantomConfig
+from BreastCMSLLib.phantom.synth import make_case
 from Testing import dicomsynth
 
 from .conftest import run_cli

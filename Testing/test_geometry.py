@@ -28,7 +28,7 @@ def rotation(deg_z: float, deg_x: float) -> np.ndarray:
 @pytest.fixture(scope="module")
 def oblique_case(tmp_path_factory):
     """A phantom stored on an oblique grid (12 deg about z, 7 about x), anisotropic, non-zero origin."""
-    from BreastCMSLLib.pipeline.phantom import synth_case
+    from BreastCMSLLib.phantom.synth import synth_case
 
     out = tmp_path_factory.mktemp("oblique") / "case"
     synth_case(out, seed=11, label=1, shape=(88, 72, 44), spacing=OBLIQUE,
@@ -101,7 +101,7 @@ def test_storage_order_does_not_change_the_answer(oblique_case, tiny_model_path,
 
 
 def test_phases_and_subtractions_give_the_same_answer(tiny_case, tiny_model_path, tmp_path):
-    from BreastCMSLLib.pipeline.phantom import synth_case
+    from BreastCMSLLib.phantom.synth import synth_case
 
     subs = tmp_path / "subs"
     synth_case(subs, seed=7, label=1, shape=TINY_SHAPE, spacing=(3.6, 3.6, 3.5), inputs="subtractions")

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from BreastCMSLLib.pipeline.phantom import PhantomConfig, draw_parameters, make_case
+from BreastCMSLLib.phantom.parameters import PhantomConfig, draw_parameters
+from BreastCMSLLib.phantom.synth import make_case
 
 from .conftest import run_cli
 

@@ -8,8 +8,10 @@ import SimpleITK as sitk
 from sklearn.metrics import f1_score
 
 from BreastCMSLLib.config import MaskConfig
+from BreastCMSLLib.phantom.anatomy import TISSUE_LABELS
+from BreastCMSLLib.phantom.parameters import PhantomConfig
+from BreastCMSLLib.phantom.synth import make_case
 from BreastCMSLLib.pipeline.mask import breast_mask, slice_objectness
-from BreastCMSLLib.pipeline.phantom import TISSUE_LABELS, PhantomConfig, make_case
 
 CASES = {
     "tiny-0": PhantomConfig(shape=(96, 64, 40)),

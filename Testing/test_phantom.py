@@ -10,16 +10,17 @@ import SimpleITK as sitk
 from sklearn.metrics import roc_auc_score
 
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.pipeline import phantom
-from BreastCMSLLib.pipeline.phantom import (
+from BreastCMSLLib.phantom.anatomy import TISSUE_LABELS
+from BreastCMSLLib.phantom.case import PhantomCase
+from BreastCMSLLib.phantom.grid import resolve_grid
+from BreastCMSLLib.phantom.parameters import (
+    DEFAULT_DIFFICULTY,
     PHASE_TIMES_MIN,
-    TISSUE_LABELS,
     PhantomConfig,
     draw_parameters,
-    make_case,
-    synth_case,
-    write_case,
+    kinetic_type,
 )
+from BreastCMSLLib.phantom.synth import make_case, synth_case, write_case
 from BreastCMSLLib.pipeline.volumes import find_case_files, read_volume
 
 TINY = (96, 64, 40)  # 3.75 x 3.625 x 3.6 mm, the default field of view
@@ -31,26 +32,26 @@ def arr(image: sitk.Image) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def tiny_cases() -> dict[int, phantom.PhantomCase]:
+def tiny_cases() -> dict[int, PhantomCase]:
     return {seed: make_case(seed, PhantomConfig(shape=TINY)) for seed in range(6)}
 
 
 @pytest.fixture(scope="module")
-def clear_cases() -> dict[int, phantom.PhantomCase]:
+def clear_cases() -> dict[int, PhantomCase]:
     """difficulty 0: classic appearance; 2 malignant, 2 benign."""
     return {(seed, label): make_case(seed, PhantomConfig(shape=TINY, difficulty=0.0, label=label))
             for seed in (11, 12) for label in (0, 1)}
 
 
 def test_default_grid_and_fov():
-    case_grid = phantom._resolve_grid(PhantomConfig())
+    case_grid = resolve_grid()
     assert case_grid.size == (360, 232, 120)
     np.testing.assert_allclose(case_grid.spacing, [1.0, 1.0, 1.2])
     np.testing.assert_allclose(case_grid.origin, [-179.5, -115.5, -71.4])  # centred on LPS (0, 0, 0)
     np.testing.assert_allclose(case_grid.centre, [0, 0, 0], atol=1e-9)
-    tiny = phantom._resolve_grid(PhantomConfig(shape=TINY))  # same field of view
+    tiny = resolve_grid(shape=TINY)  # same field of view
     np.testing.assert_allclose(tiny.spacing, [3.75, 3.625, 3.6])
-    by_spacing = phantom._resolve_grid(PhantomConfig(spacing=(2.0, 2.0, 3.0)))
+    by_spacing = resolve_grid(spacing=(2.0, 2.0, 3.0))
     assert by_spacing.size == (180, 116, 48)
 
 
@@ -141,7 +142,7 @@ def test_truth_consistency(tiny_cases):
         assert truth["birads"] == expected
 
 
-def lesion_curve(case: phantom.PhantomCase) -> np.ndarray:
+def lesion_curve(case: PhantomCase) -> np.ndarray:
     """Mean relative enhancement (post_k - pre) / pre over the lesion mask, per phase."""
     lesion = arr(case.lesion_mask).astype(bool)
     pre = arr(case.images["pre"]).astype(float)[lesion].mean()
@@ -162,7 +163,7 @@ def test_kinetics_and_appearance_follow_the_label(clear_cases):
             assert curve[0] < 0.5, (seed, curve)
             assert np.all(np.diff(curve) > 0) and curve[-1] > 1.1 * curve[:2].max(), (seed, curve)
             assert (truth["kinetic_type"], truth["birads"], truth["margin"]) == ("I", 3, "circumscribed oval")
-        assert phantom.kinetic_type(np.array(truth["enhancement_curve"])) == truth["kinetic_type"]
+        assert kinetic_type(np.array(truth["enhancement_curve"])) == truth["kinetic_type"]
 
 
 def test_difficulty_makes_the_classes_overlap():
@@ -172,8 +173,8 @@ def test_difficulty_makes_the_classes_overlap():
         return roc_auc_score([p["label"] for p in params], [p["lesion"]["suspicion"] for p in params])
 
     assert auc(0.0) == 1.0
-    assert 0.88 < auc(phantom.DEFAULT_DIFFICULTY) < 0.98
-    assert auc(1.0) < auc(phantom.DEFAULT_DIFFICULTY)
+    assert 0.88 < auc(DEFAULT_DIFFICULTY) < 0.98
+    assert auc(1.0) < auc(DEFAULT_DIFFICULTY)
     labels = [draw_parameters(seed, PhantomConfig(malignant_fraction=0.25))["label"] for seed in range(400)]
     assert 0.18 < np.mean(labels) < 0.32
 
@@ -249,7 +250,7 @@ def test_write_is_atomic_and_refuses_to_overwrite(tmp_path, tiny_cases, monkeypa
         write_case(tiny_cases[0], tmp_path / "full")
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
 
-    monkeypatch.setattr(phantom.sitk, "WriteImage", _failing_after(2))
+    monkeypatch.setattr(sitk, "WriteImage", _failing_after(2))
     with pytest.raises(RuntimeError, match="disk full"):
         write_case(tiny_cases[0], tmp_path / "half")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # neither the case nor a temporary folder

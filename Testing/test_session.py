@@ -28,7 +28,8 @@ from BreastCMSLLib.panel.models import models_in
 from BreastCMSLLib.panel.session import Session
 from BreastCMSLLib.panel.state import CALIBRATION_KEYS, AnalysisResult
 from BreastCMSLLib.panel.text import UNCALIBRATED, evaluation_rows_text, evaluation_text, result_text
-from BreastCMSLLib.pipeline.phantom import PhantomConfig, make_case, synth_case, write_case
+from BreastCMSLLib.phantom.parameters import PhantomConfig
+from BreastCMSLLib.phantom.synth import make_case, synth_case, write_case
 from Testing.dicomsynth import write_study
 from Testing.scenes import assert_unchanged, case_nodes, make_oblique_case, matrix_of, snapshot
 

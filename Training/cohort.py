@@ -12,7 +12,8 @@ import numpy as np
 
 from BreastCMSLLib.cohort.manifest import Case, write_manifest
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.pipeline.phantom import DEFAULT_DIFFICULTY, synth_case
+from BreastCMSLLib.phantom.parameters import DEFAULT_DIFFICULTY
+from BreastCMSLLib.phantom.synth import synth_case
 
 
 def case_seed(seed: int, index: int) -> int:
@@ -33,7 +34,7 @@ def synth_cohort(out: str | Path, n: int, seed: int = 0, shape=None, spacing=Non
     """Write ``n`` phantom cases under ``out/cases`` and ``out/manifest.csv`` (splits left empty, so the
     seeded stratified split is applied when the manifest is read). Exactly round(n * fraction) cases
     are malignant, in a seeded order. Existing complete case folders are kept (resumable).
-    ``lesion_placement``: see :data:`BreastCMSLLib.pipeline.phantom.LESION_PLACEMENTS`."""
+    ``lesion_placement``: see :data:`BreastCMSLLib.phantom.parameters.LESION_PLACEMENTS`."""
     if n < 1:
         raise InputError("--n", f"must be at least 1, got {n}")
     if not 0.0 <= malignant_fraction <= 1.0:

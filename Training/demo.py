@@ -18,7 +18,7 @@ from pathlib import Path
 from BreastCMSLLib.config import NETWORK_STRIDE, PreprocessConfig
 from BreastCMSLLib.network.calibration import operating_line
 from BreastCMSLLib.network.header import read_model_file_metadata
-from BreastCMSLLib.pipeline.phantom import FOV_MM
+from BreastCMSLLib.phantom.grid import FOV_MM
 
 from .cache import preprocess_cohort
 from .cohort import synth_cohort

@@ -1,7 +1,7 @@
 """``breastcmsl-train localization-study``: localization of COAM, CAM and the fine map's candidates.
 
 A phantom cohort at about the paper's voxel size (1.1 mm) whose lesions are spread over both breasts
-(position, size and kinetics varied: :data:`BreastCMSLLib.pipeline.phantom.LESION_PLACEMENTS` "spread"), the
+(position, size and kinetics varied: :data:`BreastCMSLLib.phantom.parameters.LESION_PLACEMENTS` "spread"), the
 core's preprocessing at the paper's input size (340 x 220 x 128: an 11 x 7 x 4 feature grid of
 35.2 mm cells), CMSL fitted, and for the test cases the model calls malignant (as the paper's 85) the
 distance from the annotated lesion centre to each map's peak (:func:`Training.localize.localize_cases`,

@@ -24,7 +24,7 @@ def role_patterns(edits: dict[str, str], source: str):
 
 def phantom_case(folder: str | Path, seed: int = 1, malignant: bool = True, shape=None, spacing=None) -> Path:
     """Write a synthetic DCE phantom case folder (known lesion centre in case.json); returns the folder."""
-    from BreastCMSLLib.pipeline.phantom import synth_case
+    from BreastCMSLLib.phantom.synth import synth_case
 
     synth_case(folder, seed=seed, label=int(malignant), shape=shape, spacing=spacing)
     return Path(folder)

@@ -1,1 +1,1 @@
-"""The pipeline layer: volumes and grids, the breast mask, preprocessing, one analysis and its files, the phantom."""
+"""The pipeline layer: volumes and grids, the breast mask, preprocessing, one analysis and its files."""
