@@ -16,12 +16,12 @@ from trame_slicer.core import VolumeWindowLevel
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.panel.jobs import POLL_INTERVAL_S, check
 from BreastCMSLLib.panel.models import models_in
+from BreastCMSLLib.panel.roles import FIELDS, role_overrides
 from BreastCMSLLib.panel.session import Session
 from BreastCMSLLib.panel.text import evaluation_rows_text, evaluation_text
 
 from .catalog import Catalog
 from .errors import action, reports_errors
-from .roleform import ROLE_KEYS, overrides
 from .state import ResultView, TabState
 from .views import TabViews
 
@@ -84,7 +84,7 @@ class TabController:
         self._cancel_job()
         self.session.stop_compare()
         self.data.result, self.data.roles, self.data.compare = ResultView(), [], False
-        self.data.role_overrides = dict.fromkeys(ROLE_KEYS, "")
+        self.data.role_overrides = dict.fromkeys(FIELDS, "")
         folder, kind = self.catalog.case(name)
         self.data.case_kind = kind
         self._load(folder, None)
@@ -96,7 +96,7 @@ class TabController:
             raise InputError("roles", "choose a DICOM study first")
         folder, _ = self.catalog.case(self.data.case_name)
         self.data.result, self.data.role_overrides = ResultView(), fields
-        self._load(folder, overrides(fields))
+        self._load(folder, role_overrides(fields))
 
     def _load(self, folder: Path, roles: dict | None) -> None:
         """Load into the session; the views show the reference. On failure nothing stays chosen."""

@@ -9,9 +9,9 @@ from trame.ui.html import DivLayout
 from trame.widgets import html
 from trame_server import Server
 
+from BreastCMSLLib.panel.roles import FIELDS
 from BreastCMSLLib.panel.text import EVALUATION_COLUMNS, GENERAL_DISCLAIMER, MAP_LABELS
 
-from .roleform import ROLE_KEYS
 from .state import TabState
 from .views import TabViews
 
@@ -47,7 +47,7 @@ def _inputs(n: TabState) -> None:
             html.Td("{{ r.confidence }}")
     with html.Div(v_if=f"{n.case_kind} === 'dicom'", style="font-size:12px"):
         html.Div("Override roles (series number, UID or number:phase; post and sub: several, in order):")
-        for key in ROLE_KEYS:
+        for key in FIELDS:
             with html.Label(style="display:inline-block;margin-right:6px"):
                 html.Span(key)
                 html.Input(id=f"role-{key}", size=6 if key in ("t1", "pre") else 16,

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from BreastCMSLLib.panel.roles import FIELDS
 from BreastCMSLLib.panel.text import MAP_LABELS, result_text
-
-from .roleform import ROLE_KEYS
 
 
 @dataclass
@@ -43,7 +42,7 @@ class TabState:
     case_kind: str = ""
     loaded: bool = False
     roles: list[dict] = field(default_factory=list)  # the DICOM role table's rows, as text
-    role_overrides: dict[str, str] = field(default_factory=lambda: dict.fromkeys(ROLE_KEYS, ""))
+    role_overrides: dict[str, str] = field(default_factory=lambda: dict.fromkeys(FIELDS, ""))
     models: list[dict] = field(default_factory=list)  # file, label, channels
     model_file: str = ""
     busy: bool = False

@@ -1,16 +1,17 @@
-"""The browser face's pieces that need no browser: path confinement, the case list, role overrides, the CLI."""
+"""The browser face's pieces that need no browser: path confinement, the case list, the role fields, the CLI."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 
 from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.panel.roles import role_overrides
 from BreastCMSLWeb.catalog import Catalog, confined
-from BreastCMSLWeb.roleform import overrides
-from Testing.conftest import ROOT
+from Testing.conftest import ROOT, run_cli
 
 
 @pytest.fixture
@@ -52,15 +53,30 @@ def test_case_list_leaves_out_what_escapes(roots):
 
 
 def test_role_overrides_from_the_page_fields():
-    assert overrides({"t1": "", "pre": " ", "post": "", "sub": ""}) is None
-    assert overrides({"t1": "None", "pre": "200:1", "post": "300, 400 500"}) == {
+    assert role_overrides({"t1": "", "pre": " ", "post": "", "sub": ""}) is None
+    assert role_overrides({"t1": "None", "pre": "200:1", "post": "300, 400 500"}) == {
         "t1": None, "pre": "200:1", "post": ["300", "400", "500"]}
-    assert overrides({"sub": "901,902", "t1": "1.2.840.1"}) == {"t1": "1.2.840.1", "sub": ["901", "902"]}
-    assert overrides({"post": 300}) == {"post": ["300"]}
-    with pytest.raises(InputError, match="pre: names 2 series"):
-        overrides({"pre": "200 300"})
+    assert role_overrides({"sub": "901,902", "t1": "1.2.840.1"}) == {"t1": "1.2.840.1", "sub": ["901", "902"]}
+    assert role_overrides({"post": 300}) == {"post": ["300"]}
+    assert role_overrides({"pre": "200 300"}) == {"pre": ["200", "300"]}  # the role rules say "one volume"
     with pytest.raises(InputError, match="override fields"):
-        overrides(["t1"])
+        role_overrides(["t1"])
+
+
+def test_the_page_refuses_subtractions_with_phases_in_the_words_of_the_cli(tmp_path):
+    """``sub`` with ``pre``/``post``: ``breastcmsl roles --roles ROLES.json`` and the page's role fields are
+    refused by the same rule, in the same words."""
+    roles = tmp_path / "ROLES.json"
+    roles.write_text(json.dumps({"pre": "200", "post": ["300", "400"], "sub": ["901", "902"]}))
+    (tmp_path / "study").mkdir()
+    done = run_cli("roles", tmp_path / "study", "--roles", roles)
+    assert done.returncode == 2 and done.stdout == ""
+    prefix = f"breastcmsl roles: error: {roles}: "
+    assert done.stderr.startswith(prefix) and done.stderr.count("\n") == 1
+    with pytest.raises(InputError) as page:
+        role_overrides({"t1": "", "pre": "200", "post": "300 400", "sub": "901, 902"})
+    assert page.value.problem == done.stderr[len(prefix):].strip() == "give either sub or pre/post roles, not both"
+    assert str(page.value) == f"roles: {page.value.problem}"
 
 
 def test_cli_refuses_a_missing_folder_in_one_line(tmp_path):

@@ -434,6 +434,8 @@ def assign_roles(series: list[Series], overrides: dict | None = None, n_channels
     :func:`load_overrides`; errors in them name ``overrides_source`` (the ROLES.json) and the key.
     ``n_channels``: the number of subtraction channels the model takes (None: any number).
     """
+    if overrides:
+        check_overrides(overrides, overrides_source or source)
     overrides = overrides or {}
     pools = _Pools(series, patterns)
     named = _named_roles(overrides, series, overrides_source or source)
@@ -517,17 +519,25 @@ def load_overrides(path: str | Path) -> dict:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise InputError(path, f"cannot be read as JSON ({err})") from None
+    return check_overrides(data, path)
+
+
+def check_overrides(data, source) -> dict:
+    """The role overrides' shape, wherever they come from (ROLES.json, the session, the web page's form): a
+    non-empty object with keys among :data:`ROLE_KEYS`, never ``sub`` together with ``pre``/``post``, each value
+    a series id or a list of them (``t1`` may be null). Returns ``data``; an :class:`InputError` names
+    ``source``."""
     if not isinstance(data, dict) or not set(data) <= set(ROLE_KEYS) or not data:
-        raise InputError(path, f"expected a JSON object with keys among {', '.join(ROLE_KEYS)}")
+        raise InputError(source, f"expected a JSON object with keys among {', '.join(ROLE_KEYS)}")
     if "sub" in data and ("pre" in data or "post" in data):
-        raise InputError(path, "give either sub or pre/post roles, not both")
+        raise InputError(source, "give either sub or pre/post roles, not both")
     for key, value in data.items():
         if key == "t1" and value is None:
             continue
         values = [value] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
         if not isinstance(values, list) or not values or not all(
                 isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
-            raise InputError(path, f"{key}: expected a series id or a list of series ids")
+            raise InputError(source, f"{key}: expected a series id or a list of series ids")
     return data
 
 
