@@ -1,4 +1,4 @@
-"""``breastcmsl``: the runtime command line (synth, init-model, analyze, analyze-cohort, roles).
+"""``breastcmsl``: the runtime command line (synth, init-model, analyze, analyze-cohort, roles, kinetics).
 
 User mistakes (:class:`InputError`) print one line naming the file and the problem and exit with 2.
 """
@@ -88,6 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seg", action="store_true", help="DICOM studies: also write coam_seg.dcm (DICOM Segmentation)")
     p.add_argument("--label-fraction", type=float, default=0.5,
                    help="labelmaps are 1 where the map >= this fraction of its maximum")
+
+    p = sub.add_parser("kinetics", help="enhancement kinetics of one case: PE/SER maps, the curve at a point "
+                       "(BI-RADS initial and delayed phase) and the functional tumour volume of a region")
+    p.add_argument("case_dir", nargs="?", type=Path, help="case folder ([t1] + pre/post_k; times.json optional)")
+    p.add_argument("--dicom", type=Path, help="DICOM study folder instead of a case folder")
+    region = p.add_mutually_exclusive_group()
+    region.add_argument("--roi-box", nargs=6, type=float, metavar=("X1", "Y1", "Z1", "X2", "Y2", "Z2"),
+                        help="FTV region: a box between two LPS corners (mm)")
+    region.add_argument("--roi-mask", type=Path, help="FTV region: a labelmap (NRRD, NIfTI) or a DICOM SEG")
+    p.add_argument("--point", **_triple(float), help="the curve at this LPS point (mm)")
+    p.add_argument("--pe-threshold", type=float, default=70.0, help="FTV and SER label: PE at least this (%%)")
+    p.add_argument("--background", type=float, default=60.0, help="background threshold: this %% of the 95th "
+                   "percentile of the pre-contrast signal in the region (0: off)")
+    p.add_argument("--early-s", type=float, default=150.0, help="early phase: the one nearest this time (s)")
+    p.add_argument("--late-s", type=float, default=450.0, help="late phase: the one nearest this time (s)")
+    p.add_argument("--radius", type=float, default=2.0, help="the curve is the mean in a sphere of this radius (mm)")
+    p.add_argument("--times", type=float, nargs="+", help="post-contrast phase times (s; replace the study's)")
+    p.add_argument("--injection-s", type=float, help="with --times: the injection on their clock (default: the "
+                   "first post-contrast phase)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (kinetics.json and the maps)")
 
     p = sub.add_parser("roles", help="show which series of a DICOM study fill which role")
     p.add_argument("study_dir", type=Path, help="DICOM study folder (searched recursively, .gz included)")
@@ -195,8 +215,59 @@ def cmd_roles(args) -> dict | None:
     return None
 
 
+def cmd_kinetics(args) -> dict:
+    """``breastcmsl kinetics``: see :mod:`BreastCMSLLib.pipeline.kinetics_case`. Every input is checked before
+    anything is written."""
+    from BreastCMSLLib.pipeline import kinetics_case as kc
+    from BreastCMSLLib.pipeline.kinetics import KineticsConfig, box_region
+    from BreastCMSLLib.pipeline.phase_times import case_times, given_times
+
+    if (args.case_dir is None) == (args.dicom is None):
+        raise InputError("kinetics", "give a case folder or --dicom STUDY (one of them)")
+    if args.injection_s is not None and not args.times:
+        raise InputError("--injection-s", "only with --times")
+    cfg = KineticsConfig(pe_threshold=args.pe_threshold, background=args.background, early_s=args.early_s,
+                         late_s=args.late_s, radius_mm=args.radius)
+    if args.dicom:
+        from BreastCMSLLib.dicom.roles import study_inputs
+        from BreastCMSLLib.dicom.times import study_times
+
+        study, used = study_inputs(args.dicom)
+        inputs = study.inputs
+        kc.check_phases(inputs)
+        times = study_times(study.assignment, str(args.dicom))
+    else:
+        from BreastCMSLLib.pipeline.preprocess import load_case
+
+        inputs = load_case(args.case_dir)
+        kc.check_phases(inputs)
+        used = {"kind": inputs.kind, "t1": inputs.sources[0], "series": inputs.sources[1:]}
+        times = case_times(args.case_dir, len(inputs.series) - 1)
+    if args.times:
+        times = given_times(args.times, args.injection_s, len(inputs.series) - 1)
+    region, source = None, None
+    if args.roi_box:
+        source = "--roi-box"
+        region = box_region(inputs.reference, args.roi_box[:3], args.roi_box[3:], source)
+    elif args.roi_mask:
+        from BreastCMSLLib.dicom.seg_region import is_segmentation, segmentation_region
+
+        source = str(args.roi_mask)
+        segmentation = args.roi_mask.is_file() and is_segmentation(args.roi_mask)
+        region = (segmentation_region if segmentation else kc.file_region)(args.roi_mask, inputs.reference)
+        if segmentation and not region.any():
+            raise InputError(args.roi_mask, "the region lies outside the volume (no segmented voxel on the grid)")
+    if args.point:
+        kc.check_in_breast(inputs, args.point)
+    kin = kc.case_kinetics(inputs, times, cfg, region)
+    report = kc.kinetics_report(kin, region, source, args.point, used)
+    kc.write_kinetics(kin, args.out)
+    return {key: report[key] for key in ("times_s", "early_phase", "late_phase", "note", "ftv_ml", "ser_volumes_ml",
+                                          "point")}
+
+
 COMMANDS = {"synth": cmd_synth, "init-model": cmd_init_model, "analyze": cmd_analyze,
-            "analyze-cohort": cmd_analyze_cohort, "roles": cmd_roles}
+            "analyze-cohort": cmd_analyze_cohort, "roles": cmd_roles, "kinetics": cmd_kinetics}
 
 
 def run(prog: str, parser: argparse.ArgumentParser, commands: dict, argv: list[str] | None) -> int:

@@ -20,6 +20,7 @@ from BreastCMSLLib.phantom.parameters import (
     streams,
 )
 from BreastCMSLLib.phantom.render import render
+from BreastCMSLLib.pipeline.phase_times import write_times_file
 
 
 def make_case(seed: int, cfg: PhantomConfig | None = None) -> PhantomCase:
@@ -45,7 +46,8 @@ def write_case(case: PhantomCase, out_dir: str | Path, inputs: str = "phases", s
 
     ``inputs="phases"``: t1, pre, post_1..post_6; ``"subtractions"``: t1, sub_k = post_k - pre (int16);
     ``with_t1=False`` leaves the T1 out (fat-suppressed series only).
-    Truth: truth/lesion_mask, truth/breast_mask, truth/tissue (labels in case.json).
+    Truth: truth/lesion_mask, truth/breast_mask, truth/tissue (labels in case.json); the phase times (s after the
+    injection) in times.json (:mod:`BreastCMSLLib.pipeline.phase_times`).
     """
     check_output(inputs, suffix)
     volumes = case.series(inputs, with_t1)
@@ -60,6 +62,7 @@ def write_case(case: PhantomCase, out_dir: str | Path, inputs: str = "phases", s
             sitk.WriteImage(image, str(tmp / f"{name}{suffix}"), useCompression=suffix.endswith(".gz"))
         truth = dict(case.truth, inputs=inputs, files=sorted(f"{n}{suffix}" for n in volumes))
         (tmp / "case.json").write_text(json.dumps(truth, indent=1))
+        write_times_file(tmp, [60.0 * t for t in case.truth["phase_times_min"]], injection_s=0.0)
         replace_folder(tmp, out_dir)
     return truth
 
