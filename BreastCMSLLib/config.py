@@ -64,6 +64,9 @@ class PreprocessConfig:
     # (up to 32 %) of a phantom lesion's voxels saturated in all six phases, flattening their kinetic curves
     clip_percentile: float = 99.9
     mask: MaskConfig = field(default_factory=MaskConfig)
+    phases: tuple[int, ...] | None = None  # post-contrast phase numbers taken (1 = the first); None: every one given
+    phase_times_s: tuple[float, ...] | None = None  # the model's: median training times of those phases, s after
+    # the injection (set by fit; analysis takes a longer study's phases nearest these, pipeline/model_phases.py)
 
     def __post_init__(self) -> None:
         if len(self.input_size) != 3 or min(self.input_size) < NETWORK_STRIDE:
@@ -73,6 +76,11 @@ class PreprocessConfig:
             raise ValueError(f"spacing must be 3 positive lengths in mm, got {self.spacing}")
         if not 0 < self.clip_percentile <= 100:
             raise ValueError(f"clip_percentile must be in (0, 100], got {self.clip_percentile}")
+        if self.phases is not None and (not self.phases or min(self.phases) < 1 or list(self.phases) != sorted(
+                set(self.phases))):
+            raise ValueError(f"phases must be increasing post-contrast phase numbers from 1, got {self.phases}")
+        if self.phase_times_s is not None and (self.phases is None or len(self.phase_times_s) != len(self.phases)):
+            raise ValueError(f"phase_times_s needs one time per phase of phases, got {self.phase_times_s}")
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,7 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
     report(0.9, "write")
     result = write_analysis(analysis, request.out, used, centre, extra)
     report(1.0, "done")
-    keys = ("probability", "probability_uncalibrated", "cos_theta", "threshold", "prediction", "calibrated",
+    keys = ("applicability", "phases_used", "probability", "probability_uncalibrated", "cos_theta", "threshold",
+            "prediction", "calibrated",
             "operating_line", *(f"{name}_peak_lps" for name in MAP_NAMES))
     return {k: result[k] for k in keys if k in result}

@@ -16,9 +16,10 @@ from safetensors import SafetensorError, safe_open
 from BreastCMSLLib.config import ModelConfig
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.calibration import Calibration
+from BreastCMSLLib.network.domain import DomainRecord, read_record
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "file_sha256", "model_info", "model_name", "read_model_file_metadata",
-           "read_model_metadata"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "file_sha256", "model_info", "model_name", "read_model_domain",
+           "read_model_file_metadata", "read_model_metadata"]
 
 FORMAT = "breastcmsl-model"
 FORMAT_VERSION = "1"
@@ -57,8 +58,14 @@ def read_model_metadata(path: str | Path) -> tuple[ModelConfig, dict]:
     return cfg, provenance
 
 
-def read_model_file_metadata(path: str | Path) -> tuple[ModelConfig, dict, Calibration]:
-    """Config, provenance and calibration (T = 1, unfitted, when absent) of a model file, parsed strictly."""
+def read_model_domain(path: str | Path) -> tuple[DomainRecord | None, str | None]:
+    """The training-domain record of a model file, or (None, why there is none: absent or damaged); a damaged
+    record does not make the file unreadable (:func:`BreastCMSLLib.network.domain.read_record`)."""
+    return read_record(_metadata(path).get("domain"))
+
+
+def _metadata(path: str | Path) -> dict:
+    """The metadata of a BreastCMSL model file; anything else is an :class:`InputError`."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such model file")
@@ -75,6 +82,13 @@ def read_model_file_metadata(path: str | Path) -> tuple[ModelConfig, dict, Calib
         raise InputError(path, f"is not a safetensors model file ({err})") from None
     if meta.get("format") != FORMAT:
         raise InputError(path, "is a safetensors file but not a BreastCMSL model (no breastcmsl metadata)")
+    return meta
+
+
+def read_model_file_metadata(path: str | Path) -> tuple[ModelConfig, dict, Calibration]:
+    """Config, provenance and calibration (T = 1, unfitted, when absent) of a model file, parsed strictly."""
+    path = Path(path)
+    meta = _metadata(path)
     try:
         cfg = ModelConfig.from_json(meta["config"])
         provenance = json.loads(meta.get("provenance", "{}"))

@@ -1,5 +1,6 @@
 """The model file: ONE ``.safetensors`` file; its metadata holds the ModelConfig JSON, provenance and, once
-calibrated, the :class:`Calibration` (temperature and operating point); what it says without loading the
+calibrated, the :class:`Calibration` (temperature and operating point) and, once measured, the
+:class:`~BreastCMSLLib.network.domain.DomainRecord` (the training domain); what it says without loading the
 weights is in :mod:`.header`.
 
 Loading reads tensors with safetensors only: nothing is ever unpickled.
@@ -16,28 +17,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from BreastCMSLLib.config import ModelConfig
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.calibration import Calibration
+from BreastCMSLLib.network.domain import DomainRecord
 from BreastCMSLLib.network.header import (
     FORMAT,
     FORMAT_VERSION,
     file_sha256,
     model_info,
     model_name,
+    read_model_domain,
     read_model_file_metadata,
 )
 from BreastCMSLLib.network.net import CMSLNet, bf16_native, build_model, inference_module
 
 
 def save_model(path: str | Path, model: torch.nn.Module, cfg: ModelConfig, provenance: dict,
-               calibration: Calibration | None = None) -> str:
-    """Write weights, config, provenance and (when given) the calibration atomically to ``path``; return the
-    file's sha256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+               calibration: Calibration | None = None, domain: DomainRecord | None = None) -> str:
+    """Write weights, config, provenance and (when given) the calibration and the training-domain record
+    atomically to ``path``; return the file's sha256."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata = {
         "format": FORMAT,
@@ -47,6 +49,23 @@ def save_model(path: str | Path, model: torch.nn.Module, cfg: ModelConfig, prove
     }
     if calibration is not None:
         metadata["calibration"] = calibration.to_json()
+    if domain is not None:
+        metadata["domain"] = domain.to_json()
+    return _write(path, tensors, metadata)
+
+
+def add_domain(path: str | Path, domain: DomainRecord) -> str:
+    """Rewrite the model file ``path`` (atomically) with ``domain`` as its training-domain record, every other
+    tensor and metadata entry as they were; return its new sha256."""
+    read_model_file_metadata(path)  # a BreastCMSL model file, or an InputError
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+    return _write(path, load_file(str(path)), {**metadata, "domain": domain.to_json()})
+
+
+def _write(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
@@ -71,6 +90,8 @@ class LoadedModel:
     path: Path
     _digest: Future = field(repr=False, compare=False)
     calibration: Calibration = field(default_factory=Calibration)  # T = 1, unfitted, when the file has none
+    domain: DomainRecord | None = None  # the training domain (None: absent or damaged, see domain_problem)
+    domain_problem: str | None = None  # why there is no record
     _inference: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -110,6 +131,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", sha256: str
     file's, when the caller has already hashed it (else it is hashed in the background)."""
     path = Path(path)
     cfg, provenance, calibration = read_model_file_metadata(path)
+    domain, problem = read_model_domain(path)
     try:
         with torch.device("meta"):  # no random initialization: every tensor comes from the file
             model = build_model(cfg, initialize=False)
@@ -125,4 +147,4 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", sha256: str
     else:
         digest = Future()
         digest.set_result(sha256)
-    return LoadedModel(model, cfg, provenance, path, digest, calibration)
+    return LoadedModel(model, cfg, provenance, path, digest, calibration, domain, problem)

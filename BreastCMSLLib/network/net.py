@@ -29,6 +29,7 @@ class NetOutput(NamedTuple):
     aux_logits: torch.Tensor | None  # (B, aux_classes) auxiliary head (DK-MT baseline) or None
     stages: dict[str, torch.Tensor] | None = None  # {"layer2": (B, C2, I/8, ..), "layer3": (B, C3, I/16, ..)}
     # outputs of the shallower stages, kept only when the forward is asked for them (the fine map)
+    pooled: torch.Tensor | None = None  # (B, C) float32: the pooled feature the head reads (the domain check's)
 
 
 class CMSLNet(nn.Module):
@@ -69,7 +70,7 @@ class CMSLNet(nn.Module):
         logit = pooled.float() @ w + self.head.bias.float()
         cos_theta = nn.functional.cosine_similarity(pooled.float(), w.unsqueeze(0), dim=1, eps=1e-8)
         aux = self.aux_head(pooled) if self.aux_head is not None else None
-        return NetOutput(cos_theta, logit, f, logit_map, aux, kept if keep_stages else None)
+        return NetOutput(cos_theta, logit, f, logit_map, aux, kept if keep_stages else None, pooled.float())
 
 
 def probability(out: NetOutput, cfg: ModelConfig) -> torch.Tensor:

@@ -16,6 +16,7 @@ from BreastCMSLLib.distributed import device_index
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.attention import coam, fine_map
 from BreastCMSLLib.network.calibration import score
+from BreastCMSLLib.network.domain import DomainCheck
 from BreastCMSLLib.network.modelfile import LoadedModel
 from BreastCMSLLib.network.net import NetOutput, bf16_native, probability
 from BreastCMSLLib.network.sparse import nonzero_box, union_box
@@ -97,19 +98,23 @@ def fine_on_grid(maps: dict[str, np.ndarray], cfg: FineMapConfig) -> np.ndarray:
 def infer(loaded: LoadedModel, arrays: list[np.ndarray], dev: torch.device,
           fine: FineMapConfig | None = FINE_MAP) -> list[NetResult]:
     """The second stage: one forward pass over the preprocessed arrays of B cases (:func:`forward_batch`),
-    keeping layer2/layer3 and making the fine map on its grid when it is asked for (``fine``)."""
+    keeping layer2/layer3 and making the fine map on its grid when it is asked for (``fine``); each case's pooled
+    feature is checked against the model's training domain (:mod:`BreastCMSLLib.network.domain`)."""
     out, precision = forward_batch(loaded, arrays, dev, keep_stages=fine is not None)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     with torch.inference_mode():
         p = probability(out, loaded.config)
         calibrated = loaded.calibration.probability(score(out, loaded.config))
+        pooled = out.pooled.cpu().numpy()
         results = []
         for b in range(len(arrays)):
             maps = grid_maps(out, b)
             results.append(NetResult(maps, fine, None if fine is None else fine_on_grid(maps, fine),
                                      float(calibrated[b]), float(p[b]), float(out.cos_theta[b]), float(out.logit[b]),
-                                     loaded.calibration, str(dev), precision))
+                                     loaded.calibration, str(dev), precision,
+                                     loaded.domain.check(pooled[b]) if loaded.domain is not None
+                                     else DomainCheck(None, None, None, loaded.domain_problem)))
         return results
 
 

@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from BreastCMSLLib.config import NETWORK_STRIDE, STAGE_STRIDES, FineMapConfig
 from BreastCMSLLib.network.calibration import Calibration
+from BreastCMSLLib.network.domain import DomainCheck, applicability
 from BreastCMSLLib.pipeline.peaks import centroid_peak, plateau_peak_lps, quadratic_peak, stage_point_lps
 from BreastCMSLLib.pipeline.preprocess import Preprocessed, to_reference
 
@@ -95,7 +96,7 @@ class NetResult:
     """What one case's maps and scores need from the forward pass, on the CPU: every map on its own feature
     grid (:func:`BreastCMSLLib.pipeline.analyze.grid_maps`), the fine map's configuration and the fine map on its
     stage's grid (both None: no fine map), the scores (``probability`` calibrated with the model's
-    ``calibration``), and the device and precision it ran with."""
+    ``calibration``), the device and precision it ran with, and the pooled feature's training-domain check."""
 
     maps: dict[str, np.ndarray]
     fine: FineMapConfig | None
@@ -107,6 +108,7 @@ class NetResult:
     calibration: Calibration
     device: str
     precision: str
+    domain: DomainCheck
 
 
 @dataclass
@@ -142,6 +144,7 @@ class Analysis:
     fine_input: np.ndarray | None = None
     fine_config: FineMapConfig | None = None
     grid_maps: dict = field(default_factory=dict)  # :func:`grid_maps`, for the localization study
+    applicability: dict = field(default_factory=dict)  # :func:`BreastCMSLLib.network.domain.applicability`
 
 
 def finish(prep: Preprocessed, net: NetResult, model: dict, mask_source: str, label_fraction: float = 0.5,
@@ -186,5 +189,6 @@ def finish(prep: Preprocessed, net: NetResult, model: dict, mask_source: str, la
         timings={**(timings or {}), "maps_s": t3 - t2},
         fine_config=fine,
         grid_maps=maps,
+        applicability=applicability(net.domain, prep.study),
         **per_map,
     )

@@ -50,9 +50,25 @@ def calibration_fields(analysis: Analysis) -> dict:
     }
 
 
+def phases_used(analysis: Analysis) -> dict | None:
+    """result.json's ``phases_used``: the post-contrast phases (numbers from 1) the model took of the study's, their
+    times (s after the injection, or null), the rule that chose them and one plain line."""
+    study = analysis.prep.study
+    if study is None:
+        return None
+    line = f"post-contrast phases {', '.join(map(str, study.phases))} of {study.phases_of}"
+    if study.phase_rule == "nearest time":
+        line += " (nearest the model's phase times)"
+    elif study.phase_rule == "phase number":
+        line += " (the model's phase numbers: the study gives no acquisition times)"
+    return {"phases": list(study.phases), "of": study.phases_of, "rule": study.phase_rule,
+            "times_s": None if study.phase_times_s is None else list(study.phase_times_s), "line": line}
+
+
 def result_dict(analysis: Analysis, inputs_used: dict, centre_lps=None) -> dict:
     """The content of result.json."""
     result = {
+        "applicability": analysis.applicability,
         "probability": analysis.probability,
         "cos_theta": analysis.cos_theta,
         "logit": analysis.logit,
@@ -66,6 +82,7 @@ def result_dict(analysis: Analysis, inputs_used: dict, centre_lps=None) -> dict:
            if analysis.fine is not None else {}),
         "label_fraction": analysis.label_fraction,
         "mask_source": analysis.mask_source,
+        "phases_used": phases_used(analysis),
         "inputs": inputs_used,
         "reference_geometry": geometry_of(analysis.coam),
         "device": analysis.device,

@@ -16,6 +16,7 @@ Arrays are (C, I, J, K): spatial axes in (i, j, k) order of the input grid.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,8 +27,12 @@ import SimpleITK as sitk
 
 from BreastCMSLLib.config import NETWORK_STRIDE, ModelConfig, PreprocessConfig
 from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.network.domain import StudyGeometry
+from BreastCMSLLib.pipeline.envelope import study_geometry
 from BreastCMSLLib.pipeline.grids import copy_onto, coverage, image_from_ijk, resample, values_on
 from BreastCMSLLib.pipeline.mask import breast_mask
+from BreastCMSLLib.pipeline.model_phases import PhasesUsed, choose
+from BreastCMSLLib.pipeline.phase_times import case_times
 from BreastCMSLLib.pipeline.volumes import find_case_files, read_volume
 
 
@@ -110,20 +115,23 @@ class Preprocessed:
 
     ``array``: float32 (C, I, J, K) in [0, 1]; ``input_grid``: uint8 breast mask on the input grid (its
     geometry is the input grid's); ``reference``: an image with the reference input's geometry;
-    ``valid``: bool (I, J, K), True where the input grid lies inside the reference volume.
+    ``valid``: bool (I, J, K), True where the input grid lies inside the reference volume; ``study``: what the
+    training-domain check compares (:mod:`.envelope`; None until :func:`prepare` measures it).
     """
 
     array: np.ndarray
     input_grid: sitk.Image
     reference: sitk.Image
     valid: np.ndarray
+    study: StudyGeometry | None = None
 
     def __getstate__(self) -> dict:
         """Pickled small (the cohort sends it between processes twice per case): the breast mask and ``valid``
         bit-packed, ``reference`` as its geometry only (29 MB at the paper's size -> 2.4 MB)."""
         mask = sitk.GetArrayViewFromImage(self.input_grid)
         return {"array": self.array, "mask": (np.packbits(mask), _geometry(self.input_grid)),
-                "reference": _geometry(self.reference), "valid": (np.packbits(self.valid), self.valid.shape)}
+                "reference": _geometry(self.reference), "valid": (np.packbits(self.valid), self.valid.shape),
+                "study": self.study}
 
     def __setstate__(self, state: dict) -> None:
         bits, geometry = state["mask"]
@@ -136,6 +144,7 @@ class Preprocessed:
         bits, shape = state["valid"]
         self.valid = np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
         self.array = state["array"]
+        self.study = state["study"]
 
 
 def _geometry(image: sitk.Image) -> tuple:
@@ -286,19 +295,49 @@ def to_reference(array_ijk: np.ndarray, prep: Preprocessed) -> sitk.Image:
     return resample(image_from_ijk(np.asarray(array_ijk, np.float32), prep.input_grid), prep.reference)
 
 
+def study_times(inputs: CaseInputs) -> tuple[float, ...] | None:
+    """The post-contrast phase times (s after the injection) of a case given as files: the ``times.json`` beside
+    its reference volume (:func:`~BreastCMSLLib.pipeline.phase_times.case_times`), else None."""
+    source = inputs.reference_source
+    if source is None or not Path(source).is_file():
+        return None
+    return case_times(Path(source).parent, inputs.n_channels).post_s
+
+
+def model_phases(inputs: CaseInputs, cfg: ModelConfig | PreprocessConfig, model_name: str) -> PhasesUsed:
+    """The post-contrast phases (or subtractions) a model takes of these inputs (:mod:`.model_phases`): an
+    :class:`InputError` naming what the model needs when the study has too few. A ``PreprocessConfig``: a training
+    cache's (its ``phases`` by number, or every phase)."""
+    pcfg, channels = (cfg.preprocess, cfg.in_channels) if isinstance(cfg, ModelConfig) else (cfg, None)
+    return choose(inputs.n_channels, study_times(inputs), pcfg, channels, inputs.reference_source, model_name)
+
+
 def check_channels(inputs: CaseInputs, cfg: ModelConfig, model_name: str) -> None:
-    """The model takes ``cfg.in_channels`` subtraction channels; the inputs must give exactly that."""
-    if inputs.n_channels != cfg.in_channels:
-        raise InputError(inputs.reference_source, f"the model {model_name} takes {cfg.in_channels} subtraction "
-                         f"channels, these inputs give {inputs.n_channels}")
+    """The model can take its ``cfg.in_channels`` channels from these inputs (:func:`model_phases`)."""
+    model_phases(inputs, cfg, model_name)
 
 
-def prepare(inputs: CaseInputs, config: ModelConfig, model_name: str, label_fraction: float = 0.5,
+def select_phases(inputs: CaseInputs, used: PhasesUsed) -> CaseInputs:
+    """``inputs`` with only the post-contrast phases (or subtractions) of ``used`` (the pre-contrast phase kept)."""
+    if used.phases == tuple(range(1, used.of + 1)):
+        return inputs
+    first = 1 if inputs.kind == "phases" else 0
+    keep = list(range(first)) + [first + n - 1 for n in used.phases]
+    return dataclasses.replace(inputs, series=[inputs.series[k] for k in keep],
+                               sources=[inputs.sources[0], *(inputs.sources[1 + k] for k in keep)])
+
+
+def prepare(inputs: CaseInputs, config: ModelConfig | PreprocessConfig, model_name: str, label_fraction: float = 0.5,
             out: np.ndarray | None = None) -> Preprocessed:
-    """Check the inputs against the model (``config``, named ``model_name``) and preprocess them (the network
-    input into ``out`` when given): the first stage of :func:`~BreastCMSLLib.pipeline.analyze.analyze_case`, free
-    of the network (the cohort runs it in worker processes)."""
-    check_channels(inputs, config, model_name)
+    """Take the phases the model (``config``, named ``model_name``) takes of the inputs (:func:`model_phases`),
+    preprocess them (the network input into ``out`` when given) and measure what the training-domain check compares
+    (``Preprocessed.study``): the first stage of :func:`~BreastCMSLLib.pipeline.analyze.analyze_case`, free of the
+    network (the cohort runs it in worker processes); with a ``PreprocessConfig``, a training cache's case."""
+    used = model_phases(inputs, config, model_name)
     if not 0.0 < label_fraction <= 1.0:
         raise InputError("--label-fraction", f"must be in (0, 1], got {label_fraction}")
-    return preprocess_case(inputs, config.preprocess, out)
+    chosen = select_phases(inputs, used)
+    pcfg = config.preprocess if isinstance(config, ModelConfig) else config
+    prep = preprocess_case(chosen, pcfg, out)
+    prep.study = study_geometry(chosen.reference, prep.array, prep.input_grid, used)
+    return prep
