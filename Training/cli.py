@@ -13,7 +13,7 @@ from pathlib import Path
 from BreastCMSLLib.cli import run
 from BreastCMSLLib.errors import InputError
 
-from . import ingest
+from . import ingest, mamamia
 from .fastconv import MODES
 from .methods import METHODS
 
@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--workers", type=int, default=2)
     ingest.add_parser(sub)
+    mamamia.add_parser(sub)
     return parser
 
 
@@ -206,7 +207,7 @@ COMMANDS = {"synth": cmd_synth, "preprocess": cmd_preprocess, "fit": cmd_fit, "c
             "evaluate": cmd_evaluate,
             "compare": cmd_compare, "localize": cmd_localize, "export": cmd_export, "demo": cmd_demo,
             "localization-study": cmd_study,
-            "ingest": ingest.cmd_ingest}
+            "ingest": ingest.cmd_ingest, "ingest-mama-mia": mamamia.cmd_ingest_mama_mia}
 
 
 def main(argv: list[str] | None = None) -> int:
