@@ -134,7 +134,7 @@ def test_heat_colour_table_is_perceptually_ordered(analyzed):
 def test_the_warm_second_run_reuses_the_worker_and_equals_the_cold_run(analyzed):
     cold, warm = analyzed["cold"], analyzed["warm"]
     assert analyzed["warm_job"].worker_pid == analyzed["cold_job"].worker_pid
-    assert analyzed["session"].worker.process.poll() is None  # still alive, waiting for the next analysis
+    assert analyzed["session"].warm.worker.process.poll() is None  # still alive, waiting for the next analysis
     for key in ("probability", "cos_theta", "prediction", "label_fraction"):
         assert getattr(warm, key) == pytest.approx(getattr(cold, key), abs=1e-6)
     for name in MAP_NAMES:
@@ -309,7 +309,7 @@ def test_cancel_kills_the_worker_leaves_the_scene_and_no_temporary_folder(case, 
     with pytest.raises(ProcessLookupError):  # its whole process group is gone
         os.killpg(pid, 0)
     assert "write" not in [stage for _, stage in job.stages], "cancelled too late to test a cancel before writing"
-    assert job.done and session.worker is None
+    assert job.done and session.warm.worker is None
     with pytest.raises(InputError, match="cancelled"):
         job.poll()
     assert_unchanged(before, snapshot(scene, [t1, *series]))
@@ -536,7 +536,7 @@ def test_a_result_without_the_fine_map_or_calibration_reads_back_and_displays(ca
     t1, series = case_nodes(scene, case["dir"])
     session = Session(scene, temp_dir=tmp_path)
     session.set_inputs(t1=t1, phases=series)
-    written = session._add_result("old case", series[1], old)
+    written = session.add_result("old case", series[1], old)
     p = session.parameter_node
     for key in CALIBRATION_KEYS:  # an older scene's parameter node has none of these parameters
         p.UnsetParameter(f"Result.{key}")

@@ -1,8 +1,10 @@
-"""What a session runs in the background and a face polls: the warm :class:`Worker` process, one
-:class:`AnalysisJob` in it, and a :class:`DemoBuild` (training the synthetic demo model).
+"""What a session runs in the background and a face polls: the :class:`WarmWorker` (the analysis worker over its
+life), its :class:`Worker` process, one :class:`AnalysisJob` in it, and a :class:`DemoBuild` (training the synthetic
+demo model).
 
-A face polls a job (``progress``, ``done``, ``poll()``, ``cancel()``) from its event loop; a job's result is added
-to the scene by ``poll``/``wait`` in the calling thread (MRML is not thread-safe), all or nothing.
+A face polls a job (``progress``, ``done``, ``poll()``, ``cancel()``) from its event loop; a job's result is handed
+to its ``completed`` callback (the session adds it to the scene) by ``poll``/``wait`` in the calling thread (MRML is
+not thread-safe), all or nothing.
 """
 
 from __future__ import annotations
@@ -10,20 +12,18 @@ from __future__ import annotations
 import queue
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.memory import malloc_environment
 from BreastCMSLLib.panel.processes import BackgroundCommand, kill_group, start_group
 from BreastCMSLLib.panel.protocol import ENDINGS, Kind, Message
 from BreastCMSLLib.run import AnalyzeRequest
-
-if TYPE_CHECKING:
-    from BreastCMSLLib.panel.session import Session
 
 
 class Worker:
@@ -88,11 +88,86 @@ class Worker:
         kill_group(self.process)
 
 
-class AnalysisJob:
-    """One Analyze in the session's worker. ``progress`` is (fraction, stage) from the worker's stages."""
+class WarmWorker:
+    """The session's analysis worker over its life, in the shape of MONAIAuto3DSeg's
+    ``BackgroundProcess(completedCallback)``: :meth:`prepare` starts a :class:`Worker` unless a usable one is warm,
+    :meth:`submit` runs one analysis in it and returns its :class:`AnalysisJob`, whose output goes to the
+    ``completed`` callback; a cancelled job stops the worker (the next analysis starts a new one); :meth:`close`
+    stops it and waits for the removal of finished jobs' folders. ``python``/``env``: the worker's interpreter and
+    environment; ``temp_dir``: where the worker's log goes (None: the system's temporary folder)."""
 
-    def __init__(self, session: Session, worker: Worker, work: Path, case: str, reference, names: dict[str, str]):
-        self.session = session
+    def __init__(self, python: str, env: dict, idle_timeout_s: float, temp_dir: Path | None):
+        self.python, self.env, self.idle_timeout_s, self.temp_dir = python, env, idle_timeout_s, temp_dir
+        self.worker: Worker | None = None
+        self._removals: list[threading.Thread] = []
+        self._log_dir: Path | None = None
+
+    @property
+    def log_path(self) -> Path:
+        """The workers' log (their stderr), created with the first worker."""
+        if self._log_dir is None:
+            self._log_dir = Path(tempfile.mkdtemp(prefix="BreastCMSL-log-", dir=self.temp_dir))
+        return self._log_dir / "worker.log"
+
+    def prepare(self) -> None:
+        """Start a worker unless a usable one is warm (called before the inputs are exported, so that a new
+        worker imports torch meanwhile)."""
+        if self.worker is None or not self.worker.usable():
+            self._start()
+
+    def submit(self, request: AnalyzeRequest, work: Path, case: str, reference, names: dict[str, str],
+               completed: Callable[[str, object, Path], object]) -> AnalysisJob:
+        """Send ``request`` to the worker; a worker that died since it was last used (its stdin is a broken pipe)
+        is replaced once. ``completed(case, reference, output folder)`` turns the output into the job's result."""
+        for attempt in range(2):
+            job = AnalysisJob(self, self.worker, work, case, reference, names, completed)
+            try:
+                self.worker.submit(job, request)
+                return job
+            except OSError:
+                if attempt == 0:
+                    self._start()
+        shutil.rmtree(work, ignore_errors=True)
+        raise InputError("Analyze", f"the analysis worker could not be started; see {self.log_path}")
+
+    def _start(self) -> None:
+        self.stop(self.worker)
+        self.worker = Worker(self.python, self.env, self.idle_timeout_s, self.log_path)
+
+    def stop(self, worker: Worker | None, graceful: bool = False) -> None:
+        """Stop ``worker`` (see :meth:`Worker.stop`); the next analysis starts a new one if it was the warm one."""
+        if worker is not None:
+            worker.stop(graceful)
+        if worker is self.worker:
+            self.worker = None
+
+    def remove_later(self, folder: Path) -> None:
+        """Remove a finished job's folder in a background thread: the user sees the result without waiting for
+        the unlinking of its volumes (``benchmarks/README.md``); :meth:`close` waits for it."""
+        self._removals = [thread for thread in self._removals if thread.is_alive()]
+        thread = threading.Thread(target=shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True},
+                                  name="breastcmsl-cleanup")
+        thread.start()
+        self._removals.append(thread)
+
+    def close(self) -> None:
+        """Stop the worker (gracefully), wait for the folder removals and remove the log."""
+        self.stop(self.worker, graceful=True)
+        for thread in self._removals:
+            thread.join()
+        if self._log_dir is not None:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+            self._log_dir = None
+
+
+class AnalysisJob:
+    """One Analyze in the warm worker. ``progress`` is (fraction, stage) from the worker's stages; ``completed``
+    (case, reference, output folder) makes the result once the worker is done."""
+
+    def __init__(self, owner: WarmWorker, worker: Worker, work: Path, case: str, reference, names: dict[str, str],
+                 completed: Callable[[str, object, Path], object]):
+        self.owner = owner
+        self.completed = completed
         self.worker = worker
         self.work = work
         self.case = case
@@ -161,7 +236,7 @@ class AnalysisJob:
             try:
                 if self._final.kind is Kind.DONE:
                     self.progress = (1.0, "done")
-                    self._result = self.session._add_result(self.case, self.reference, self.work / "out")
+                    self._result = self.completed(self.case, self.reference, self.work / "out")
                 elif self._final.kind is Kind.CRASH:  # a bug: the traceback is what a developer needs
                     self._error = RuntimeError(f"the analysis of {self.case} failed:\n{self._final.text}")
                 else:
@@ -169,7 +244,7 @@ class AnalysisJob:
             except InputError as err:  # the output could not be read back
                 self._error = err
             finally:
-                self.session._remove_later(self.work)
+                self.owner.remove_later(self.work)
         if self._error is not None:
             raise self._error
         return self._result
@@ -180,15 +255,16 @@ class AnalysisJob:
         if self._applied or self.cancelled:
             return
         self.cancelled = True
-        self.session._drop_worker(self.worker)
+        self.owner.stop(self.worker)
         shutil.rmtree(self.work, ignore_errors=True)
 
 
 class DemoBuild:
-    """Building the synthetic demo model in the background, polled like an :class:`AnalysisJob`."""
+    """Building the synthetic demo model in the background, polled like an :class:`AnalysisJob`;
+    ``completed(out_dir)`` imports the built model and returns its path."""
 
-    def __init__(self, session: Session, command: BackgroundCommand, out_dir: Path):
-        self.session, self.command, self.out_dir = session, command, out_dir
+    def __init__(self, command: BackgroundCommand, out_dir: Path, completed: Callable[[Path], Path]):
+        self.command, self.out_dir, self.completed = command, out_dir, completed
         self.progress: tuple[float, str] = (0.0, "training the demo model")
 
     @property
@@ -202,7 +278,7 @@ class DemoBuild:
             return None
         if code != 0:
             raise InputError(self.command.log_path, f"building the demo model failed (exit code {code})")
-        return self.session.import_demo_model(self.out_dir)
+        return self.completed(self.out_dir)
 
     def cancel(self) -> None:
         self.command.cancel()

@@ -19,13 +19,12 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 from BreastCMSLLib.config import MAP_NAMES
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.mrml import centres, display, nodes
-from BreastCMSLLib.panel.jobs import AnalysisJob, DemoBuild, Worker
+from BreastCMSLLib.panel.jobs import AnalysisJob, DemoBuild, WarmWorker
 from BreastCMSLLib.panel.models import clear_models, download_model, import_model, models_in
 from BreastCMSLLib.panel.processes import BackgroundCommand
 from BreastCMSLLib.panel.state import PREFIX as RESULT_PREFIX
@@ -54,11 +53,9 @@ class Session:
         self.env = dict(env if env is not None else os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(LIBRARY_ROOT), self.env.get("PYTHONPATH")]))
         self.temp_dir = Path(temp_dir) if temp_dir else transfer_folder()
-        self.worker: Worker | None = None
+        self.warm = WarmWorker(self.python, self.env, self.idle_timeout_s, self.temp_dir)
         self.job: AnalysisJob | None = None
         self.linked: display.LinkedViews | None = None
-        self._removals: list[threading.Thread] = []
-        self._log_dir: Path | None = None
 
     # ---- state on the parameter node
 
@@ -200,7 +197,7 @@ class Session:
         command = BackgroundCommand([self.python, *arguments, "--out", str(out_dir / "demo")], out_dir / "build.log",
                                     env=self.env)
         command.start()
-        return DemoBuild(self, command, out_dir)
+        return DemoBuild(command, out_dir, self.import_demo_model)
 
     def import_demo_model(self, out_dir: str | Path) -> Path:
         """Import the trained model a demo build exported (synthetic CMSL first)."""
@@ -232,8 +229,7 @@ class Session:
             raise InputError("inputs", "a DCE volume selector is empty")
         reference = series[1] if kind == "phases" else series[0]
         shown = self._ref("displayReference") or reference  # a Sequence's frames are shown through its proxy
-        if self.worker is None or not self.worker.usable():
-            self._start_worker()  # first, so that a new worker imports torch while the inputs are exported
+        self.warm.prepare()  # first, so that a new worker imports torch while the inputs are exported
         work = Path(tempfile.mkdtemp(prefix="BreastCMSL-", dir=self.temp_dir))
         try:
             t1_path, paths = nodes.export_input_nodes(t1, series, work / "inputs")
@@ -243,47 +239,12 @@ class Session:
         names = {str(path): node.GetName() for path, node in zip([t1_path, *paths], [t1, *series]) if node is not None}
         request = AnalyzeRequest.for_volumes(t1_path, paths, kind, model=model_path, out=work / "out", device=device,
                                              label_fraction=label_fraction, fine_map=fine_map)
-        try:
-            return self._submit(request, work, reference.GetName(), shown, names)
-        except OSError:  # the worker died since it was last used (its stdin is a broken pipe): one replacement
-            self._start_worker()
-        try:
-            return self._submit(request, work, reference.GetName(), shown, names)
-        except OSError:
-            shutil.rmtree(work, ignore_errors=True)
-            raise InputError("Analyze", f"the analysis worker could not be started; see {self._log_path()}") from None
-
-    def _start_worker(self) -> None:
-        self._drop_worker(self.worker)
-        self.worker = Worker(self.python, self.env, self.idle_timeout_s, self._log_path())
-
-    def _submit(self, request: AnalyzeRequest, work: Path, case: str, shown, names: dict[str, str]) -> AnalysisJob:
-        self.job = AnalysisJob(self, self.worker, work, case, shown, names)
-        self.worker.submit(self.job, request)
+        self.job = self.warm.submit(request, work, reference.GetName(), shown, names, self.add_result)
         return self.job
 
-    def _remove_later(self, folder: Path) -> None:
-        """Remove a finished job's folder in a background thread: the user sees the result without waiting for
-        the unlinking of its volumes (``benchmarks/README.md``); :meth:`close` waits for it."""
-        self._removals = [thread for thread in self._removals if thread.is_alive()]
-        thread = threading.Thread(target=shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True},
-                                  name="breastcmsl-cleanup")
-        thread.start()
-        self._removals.append(thread)
-
-    def _log_path(self) -> Path:
-        if self._log_dir is None:
-            self._log_dir = Path(tempfile.mkdtemp(prefix="BreastCMSL-log-", dir=self.temp_dir))
-        return self._log_dir / "worker.log"
-
-    def _drop_worker(self, worker: Worker | None, graceful: bool = False) -> None:
-        if worker is not None:
-            worker.stop(graceful)
-        if worker is self.worker:
-            self.worker = None
-
-    def _add_result(self, case: str, reference, out_dir: Path) -> AnalysisResult:
-        """Add the worker's output to the scene and record it on the parameter node; all or nothing."""
+    def add_result(self, case: str, reference, out_dir: Path) -> AnalysisResult:
+        """Add an analysis output folder (``breastcmsl analyze --out``) to the scene as the result of ``case``
+        over the ``reference`` volume node and record it on the parameter node; all or nothing."""
         output, maps = nodes.read_result_folder(out_dir)
         peaks = {name: output[f"{name}_peak_lps"] for name in MAP_NAMES if f"{name}_peak_lps" in output}
         ids = nodes.add_result_nodes(self.scene, case, maps, peaks)
@@ -434,12 +395,7 @@ class Session:
         if self.job is not None and not self.job.done:
             self.job.cancel()
         self.stop_compare()
-        self._drop_worker(self.worker, graceful=True)
-        for thread in self._removals:
-            thread.join()
-        if self._log_dir is not None:
-            shutil.rmtree(self._log_dir, ignore_errors=True)
-            self._log_dir = None
+        self.warm.close()
 
 
 def transfer_folder(min_free_bytes: int = 4 << 30) -> Path | None:
