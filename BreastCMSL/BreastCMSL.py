@@ -40,6 +40,8 @@ if str(libraryRoot()) not in sys.path:
 from BreastCMSLLib.errors import InputError  # noqa: E402 (needs the path above)
 from BreastCMSLLib.panel.cases import phantom_case, role_patterns, untrained_model  # noqa: E402
 from BreastCMSLLib.panel.jobs import POLL_INTERVAL_S, check  # noqa: E402
+from BreastCMSLLib.panel.models import downloadable  # noqa: E402
+from BreastCMSLLib.panel.packages import install_packages  # noqa: E402
 from BreastCMSLLib.panel.session import Session  # noqa: E402
 from BreastCMSLLib.panel.state import MAP_NAMES  # noqa: E402
 from BreastCMSLLib.panel.text import CANCELLED, NO_MODEL, evaluation_text, result_text  # noqa: E402
@@ -300,7 +302,12 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.addItem(info["title"], info)
             combo.setCurrentIndex(combo.count - 1 if info["path"] == current else combo.currentIndex)
         combo.blockSignals(wasBlocked)
-        self.ui.downloadModelButton.enabled = any(e.get("url") for e in self.logic.registry()["models"])
+        registry, wasBlocked = self.ui.registryComboBox, self.ui.registryComboBox.blockSignals(True)
+        registry.clear()
+        for entry in downloadable(self.logic.registry()):
+            registry.addItem(entry["title"], entry)
+        registry.blockSignals(wasBlocked)
+        self.ui.downloadModelButton.enabled = registry.count > 0
         self.onModelSelected()
 
     def onModelSelected(self, *_) -> None:
@@ -317,7 +324,8 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.refreshModelList(select=self.attempt(self.logic.import_model, path))
 
     def onDownloadModel(self) -> None:
-        for entry in [e for e in self.logic.registry()["models"] if e.get("url")]:
+        entry = self.ui.registryComboBox.currentData
+        if entry and self.logic.ensureDependencies():
             self.refreshModelList(select=self.attempt(self.logic.download_model, entry))
 
     def onBuildDemoModel(self) -> None:
@@ -395,16 +403,15 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtons()
 
     def offerMaps(self, maps) -> None:
-        """Offer in the map choices only the maps the result has (a result without the fine map: COAM and CAM);
-        a choice the result lacks falls back to COAM, a compare pair to CAM | COAM."""
+        """Offer in the map choices only the maps the result has; the choices follow the session's
+        :meth:`map_choices`."""
         for combo in (self.ui.mapComboBox, self.ui.compareLeftComboBox, self.ui.compareRightComboBox):
             for index in range(combo.count):
                 combo.model().item(index).setEnabled(combo.itemText(index) in maps)
         p = self._parameterNode
-        if p and p.overlayMap not in maps:
-            p.overlayMap = "coam"
-        if p and not {p.compareLeft, p.compareRight} <= set(maps):
-            p.compareLeft, p.compareRight = self.logic.compare_pair()
+        if p:
+            p.overlayMap, (p.compareLeft, p.compareRight) = self.logic.map_choices(p.overlayMap,
+                                                                                  (p.compareLeft, p.compareRight))
 
     def updateOverlay(self, *_) -> None:
         p = self._parameterNode
@@ -515,8 +522,7 @@ class BreastCMSLLogic(ScriptedLoadableModuleLogic, Session):
 
     def placeCentre(self):
         """Start placing the lesion centre (one point, replacing an earlier one) with the mouse."""
-        centre = self.centre_node()
-        centre.RemoveAllControlPoints()
+        centre = self.centre_to_place()
         slicer.modules.markups.logic().SetActiveList(centre)
         slicer.modules.markups.logic().StartPlaceMode(False)
         return centre
@@ -540,8 +546,8 @@ class BreastCMSLLogic(ScriptedLoadableModuleLogic, Session):
                                                              torchVersionRequirement=TORCH_REQUIREMENT) is None:
                 return False
         missing = [req for name, req in PYTHON_REQUIREMENTS.items() if importlib.util.find_spec(name) is None]
-        if missing:
-            slicer.packaging.pip_ensure(missing, requester="BreastCMSL")
+        if missing and not install_packages(slicer, missing, requester="BreastCMSL"):
+            return False
         return all(importlib.util.find_spec(name) is not None for name in PYTHON_REQUIREMENTS)
 
 

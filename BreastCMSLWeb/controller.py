@@ -26,8 +26,8 @@ from .state import ResultView, TabState
 from .views import TabViews
 
 MAIN_VIEWS = ("view-axial", "view-coronal", "view-sagittal")
-TRIGGERS = ("analyze", "cancel", "toggle_compare", "jump_to_peak", "place_centre", "evaluate", "apply_roles",
-            "csv_text")
+TRIGGERS = ("analyze", "cancel", "toggle_compare", "jump_to_peak", "reset_views", "place_centre", "evaluate",
+            "apply_roles", "csv_text")
 
 
 class TabController:
@@ -162,9 +162,10 @@ class TabController:
         if status.error:
             raise InputError(None, status.error)
         self.data.result = ResultView.of(status.value)
-        self._offer(status.value.maps)
+        self.data.overlay_map, (self.data.compare_left, self.data.compare_right) = self.session.map_choices(
+            self.data.overlay_map, (self.data.compare_left, self.data.compare_right))
         self.show()
-        self.session.jump_to_peak(self.views.slice_nodes(*MAIN_VIEWS), self.which)
+        self.session.jump_to_peak(self.views.slice_nodes(*MAIN_VIEWS), self.which, centred=False)
 
     def _cancel_job(self) -> None:
         if self.job is not None:
@@ -179,14 +180,6 @@ class TabController:
         self.data.stage = "cancelled"
 
     # ---- display
-
-    def _offer(self, maps: tuple[str, ...]) -> None:
-        """Keep the map choices within the result's maps: an overlay it lacks falls back to COAM, a compare pair
-        to the session's default (COAM | fine, or CAM | COAM without the fine map)."""
-        if self.data.overlay_map not in maps:
-            self.data.overlay_map = "coam"
-        if not {self.data.compare_left, self.data.compare_right} <= set(maps):
-            self.data.compare_left, self.data.compare_right = self.session.compare_pair()
 
     @reports_errors
     def show(self) -> None:
@@ -225,6 +218,17 @@ class TabController:
             self.session.jump_to_peak(self.views.slice_nodes(*MAIN_VIEWS), self.which)
         self._render()
 
+    @action
+    def reset_views(self) -> None:
+        """Frame the views on the reference volume (all of it, centred); with a result, each view on the slice
+        through the shown map's peak (compare: the right view framed as the left one)."""
+        self.views.fit()
+        if self.data.result.has_result and self.data.compare:
+            self.show()
+        elif self.data.result.has_result:
+            self.session.jump_to_peak(self.views.slice_nodes(*MAIN_VIEWS), self.which, centred=False)
+        self._render()
+
     def _render(self) -> None:
         for view in self.views.views.values():
             view.schedule_render()
@@ -236,8 +240,7 @@ class TabController:
         """The next click on a view places the lesion centre there."""
         if not self.data.result.has_result:
             raise InputError("Place centre", "analyze a case first")
-        centre = self.session.centre_node()
-        centre.RemoveAllControlPoints()
+        centre = self.session.centre_to_place()
         if self.click is None:  # observed once per tab: the click that defines the centre's point
             self.click = centre.AddObserver(centre.PointPositionDefinedEvent, self._clicked)
         self.views.app.markups_logic.place_node(centre)

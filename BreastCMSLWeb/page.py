@@ -98,6 +98,7 @@ def _display(n: TabState) -> None:
             html.Span("map ")
             _map_select("map-select", n.overlay_map, n, no_result)
         html.Button("Jump to peak", id="jump-peak", click="trigger('jump_to_peak')", disabled=no_result)
+        html.Button("Reset views", id="reset-views", click="trigger('reset_views')", disabled=(f"!{n.loaded}",))
     with html.Div(style=ROW):
         _map_select("compare-left", n.compare_left, n, no_result)
         html.Span("|")

@@ -208,41 +208,77 @@ def test_display_compare_and_jump_to_peak(analyzed):
         ids["reference"], ids["cam_volume"], ids["cam_label"])
     assert composite.GetForegroundOpacity() == pytest.approx(0.3) and not views[0].GetUseLabelOutline()
 
-    session.compare(*views)
     cam_view, coam_view = views
+    cam_view.SetFieldOfView(250.0, 187.5, 1.0)
+    cam_view.SetSliceToRASByNTP(0, 0, 1, 1, 0, 0, 12.0, -20.0, 5.0, 0)  # a framing the face chose (axial)
+    session.compare(*views)
 
     def origin(view) -> np.ndarray:
         m = view.GetSliceToRAS()
         return np.array([m.GetElement(r, 3) for r in range(3)])
 
-    np.testing.assert_allclose(origin(cam_view), result.peaks_ras["cam"], atol=1e-6)
-    np.testing.assert_allclose(origin(coam_view), result.peaks_ras["coam"], atol=1e-6)
+    def in_plane(view) -> np.ndarray:
+        m = view.GetSliceToRAS()
+        return np.array([[m.GetElement(r, c) for c in range(3)] for r in range(3)])
+
+    cam, coam, fine = (np.array(result.peaks_ras[name]) for name in ("cam", "coam", "fine"))
+    # both axial, one framing (the left view's), each on the slice through its own peak
+    np.testing.assert_allclose(origin(cam_view), [12.0, -20.0, cam[2]], atol=1e-6)
+    np.testing.assert_allclose(origin(coam_view), [12.0, -20.0, coam[2]], atol=1e-6)
+    np.testing.assert_allclose(in_plane(coam_view), in_plane(cam_view), atol=1e-9)
+    assert coam_view.GetFieldOfView() == pytest.approx(cam_view.GetFieldOfView())
     assert slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(coam_view).GetForegroundVolumeID() == ids["coam_volume"]
     cam_view.SetSliceOffset(cam_view.GetSliceOffset() + 7.0)  # scroll the CAM view: the COAM view follows
-    offset = np.array(result.peaks_ras["coam"]) - np.array(result.peaks_ras["cam"])
-    np.testing.assert_allclose(origin(coam_view) - origin(cam_view), offset, atol=1e-6)
-    assert origin(cam_view)[2] == pytest.approx(result.peaks_ras["cam"][2] + 7.0)
+    np.testing.assert_allclose(origin(coam_view) - origin(cam_view), [0.0, 0.0, coam[2] - cam[2]], atol=1e-6)
+    assert origin(cam_view)[2] == pytest.approx(cam[2] + 7.0)
+    cam_view.SetFieldOfView(150.0, 112.5, 1.0)  # zoom the CAM view: the COAM view zooms too
+    assert coam_view.GetFieldOfView() == pytest.approx((150.0, 112.5, 1.0))
     session.stop_compare()
     cam_view.SetSliceOffset(cam_view.GetSliceOffset() + 5.0)  # unlinked: the COAM view stays
-    np.testing.assert_allclose(origin(coam_view)[2], result.peaks_ras["coam"][2] + 7.0, atol=1e-6)
+    np.testing.assert_allclose(origin(coam_view)[2], coam[2] + 7.0, atol=1e-6)
     session.jump_to_peak([coam_view], "coam")
-    np.testing.assert_allclose(origin(coam_view), result.peaks_ras["coam"], atol=1e-6)
+    np.testing.assert_allclose(origin(coam_view), coam, atol=1e-6)
+    cam_view.SetSliceToRASByNTP(0, 0, 1, 1, 0, 0, 12.0, -20.0, 5.0, 0)
+    session.jump_to_peak([cam_view], "cam", centred=False)  # the slice through the peak, the framing kept
+    np.testing.assert_allclose(origin(cam_view), [12.0, -20.0, cam[2]], atol=1e-6)
 
     assert session.compare_pair() == ("coam", "fine")  # the faces' default once the fine map is there
     session.compare(*views, pair=session.compare_pair())
     left, right = views
-    np.testing.assert_allclose(origin(left), result.peaks_ras["coam"], atol=1e-6)
-    np.testing.assert_allclose(origin(right), result.peaks_ras["fine"], atol=1e-6)
+    np.testing.assert_allclose(origin(left), [12.0, -20.0, coam[2]], atol=1e-6)
+    np.testing.assert_allclose(origin(right), [12.0, -20.0, fine[2]], atol=1e-6)
     assert slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(right).GetForegroundVolumeID() == ids["fine_volume"]
     assert slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(right).GetLabelVolumeID() == ids["fine_label"]
     left.SetSliceOffset(left.GetSliceOffset() + 3.5)
-    np.testing.assert_allclose(origin(right) - origin(left),
-                               np.array(result.peaks_ras["fine"]) - np.array(result.peaks_ras["coam"]), atol=1e-6)
+    np.testing.assert_allclose(origin(right) - origin(left), [0.0, 0.0, fine[2] - coam[2]], atol=1e-6)
     session.stop_compare()
     session.show(views[:1], which="fine")
     assert composite.GetForegroundVolumeID() == ids["fine_volume"] and composite.GetLabelVolumeID() == ids["fine_label"]
     session.jump_to_peak([left], "fine")
-    np.testing.assert_allclose(origin(left), result.peaks_ras["fine"], atol=1e-6)
+    np.testing.assert_allclose(origin(left), fine, atol=1e-6)
+
+
+def test_the_map_choices_stay_within_the_result(analyzed):
+    """Both faces keep the overlay and the compare pair the session allows: a choice the result has stays."""
+    session = analyzed["session"]
+    assert session.map_choices("fine", ("cam", "fine")) == ("fine", ("cam", "fine"))
+    assert session.map_choices("cam", ("fine", "coam")) == ("cam", ("fine", "coam"))
+
+
+def test_every_peak_has_a_marker_on_every_slice(analyzed):
+    """The peaks point list holds COAM, CAM and fine, each drawn on every slice view (projected when the
+    slice does not pass through it), and a new centre empties the centre list before the click places it."""
+    scene, session, result = analyzed["scene"], analyzed["session"], analyzed["warm"]
+    peaks = scene.GetNodeByID(result.nodes["peaks"])
+    assert peaks.GetNumberOfControlPoints() == 3
+    for index, name in enumerate(MAP_NAMES):
+        position = [0.0, 0.0, 0.0]
+        peaks.GetNthControlPointPosition(index, position)
+        np.testing.assert_allclose(position, result.peaks_ras[name], atol=1e-6)
+        assert peaks.GetNthControlPointLabel(index) == f"{name.upper()} peak"
+    assert peaks.GetDisplayNode().GetVisibility() and peaks.GetDisplayNode().GetSliceProjection()
+    centre = session.set_lesion_centre([1.0, 2.0, 3.0])
+    assert session.centre_to_place() is centre and centre.GetNumberOfControlPoints() == 0
 
 
 def test_saved_and_reloaded_scene_shows_the_same_result_and_table(analyzed, tmp_path):
@@ -457,6 +493,8 @@ def test_load_dicom_study_reads_the_roles_into_nodes(case, tmp_path):
     count = scene.GetNumberOfNodes()
     with pytest.raises(InputError, match="t1"):  # a phase named for the T1 and the pre-contrast role
         session.load_dicom_study(tmp_path / "ge", roles={"t1": "200:1", "pre": "200:1"})
+    with pytest.raises(InputError, match=f"^{tmp_path / 'ge'}: give either sub or pre/post roles, not both$"):
+        session.load_dicom_study(tmp_path / "ge", roles={"pre": "200:1", "sub": ["300"]})  # the CLI's words
     assert scene.GetNumberOfNodes() == count  # nothing added
 
 
@@ -555,6 +593,7 @@ def test_a_result_without_the_fine_map_or_calibration_reads_back_and_displays(ca
         session.show(views[:1], "fine")
     assert composite.GetForegroundVolumeID() == result.nodes["coam_volume"]  # unchanged by the refusal
     assert session.compare_pair() == ("cam", "coam")
+    assert session.map_choices("fine", ("coam", "fine")) == ("coam", ("cam", "coam"))
     session.compare(*views, pair=session.compare_pair())
     session.stop_compare()
     session.set_lesion_centre(result.peaks_ras["coam"])

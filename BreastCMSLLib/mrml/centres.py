@@ -15,6 +15,21 @@ DISTANCE_COLUMNS = {"coam": "COAM mm", "cam": "CAM mm", "fine": "fine mm"}  # by
 TABLE_COLUMNS = ("case", "probability", *DISTANCE_COLUMNS.values())
 
 
+def new_centre_node(scene):
+    """A point list for the lesion centre, holding at most one point."""
+    node = slicer.vtkMRMLMarkupsFiducialNode()
+    node.SetName("Lesion centre")
+    scene.AddNode(node)
+    node.CreateDefaultDisplayNodes()
+    node.SetMaximumNumberOfControlPoints(1)
+    return node
+
+
+def set_centre(node, ras) -> None:
+    """The lesion centre's one point at the RAS point (mm)."""
+    node.AddControlPoint(vtk.vtkVector3d(*map(float, ras)), "centre")
+
+
 def new_table(scene, name: str = "BreastCMSL evaluation"):
     table_node = slicer.vtkMRMLTableNode()
     table_node.SetName(name)

@@ -1,5 +1,6 @@
 """MRML adapter, display and views: heat and labelmap styles, result layers on slice views, peaks, two maps
-compared side by side kept in step. Slice nodes and the scene are arguments (RAS millimetres, as MRML)."""
+compared side by side kept in step (one framing, each on its own peak's slice). Slice nodes and the scene are
+arguments (RAS millimetres, as MRML)."""
 
 from __future__ import annotations
 
@@ -95,15 +96,29 @@ def set_window_level(volume, window: float, level: float) -> None:
     volume_display.SetWindowLevel(float(window), float(level))
 
 
-def jump_to(slice_nodes, ras) -> None:
-    """Centre each slice view on the RAS point (mm) in its own orientation."""
+def jump_to(slice_nodes, ras, centred: bool = True) -> None:
+    """Move each slice view onto the RAS point (mm) in its own orientation: ``centred``, the point to the view's
+    centre; else only the slice through the point, the view's framing kept."""
     for slice_node in slice_nodes:
-        slice_node.JumpSliceByCentering(*map(float, ras))
+        if centred:
+            slice_node.JumpSliceByCentering(*map(float, ras))
+        else:
+            slice_node.JumpSliceByOffsetting(*map(float, ras))
+
+
+def normal_offset(slice_node, ras_from, ras_to) -> list[float]:
+    """The part of ``ras_to - ras_from`` (RAS mm) along the slice view's normal: what moves the view from the
+    slice through one point to the slice through the other without panning it."""
+    matrix = slice_node.GetSliceToRAS()
+    normal = [matrix.GetElement(row, 2) for row in range(3)]
+    along = sum(n * (b - a) for n, a, b in zip(normal, ras_from, ras_to))
+    return [n * along for n in normal]
 
 
 class LinkedViews:
-    """Slice views that move together, each offset by its own point: moving one (scroll, zoom, pan) moves
-    the others with :func:`follow_slice`, so each stays on its point (e.g. two maps' peaks)."""
+    """Slice views that move together, each on the slice through its own point: moving one (scroll, zoom, pan)
+    moves the others with :func:`follow_slice`, offset along the slice normal only, so all keep one framing
+    and each its point's slice (e.g. two maps' peaks)."""
 
     def __init__(self, views: list[tuple[object, list[float]]]):
         self.views = views  # (slice node, its point in RAS mm)
@@ -118,7 +133,7 @@ class LinkedViews:
         try:
             for other, point in self.views:
                 if other is not caller:
-                    follow_slice(caller, other, [a - b for a, b in zip(point, points[0])])
+                    follow_slice(caller, other, normal_offset(caller, points[0], point))
         finally:
             self._following = False
 

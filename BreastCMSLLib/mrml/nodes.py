@@ -210,6 +210,19 @@ def sequence_proxy(scene, sequence_node):
     return None
 
 
+def module_parameter_node(scene, module_name: str):
+    """A module's parameter node in ``scene``: the ``vtkMRMLScriptedModuleNode`` whose singleton tag is the
+    module's name, as Slicer's ``ScriptedLoadableModuleLogic.getParameterNode`` makes it (created when absent)."""
+    node = scene.GetSingletonNode(module_name, "vtkMRMLScriptedModuleNode")
+    if node is None:
+        node = slicer.vtkMRMLScriptedModuleNode()
+        node.SetSingletonTag(module_name)
+        node.SetName(module_name)
+        node.SetAttribute("ModuleName", module_name)
+        node = scene.AddNode(node)
+    return node
+
+
 def check_inputs(t1_node, series_nodes, inputs: str = "subtractions", model_path=None) -> list[str]:
     """What Analyze would say about these inputs, before running it.
 
@@ -238,7 +251,8 @@ def add_result_nodes(scene, case: str, maps: dict[str, sitk.Image], peaks_lps: d
 
     ``peaks_lps`` holds the peak (LPS mm) of each map the result has (of ``MAP_NAMES``: COAM, CAM and, when
     computed, the fine map); ``maps`` holds each of those maps (float, [0, 1]) and its ``<map>_label``
-    ({0, 1}) image. The peaks node holds the peaks in RAS, in ``MAP_NAMES`` order.
+    ({0, 1}) image. The peaks node holds the peaks in RAS, in ``MAP_NAMES`` order, each drawn on every slice
+    view (projected onto a slice that does not pass through it).
     All or nothing: if anything fails, every node added here (display and colour nodes included) is removed.
     """
     before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
@@ -255,6 +269,7 @@ def add_result_nodes(scene, case: str, maps: dict[str, sitk.Image], peaks_lps: d
         points.SetName(f"{case} peaks")
         scene.AddNode(points)
         points.CreateDefaultDisplayNodes()
+        points.GetDisplayNode().SetSliceProjection(True)  # every peak on every slice view, projected when off it
         for which in names:
             index = points.AddControlPoint(vtk.vtkVector3d(*lps_to_ras(peaks_lps[which])), f"{which.upper()} peak")
             points.SetNthControlPointLocked(index, True)

@@ -51,6 +51,12 @@ def import_model(path: str | Path, folder: str | Path) -> Path:
     return partial.replace(target)
 
 
+def downloadable(registry: dict) -> list[dict]:
+    """The entries of a model registry (``Resources/Models.json``: ``{"models": [entry, ...]}``) that can be
+    downloaded: those with a ``url`` (and, as :func:`download_model` requires, a ``sha256``), in registry order."""
+    return [entry for entry in registry.get("models", []) if entry.get("url") and entry.get("sha256")]
+
+
 def download_model(entry: dict, folder: str | Path) -> Path:
     """Download a registry entry (``id``, ``version``, ``url``, ``sha256``) into ``folder``; a file whose
     sha256 differs from the registry's, or that is not a BreastCMSL model, is deleted and refused."""

@@ -62,16 +62,7 @@ class Session:
     @property
     def parameter_node(self):
         """The module's parameter node in the scene (created on first use)."""
-        import slicer
-
-        node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
-        if node is None:
-            node = slicer.vtkMRMLScriptedModuleNode()
-            node.SetSingletonTag(MODULE_NAME)
-            node.SetName(MODULE_NAME)
-            node.SetAttribute("ModuleName", MODULE_NAME)
-            node = self.scene.AddNode(node)
-        return node
+        return nodes.module_parameter_node(self.scene, MODULE_NAME)
 
     def _ref(self, role: str):
         return self.parameter_node.GetNodeReference(role)
@@ -300,9 +291,17 @@ class Session:
         self._maps(which)
         return self.result.peaks_ras[which]
 
-    def jump_to_peak(self, slice_nodes, which: str | None = "coam") -> None:
-        """Centre the slice views on the peak of ``which`` map (None: COAM)."""
-        display.jump_to(slice_nodes, self.peak_ras(which or "coam"))
+    def jump_to_peak(self, slice_nodes, which: str | None = "coam", centred: bool = True) -> None:
+        """Move the slice views onto the peak of ``which`` map (None: COAM): ``centred``, the peak to each view's
+        centre; else only each view's slice through the peak, its framing kept."""
+        display.jump_to(slice_nodes, self.peak_ras(which or "coam"), centred)
+
+    def map_choices(self, overlay: str, pair: tuple[str, str]) -> tuple[str, tuple[str, str]]:
+        """The overlay map and the compare pair a face offers, kept within the current result's maps: an overlay
+        the result lacks becomes COAM, a pair it lacks :meth:`compare_pair`."""
+        maps = self.result.maps if self.result is not None else MAP_NAMES
+        return (overlay if overlay in maps else "coam",
+                tuple(pair) if set(pair) <= set(maps) else self.compare_pair())
 
     def compare_pair(self) -> tuple[str, str]:
         """The two maps the compare view shows unless the user picks others: COAM | fine when the result has
@@ -312,19 +311,20 @@ class Session:
 
     def compare(self, left_slice_node, right_slice_node, opacity: float = 0.5, outline: bool = True,
                 pair: tuple[str, str] = ("cam", "coam")) -> None:
-        """Two maps side by side (``pair``: left, right; default CAM | COAM): each view shows its map over the
-        reference, centred on its own peak, and the two move together (scroll, zoom, pan) while each stays on
-        its peak."""
+        """Two maps side by side (``pair``: left, right; default CAM | COAM), both axial: each view shows its map
+        over the reference on the slice through its own peak, the right view framed as the left one is (the
+        face frames the left view), and the two move together (scroll, zoom, pan), each on its peak's slice."""
         for which in pair:
             self._maps(which)  # both maps exist before anything changes
         self.stop_compare()
-        views = []
         for slice_node, which in zip((left_slice_node, right_slice_node), pair):
             self.show([slice_node], which, opacity, outline)
-            slice_node.SetOrientation("Axial")
-            self.jump_to_peak([slice_node], which)
-            views.append((slice_node, self.peak_ras(which)))
-        self.linked = display.LinkedViews(views)
+        left_peak, right_peak = (self.peak_ras(which) for which in pair)
+        left_slice_node.SetOrientation("Axial")
+        display.jump_to([left_slice_node], left_peak, centred=False)
+        display.follow_slice(left_slice_node, right_slice_node,
+                             display.normal_offset(left_slice_node, left_peak, right_peak))
+        self.linked = display.LinkedViews([(left_slice_node, left_peak), (right_slice_node, right_peak)])
 
     def stop_compare(self) -> None:
         if self.linked is not None:
@@ -339,25 +339,23 @@ class Session:
 
     def centre_node(self):
         """The lesion-centre point list (created on first use), holding at most one point."""
-        import slicer
-
         node = self.lesion_centre
         if node is None:
-            node = slicer.vtkMRMLMarkupsFiducialNode()
-            node.SetName("Lesion centre")
-            self.scene.AddNode(node)
-            node.CreateDefaultDisplayNodes()
-            node.SetMaximumNumberOfControlPoints(1)
+            node = centres.new_centre_node(self.scene)
             self._set_ref("lesionCentre", node)
+        return node
+
+    def centre_to_place(self):
+        """The lesion-centre point list emptied, for a face's place mode to put the next click in (a new centre
+        replaces the earlier one)."""
+        node = self.centre_node()
+        node.RemoveAllControlPoints()
         return node
 
     def set_lesion_centre(self, ras) -> object:
         """Place the lesion centre at the RAS point (mm), replacing an earlier one."""
-        import vtk
-
-        node = self.centre_node()
-        node.RemoveAllControlPoints()
-        node.AddControlPoint(vtk.vtkVector3d(*map(float, ras)), "centre")
+        node = self.centre_to_place()
+        centres.set_centre(node, ras)
         return node
 
     @property
