@@ -35,7 +35,6 @@ from BreastCMSLLib.pipeline.kinetics import (
 from BreastCMSLLib.pipeline.mask import breast_mask
 from BreastCMSLLib.pipeline.phase_times import PhaseChoice, PhaseTimes, choose_phases
 from BreastCMSLLib.pipeline.preprocess import CaseInputs, canonical_grid
-from BreastCMSLLib.pipeline.volumes import read_volume
 
 KINETICS_FILES = ("kinetics.json", "pe_early.nrrd", "ser.nrrd", "ser_label.nrrd", "ftv_label.nrrd")
 
@@ -93,9 +92,14 @@ def file_region(path: str | Path, grid: sitk.Image) -> np.ndarray:
     """bool (K, J, I) of ``grid``: where the labelmap file ``path`` (NRRD, NIfTI, ...) is non-zero, carried onto the
     grid by nearest-neighbour resampling in LPS. An empty labelmap, or one outside the volume, is an
     :class:`InputError`."""
-    label = read_volume(path) if Path(path).is_file() else None
-    if label is None:
+    if not Path(path).is_file():
         raise InputError(path, "no such file")
+    try:
+        label = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise InputError(path, "cannot be read as a labelmap (NRRD, NIfTI, ...) or a DICOM SEG") from None
+    if label.GetDimension() != 3 or label.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(path, "expected a 3D scalar labelmap")
     if not sitk.GetArrayViewFromImage(label).any():
         raise InputError(path, "the region is empty (no labelled voxel)")
     region = sitk.GetArrayFromImage(resample(label != 0, grid, label=True)).astype(bool)
