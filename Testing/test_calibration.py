@@ -28,16 +28,11 @@ from BreastCMSLLib.pipeline.output import result_dict
 from BreastCMSLLib.pipeline.preprocess import load_case
 from Testing.conftest import run_cli
 from Training.cache import preprocess_cohort
-from Training.calibration import (
-    UnusableSplitError,
-    check_split,
-    fit_temperature,
-    operating_point,
-    read_run_calibration,
-)
+from Training.calibration import UnusableSplitError, check_split, fit_temperature, operating_point
 from Training.cohort import synth_cohort
 from Training.evaluate import compare, evaluate, export, predict_split
 from Training.metrics import METRICS, bootstrap_calibration, calibration_metrics, replicate_calibration
+from Training.runfiles import read_run_calibration
 from Training.trainer import FitConfig, fit
 
 INPUT = (64, 48, 32)

@@ -1,5 +1,6 @@
 """The import direction, read from the source (AST): the Lib's layers import only downward, only the MRML and panel
-layers touch Slicer/VTK/Qt, the faces reach the Lib only through the panel layer, Training never through a face.
+layers touch Slicer/VTK/Qt, the faces reach the Lib only through the panel layer, Training never through a face, and
+no modules import each other in a circle (imports inside functions count).
 
 Layers of ``BreastCMSLLib``, lowest first: foundation (``errors``, ``config``, ``atomic``, ``distributed``,
 ``memory``) < ``network/`` < ``pipeline/`` < ``dicom/``, ``phantom/`` < application (``run``, ``cohort/``, ``cli``)
@@ -9,6 +10,7 @@ Layers of ``BreastCMSLLib``, lowest first: foundation (``errors``, ``config``, `
 from __future__ import annotations
 
 import ast
+import graphlib
 import subprocess
 import sys
 from pathlib import Path
@@ -87,8 +89,51 @@ def violations(root: Path) -> list[str]:
     return bad
 
 
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Module name -> the modules of the tree it imports (a ``from module import name`` counts as the module)."""
+    paths = {module_name(root, path): path for top in ("BreastCMSLLib", *FACES, "Training")
+             for path in sorted((root / top).rglob("*.py"))}
+    graph = {}
+    for name, path in paths.items():
+        graph[name] = set()
+        for _, imported in imports(root, path):
+            parts = imported.split(".")
+            target = next((".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in paths),
+                          None)
+            if target is not None and target != name:
+                graph[name].add(target)
+    return graph
+
+
+def circle(root: Path) -> list[str]:
+    """One circle of imports between modules (``a -> b -> a``), or [] when there is none."""
+    try:
+        graphlib.TopologicalSorter(import_graph(root)).prepare()
+    except graphlib.CycleError as err:
+        return list(err.args[1])
+    return []
+
+
 def test_the_tree_imports_only_downward():
     assert violations(ROOT) == []
+
+
+def test_no_import_circle():
+    assert circle(ROOT) == []
+
+
+def test_a_planted_circle_is_found(tmp_path):
+    """Two modules that import each other, one of them only inside a function, and a third outside the circle."""
+    package = tmp_path / "Training"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "first.py").write_text("from Training.second import helper\n")
+    (package / "second.py").write_text("def helper():\n    from . import first\n")
+    (package / "third.py").write_text("import Training.first\n")
+    found = circle(tmp_path)
+    assert found[0] == found[-1] and sorted(set(found)) == ["Training.first", "Training.second"]
+    (package / "second.py").write_text("def helper():\n    pass\n")
+    assert circle(tmp_path) == []
 
 
 def test_every_lib_module_has_a_layer():

@@ -3,14 +3,13 @@
 One scalar T > 0 divides the pre-sigmoid score z (s cos(theta) for CMSL/NSL, the logit for BCE and the
 baselines) and is chosen to minimize the validation negative log-likelihood (Guo et al., ICML 2017) with
 scipy's bounded scalar minimizer on log T. A run keeps its calibration and the validation scores it was
-fitted on in ``RUN/calibration.json`` (written atomically); ``export`` copies the calibration into the model
+fitted on in ``RUN/calibration.json`` (:mod:`.runfiles`); ``export`` copies the calibration into the model
 file and, for ``--operating-point``, picks the threshold from those scores.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -18,13 +17,10 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import roc_curve
 
-from BreastCMSLLib.atomic import atomic_write_text
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.calibration import Calibration, OperatingPoint, ScoreMetrics, parse_rule
-from BreastCMSLLib.network.header import file_sha256
 
 from .metrics import bootstrap_metrics, calibrated_probability, calibration_metrics
-from .runmodel import run_model_path
 
 MIN_CASES = 10
 LOG_T_BOUNDS = (math.log(1e-2), math.log(1e2))  # T in [0.01, 100]
@@ -95,42 +91,6 @@ def calibrate_scores(score: np.ndarray, label: np.ndarray, source: str | Path, s
                        before=ScoreMetrics(**calibration_metrics(label, score, 1.0)),
                        after=ScoreMetrics(**calibration_metrics(label, score, t)),
                        operating_point=operating_point(score, label, t, rule, source, n_boot))
-
-
-def calibration_file(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "calibration.json"
-
-
-def write_run_calibration(run_dir: str | Path, cal: Calibration, subject_ids: list[str], label: np.ndarray,
-                          score: np.ndarray) -> Path:
-    """``RUN/calibration.json``: the calibration, the validation scores it was fitted on and the sha256 of
-    the best model that gave them (atomic)."""
-    path = calibration_file(run_dir)
-    atomic_write_text(path, json.dumps({
-        "model_sha256": file_sha256(run_model_path(run_dir)),
-        "calibration": json.loads(cal.to_json()),
-        "validation": {"subject_id": list(subject_ids), "label": [int(v) for v in label],
-                       "score": [float(v) for v in score]}}, indent=1))
-    return path
-
-
-def read_run_calibration(run_dir: str | Path) -> tuple[Calibration, dict] | None:
-    """(calibration, validation scores) of a run, or None when it has not been calibrated. A calibration
-    of another best model (the run was trained again) is refused."""
-    path = calibration_file(run_dir)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        val = data["validation"]
-        val = {"subject_id": list(val["subject_id"]), "label": np.asarray(val["label"], dtype=int),
-               "score": np.asarray(val["score"], dtype=float)}
-        cal, sha = Calibration.from_json(json.dumps(data["calibration"])), data["model_sha256"]
-    except (KeyError, ValueError, TypeError) as err:
-        raise InputError(path, f"is not a readable run calibration ({err})") from None
-    if sha != file_sha256(run_model_path(run_dir)):
-        raise InputError(path, "was fitted for another model_best.safetensors; run `breastcmsl-train calibrate` again")
-    return cal, val
 
 
 def with_rule(cal: Calibration, val: dict, rule: str, source: str | Path, n_boot: int = 2000) -> Calibration:

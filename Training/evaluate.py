@@ -26,11 +26,12 @@ from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.modelfile import save_model
 
 from .cache import open_cache
-from .calibration import calibrate_scores, read_run_calibration, with_rule, write_run_calibration
+from .calibration import calibrate_scores, with_rule
 from .data import VolumeSource
 from .inference import predict
 from .metrics import CALIBRATION_BINS, bin_index, bootstrap_calibration, calibrated_probability
-from .runmodel import load_network, method_of, run_model_path
+from .runfiles import read_run_calibration, run_model_path, write_run_calibration
+from .runmodel import load_network, method_of
 
 TABLE_HEADER = table_header(("ECE", "ECE (calibrated)"))
 METHOD_NAMES = {"cmsl": "CMSL (ours)", "nsl": "NSL", "bce": "BCE (3D ResNet34)", "mil2d": "2D MIL",

@@ -45,7 +45,7 @@ from .layercam import layercam_maps
 from .lesiontruth import MapScore, breast_centre, brightest_enhancement, dilated, lesion_mask, on_input_grid, score
 from .manifest import read_centers
 from .methods import MIL2D_ARCH
-from .runmodel import run_model_path
+from .runfiles import run_model_path
 
 MONTAGE_CASES = 6
 CSV_COLUMNS = ("subject_id", "label", "probability", "centre_x", "centre_y", "centre_z", "coam_x", "coam_y",

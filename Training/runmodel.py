@@ -13,7 +13,6 @@ from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.header import read_model_metadata
 
 from .methods import MethodConfig, build_network
-from .trainer import run_files
 
 
 def load_network(path: str | Path, device: torch.device) -> tuple[nn.Module, ModelConfig, dict]:
@@ -25,14 +24,6 @@ def load_network(path: str | Path, device: torch.device) -> tuple[nn.Module, Mod
     except RuntimeError as err:
         raise InputError(path, f"weights do not match its config ({str(err).splitlines()[0]})") from None
     return net.to(device).eval(), cfg, provenance
-
-
-def run_model_path(run_dir: str | Path) -> Path:
-    """The best model of a run folder."""
-    path = run_files(run_dir)["best"]
-    if not path.is_file():
-        raise InputError(run_dir, "is not a finished training run (no model_best.safetensors)")
-    return path
 
 
 def method_of(provenance: dict) -> MethodConfig:

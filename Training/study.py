@@ -63,8 +63,9 @@ from .localize import (
 )
 from .manifest import assign_splits, read_manifest, write_manifest
 from .mapevidence import FIELDS, case_evidence
+from .runfiles import run_files
 from .stages import Stages
-from .trainer import FitConfig, fit, run_files
+from .trainer import FitConfig, fit
 
 PAPER = {"coam_mm": (18.26, 13.65), "cam_mm": (39.84, 8.82), "n": 85}  # Luo et al. 2019, Sec. 3
 

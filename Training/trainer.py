@@ -1,8 +1,6 @@
 """The fit loop: Adam, ReduceLROnPlateau (x0.1), early stopping on the validation loss, checkpoints
 that resume bit-identically, DistributedDataParallel under torchrun, bf16 autocast on CUDA.
-
-A run folder holds ``run.json`` (configs), ``checkpoint.pt`` (resume state), ``model_best.safetensors``
-(lowest validation loss), ``model_last.safetensors``, ``log.csv`` and ``tb/`` (TensorBoard).
+The run folder's files: :mod:`.runfiles`.
 """
 
 from __future__ import annotations
@@ -31,11 +29,14 @@ from BreastCMSLLib.network.modelfile import save_model
 
 from . import distributed, fastconv
 from .cache import Cache, open_cache
+from .calibration import UnusableSplitError
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import Augment, VolumeSource, device_index
+from .evaluate import calibrate
 from .inference import predict, prepare, run_forward
 from .methods import MethodConfig, build_network, model_config
 from .metrics import safe_auc
+from .runfiles import run_files
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,6 @@ class FitConfig:
     aux_weight: float = 0.5
     conv1: str = "s2d"  # CUDA: exact conv1 rewrite for tensor cores, "s2d", "pad" or "none" (Training.fastconv)
     compile: bool = False  # CUDA: torch.compile the network (inductor; its first steps then take minutes)
-
-
-def run_files(out: str | Path) -> dict[str, Path]:
-    out = Path(out)
-    return {"run": out / "run.json", "checkpoint": out / "checkpoint.pt", "best": out / "model_best.safetensors",
-            "last": out / "model_last.safetensors", "log": out / "log.csv", "tb": out / "tb"}
 
 
 def load_init(model: nn.Module, source: str) -> list[str]:
@@ -312,9 +307,6 @@ class Trainer:
 def fit(cfg: FitConfig, resume: bool = False) -> dict:
     """Run ``breastcmsl-train fit`` and calibrate the best model on the validation split; returns the last
     epoch's log row with the calibration's summary (or why the validation split could not calibrate)."""
-    from .calibration import UnusableSplitError, calibration_file
-    from .evaluate import calibrate
-
     trainer = Trainer(cfg, resume=resume)
     try:
         row = dict(trainer.run())
@@ -322,7 +314,7 @@ def fit(cfg: FitConfig, resume: bool = False) -> dict:
             try:
                 row["calibration"] = calibrate(cfg.out, device=cfg.device)
             except UnusableSplitError as err:  # the run stays usable, uncalibrated (T = 1)
-                calibration_file(cfg.out).unlink(missing_ok=True)  # one of an earlier model in this folder
+                run_files(cfg.out)["calibration"].unlink(missing_ok=True)  # one of an earlier model in this folder
                 print(f"not calibrated: {err}", flush=True)
                 row["calibration"] = f"not calibrated: {err}"
         return row
