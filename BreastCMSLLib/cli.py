@@ -6,14 +6,14 @@ User mistakes (:class:`InputError`) print one line naming the file and the probl
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import os
 import sys
 from pathlib import Path
 
+from BreastCMSLLib.cohort import command as cohort_command
+from BreastCMSLLib.command import dispatch, run_console
 from BreastCMSLLib.config import MAP_NAMES
-from BreastCMSLLib.errors import InputError, user_error
+from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.memory import keep_freed_memory
 from BreastCMSLLib.run import AnalyzeRequest, run_analysis
 
@@ -73,21 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seg-map", choices=MAP_NAMES, default="coam",
                    help="with --dicom-seg: the map whose labelmap is exported (default coam)")
 
-    p = sub.add_parser("analyze-cohort", help="analyze every case of a cohort: per-case folders, results.csv, "
-                       "summary.md; pipelined, resumable, sharded under torchrun")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--manifest", type=Path, help="cohort manifest CSV (subject_id,label,case_dir,...; "
-                       "labels and centres give summary.md)")
-    where.add_argument("--root", type=Path, help="folder of case folders and/or DICOM studies, one per subfolder")
-    p.add_argument("--model", required=True, type=Path, help="model .safetensors file")
-    p.add_argument("--out", required=True, type=Path, help="output folder (cases/<id>/, results.csv, summary.md)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (under torchrun: each rank its own GPU)")
-    p.add_argument("--workers", type=int, help="worker processes reading/preprocessing and writing "
-                   "(default: half the cores per rank, 2 to 8)")
-    p.add_argument("--batch", type=int, help="cases per forward pass (default 4 on a GPU, 1 on the CPU)")
-    p.add_argument("--seg", action="store_true", help="DICOM studies: also write coam_seg.dcm (DICOM Segmentation)")
-    p.add_argument("--label-fraction", type=float, default=0.5,
-                   help="labelmaps are 1 where the map >= this fraction of its maximum")
+    cohort_command.add_arguments(sub.add_parser(cohort_command.NAME, help=cohort_command.HELP))
 
     p = sub.add_parser("kinetics", help="enhancement kinetics of one case: PE/SER maps, the curve at a point "
                        "(BI-RADS initial and delayed phase) and the functional tumour volume of a region")
@@ -157,43 +143,6 @@ def cmd_analyze(args) -> dict:
     to reuse what the analysis frees (:mod:`BreastCMSLLib.memory`)."""
     keep_freed_memory()
     return run_analysis(analyze_request(args), report=print_progress if args.progress else None)
-
-
-def cmd_analyze_cohort(args) -> dict | None:
-    """``breastcmsl analyze-cohort`` (and ``torchrun ... -m BreastCMSLLib.cohort``): see
-    :mod:`BreastCMSLLib.cohort.runner`. Ctrl-C keeps the finished cases and exits with 130."""
-    # the network's OpenMP threads share the cores with the worker processes: they sleep while they wait
-    # instead of spinning (read when torch loads OpenMP: in a fresh process, once the run is planned)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from BreastCMSLLib.cohort.sources import from_manifest, from_root
-    from BreastCMSLLib.cohort.workers import Workers, default_workers
-
-    if not 0.0 < args.label_fraction <= 1.0:
-        raise InputError("--label-fraction", f"must be in (0, 1], got {args.label_fraction}")
-    for name in ("workers", "batch"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise InputError(f"--{name}", f"must be at least 1, got {getattr(args, name)}")
-    if args.manifest:
-        try:
-            import scipy.stats  # noqa: F401
-            import sklearn.metrics  # noqa: F401
-        except ImportError as err:
-            raise InputError(args.manifest, f"summary.md's metrics need {err.name} (the train extra: "
-                             "pip install 'breastcmsl[train]')") from None
-        sources = from_manifest(args.manifest)
-    else:
-        sources = from_root(args.root, args.out)
-    try:
-        # the first worker process starts now and imports while this process plans the run
-        with Workers(args.workers or default_workers()) as workers:
-            from BreastCMSLLib.cohort.runner import run_cohort
-
-            return run_cohort(sources, args.model, args.out, args.device, workers, args.batch, args.seg,
-                              args.label_fraction, summary=args.manifest is not None)
-    except KeyboardInterrupt:
-        print("breastcmsl analyze-cohort: interrupted; finished cases are kept, rerun the same command to do the "
-              "rest", file=sys.stderr)
-        raise SystemExit(130) from None
 
 
 def cmd_roles(args) -> dict | None:
@@ -267,39 +216,16 @@ def cmd_kinetics(args) -> dict:
 
 
 COMMANDS = {"synth": cmd_synth, "init-model": cmd_init_model, "analyze": cmd_analyze,
-            "analyze-cohort": cmd_analyze_cohort, "roles": cmd_roles, "kinetics": cmd_kinetics}
-
-
-def run(prog: str, parser: argparse.ArgumentParser, commands: dict, argv: list[str] | None) -> int:
-    """Parse ``argv`` and run the chosen command; its summary (if any) is printed as JSON. A user mistake
-    (:class:`InputError`, or a file the system refuses) is one line on stderr and exit code 2."""
-    args = parser.parse_args(argv)
-    try:
-        summary = commands[args.command](args)
-    except (InputError, OSError) as err:
-        print(f"{prog} {args.command}: error: {user_error(err)}", file=sys.stderr)
-        return 2
-    if summary is not None:
-        print(json.dumps(summary, indent=2, default=str))
-    return 0
+            cohort_command.NAME: cohort_command.run, "roles": cmd_roles, "kinetics": cmd_kinetics}
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run("breastcmsl", build_parser(), COMMANDS, argv)
+    return dispatch("breastcmsl", build_parser(), COMMANDS, argv)
 
 
 def console() -> None:
-    """The ``breastcmsl`` executable: :func:`main` in a process that ends with it.
-
-    Python's cyclic garbage collector is switched off and what survives is frozen before exit: a
-    command creates few reference cycles, while each collection, and the interpreter's last one at
-    exit, walks the ~300k objects that importing torch, SimpleITK and matplotlib leaves behind (timings:
-    ``benchmarks/README.md``).
-    """
-    gc.disable()
-    code = main()
-    gc.freeze()
-    sys.exit(code)
+    """The ``breastcmsl`` executable: :func:`main` (see :func:`~BreastCMSLLib.command.run_console`)."""
+    run_console(main)
 
 
 if __name__ == "__main__":

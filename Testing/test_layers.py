@@ -3,8 +3,8 @@ layers touch Slicer/VTK/Qt, the faces reach the Lib only through the panel layer
 no modules import each other in a circle (imports inside functions count).
 
 Layers of ``BreastCMSLLib``, lowest first: foundation (``errors``, ``config``, ``atomic``, ``distributed``,
-``memory``) < ``network/`` < ``pipeline/`` < ``dicom/``, ``phantom/`` < application (``run``, ``cohort/``, ``cli``)
-< ``mrml/`` < ``panel/``.
+``memory``, ``command``) < ``network/`` < ``pipeline/`` < ``dicom/``, ``phantom/`` < application (``run``,
+``cohort/``, ``cli``) < ``mrml/`` < ``panel/``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = {"errors": 0, "config": 0, "atomic": 0, "distributed": 0, "memory": 0, "__init__": 0, "network": 1,
-          "pipeline": 2, "dicom": 3, "phantom": 3, "run": 4, "cohort": 4, "cli": 4, "mrml": 5, "panel": 6}
+LAYERS = {"errors": 0, "config": 0, "atomic": 0, "distributed": 0, "memory": 0, "command": 0, "__init__": 0,
+          "network": 1, "pipeline": 2, "dicom": 3, "phantom": 3, "run": 4, "cohort": 4, "cli": 4, "mrml": 5, "panel": 6}
 GUI = {"slicer", "vtk", "qt", "ctk", "vtkmodules"}
 GUI_LAYERS = {"mrml", "panel"}
 FACES = ("BreastCMSL", "BreastCMSLWeb")

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from BreastCMSLLib.cli import run
+from BreastCMSLLib.command import dispatch
 from BreastCMSLLib.errors import InputError
 
 from . import ingest, mamamia
@@ -211,7 +211,7 @@ COMMANDS = {"synth": cmd_synth, "preprocess": cmd_preprocess, "fit": cmd_fit, "c
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run("breastcmsl-train", build_parser(), COMMANDS, argv)
+    return dispatch("breastcmsl-train", build_parser(), COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,6 @@
 
 import sys
 
-from BreastCMSLLib.cli import main
+from BreastCMSLLib.cohort.command import main
 
-sys.exit(main(["analyze-cohort", *sys.argv[1:]]))
+sys.exit(main())
