@@ -16,7 +16,13 @@ Start Column, End Column, Start Slice, End Slice``. We read them as 1-based, inc
 the dynamic (DCE) series: row = DICOM row (image j), column = DICOM column (image i), slice = position
 in InstanceNumber order (Duke's file order ``1-001.dcm ...``), which in many Duke series runs against
 the slice position. The centre of the box, mapped through the reference phase's geometry (first
-post-contrast or first subtraction; Duke's DCE series share one grid), is the manifest's LPS centre.
+post-contrast or first subtraction; Duke's DCE series share one grid), is the manifest's LPS centre, and the
+box's voxels are the case's ``truth/lesion_mask.nrrd`` (:mod:`Training.duke`).
+
+Duke's tables (:mod:`Training.duke`): ``--mapping`` (the file-name mapping) names each subject's pre- and
+post-contrast series (a ``roles.json`` in the study folder still wins); ``--unit breast`` writes one manifest
+row per breast (:mod:`Training.unitmanifest`), the box's breast positive, ``--clinical`` giving the tumour side
+where the box reaches across the midline or no box is given.
 """
 
 from __future__ import annotations
@@ -33,9 +39,13 @@ import SimpleITK as sitk
 
 from BreastCMSLLib.atomic import replace_folder, staging_folder
 from BreastCMSLLib.cohort.manifest import Case, write_manifest
-from BreastCMSLLib.dicom.roles import RolePatterns, load_overrides, load_patterns, load_study
+from BreastCMSLLib.dicom.roles import RolePatterns
 from BreastCMSLLib.dicom.series import Phase
+from BreastCMSLLib.dicom.study import load_overrides, load_patterns, load_study
 from BreastCMSLLib.errors import InputError
+
+from .duke import box_index, box_mask, breast_units, read_mapping, read_sides
+from .unitmanifest import write_units
 
 BOX_COLUMNS = ("Start Row", "End Row", "Start Column", "End Column", "Start Slice", "End Slice")
 SUBJECT_COLUMNS = ("subject_id", "Patient ID")
@@ -127,17 +137,22 @@ def box_centre_lps(box: tuple[float, ...], phase: Phase, image: sitk.Image) -> t
 
 
 def ingest_study(study_dir: Path, case_dir: Path, label: StudyLabel, box: tuple[float, ...] | None,
-                 n_channels: int | None, patterns: RolePatterns) -> Case:
+                 n_channels: int | None, patterns: RolePatterns, roles: dict | None = None) -> Case:
     """Convert one study into ``case_dir`` (written whole or not at all); returns its manifest row.
 
-    The study is read as :func:`BreastCMSLLib.dicom.roles.load_study` reads it for ``analyze --dicom``; each
+    The study is read as :func:`BreastCMSLLib.dicom.study.load_study` reads it for ``analyze --dicom``; each
     volume is stored under its role's name (t1 when the study has one, pre, post_k or sub_k).
     """
     roles_file = study_dir / "roles.json"
     overrides = load_overrides(roles_file) if roles_file.is_file() else None
-    study = load_study(study_dir, overrides, n_channels, patterns, str(roles_file) if overrides else None)
+    source = str(roles_file) if overrides else "the file-name mapping" if roles else None
+    study = load_study(study_dir, overrides or roles, n_channels, patterns, source)
     centre = box_centre_lps(box, study.reference, study.inputs.reference) if box is not None else None
     with staging_folder(case_dir) as tmp:
+        if box is not None:
+            (tmp / "truth").mkdir()
+            sitk.WriteImage(box_mask(*box_index(box, study.reference, study.inputs.reference), study.inputs.reference),
+                            str(tmp / "truth" / "lesion_mask.nrrd"), useCompression=True)
         images = [image for image in (study.inputs.t1, *study.inputs.series) if image is not None]
         for entry, image in zip(study.assignment.entries, images, strict=True):
             sitk.WriteImage(image, str(tmp / f"{entry.role}.nrrd"), useCompression=True)
@@ -160,9 +175,9 @@ def _existing(case_dir: Path, label: StudyLabel) -> Case | None:
 
 
 def _job(args) -> tuple[str, Case | None, str]:
-    study_dir, case_dir, label, box, n_channels, patterns = args
+    study_dir, case_dir, label, box, n_channels, patterns, roles = args
     try:
-        case = _existing(case_dir, label) or ingest_study(study_dir, case_dir, label, box, n_channels, patterns)
+        case = _existing(case_dir, label) or ingest_study(study_dir, case_dir, label, box, n_channels, patterns, roles)
         return label.subject_id, case, ""
     except InputError as err:
         return label.subject_id, None, str(err)
@@ -172,7 +187,8 @@ def _job(args) -> tuple[str, Case | None, str]:
 
 def ingest(dicom_root: str | Path, labels_csv: str | Path, manifest: str | Path, workers: int = 1,
            boxes: str | Path | None = None, n_channels: int | None = None,
-           patterns_file: str | Path | None = None) -> dict:
+           patterns_file: str | Path | None = None, mapping: str | Path | None = None,
+           clinical: str | Path | None = None, unit: str = "whole") -> dict:
     """Ingest every labelled study below ``dicom_root``; write the manifest; return a summary dict.
 
     Failures (a study folder missing, roles ambiguous, unreadable series) are listed in the summary and
@@ -183,6 +199,8 @@ def ingest(dicom_root: str | Path, labels_csv: str | Path, manifest: str | Path,
         raise InputError(dicom_root, "no such DICOM root folder")
     labels = read_labels(labels_csv)
     box_table = read_boxes(boxes) if boxes else {}
+    roles = read_mapping(mapping) if mapping else {}
+    sides = read_sides(clinical) if clinical else {}
     patterns = load_patterns(patterns_file)
     cases_root = manifest.parent / "cases"
     cases_root.mkdir(parents=True, exist_ok=True)
@@ -193,7 +211,7 @@ def ingest(dicom_root: str | Path, labels_csv: str | Path, manifest: str | Path,
             failures[label.subject_id] = f"{study}: no study folder for this subject"
             continue
         jobs.append((study, cases_root / label.subject_id, label, box_table.get(label.subject_id), n_channels,
-                     patterns))
+                     patterns, roles.get(label.subject_id)))
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(pool.map(_job, jobs))
@@ -204,13 +222,22 @@ def ingest(dicom_root: str | Path, labels_csv: str | Path, manifest: str | Path,
     if not cases:
         raise InputError(dicom_root, f"no study could be ingested ({len(failures)} failures: "
                          f"{'; '.join(list(failures.values())[:3])})")
-    write_manifest(manifest, cases)
+    notes = {}
+    if unit == "breast":
+        units = []
+        for case in cases:
+            made, notes[case.subject_id] = breast_units(case, sides.get(case.subject_id), manifest.parent / "breasts")
+            units.extend(made)
+        write_units(manifest, units)
+    else:
+        write_manifest(manifest, cases)
     with open(manifest.parent / "ingest_failures.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["subject_id", "error"])
         writer.writerows(sorted(failures.items()))
     return {"manifest": str(manifest), "cases": len(cases), "failures": failures,
-            "without_centre": sorted(c.subject_id for c in cases if c.center_lps is None and box_table)}
+            "without_centre": sorted(c.subject_id for c in cases if c.center_lps is None and box_table),
+            "notes": {k: v for k, v in notes.items() if v}}
 
 
 def add_parser(sub) -> None:
@@ -223,7 +250,12 @@ def add_parser(sub) -> None:
     p.add_argument("--boxes", type=Path, help="Duke Annotation_Boxes (.csv, or .xlsx with openpyxl)")
     p.add_argument("--channels", type=int, help="require this many post-contrast phases / subtractions")
     p.add_argument("--patterns", type=Path, help="PATTERNS.json replacing role-rule patterns (site wording)")
+    p.add_argument("--mapping", type=Path, help="Duke's file-name mapping (.xlsx or .csv): each subject's phases")
+    p.add_argument("--clinical", type=Path, help="Duke's Clinical_and_Other_Features (.xlsx or .csv): tumour side")
+    p.add_argument("--unit", choices=("whole", "breast"), default="whole",
+                   help="one manifest row per study (whole) or per breast (breast)")
 
 
 def cmd_ingest(args) -> dict:
-    return ingest(args.dicom_root, args.labels, args.out, args.workers, args.boxes, args.channels, args.patterns)
+    return ingest(args.dicom_root, args.labels, args.out, args.workers, args.boxes, args.channels, args.patterns,
+                  args.mapping, args.clinical, args.unit)

@@ -9,6 +9,11 @@ candidates, :func:`BreastCMSLLib.network.attention.fine_map`) and LayerCAM of la
 maps with ``breastcmsl analyze``'s own peaks; the Lib's default fine map is :func:`fine_name`. Two
 reference rows that are not a method: ``brightest enhancement`` and ``breast centre``.
 
+Where a case carries a lesion mask (an expert segmentation or a box, ``truth/lesion_mask``), every map is
+also scored against the mask (:mod:`Training.masktruth`: peak inside it and within 5 mm, distance to its
+centroid, top-1 % share inside it, with bootstrap CIs) for the true positives and for all malignant units:
+``localize/masks.md`` and the summary's ``masks``.
+
 For the cases the model calls malignant (as the paper does), each case is analyzed with the core's
 :func:`BreastCMSLLib.pipeline.analyze.analyze_case`, i.e. exactly as ``breastcmsl analyze`` does (preprocessing
 from the case folder, one forward pass, peaks on the input grid in LPS mm, a plateau of maxima resolved
@@ -44,6 +49,7 @@ from .evaluate import predict_split
 from .layercam import layercam_maps
 from .lesiontruth import MapScore, breast_centre, brightest_enhancement, dilated, lesion_mask, on_input_grid, score
 from .manifest import read_centers
+from .masktruth import mask_scores, mask_table, table_text
 from .methods import MIL2D_ARCH
 from .runfiles import run_model_path
 
@@ -118,6 +124,7 @@ class CaseLocalization:
     coam_cell: tuple[int, int, int]
     cam_cell: tuple[int, int, int]
     scores: dict  # MAP/RULE or reference row -> :class:`MapScore` (:func:`score_case`)
+    mask_scores: dict | None = None  # map -> :class:`Training.masktruth.MaskScore` where the case has a mask
 
     @property
     def fine_peak(self) -> tuple[float, float, float]:
@@ -182,9 +189,10 @@ def localize_cases(run_dir: str | Path, split: str = "test", centers: str | Path
                    device: str = "auto", cache_dir: str | None = None, only_called: bool = True,
                    montage_cases: int = MONTAGE_CASES,
                    on_case: Callable[[CaseLocalization, Analysis, LoadedModel], None] | None = None,
-                   ) -> tuple[list[CaseLocalization], list[PanelRow]]:
+                   malignant_too: bool = False) -> tuple[list[CaseLocalization], list[PanelRow]]:
     """Analyze the cases of ``split`` that have a lesion centre (only those the model calls malignant
-    when ``only_called``); returns the per-case results and the montage rows of the first called ones.
+    when ``only_called``, and with ``malignant_too`` every malignant one as well); returns the per-case
+    results and the montage rows of the first called ones.
     ``on_case(result, analysis, model)`` is called for each analyzed case."""
     run_dir = Path(run_dir)
     model_path = run_model_path(run_dir)
@@ -197,7 +205,7 @@ def localize_cases(run_dir: str | Path, split: str = "test", centers: str | Path
     results, shown = [], []
     for case, p in zip(cases, pred["probability"], strict=True):
         centre = known.get(case.subject_id, case.center_lps)
-        if (only_called and p < 0.5) or centre is None:
+        if (only_called and p < 0.5 and not (malignant_too and case.label == 1)) or centre is None:
             continue
         a = analyze_case(load_case(case.case_dir), loaded, device=device)
         a.grid_maps.update(layercam_maps(loaded, a.prep.array, device))
@@ -205,7 +213,8 @@ def localize_cases(run_dir: str | Path, split: str = "test", centers: str | Path
         cell, floor = nearest_feature(grid, centre)
         r = CaseLocalization(case.subject_id, case.label, float(p), tuple(float(v) for v in centre),
                              a.coam_peak_lps, a.cam_peak_lps, floor, cell, nearest_feature(grid, a.coam_peak_lps)[0],
-                             nearest_feature(grid, a.cam_peak_lps)[0], score_case(a, centre, case.case_dir))
+                             nearest_feature(grid, a.cam_peak_lps)[0], score_case(a, centre, case.case_dir),
+                             mask_scores(a, case.case_dir))
         results.append(r)
         if on_case is not None:
             on_case(r, a, loaded)
@@ -239,12 +248,16 @@ def write_cases_csv(path: Path, results: list[CaseLocalization]) -> None:
 def localize(run_dir: str | Path, split: str = "test", centers: str | Path | None = None, device: str = "auto",
              cache_dir: str | None = None) -> dict:
     """Write ``RUN_DIR/localize/`` (summary.json, cases.csv, montage.png) and return the summary."""
-    results, shown = localize_cases(run_dir, split, centers, device, cache_dir)
+    analyzed, shown = localize_cases(run_dir, split, centers, device, cache_dir, malignant_too=True)
+    results = [r for r in analyzed if r.called_malignant]
+    masks = mask_table([(r.label, r.called_malignant, r.mask_scores) for r in analyzed if r.mask_scores])
     out = Path(run_dir) / "localize"
     out.mkdir(exist_ok=True)
+    atomic_write_text(out / "masks.md", table_text(masks))
     summary = {"coam_mm": summarize([r.coam_mm for r in results]), "cam_mm": summarize([r.cam_mm for r in results]),
                "fine_mm": summarize([r.fine_mm for r in results]), "fine_map": fine_name(),
-               "maps": map_table(results), "split": split, "cases_called_malignant_with_centre": len(results)}
+               "maps": map_table(results), "split": split, "cases_called_malignant_with_centre": len(results),
+               "masks": masks}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     write_cases_csv(out / "cases.csv", results)
     write_montage(out / "montage.png", shown)
