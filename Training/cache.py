@@ -5,7 +5,8 @@ Layout of ``CACHE_DIR``::
     cache.json            format, PreprocessConfig JSON and the stored dtype; a cache holds one config
     manifest.csv          the cohort (splits assigned), case_dir relative to CACHE_DIR
     entries/<id>.npy      uint8 (C, I, J, K), value = round(255 * preprocessed intensity in [0, 1])
-    entries/<id>.json     commit marker, written last: label, shape, config hash
+    entries/<id>.json     commit marker, written last: label, shape, config hash, and the study's geometry
+                          (:class:`~BreastCMSLLib.network.domain.StudyGeometry`: the training-domain envelope's input)
     failures.json         cases that failed in the last run, with their reasons
 
 Both entry files are written to a temporary name and moved into place with ``os.replace``; the marker
@@ -33,6 +34,7 @@ from BreastCMSLLib.atomic import atomic_write, atomic_write_text
 from BreastCMSLLib.cohort.manifest import Case, read_manifest, write_manifest
 from BreastCMSLLib.config import PreprocessConfig, from_dict
 from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.network.domain import StudyGeometry
 
 FORMAT = "breastcmsl-cache"
 DTYPE = np.uint8
@@ -78,9 +80,9 @@ class Cache:
         return (marker.get("config_hash") == config_hash(self.preprocess)
                 and list(arr.shape) == marker.get("shape") and arr.dtype == DTYPE)
 
-    def write_entry(self, case: Case, array: np.ndarray) -> None:
-        """Store one preprocessed case (float (C, I, J, K) in [0, 1], or already quantized uint8)
-        atomically, marker last."""
+    def write_entry(self, case: Case, array: np.ndarray, study: StudyGeometry | None = None) -> None:
+        """Store one preprocessed case (float (C, I, J, K) in [0, 1], or already quantized uint8) and its
+        ``study`` geometry atomically, marker last."""
         data = array if array.dtype == DTYPE else quantize(array)
 
         def save(tmp: Path) -> None:
@@ -89,8 +91,14 @@ class Cache:
 
         atomic_write(self.entry_path(case.subject_id), save)
         marker = {"subject_id": case.subject_id, "label": case.label, "shape": list(data.shape),
-                  "dtype": "uint8", "config_hash": config_hash(self.preprocess)}
+                  "dtype": "uint8", "config_hash": config_hash(self.preprocess),
+                  "study": None if study is None else study.to_dict()}
         atomic_write_text(self.marker_path(case.subject_id), json.dumps(marker))
+
+    def study(self, subject_id: str) -> StudyGeometry | None:
+        """The study geometry a finished entry was stored with (None: a cache written without it)."""
+        marker = json.loads(self.marker_path(subject_id).read_text())
+        return None if marker.get("study") is None else StudyGeometry.from_dict(marker["study"])
 
     def load(self, subject_id: str) -> np.ndarray:
         """The stored uint8 (C, I, J, K) array of one case, memory-mapped."""
@@ -141,7 +149,7 @@ def _preprocess_one(root: str, case: Case, cfg_json: str, threads: int) -> tuple
     """Worker: preprocess one case into the cache; returns (subject_id, error or None, seconds)."""
     import SimpleITK as sitk
 
-    from BreastCMSLLib.pipeline.preprocess import load_case, preprocess_case
+    from BreastCMSLLib.pipeline.preprocess import load_case, prepare
 
     if threads:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
@@ -149,8 +157,8 @@ def _preprocess_one(root: str, case: Case, cfg_json: str, threads: int) -> tuple
     cfg = from_dict(PreprocessConfig, json.loads(cfg_json))
     cache = Cache(Path(root), cfg, [])
     try:
-        prep = preprocess_case(load_case(case.case_dir), cfg)
-        cache.write_entry(case, prep.array)
+        prep = prepare(load_case(case.case_dir), cfg, "this cache (--phases)")
+        cache.write_entry(case, prep.array, prep.study)
     except InputError as err:
         return case.subject_id, str(err), time.perf_counter() - t0
     except Exception as err:  # a broken case must not stop the cohort: report it with its reason

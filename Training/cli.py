@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--input-size", **_triple(), help="network input (default 340 220 128)")
+    p.add_argument("--phases", default=None, metavar="N,N",
+                   help="post-contrast phase numbers to keep (1 = the first; default: every phase), e.g. 1,2 for a "
+                   "model of two-phase protocols")
     p.add_argument("--seed", type=int, default=0, help="seed of the split for rows without one")
 
     p = sub.add_parser("fit", help="train one method (runs under torchrun for DDP)")
@@ -66,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="CUDA: torch.compile the network (slow first steps)")
 
     p = sub.add_parser("calibrate", help="temperature scaling on the run's validation split (RUN/calibration.json)")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--cache", type=str, default=None, help="another cache (default: the run's)")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("domain", help="the training-domain record of the run's best model (RUN/domain.json): input "
+                       "envelope and feature density, threshold on the validation split")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--cache", type=str, default=None, help="another cache (default: the run's)")
     p.add_argument("--device", default="auto")
@@ -138,6 +147,11 @@ def cmd_preprocess(args) -> dict:
             cfg = dataclasses.replace(cfg, input_size=tuple(args.input_size))
         except ValueError as err:
             raise InputError("--input-size", str(err)) from None
+    if args.phases:
+        try:
+            cfg = dataclasses.replace(cfg, phases=tuple(int(n) for n in args.phases.split(",")))
+        except ValueError as err:
+            raise InputError("--phases", f"post-contrast phase numbers from 1, increasing, e.g. 1,2 ({err})") from None
     r = preprocess_cohort(args.manifest, args.cache, cfg, workers=args.workers, seed=args.seed)
     return {"done": len(r.done), "skipped_finished": len(r.skipped), "failed": r.failed,
             "seconds": round(r.seconds, 1)}
@@ -158,6 +172,12 @@ def cmd_calibrate(args) -> dict:
     from .evaluate import calibrate
 
     return calibrate(args.run, args.cache, args.device)
+
+
+def cmd_domain(args) -> dict:
+    from .domain import domain
+
+    return domain(args.run, args.cache, args.device)
 
 
 def cmd_evaluate(args) -> dict:
@@ -204,7 +224,7 @@ def cmd_demo(args) -> dict:
 
 
 COMMANDS = {"synth": cmd_synth, "preprocess": cmd_preprocess, "fit": cmd_fit, "calibrate": cmd_calibrate,
-            "evaluate": cmd_evaluate,
+            "domain": cmd_domain, "evaluate": cmd_evaluate,
             "compare": cmd_compare, "localize": cmd_localize, "export": cmd_export, "demo": cmd_demo,
             "localization-study": cmd_study,
             "ingest": ingest.cmd_ingest, "ingest-mama-mia": mamamia.cmd_ingest_mama_mia}

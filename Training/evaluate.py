@@ -28,6 +28,7 @@ from BreastCMSLLib.network.modelfile import save_model
 from .cache import open_cache
 from .calibration import calibrate_scores, with_rule
 from .data import VolumeSource
+from .domain import read_domain
 from .inference import predict
 from .metrics import CALIBRATION_BINS, bin_index, bootstrap_calibration, calibrated_probability
 from .runfiles import read_run_calibration, run_model_path, write_run_calibration
@@ -201,12 +202,14 @@ def export(run_dir: str | Path, out: str | Path, name: str | None = None, synthe
     """Write the run's best model as the deployable model file; returns its sha256. ``synthetic`` marks a
     model trained on phantoms (the Slicer module then labels it synthetic, not for diagnosis).
 
-    The run's calibration (``calibrate``) goes into the file; ``operating_point`` (``sensitivity=0.9``,
-    ``specificity=0.9``; default p >= 0.5) picks the threshold on its validation scores. An uncalibrated
-    run exports an uncalibrated model (T = 1, threshold 0.5)."""
+    The run's calibration (``calibrate``) and training-domain record (:mod:`.domain`) go into the file;
+    ``operating_point`` (``sensitivity=0.9``, ``specificity=0.9``; default p >= 0.5) picks the threshold on its
+    validation scores. An uncalibrated run exports an uncalibrated model (T = 1, threshold 0.5); a run without a
+    record a model whose analyses say their applicability is unknown."""
     run_dir = Path(run_dir)
     net, cfg, provenance = load_network(run_model_path(run_dir), torch.device("cpu"))
     run_cal = read_run_calibration(run_dir)
+    domain = read_domain(run_dir)
     calibration = None
     if run_cal:
         calibration = with_rule(*run_cal, operating_point, run_dir) if operating_point else run_cal[0]
@@ -221,4 +224,4 @@ def export(run_dir: str | Path, out: str | Path, name: str | None = None, synthe
                   "thresholds": {"probability": threshold, **({"cos_theta": z / cfg.s} if cfg.angular else {})},
                   "run": str(run_dir.resolve()), "synthetic": synthetic,
                   "evaluation": json.loads(metrics.read_text()) if metrics.is_file() else None}
-    return save_model(out, net, cfg, provenance, calibration)
+    return save_model(out, net, cfg, provenance, calibration, domain)

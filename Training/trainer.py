@@ -32,6 +32,7 @@ from .cache import Cache, open_cache
 from .calibration import UnusableSplitError
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import Augment, VolumeSource, device_index
+from .domain import fit_domain
 from .evaluate import calibrate
 from .inference import predict, prepare, run_forward
 from .methods import MethodConfig, build_network, model_config
@@ -311,6 +312,7 @@ def fit(cfg: FitConfig, resume: bool = False) -> dict:
     try:
         row = dict(trainer.run())
         if trainer.dist.main:
+            row["domain"] = fit_domain(cfg.out, cfg.device)  # rewrites model_best: before its calibration
             try:
                 row["calibration"] = calibrate(cfg.out, device=cfg.device)
             except UnusableSplitError as err:  # the run stays usable, uncalibrated (T = 1)

@@ -8,6 +8,7 @@ Loading reads tensors with safetensors only: nothing is ever unpickled.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -38,8 +39,10 @@ from BreastCMSLLib.network.net import CMSLNet, bf16_native, build_model, inferen
 
 def save_model(path: str | Path, model: torch.nn.Module, cfg: ModelConfig, provenance: dict,
                calibration: Calibration | None = None, domain: DomainRecord | None = None) -> str:
-    """Write weights, config, provenance and (when given) the calibration and the training-domain record
-    atomically to ``path``; return the file's sha256."""
+    """Write weights, config, provenance and (when given) the calibration and the training-domain record (the
+    config then takes its phases and their times, :func:`domain_config`) atomically to ``path``; return the
+    file's sha256."""
+    cfg = cfg if domain is None else domain_config(cfg, domain)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata = {
         "format": FORMAT,
@@ -54,13 +57,21 @@ def save_model(path: str | Path, model: torch.nn.Module, cfg: ModelConfig, prove
     return _write(path, tensors, metadata)
 
 
+def domain_config(cfg: ModelConfig, domain: DomainRecord) -> ModelConfig:
+    """``cfg`` with the record's post-contrast phases and their training times: a longer study's phases are
+    matched to these (:mod:`BreastCMSLLib.pipeline.model_phases`)."""
+    return dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, phases=domain.phases,
+                                                                   phase_times_s=domain.phase_times_s))
+
+
 def add_domain(path: str | Path, domain: DomainRecord) -> str:
-    """Rewrite the model file ``path`` (atomically) with ``domain`` as its training-domain record, every other
-    tensor and metadata entry as they were; return its new sha256."""
-    read_model_file_metadata(path)  # a BreastCMSL model file, or an InputError
+    """Rewrite the model file ``path`` (atomically) with ``domain`` as its training-domain record and its config's
+    phases (:func:`domain_config`), every tensor and other metadata entry as they were; return its new sha256."""
+    cfg, _, _ = read_model_file_metadata(path)  # a BreastCMSL model file, or an InputError
     with safe_open(str(path), framework="pt") as f:
         metadata = dict(f.metadata() or {})
-    return _write(path, load_file(str(path)), {**metadata, "domain": domain.to_json()})
+    return _write(path, load_file(str(path)), {**metadata, "config": domain_config(cfg, domain).to_json(),
+                                               "domain": domain.to_json()})
 
 
 def _write(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:

@@ -1,0 +1,209 @@
+"""The training domain a model carries (issue 32): Mahalanobis distances against scikit-learn, the record in the
+model file (size, damage), the envelope's plain reasons, the phases a model takes, the analysis's applicability and
+the ``domain`` command's refusal of a small validation split."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.covariance import EmpiricalCovariance, LedoitWolf
+
+from BreastCMSLLib.cohort.manifest import Case
+from BreastCMSLLib.config import ModelConfig, PreprocessConfig
+from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.network.domain import DomainRecord, Envelope, FeatureDensity, StudyGeometry, applicability
+from BreastCMSLLib.network.modelfile import load_model, save_model
+from BreastCMSLLib.network.net import build_model
+from BreastCMSLLib.pipeline.analyze import forward
+from BreastCMSLLib.pipeline.model_phases import choose
+from BreastCMSLLib.pipeline.preprocess import load_case, prepare
+from BreastCMSLLib.run import AnalyzeRequest, run_analysis
+from Testing.conftest import TINY_INPUT, run_cli
+from Training.cache import create_cache
+from Training.domain import COVERAGE, fit_density, measure_domain
+
+
+def features(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two Gaussian classes of ``n`` vectors each in ``d`` dimensions with a correlated shared covariance."""
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(d, d)) / math.sqrt(d) + np.eye(d)
+    x = rng.normal(size=(2 * n, d)) @ mix
+    label = np.repeat([0, 1], n)
+    x[label == 1] += 1.5
+    return x, label
+
+
+@pytest.mark.parametrize("shrinkage", [0.0, None])
+def test_distances_match_sklearn(shrinkage):
+    x, y = features(300, 12, 0)
+    val, _ = features(40, 12, 1)
+    density = fit_density(x, y, val, shrinkage)
+    means = [x[y == k].mean(0) for k in (0, 1)]
+    centred = x - np.stack(means)[y]
+    estimator = EmpiricalCovariance if shrinkage == 0 else LedoitWolf
+    ref = estimator(assume_centered=True).fit(centred)
+    probe, _ = features(25, 12, 2)
+    expected = np.stack([np.sqrt(ref.mahalanobis(probe - m)) for m in means], axis=1)
+    np.testing.assert_allclose(density.distances(probe), expected, rtol=2e-4)
+    np.testing.assert_allclose(density.score(probe), expected.min(1), rtol=2e-4)
+    scores = density.score(val)  # the threshold: the smallest with >= 95 % of the validation cases inside
+    assert np.mean(scores <= density.threshold) >= COVERAGE
+    assert np.mean(scores < density.threshold) < COVERAGE
+
+
+def record_of(density: FeatureDensity, study: StudyGeometry) -> DomainRecord:
+    return DomainRecord(Envelope.of([study]), density, study.phases, study.phase_times_s)
+
+
+STUDY = StudyGeometry((1.0, 1.0, 2.0), (340.0, 220.0, 160.0), "axial", "bilateral", (1, 2), 2, "all", (75.0, 150.0),
+                      ((0.1, 0.3, 0.8), (0.1, 0.35, 0.85)))
+
+
+def test_record_round_trip_and_size_at_the_papers_width():
+    x, y = features(600, 512, 3)
+    density = fit_density(x, y, x[:50])
+    text = record_of(density, STUDY).to_json()
+    assert len(text.encode()) <= 1_000_000  # the record adds at most 1 MB at 512 features
+    back = DomainRecord.from_json(text)
+    np.testing.assert_allclose(back.density.score(x[:7]), density.score(x[:7]), rtol=1e-6)
+    assert back.envelope == record_of(density, STUDY).envelope and back.density.threshold == density.threshold
+
+
+def test_envelope_reasons_in_plain_words():
+    x, y = features(100, 4, 4)
+    record = record_of(fit_density(x, y, x[:20]), STUDY)
+    check = record.check(x[0])
+    inside = applicability(check, STUDY)
+    assert inside["in_domain"] is (check.score <= check.threshold)
+    odd = dataclasses.replace(STUDY, plane="sagittal", coverage="single", fov_mm=(180.0, 220.0, 160.0),
+                              phase_times_s=(75.0, 400.0))
+    out = applicability(check, odd)
+    assert out["in_domain"] is False
+    assert out["reasons"][:4] == ["sagittal acquisition; this model was trained on axial",
+                                  "one breast; this model was trained on both breasts",
+                                  "field of view 180 mm left-right, training 340 mm",
+                                  "post-contrast phase 2 at 400 s, training 150 s"]
+    far = record.check(x[0] + 100.0)
+    ratio = far.score / far.threshold
+    assert applicability(far, STUDY)["reasons"] == [f"feature distance {ratio:.2g} × the validation threshold "
+                                                    "(unlike the training cases)"]
+
+
+def test_phase_choice():
+    cfg = PreprocessConfig(phases=(1, 2), phase_times_s=(75.0, 150.0))
+    used = choose(6, (60.0, 140.0, 220.0, 300.0, 380.0, 460.0), cfg, 2, "s", "m")
+    assert (used.phases, used.rule) == ((1, 2), "nearest time")
+    late = PreprocessConfig(phases=(1, 2), phase_times_s=(180.0, 440.0))
+    assert choose(5, (100.0, 200.0, 300.0, 400.0, 500.0), late, 2, "s", "m").phases == (2, 4)
+    by_number = choose(3, None, cfg, 2, "s", "m")
+    assert by_number.phases == (1, 2) and by_number.rule == "phase number"
+    with pytest.raises(InputError, match=r"needs 2 post-contrast phases \(1, 2 at 75, 150 s\); this study has 1"):
+        choose(1, None, cfg, 2, "study.nrrd", "m")
+
+
+@pytest.fixture(scope="module")
+def two_phase_model(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = ModelConfig(in_channels=2, width_factor=0.125,
+                      preprocess=PreprocessConfig(input_size=TINY_INPUT, phases=(2, 4), phase_times_s=(150.0, 300.0)))
+    path = tmp_path_factory.mktemp("m2") / "two.safetensors"
+    save_model(path, build_model(cfg), cfg, {"name": "two"})
+    return path
+
+
+def test_analysis_reports_phases_and_applicability(two_phase_model, tiny_case, tmp_path):
+    loaded = load_model(two_phase_model)
+    prep = prepare(load_case(tiny_case), loaded.config, "two")
+    assert prep.study.phases == (2, 4) and prep.study.phase_rule == "nearest time"  # times.json: 75 .. 450 s
+    feature = forward(loaded, prep.array, torch.device("cpu"))[0].pooled[0].numpy()
+    rng = np.random.default_rng(0)
+    spread = rng.normal(size=(80, feature.size)) * 0.05 * (feature.std() + 1e-3)
+    density = fit_density(feature + spread, np.repeat([0, 1], 40), feature + spread[:20])
+    record = record_of(density, prep.study)
+    model = tmp_path / "with_record.safetensors"
+    save_model(model, loaded.model, loaded.config, {"name": "two"}, domain=record)
+    result = run_analysis(AnalyzeRequest(model=model, out=tmp_path / "out", case_dir=tiny_case, device="cpu"))
+    app = result["applicability"]
+    assert result["phases_used"]["phases"] == [2, 4] and result["phases_used"]["of"] == 6
+    assert app["threshold"] == pytest.approx(density.threshold, rel=1e-6)
+    assert app["score"] == pytest.approx(float(density.score(feature)[0]), rel=1e-3)
+    assert app["in_domain"] is (app["score"] <= app["threshold"])
+    on_disk = json.loads((tmp_path / "out" / "result.json").read_text())["applicability"]
+    assert on_disk == app
+
+
+def test_damaged_record_loads_with_unknown_applicability(two_phase_model, tiny_case, tmp_path):
+    from safetensors import safe_open
+
+    with safe_open(str(two_phase_model), framework="pt") as f:
+        meta = dict(f.metadata())
+    damaged = tmp_path / "damaged.safetensors"
+    save_file(load_file(str(two_phase_model)), str(damaged), metadata={**meta, "domain": '{"version": 1, "dens'})
+    loaded = load_model(damaged)
+    assert loaded.domain is None and "damaged" in loaded.domain_problem
+    result = run_analysis(AnalyzeRequest(model=damaged, out=tmp_path / "out", case_dir=tiny_case, device="cpu"))
+    assert result["applicability"]["in_domain"] is None
+    assert result["applicability"]["reasons"] == [loaded.domain_problem]
+
+
+def test_too_few_phases_refused_in_one_line(tiny_model_path, tmp_path):
+    from BreastCMSLLib.phantom.synth import synth_case
+
+    case = tmp_path / "case"
+    synth_case(case, seed=3, label=0, shape=(96, 64, 40))
+    for k in (4, 5, 6):
+        (case / f"post_{k}.nrrd").unlink()
+    (case / "times.json").write_text(json.dumps({"post_s": [75, 150, 225], "injection_s": 0}))
+    proc = run_cli("analyze", case, "--model", tiny_model_path, "--out", tmp_path / "out", "--device", "cpu")
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.endswith("the model tiny needs 6 post-contrast phases; this study has 3")
+
+
+def small_run(tmp_path: Path, n_val: int) -> Path:
+    """A run folder (run.json, model_best) over a cache of random volumes with study geometries: 30 train cases
+    and ``n_val`` validation cases."""
+    cfg = PreprocessConfig(input_size=(32, 32, 32))
+    cases = [Case(f"c{n:03d}", n % 2, "train" if n < 30 else "val", tmp_path / "none") for n in range(30 + n_val)]
+    cache = create_cache(tmp_path / "cache", cfg, cases)
+    rng = np.random.default_rng(0)
+    for case in cases:
+        cache.write_entry(case, rng.integers(0, 200, (2, 32, 32, 32), dtype=np.uint8), STUDY)
+    run = tmp_path / "run"
+    run.mkdir()
+    model_cfg = ModelConfig(in_channels=2, width_factor=0.125, preprocess=cfg)
+    save_model(run / "model_best.safetensors", build_model(model_cfg), model_cfg, {"method": "cmsl"})
+    (run / "run.json").write_text(json.dumps({"fit": {"cache": str(tmp_path / "cache"), "batch_size": 4}}))
+    return run
+
+
+def test_domain_needs_ten_validation_cases_and_leaves_the_run(tmp_path):
+    run = small_run(tmp_path, 6)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    proc = run_cli("domain", "--run", run, "--device", "cpu", module="Training.cli")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "the val split has 6 cases; the training-domain threshold needs at least 10" in proc.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_domain_threshold_keeps_95_percent_of_validation(tmp_path):
+    from Training.cache import open_cache
+    from Training.data import VolumeSource
+    from Training.domain import split_features
+    from Training.runmodel import load_network
+
+    run = small_run(tmp_path, 12)
+    record = measure_domain(run, device="cpu")
+    net, _, _ = load_network(run / "model_best.safetensors", torch.device("cpu"))
+    cache = open_cache(tmp_path / "cache")
+    val = split_features(net, VolumeSource(cache, cache.split("val"), torch.device("cpu"), int(1e9)))
+    assert np.mean(record.density.score(val) <= record.density.threshold) >= COVERAGE
+    assert record.envelope.fov_mm == ((340.0, 340.0), (220.0, 220.0), (160.0, 160.0))
+    assert record.phases == (1, 2) and record.phase_times_s == (75.0, 150.0)
