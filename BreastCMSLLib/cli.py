@@ -148,7 +148,8 @@ def cmd_analyze(args) -> dict:
 def cmd_roles(args) -> dict | None:
     """``breastcmsl roles``: the role table (or JSON). When the roles cannot be assigned, the study's series
     inventory (table, or JSON with the error) goes to stdout before the one-line error."""
-    from BreastCMSLLib.dicom.roles import RolesError, inventory, inventory_table, study_roles
+    from BreastCMSLLib.dicom.roles import inventory, inventory_table
+    from BreastCMSLLib.dicom.study import RolesError, study_roles
 
     try:
         assignment = study_roles(args.study_dir, args.roles, args.channels, args.patterns)
@@ -178,7 +179,7 @@ def cmd_kinetics(args) -> dict:
     cfg = KineticsConfig(pe_threshold=args.pe_threshold, background=args.background, early_s=args.early_s,
                          late_s=args.late_s, radius_mm=args.radius)
     if args.dicom:
-        from BreastCMSLLib.dicom.roles import study_inputs
+        from BreastCMSLLib.dicom.study import study_inputs
         from BreastCMSLLib.dicom.times import study_times
 
         study, used = study_inputs(args.dicom)

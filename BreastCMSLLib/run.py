@@ -142,7 +142,7 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
     if (request.roles or request.patterns or request.dicom_seg) and not request.dicom:
         raise InputError("analyze", "--roles, --patterns and --dicom-seg need --dicom STUDY_DIR")
     if request.dicom:
-        from BreastCMSLLib.dicom.roles import study_inputs
+        from BreastCMSLLib.dicom.study import study_inputs
 
         if request.case_dir or request.t1 or request.sub or request.pre or request.post:
             raise InputError(request.dicom, "give either --dicom or a case folder / named volumes, not both")

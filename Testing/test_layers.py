@@ -170,7 +170,7 @@ def test_the_cohort_workers_start_without_torch(tiny_model_path):
     worker's start-up), and the cohort plans its run and the model store lists models from a model file's header
     before torch loads: importing all of that, and reading a header, leaves torch unimported."""
     code = ("import sys; import BreastCMSLLib.cohort.workers, BreastCMSLLib.pipeline.output, "
-            "BreastCMSLLib.pipeline.figures, BreastCMSLLib.dicom.roles, BreastCMSLLib.dicom.seg, "
+            "BreastCMSLLib.pipeline.figures, BreastCMSLLib.dicom.study, BreastCMSLLib.dicom.seg, "
             "BreastCMSLLib.cohort.runner, BreastCMSLLib.panel.models; "
             "from BreastCMSLLib.network.header import read_model_file_metadata as read; "
             f"read({str(tiny_model_path)!r}); "

@@ -60,7 +60,7 @@ def read_source(source: CaseSource, n_channels: int, seg: bool):
         inputs = load_case(source.folder)
         return inputs, {"kind": inputs.kind, "t1": inputs.sources[0], "series": inputs.sources[1:]}, None
     if kind == "dicom":
-        from BreastCMSLLib.dicom.roles import study_inputs
+        from BreastCMSLLib.dicom.study import study_inputs
 
         study, used = study_inputs(source.folder, source.study_file("ROLES.json"), n_channels,
                                    source.study_file("PATTERNS.json"))

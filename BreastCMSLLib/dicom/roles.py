@@ -23,8 +23,8 @@ Rules (each assigned role carries a confidence and the reason):
    incomplete. When the model needs N channels, any other count is an error (never truncated).
 
 Every ambiguity is an :class:`InputError` that lists the candidate series; ``--roles ROLES.json``
-(:func:`load_overrides`) fixes roles by SeriesInstanceUID or series number (``"7"``, or ``"7:2"`` for
-phase 2 of a multi-phase series; ``"t1": null`` for no T1) and the rules fill in the rest. Where a
+(:func:`BreastCMSLLib.dicom.study.load_overrides`) fixes roles by SeriesInstanceUID or series number (``"7"``,
+or ``"7:2"`` for phase 2 of a multi-phase series; ``"t1": null`` for no T1) and the rules fill in the rest. Where a
 series' name and its acquisition time disagree (a series named pre-contrast acquired after other
 dynamic phases), the reason or the error says so.
 """
@@ -32,20 +32,13 @@ dynamic phases), the reason or the error says so.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 
-from BreastCMSLLib.dicom.series import SUBTRACTION_IMAGE_TYPES, Phase, Series, read_phase, scan_study
+from BreastCMSLLib.dicom.series import SUBTRACTION_IMAGE_TYPES, Phase, Series
 from BreastCMSLLib.errors import InputError
-
-if TYPE_CHECKING:  # preprocess pulls in torch; ``roles`` alone stays light
-    from BreastCMSLLib.pipeline.preprocess import CaseInputs
 
 ROLE_KEYS = ("t1", "pre", "post", "sub")
 
@@ -431,7 +424,8 @@ def assign_roles(series: list[Series], overrides: dict | None = None, n_channels
     """Assign roles to the series of one study (see the module docstring for the rules).
 
     ``overrides``: {"t1": id or None, "pre": id, "post": [ids], "sub": [ids]} as read by
-    :func:`load_overrides`; errors in them name ``overrides_source`` (the ROLES.json) and the key.
+    :func:`~BreastCMSLLib.dicom.study.load_overrides`; errors in them name ``overrides_source`` (the ROLES.json)
+    and the key.
     ``n_channels``: the number of subtraction channels the model takes (None: any number).
     """
     if overrides:
@@ -508,20 +502,6 @@ def assign_by_name(names: list[str], inputs: str, n_channels: int, patterns: Rol
     return {"inputs": inputs, "t1": t1[0] if t1 else None, "series": series, "notes": notes}
 
 
-def load_overrides(path: str | Path) -> dict:
-    """Read ROLES.json: {"t1": id, "pre": id, "post": [id, ...]} or {"t1": id, "sub": [id, ...]}, any subset.
-
-    An id is a SeriesInstanceUID, a series number, or "number:phase" (1-based phase of a multi-phase series);
-    ``"t1": null`` says the study has no T1 to use (the mask then comes from the pre-contrast phase).
-    """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(path, f"cannot be read as JSON ({err})") from None
-    return check_overrides(data, path)
-
-
 def check_overrides(data, source) -> dict:
     """The role overrides' shape, wherever they come from (ROLES.json, the session, the web page's form): a
     non-empty object with keys among :data:`ROLE_KEYS`, never ``sub`` together with ``pre``/``post``, each value
@@ -539,82 +519,3 @@ def check_overrides(data, source) -> dict:
                 isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
             raise InputError(source, f"{key}: expected a series id or a list of series ids")
     return data
-
-
-@dataclass
-class StudyCase:
-    """A DICOM study read as one case: the volumes, the roles that chose them, the reference phase."""
-
-    inputs: CaseInputs
-    assignment: RoleAssignment
-
-    @property
-    def reference(self) -> Phase:
-        """The phase whose grid every output map lands on (first post-contrast, or first subtraction)."""
-        return self.assignment.reference.phase
-
-
-def load_study(study_dir: str | Path, overrides: dict | None = None, n_channels: int | None = None,
-               patterns: RolePatterns = RolePatterns(), overrides_source: str | None = None) -> StudyCase:
-    """Scan a DICOM study, assign the roles and read the chosen volumes as :class:`CaseInputs` (``t1`` None
-    and ``sources[0]`` None when the study has no T1)."""
-    from BreastCMSLLib.pipeline.preprocess import CaseInputs
-
-    series = scan_study(study_dir)
-    assignment = assign_roles(series, overrides, n_channels, patterns, str(study_dir), overrides_source)
-    images: list[sitk.Image] = [read_phase(p) for p in assignment.phases()]
-    sources = [f"{study_dir} series {e.phase.label} '{e.phase.series.description}' ({e.role})"
-               for e in assignment.entries]
-    if assignment.t1 is None:
-        images, sources = [None, *images], [None, *sources]
-    inputs = CaseInputs(images[0], images[1:], assignment.kind, sources)
-    return StudyCase(inputs, assignment)
-
-
-def load_patterns(path: str | Path | None) -> RolePatterns:
-    """PATTERNS.json: {"field": "regular expression", ...} replacing :class:`RolePatterns` defaults field by
-    field (e.g. a site's own wording); None gives the defaults."""
-    if path is None:
-        return RolePatterns()
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(path, f"cannot be read as JSON ({err})") from None
-    return RolePatterns.from_overrides(data, path)
-
-
-class RolesError(InputError):
-    """Roles could not be assigned; carries the study's series so that the user sees what to name."""
-
-    def __init__(self, err: InputError, series: list[Series], patterns: RolePatterns):
-        super().__init__(err.source, err.problem)
-        self.series, self.patterns = series, patterns
-
-
-def study_roles(study_dir: str | Path, roles_file: str | Path | None = None, n_channels: int | None = None,
-                patterns_file: str | Path | None = None) -> RoleAssignment:
-    """``breastcmsl roles``: scan a study and assign its roles (ROLES.json and PATTERNS.json optional).
-    Raises :class:`RolesError` (with the study's series) when the roles cannot be assigned."""
-    overrides = load_overrides(roles_file) if roles_file else None
-    patterns = load_patterns(patterns_file)
-    series = scan_study(study_dir)
-    try:
-        return assign_roles(series, overrides, n_channels, patterns, str(study_dir),
-                            str(roles_file) if roles_file else None)
-    except InputError as err:
-        raise RolesError(err, series, patterns) from None
-
-
-def study_inputs(study_dir: str | Path, roles_file: str | Path | None = None, n_channels: int | None = None,
-                 patterns_file: str | Path | None = None) -> tuple[StudyCase, dict]:
-    """``analyze --dicom``: the study's case and the ``inputs`` record for result.json (series per role)."""
-    overrides = load_overrides(roles_file) if roles_file else None
-    study = load_study(study_dir, overrides, n_channels, load_patterns(patterns_file),
-                       str(roles_file) if roles_file else None)
-    sources = study.inputs.sources
-    used = {"kind": study.inputs.kind, "t1": sources[0], "series": sources[1:],
-            "dicom": {"study": str(study_dir), "roles_file": str(roles_file) if roles_file else None,
-                      "patterns_file": str(patterns_file) if patterns_file else None,
-                      "roles": [e.as_dict() for e in study.assignment.entries]}}
-    return study, used

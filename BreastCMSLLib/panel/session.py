@@ -120,7 +120,8 @@ class Session:
                          n_channels: int | None = None) -> dict:
         """Assign the series roles of a DICOM study (``roles`` overrides them as ROLES.json does), load the
         chosen volumes as nodes and make them the inputs; returns the role table and the nodes."""
-        from BreastCMSLLib.dicom.roles import RolePatterns, load_study
+        from BreastCMSLLib.dicom.roles import RolePatterns
+        from BreastCMSLLib.dicom.study import load_study
 
         folder = Path(folder)
         study = load_study(folder, roles, n_channels, patterns or RolePatterns())
