@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from BreastCMSLLib.cohort.manifest import read_manifest
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.pipeline.preprocess import load_case
+from BreastCMSLLib.pipeline.preprocess import load_case, study_times
 from Testing import publiccohorts
 from Training.breasts import find_midline, image_centre_x, profile_midline
 from Training.mamamia import ingest_mama_mia, report_path
@@ -64,6 +64,8 @@ def test_phases_times_splits_and_case_folders(cohort):
         inputs = load_case(u.case.case_dir)
         assert inputs.kind == "phases" and len(inputs.series) == posts + 1
         assert json.loads((u.case.case_dir / "case.json").read_text())["breast"] == u.breast
+        first = publiccohorts.TIMES[1]  # without an injection time, times count from the first post-contrast phase
+        assert study_times(inputs) == tuple(float(t - first) for t in publiccohorts.TIMES[1:posts + 1])
         has_truth = any(u.case.case_dir.glob("truth/lesion_mask.*"))
         assert has_truth == (u.case.label == 1 and u.lesion_truth == "mask"), sid
     # the official test studies stay test; both breasts of a study share a split

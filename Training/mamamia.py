@@ -20,6 +20,9 @@ without an expert mask is labelled from ``breast_coordinates``, which the publis
 A single-breast acquisition (``view`` sagittal or ``bilateral_mri`` 0, as NACT's) gives one unit, ``single``,
 label 1. The positive breast's lesion centre (manifest) is the centroid of the mask's voxels in it (the box's
 centre without a mask); its case folder links the mask as ``truth/lesion_mask`` (:mod:`Training.unitfolder`).
+Phases: the manifest records each study's post-contrast phases and the workbook's ``acquisition_times``; each
+unit folder holds them as ``times.json`` (the injection not given: times count from the first post-contrast
+phase), so that ``preprocess --phases`` and models built for given phases choose them by time.
 
 Splits: the official ``train_split``/``test_split``; ``--val-fraction`` of the training studies (seeded,
 whole studies: both breasts go together) become ``val``. A study in neither column is drawn the same way
@@ -215,7 +218,7 @@ def ingest_study(root_dirs: dict[str, Path], study_dir: Path, row: StudyRow, cas
         info_out = {**common, "breast": breast, "label": label, "center_lps": list(centre) if centre else None,
                     "midline_lps_x": midline.x_mm if midline else None,
                     "midline_source": midline.source if midline else None}
-        write_unit_folder(case_dir, volumes, mask_path if label else None, info_out)
+        write_unit_folder(case_dir, volumes, mask_path if label else None, info_out, times[1:])
         return Unit(Case(sid, label, "", case_dir, None, centre), study, breast, dataset, len(phases) - 1,
                     tuple(times), truth if label else "", midline.x_mm if midline else None,
                     midline.source if midline else "")
