@@ -25,7 +25,8 @@ class AnalyzeRequest:
     with an optional ``t1``; or a ``dicom`` study (``roles``/``patterns`` JSON files optional). ``label_fraction``:
     labelmaps are 1 where a map >= this fraction of its maximum; ``dicom_seg``: also write the labelmap of the map
     ``seg_map`` (coam, cam or fine) as a DICOM Segmentation ``MAP_seg.dcm`` (with ``dicom`` only); ``fine_map``
-    False: COAM and CAM only (the paper's maps)."""
+    False: COAM and CAM only (the paper's maps); ``kinetics``: also the PE/SER maps and the enhancement curve at
+    every map's peak (:mod:`BreastCMSLLib.pipeline.kinetics_case`)."""
 
     model: Path
     out: Path
@@ -42,6 +43,7 @@ class AnalyzeRequest:
     dicom_seg: bool = False
     seg_map: str = "coam"
     fine_map: bool = True
+    kinetics: bool = False
 
     @classmethod
     def for_volumes(cls, t1, series: list, kind: str, **settings) -> AnalyzeRequest:
@@ -74,8 +76,9 @@ class AnalyzeRequest:
         convert(self, "label_fraction", float(self.label_fraction))
         if not isinstance(self.dicom_seg, bool):
             raise InputError("dicom_seg", f"must be true or false, not {self.dicom_seg!r}")
-        if not isinstance(self.fine_map, bool):
-            raise InputError("fine_map", f"must be true or false, not {self.fine_map!r}")
+        for name in ("fine_map", "kinetics"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(name, f"must be true or false, not {getattr(self, name)!r}")
         if self.seg_map == "fine" and not self.fine_map:
             raise InputError("--seg-map", "fine needs the fine map (drop --no-fine-map)")
         if self.seg_map not in MAP_NAMES:
@@ -121,6 +124,33 @@ def gather_inputs(request: AnalyzeRequest):
     return inputs, used
 
 
+def kinetics_fields(request: AnalyzeRequest, inputs, study, analysis) -> tuple[dict, dict]:
+    """``analyze --kinetics``: result.json's ``kinetics`` and the writers of its maps. The phase times come from the
+    DICOM study, else the ``times.json`` of the case folder (or beside the reference volume); a case without
+    kinetics (subtractions only, unreadable or missing times) gets a note, not a failure."""
+    import SimpleITK as sitk
+
+    from BreastCMSLLib.pipeline.kinetics_case import analysis_kinetics, check_phases
+    from BreastCMSLLib.pipeline.phase_times import case_times
+
+    try:
+        check_phases(inputs)
+        if study is not None:
+            from BreastCMSLLib.dicom.times import study_times
+
+            times = study_times(study.assignment, str(request.dicom))
+        else:
+            times = case_times(request.case_dir or Path(inputs.reference_source).parent, len(inputs.series) - 1)
+    except InputError as err:
+        return {"kinetics": {"available": False, "note": str(err)}}, {}
+    peaks = {name: getattr(analysis, f"{name}_peak_lps") for name in MAP_NAMES}
+    record, maps = analysis_kinetics(inputs, times, peaks)
+    writers = {f"{stem}.nrrd": (lambda path, image=image, stem=stem: sitk.WriteImage(image, str(path),
+                                                                                      stem.endswith("label")))
+               for stem, image in maps.items()}
+    return {"kinetics": record}, writers
+
+
 def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: Report | None = None) -> dict:
     """Analyze ``request``'s inputs and write every result file into ``request.out`` (all or nothing); return the
     summary (probability, cos θ, prediction, COAM and CAM peaks in LPS mm). ``load(path)`` loads the model
@@ -141,6 +171,7 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
         raise InputError("--seg-map", "needs --dicom-seg (and --dicom STUDY_DIR)")
     if (request.roles or request.patterns or request.dicom_seg) and not request.dicom:
         raise InputError("analyze", "--roles, --patterns and --dicom-seg need --dicom STUDY_DIR")
+    study = None
     if request.dicom:
         from BreastCMSLLib.dicom.study import study_inputs
 
@@ -161,8 +192,12 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
 
         seg = map_segmentation(getattr(analysis, f"{request.seg_map}_label"), study.reference, request.seg_map)
         extra[f"{request.seg_map}_seg.dcm"] = lambda path: seg.save_as(path)
+    fields = {}
+    if request.kinetics:
+        fields, writers = kinetics_fields(request, inputs, study, analysis)
+        extra.update(writers)
     report(0.9, "write")
-    result = write_analysis(analysis, request.out, used, centre, extra)
+    result = write_analysis(analysis, request.out, used, centre, extra, fields)
     report(1.0, "done")
     keys = ("applicability", "phases_used", "probability", "probability_uncalibrated", "cos_theta", "threshold",
             "prediction", "calibrated",

@@ -1,8 +1,8 @@
 """Kinetics against the phantom's truth (issue 28): the delayed class at each lesion's centre against the phantom's own
 ``kinetic_type`` (60 lesions, benign and malignant), and the FTV of each lesion against its truth mask.
 
-``python -m Testing.test_kinetics_truth [N]`` prints the confusion table and the FTV agreement of N lesions (the
-figures in docs/kinetics.md).
+``python -m Testing.test_kinetics_truth [N [I J K]]`` prints the confusion table and the FTV agreement of N lesions on
+a grid of I x J x K voxels (default the tiny test grid; the figures in docs/kinetics.md).
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ class Lesion:
     dice: float
 
 
-def lesion(seed: int) -> Lesion:
-    """One phantom lesion (benign for even seeds, malignant for odd ones) on the tiny grid: the curve at its centre
-    (radius 2 mm) and the FTV of a box 6 mm beyond its nominal radius, against the truth."""
-    case = make_case(seed, PhantomConfig(shape=TINY_SHAPE, label=seed % 2))
+def lesion(seed: int, shape: tuple[int, int, int] = TINY_SHAPE) -> Lesion:
+    """One phantom lesion (benign for even seeds, malignant for odd ones) on a grid of ``shape`` voxels: the curve at
+    its centre (radius 2 mm) and the FTV of a box 6 mm beyond its nominal radius, against the truth."""
+    case = make_case(seed, PhantomConfig(shape=shape, label=seed % 2))
     im = case.images
     names = ["pre", *(f"post_{k}" for k in range(1, 7))]
     inputs = CaseInputs(im["t1"], [im[n] for n in names], "phases", ["t1", *names])
@@ -84,9 +84,9 @@ def test_delayed_class_at_the_lesion_centre_agrees_with_the_phantom():
     assert 0.85 <= statistics.median(x.ftv_ml / x.truth_ml for x in enhancing) <= 1.15
 
 
-def report(n: int) -> str:
-    """The confusion table and FTV agreement of ``n`` lesions, as Markdown."""
-    lesions = [lesion(seed) for seed in range(n)]
+def report(n: int, shape: tuple[int, int, int] = TINY_SHAPE) -> str:
+    """The confusion table and FTV agreement of ``n`` lesions on a grid of ``shape`` voxels, as Markdown."""
+    lesions = [lesion(seed, shape) for seed in range(n)]
     table = confusion(lesions)
     lines = ["| phantom kinetic_type | found persistent | found plateau | found washout |", "|---|---|---|---|"]
     lines += [f"| {t} ({sum(x.truth == t for x in lesions)}) | " + " | ".join(str(table[t, f]) for f in CLASSES)
@@ -108,4 +108,5 @@ def report(n: int) -> str:
 
 
 if __name__ == "__main__":
-    print(report(int(sys.argv[1]) if len(sys.argv) > 1 else 60))
+    print(report(int(sys.argv[1]) if len(sys.argv) > 1 else 60,
+                 tuple(int(v) for v in sys.argv[2:5]) if len(sys.argv) > 4 else TINY_SHAPE))

@@ -182,3 +182,24 @@ def write_kinetics(kin: CaseKinetics, out_dir: str | Path) -> None:
             os.replace(tmp / name, out_dir / name)
         for name in set(KINETICS_FILES).difference(names):
             (out_dir / name).unlink(missing_ok=True)
+
+
+def analysis_kinetics(inputs: CaseInputs, times: PhaseTimes, peaks: dict[str, tuple | None],
+                      cfg: KineticsConfig | None = None) -> tuple[dict, dict[str, sitk.Image]]:
+    """``analyze --kinetics``: result.json's ``kinetics`` (phase choice, thresholds, the curve at every map's peak
+    ``peaks`` {map name: LPS mm}) and the maps by file stem. Where kinetics are unavailable (subtractions only, no
+    times to choose phases by) the record says why, with no maps: a note, not a failure."""
+    try:
+        kin = case_kinetics(inputs, times, cfg)
+    except InputError as err:
+        return {"available": False, "note": str(err)}, {}
+    curves = {}
+    for name, point in peaks.items():
+        if point is None:
+            continue
+        try:
+            curves[name] = kin.curve(point)
+        except InputError as err:
+            curves[name] = {"note": str(err)}
+    record = {"available": True, **kin.choice.as_dict(times), **settings(kin.cfg, kin.maps), "peak_curves": curves}
+    return record, kin.maps.images(kin.grid)

@@ -22,6 +22,7 @@ from BreastCMSLLib.pipeline.maps import Analysis
 # the fine map is absent from analyses run without it and from older folders
 RESULT_FILES = ("result.json", *(f"{m}{s}.nrrd" for m in MAP_NAMES for s in ("", "_label")), "overview.png")
 OPTIONAL_FILES = {f"{m}_seg.dcm" for m in MAP_NAMES}  # written only on request (``breastcmsl analyze --dicom-seg``)
+OPTIONAL_FILES |= {"pe_early.nrrd", "ser.nrrd", "ser_label.nrrd"}  # ``analyze --kinetics`` (pipeline/kinetics_case.py)
 
 
 def geometry_of(image: sitk.Image) -> dict:
@@ -100,10 +101,11 @@ def result_dict(analysis: Analysis, inputs_used: dict, centre_lps=None) -> dict:
 
 
 def write_analysis(analysis: Analysis, out_dir: str | Path, inputs_used: dict, centre_lps=None,
-                   extra: dict[str, Callable[[Path], None]] | None = None) -> dict:
+                   extra: dict[str, Callable[[Path], None]] | None = None, fields: dict | None = None) -> dict:
     """Write every result file into ``out_dir`` (created if needed) atomically; return result.json's dict.
 
-    ``extra`` maps further file names to writers ``write(path)`` (e.g. the DICOM SEG). Everything is
+    ``extra`` maps further file names to writers ``write(path)`` (e.g. the DICOM SEG, the kinetics maps);
+    ``fields`` are further result.json fields (e.g. ``kinetics``). Everything is
     written into a hidden staging folder beside ``out_dir`` and moved in only when all succeeded, so a
     failure leaves no partial output; result files of an earlier run that this one does not write
     (an old ``coam_seg.dcm``, the fine map of an analysis run without it) are removed.
@@ -126,7 +128,7 @@ def write_analysis(analysis: Analysis, out_dir: str | Path, inputs_used: dict, c
         for name, write in extra.items():
             write(tmp / name)
         analysis.timings["write_s"] = time.perf_counter() - t0
-        result = result_dict(analysis, inputs_used, centre_lps)
+        result = {**result_dict(analysis, inputs_used, centre_lps), **(fields or {})}
         (tmp / "result.json").write_text(json.dumps(result, indent=2))
         out_dir.mkdir(exist_ok=True)
         written = [name for name in (*RESULT_FILES, *extra) if (tmp / name).exists()]
