@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the paper's COAM and CAM only, without the fine map (docs/maps.md)")
     p.add_argument("--seg-map", choices=MAP_NAMES, default="coam",
                    help="with --dicom-seg: the map whose labelmap is exported (default coam)")
+    p.add_argument("--kinetics", action="store_true", help="also the PE/SER maps and the enhancement curve at every "
+                   "map's peak (docs/kinetics.md)")
 
     cohort_command.add_arguments(sub.add_parser(cohort_command.NAME, help=cohort_command.HELP))
 
@@ -130,7 +132,7 @@ def analyze_request(args) -> AnalyzeRequest:
                           pre=args.pre, post=args.post or (), dicom=args.dicom, roles=args.roles,
                           patterns=args.patterns, device=args.device, label_fraction=args.label_fraction,
                           dicom_seg=args.dicom_seg, seg_map=args.seg_map,
-                          fine_map=args.fine_map)
+                          fine_map=args.fine_map, kinetics=args.kinetics)
 
 
 def print_progress(fraction: float, stage: str) -> None:

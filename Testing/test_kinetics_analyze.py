@@ -9,15 +9,18 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from BreastCMSLLib.cli import main
 from BreastCMSLLib.phantom.synth import synth_case
 from BreastCMSLLib.run import AnalyzeRequest, run_analysis
 
 from .conftest import TINY_SHAPE, TINY_SPACING
 
 
-def test_analyze_with_kinetics(tiny_case, tiny_model_path, tmp_path):
+def test_analyze_with_kinetics(tiny_case, tiny_model_path, tmp_path, capsys):
     out = tmp_path / "out"
-    run_analysis(AnalyzeRequest(model=tiny_model_path, out=out, case_dir=tiny_case, device="cpu", kinetics=True))
+    assert main(["analyze", str(tiny_case), "--model", str(tiny_model_path), "--out", str(out), "--device", "cpu",
+                 "--kinetics"]) == 0
+    capsys.readouterr()
     result = json.loads((out / "result.json").read_text())
     kin = result["kinetics"]
     assert kin["available"] and kin["early_phase"]["post"] == 2 and kin["late_phase"]["post"] == 6
