@@ -154,6 +154,9 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.applicabilityLabel = qt.QLabel()  # above the probability: inside or outside the training domain
+        self.applicabilityLabel.wordWrap = True
+        self.ui.probabilityLabel.parentWidget().layout().insertRow(0, "Training domain:", self.applicabilityLabel)
 
         self.logic = BreastCMSLLogic()
         self.pollTimer = qt.QTimer()
@@ -396,8 +399,12 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.probabilityLabel.text = " ".join(filter(None, [text["probability"], text["calibration"],
                                                                text["cos_theta"]]))
         for label, key in ((self.ui.operatingLineLabel, "operating_line"), (self.ui.predictionLabel, "prediction"),
-                           (self.ui.resultModelLabel, "model"), (self.ui.disclaimerLabel, "disclaimer")):
+                           (self.ui.resultModelLabel, "model"), (self.ui.disclaimerLabel, "disclaimer"),
+                           (self.applicabilityLabel, "applicability")):
             label.text = text[key]
+        self.applicabilityLabel.styleSheet = "color: #c00; font-weight: bold" if text["outside"] else ""
+        for label in (self.ui.probabilityLabel, self.ui.predictionLabel):  # greyed outside the training domain
+            label.enabled = not text["outside"]
         self.offerMaps(result.maps if result else MAP_NAMES)
         self.updateOverlay()
         self.updateButtons()

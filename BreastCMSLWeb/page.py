@@ -70,12 +70,15 @@ def _analysis(n: TabState) -> None:
         html.Span(f"{{{{ {n.stage} }}}}", id="stage")
     html.Div(f"{{{{ {n.error} }}}}", id="error", style="color:#c00;min-height:1.2em;word-break:break-word")
     with html.Div(v_show=r.has_result, style="margin:6px 0"):
-        with html.Div("Probability "):
+        html.Div(f"{{{{ {r.applicability} }}}}", id="applicability",
+                 style=(f"{r.outside} ? 'color:#c00;font-weight:bold' : 'font-size:12px'",))
+        greyed = (f"{r.outside} ? 'color:#999' : ''",)  # outside the training domain: an extrapolation
+        with html.Div("Probability ", style=greyed):
             html.B(f"{{{{ {r.probability} }}}}", id="probability")
             html.Span(f"{{{{ {r.calibration} }}}}", id="calibration", style="margin-left:4px")
             html.Span(f" ({{{{ {r.cos_theta} }}}})")
         html.Div(f"{{{{ {r.operating_line} }}}}", id="operating-line", style="font-size:12px")
-        with html.Div("Prediction "):
+        with html.Div("Prediction ", style=greyed):
             html.B(f"{{{{ {r.prediction} }}}}", id="prediction")
         html.Div(f"Model {{{{ {r.model} }}}}", id="model")
         html.Div(f"{{{{ {r.disclaimer} }}}}", style="color:#c00")

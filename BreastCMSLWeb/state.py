@@ -21,6 +21,8 @@ class ResultView:
     prediction: str = ""
     model: str = ""
     disclaimer: str = ""
+    applicability: str = ""  # inside or outside the model's training domain, and why (shown above the probability)
+    outside: str = ""  # "outside" when the study lies outside the training domain: probability and prediction greyed
     maps: list[dict] = field(default_factory=list)  # the result's maps: value (coam, cam, fine), label
     centre: str = ""  # RAS mm, as text
     placing: bool = False  # the next click on a view places the centre

@@ -207,3 +207,35 @@ def test_domain_threshold_keeps_95_percent_of_validation(tmp_path):
     assert np.mean(record.density.score(val) <= record.density.threshold) >= COVERAGE
     assert record.envelope.fov_mm == ((340.0, 340.0), (220.0, 220.0), (160.0, 160.0))
     assert record.phases == (1, 2) and record.phase_times_s == (75.0, 150.0)
+
+
+def test_faces_text_and_cohort_rows_carry_it():
+    from BreastCMSLLib.cohort.table import ok_row, summary_text
+    from BreastCMSLLib.panel.state import AnalysisResult
+    from BreastCMSLLib.panel.text import result_text
+
+    outside = {"in_domain": False, "score": 9.0, "threshold": 3.0,
+               "reasons": ["sagittal acquisition; this model was trained on axial", "feature distance 3 × the "
+                           "validation threshold (unlike the training cases)"]}
+    output = {"probability": 0.02, "cos_theta": -0.1, "prediction": "benign", "label_fraction": 0.5,
+              "mask_source": "t1", "device": "cpu", "precision": "fp32", "threshold": 0.5, "applicability": outside,
+              "model": {"name": "m", "sha256": "0" * 64}, "coam_peak_lps": [0, 0, 0], "cam_peak_lps": [0, 0, 0],
+              "fine_peak_lps": [0, 0, 0],
+              "inputs": {"kind": "phases", "t1": None, "series": ["pre.nrrd", "post_1.nrrd"]},
+              "timings": {"preprocess_s": 1.0}}
+    text = result_text(AnalysisResult.from_output("case", output, {}))
+    assert text["outside"] == "outside"
+    assert text["applicability"] == ("outside what the model was trained on: sagittal acquisition; this model was "
+                                     "trained on axial; feature distance 3 × the validation threshold (unlike the "
+                                     "training cases)")
+    inside = {**output, "applicability": {**outside, "in_domain": True, "reasons": ["feature distance 0.5 × the "
+                                                                                      "validation threshold"]}}
+    assert result_text(AnalysisResult.from_output("case", inside, {}))["outside"] == ""
+    old = {k: v for k, v in output.items() if k != "applicability"}  # a result made before the check
+    assert result_text(AnalysisResult.from_output("case", old, {}))["applicability"] == ""
+    rows = [ok_row("a", output, 0), ok_row("b", inside, 1), ok_row("c", old, None)]
+    assert [r["in_domain"] for r in rows] == ["false", "true", "unknown"]
+    assert rows[0]["applicability_reasons"] == "; ".join(outside["reasons"])
+    summary = summary_text(rows, {"name": "m", "path": "m.safetensors", "sha256": "0" * 64, "untrained": False})
+    assert "Of 3 analyzed cases, 1 lie inside what the model was trained on, 1 outside" in summary
+    assert "and 1 unknown" in summary

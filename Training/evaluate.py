@@ -31,6 +31,7 @@ from .data import VolumeSource
 from .domain import read_domain
 from .inference import predict
 from .metrics import CALIBRATION_BINS, bin_index, bootstrap_calibration, calibrated_probability
+from .ood import evaluate_applicability
 from .runfiles import read_run_calibration, run_model_path, write_run_calibration
 from .runmodel import load_network, method_of
 
@@ -77,11 +78,13 @@ def calibrate(run_dir: str | Path, cache_dir: str | None = None, device: str = "
 
 
 def evaluate(run_dir: str | Path, split: str = "test", cache_dir: str | None = None, device: str = "auto",
-             n_boot: int = 2000) -> dict:
+             n_boot: int = 2000, ood: bool = True) -> dict:
     """Predict ``split`` of the run's cache with its best model; write ``RUN_DIR/eval/`` and return metrics.
 
     Table 1's metrics are taken at p = 0.5, the same decision before and after calibration (T keeps the
-    score's sign); the calibration metrics are given for T = 1 and, when the run is calibrated, its T."""
+    score's sign); the calibration metrics are given for T = 1 and, when the run is calibrated, its T. With ``ood``
+    and a training-domain record in the model: its in-domain rate on the split and its AUROC against inputs made
+    out of the split's distribution (:mod:`.ood`)."""
     run_dir = Path(run_dir)
     cases, pred, cfg, method = predict_split(run_dir, split, cache_dir, device)
     metrics = bootstrap_metrics(pred["label"], pred["probability"], n_boot=n_boot)
@@ -113,6 +116,9 @@ def evaluate(run_dir: str | Path, split: str = "test", cache_dir: str | None = N
     if cfg.angular:
         _cos_histogram(out / "cos_hist.png", pred["label"], pred["cos_theta"], cfg.m if cfg.loss == "cmsl" else 0.0,
                        METHOD_NAMES[method.name])
+    if ood:  # the training-domain check on this split and on inputs made out of its distribution (Training/ood.py)
+        result["applicability"] = evaluate_applicability(run_dir, cases, setup(device)[1])
+        atomic_write_text(out / "metrics.json", json.dumps(result, indent=1))
     return result
 
 

@@ -16,9 +16,10 @@ import numpy as np
 from BreastCMSLLib.atomic import atomic_write_text
 from BreastCMSLLib.config import MAP_NAMES
 
-COLUMNS = ("id", "status", "probability", "prediction", "threshold",
+COLUMNS = ("id", "status", "in_domain", "probability", "prediction", "threshold",
            *(f"{name}_peak_lps_{axis}" for name in MAP_NAMES for axis in "xyz"), "mask_source", "roles", "label",
-           *(f"{name}_distance_mm" for name in MAP_NAMES), "seconds", "error")
+           *(f"{name}_distance_mm" for name in MAP_NAMES), "seconds", "applicability_reasons", "error")
+IN_DOMAIN = {True: "true", False: "false", None: "unknown"}  # result.json's applicability.in_domain
 
 
 def roles_used(inputs: dict) -> str:
@@ -37,7 +38,9 @@ def ok_row(case_id: str, result: dict, label: int | None) -> dict:
     """The row of a case analyzed (now or by an earlier run) from its result.json."""
     def mm(v):
         return f"{v:.2f}"
-    row = {"id": case_id, "status": "ok", "probability": f"{result['probability']:.6f}",
+    app = result.get("applicability") or {"in_domain": None, "reasons": ["analyzed without a training-domain check"]}
+    row = {"id": case_id, "status": "ok", "in_domain": IN_DOMAIN[app["in_domain"]],
+           "applicability_reasons": "; ".join(app["reasons"]), "probability": f"{result['probability']:.6f}",
            "prediction": result["prediction"], "threshold": f"{result.get('threshold', 0.5):.6f}",
            "mask_source": result["mask_source"],
            "roles": roles_used(result["inputs"]), "label": "" if label is None else str(label),
@@ -79,6 +82,15 @@ def _distances(rows: list[dict], name: str) -> str:
     return f"| {name.upper()} | {d.size} | {np.median(d):.1f} | {d.mean():.1f} | {d.max():.1f} |"
 
 
+def _applicability(rows: list[dict]) -> list[str]:
+    """summary.md's count of the analyzed cases inside, outside and without the model's training domain."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    n = {value: sum(r["in_domain"] == value for r in ok) for value in IN_DOMAIN.values()}
+    return ["## Applicability", "", f"Of {len(ok)} analyzed cases, {n['true']} lie inside what the model was trained "
+            f"on, {n['false']} outside (their probabilities are extrapolations; reasons in results.csv) and "
+            f"{n['unknown']} unknown (no training-domain record).", ""]
+
+
 def summary_text(rows: list[dict], model: dict, n_boot: int = 2000) -> str:
     """summary.md: counts, Table 1's metrics over the analyzed cases with a label (``breastcmsl-train
     evaluate``'s code: value and 95 % percentile-bootstrap CI, at the model's threshold) and the peak-to-centre
@@ -90,7 +102,7 @@ def summary_text(rows: list[dict], model: dict, n_boot: int = 2000) -> str:
     lines = [f"# Cohort summary: {model['name']}", "",
              f"Model `{model['path']}` (sha256 {model['sha256'][:12]}{', untrained' if model['untrained'] else ''}). "
              f"{len(rows)} cases: {count['ok']} analyzed, {count['error']} failed, {count['skipped']} skipped "
-             "(see results.csv).", "", "## Classification", ""]
+             "(see results.csv).", "", *_applicability(rows), "## Classification", ""]
     if labelled:
         label = np.array([int(r["label"]) for r in labelled])
         probability = np.array([float(r["probability"]) for r in labelled])

@@ -32,7 +32,8 @@ class AnalysisResult:
     calibrated probability, ``operating_point`` its validation figures (``rule``, ``sensitivity``,
     ``specificity`` with 95 % CIs, ``n_validation``; None where uncalibrated) and ``operating_line`` the one
     line the faces show (made by :func:`BreastCMSLLib.network.calibration.operating_line`); empty in results
-    made before calibration existed."""
+    made before calibration existed. ``applicability``: whether the study lies inside the model's training domain
+    (:func:`BreastCMSLLib.network.domain.applicability`); empty in results made before the check existed."""
 
     case: str
     probability: float
@@ -50,6 +51,7 @@ class AnalysisResult:
     calibrated: bool = False
     operating_point: dict = field(default_factory=dict)
     operating_line: str = ""
+    applicability: dict = field(default_factory=dict)  # result.json's: in_domain, score, threshold, reasons
 
     @property
     def maps(self) -> tuple[str, ...]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from BreastCMSLLib.network.domain import applicability_line
+
 MAP_LABELS = {"coam": "COAM", "cam": "CAM", "fine": "fine"}  # each map of MAP_NAMES as the faces name it
 # a result without calibration fields (made before models carried a temperature) reads as uncalibrated
 UNCALIBRATED = "uncalibrated (this result records no calibration)"
@@ -43,16 +45,20 @@ def result_text(result) -> dict[str, str]:
     """What a panel shows of an :class:`~BreastCMSLLib.panel.state.AnalysisResult`: ``probability`` (calibrated
     where the model is; with cos θ), ``calibration`` ("calibrated" with the uncalibrated value, or
     "uncalibrated"), ``operating_line`` (:func:`operating_text`), ``prediction`` (with the breast mask's
-    source), ``model``, ``disclaimer`` and ``maps`` (the maps' names, comma-separated); empty before any result."""
+    source), ``model``, ``disclaimer``, ``maps`` (the maps' names, comma-separated), ``applicability`` (the line
+    shown above the probability) and ``outside`` ("outside" when the study lies outside the model's training
+    domain: the faces then grey the probability and the prediction, else ""); empty before any result."""
     if result is None:
         return dict.fromkeys(("probability", "calibration", "operating_line", "cos_theta", "prediction", "model",
-                              "disclaimer", "maps"), "")
+                              "disclaimer", "maps", "applicability", "outside"), "")
     mask = MASK_SOURCES.get(result.mask_source, result.mask_source)
     return {"probability": f"{result.probability:.3f}", "calibration": calibration_text(result),
             "operating_line": operating_text(result), "cos_theta": f"cos θ = {result.cos_theta:.3f}",
             "prediction": f"{result.prediction} (breast mask from the {mask})",
             "model": model_label(result.model), "disclaimer": disclaimer(result.model),
-            "maps": ", ".join(MAP_LABELS[name] for name in result.maps)}
+            "maps": ", ".join(MAP_LABELS[name] for name in result.maps),
+            "applicability": applicability_line(result.applicability) if result.applicability else "",
+            "outside": "outside" if result.applicability.get("in_domain") is False else ""}
 
 
 def calibration_text(result) -> str:
