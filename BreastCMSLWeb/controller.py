@@ -56,14 +56,15 @@ class TabController:
             server.trigger(name)(getattr(self, name))
 
     def _models(self) -> list[dict]:
-        """The models under the models root (files resolving inside it), labelled as the panel labels them."""
+        """The model store's entries (:func:`models_in`, as the Slicer module lists them) of the files resolving
+        inside the models root, without their server paths."""
         listed = []
         for model in models_in(self.catalog.models):
             try:
                 self.catalog.model(model["file"])
             except InputError:
                 continue
-            listed.append({"file": model["file"], "label": model["title"], "channels": model["in_channels"]})
+            listed.append({key: value for key, value in model.items() if key != "path"})
         return listed
 
     def relative(self, message: str) -> str:
@@ -103,7 +104,7 @@ class TabController:
         self.folder, self.data.loaded = None, False
         self.data.progress, self.data.stage = 0.0, ""
         if self.data.case_kind == "dicom":
-            channels = next((m["channels"] for m in self.data.models if m["file"] == self.data.model_file), None)
+            channels = next((m["in_channels"] for m in self.data.models if m["file"] == self.data.model_file), None)
             loaded = self.session.load_dicom_study(folder, roles, n_channels=channels)
             self.data.roles = [{**row, "series_number": str(row["series_number"])} for row in loaded["roles"]]
         else:

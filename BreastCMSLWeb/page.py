@@ -57,7 +57,7 @@ def _inputs(n: TabState) -> None:
                     disabled=(n.busy,))
     html.Label("Model", for_="model-select", style="display:block;font-weight:bold;margin-top:8px")
     with html.Select(id="model-select", v_model=(n.model_file,), style="width:100%", disabled=(n.busy,)):
-        html.Option("{{ m.label }}", v_for=f"m in {n.models}", key="m.file", value=("m.file",))
+        html.Option("{{ m.title }}", v_for=f"m in {n.models}", key="m.file", value=("m.file",))
 
 
 def _analysis(n: TabState) -> None:

@@ -45,7 +45,7 @@ class TabState:
     loaded: bool = False
     roles: list[dict] = field(default_factory=list)  # the DICOM role table's rows, as text
     role_overrides: dict[str, str] = field(default_factory=lambda: dict.fromkeys(FIELDS, ""))
-    models: list[dict] = field(default_factory=list)  # file, label, channels
+    models: list[dict] = field(default_factory=list)  # the model store's entries (file, title, in_channels, ...)
     model_file: str = ""
     busy: bool = False
     progress: float = 0.0

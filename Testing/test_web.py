@@ -203,6 +203,28 @@ def settle(page, seconds: float = 1.5) -> None:
     page.wait_for_timeout(int(seconds * 1000))
 
 
+def volume_box(pixels: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the grey lit pixels: the volume when its window makes every voxel above the
+    minimum bright (the views' background is black; overlays, markers and their labels are coloured)."""
+    p = pixels.astype(int)
+    rows, cols = np.nonzero((p.max(axis=2) > 60) & (p.max(axis=2) - p.min(axis=2) < 40))
+    return rows.min(), rows.max(), cols.min(), cols.max()
+
+
+def assert_framed(page, element_id: str, aspect: float) -> None:
+    """The whole reference volume in the view, centred: its box on screen has the volume's aspect (width /
+    height, so nothing of it is cut off), fills the view along one axis (fitted) and is centred within 2 %."""
+    pixels = view_pixels(page, element_id)
+    Image.fromarray(pixels).save(ARTIFACTS / f"framed_{element_id}.png")
+    h, w = pixels.shape[:2]
+    top, bottom, left, right = volume_box(pixels)
+    height, width = bottom - top + 1, right - left + 1
+    assert width / height == pytest.approx(aspect, rel=0.04), (element_id, (top, bottom, left, right), (h, w))
+    assert max(width / w, height / h) > 0.97, (element_id, (top, bottom, left, right), (h, w))
+    assert abs((top + bottom) / 2 - (h - 1) / 2) <= 0.02 * h, (element_id, (top, bottom), h)
+    assert abs((left + right) / 2 - (w - 1) / 2) <= 0.02 * w, (element_id, (left, right), w)
+
+
 # ---- tests
 
 
@@ -234,7 +256,7 @@ def test_analyze_in_page_equals_cli_and_overlay_shows(server, browser, roots):
     page.check("#show-overlay")
     page.select_option("#map-select", "fine")
     settle(page)
-    page.screenshot(path=str(ARTIFACTS / "web.png"))  # docs/web.png: the page with the fine map shown
+    page.screenshot(path=str(ARTIFACTS / "web.png"))  # the page with the fine map shown
     fine = view_pixels(page)
     Image.fromarray(fine).save(ARTIFACTS / "axial_fine.png")
     assert coloured(fine) > 0.02 and np.abs(fine.astype(int) - with_overlay).mean() > 1.0, "fine looks like COAM"
@@ -259,7 +281,7 @@ def test_analyze_in_page_equals_cli_and_overlay_shows(server, browser, roots):
     assert (page.input_value("#compare-left"), page.input_value("#compare-right")) == ("coam", "fine")
     page.click("#compare")
     settle(page, 2.5)
-    page.screenshot(path=str(ARTIFACTS / "web-compare.png"))  # docs/web-compare.png: COAM | fine
+    page.screenshot(path=str(ARTIFACTS / "web-compare.png"))  # COAM | fine
     coam_side, fine_side = view_pixels(page, "view-left"), view_pixels(page, "view-axial")
     assert coloured(coam_side) > 0.02 and coloured(fine_side) > 0.02
     assert "COAM" in page.inner_text("#view-left") and "fine" in page.inner_text("#view-axial")
@@ -277,6 +299,38 @@ def test_analyze_in_page_equals_cli_and_overlay_shows(server, browser, roots):
     settle(page)
     assert np.abs(view_pixels(page, "view-axial").astype(int) - coam_side).mean() > 1.0
     assert np.abs(view_pixels(page, "view-left").astype(int) - cam_side).mean() > 1.0, "CAM did not move in step"
+    page.close()
+
+
+def test_views_are_framed_on_the_volume_at_load_after_analyze_and_on_reset(server, browser):
+    """Pixels: the 96 x 64 x 40 voxel phantom (3.5 mm, isotropic) fills each view whole and centred, at load,
+    once the result arrives (the views move to the peak's slices, not off the volume), after Jump to peak and
+    Reset views, and in the compare view; each peak's marker is drawn on every view."""
+    page = open_tab(browser, server)
+    page.add_style_tag(content="[id^=view-] > div:first-child { visibility: hidden }")  # the views' name tags
+    page.fill("#window", "1")  # every voxel above the minimum bright: the volume's extent on screen
+    page.fill("#level", page.get_attribute("#level", "min"))
+    settle(page)
+    aspects = {"view-axial": 96 / 64, "view-coronal": 96 / 40, "view-sagittal": 64 / 40}
+    for element_id, aspect in aspects.items():
+        assert_framed(page, element_id, aspect)
+    analyze(page)
+    page.uncheck("#show-overlay")
+    settle(page)
+    for element_id, aspect in aspects.items():
+        assert_framed(page, element_id, aspect)
+        markers = view_pixels(page, element_id).astype(int)
+        assert ((markers[..., 0] > 180) & (markers[..., 1] < 150)).sum() > 20, f"no peak marker in {element_id}"
+    page.click("#jump-peak")  # the peak to the views' centres: the volume moves
+    settle(page)
+    page.click("#reset-views")
+    settle(page)
+    for element_id, aspect in aspects.items():
+        assert_framed(page, element_id, aspect)
+    page.click("#compare")
+    settle(page, 2.5)
+    for element_id in ("view-left", "view-axial"):
+        assert_framed(page, element_id, aspects["view-axial"])
     page.close()
 
 
@@ -352,6 +406,11 @@ def test_dicom_study_role_table_and_overrides(server, browser, roots):
     swapped = analyze(page)
     assert swapped == pytest.approx(roots["cli"]["swapped"]["probability"], abs=1e-3)
     assert swapped != pytest.approx(roots["cli"]["study"]["probability"], abs=1e-4)
+    page.fill("#role-sub", "400 500")  # subtractions with pre/post: refused in the CLI's words
+    page.click("#apply-roles")
+    page.wait_for_function("document.querySelector('#error')?.textContent.includes('not both')")
+    assert page.inner_text("#error") == "roles: give either sub or pre/post roles, not both"
+    page.fill("#role-sub", "")
     page.fill("#role-pre", "999")
     page.click("#apply-roles")
     page.wait_for_function("document.querySelector('#error')?.textContent.includes('999')")
