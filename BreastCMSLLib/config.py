@@ -67,6 +67,8 @@ class PreprocessConfig:
     phases: tuple[int, ...] | None = None  # post-contrast phase numbers taken (1 = the first); None: every one given
     phase_times_s: tuple[float, ...] | None = None  # the model's: median training times of those phases, s after
     # the injection (set by fit; analysis takes a longer study's phases nearest these, pipeline/model_phases.py)
+    unit: str = "whole"  # "whole": the bilateral study; "breast": one breast, cut at the midline, a left one
+    # mirrored onto a right one's orientation (pipeline/breasts.py; input_size then set for one breast)
 
     def __post_init__(self) -> None:
         if len(self.input_size) != 3 or min(self.input_size) < NETWORK_STRIDE:
@@ -81,6 +83,8 @@ class PreprocessConfig:
             raise ValueError(f"phases must be increasing post-contrast phase numbers from 1, got {self.phases}")
         if self.phase_times_s is not None and (self.phases is None or len(self.phase_times_s) != len(self.phases)):
             raise ValueError(f"phase_times_s needs one time per phase of phases, got {self.phase_times_s}")
+        if self.unit not in ("whole", "breast"):
+            raise ValueError(f"unit must be whole or breast, got {self.unit!r}")
 
 
 @dataclass(frozen=True)

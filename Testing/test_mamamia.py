@@ -121,3 +121,22 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
     with pytest.raises(InputError, match=r"train_test_splits\.csv.*'train_split'"):
         ingest_mama_mia(bad, tmp_path / "m.csv")
     assert not (tmp_path / "m.csv").exists()
+
+
+def test_breasts_preprocess_and_fit_with_the_unit_in_the_model_file(cohort):
+    """``preprocess --unit breast --phases 1,2`` on the manifest of breasts with 2 to 5 post-contrast phases (the
+    replica resampled to 3 mm: its 24 slices are fewer than the network's stride), one epoch of fit, and the unit
+    recorded in the model file."""
+    from BreastCMSLLib.config import PreprocessConfig
+    from BreastCMSLLib.network.modelfile import load_model
+    from Training.cache import preprocess_cohort
+    from Training.trainer import FitConfig, fit
+
+    root, manifest, _, _ = cohort
+    cfg = PreprocessConfig(input_size=(48, 64, 32), spacing=(3.0, 3.0, 3.0), phases=(1, 2), unit="breast")
+    report = preprocess_cohort(manifest, root / "cache", cfg, progress=False)
+    assert not report.failed and len(report.done) == 7
+    fit(FitConfig(cache=str(root / "cache"), out=str(root / "run"), method="cmsl", epochs=1, batch_size=2,
+                  width_factor=0.125, device="cpu", seed=0))
+    model = load_model(root / "run" / "model_last.safetensors").config
+    assert (model.preprocess.unit, model.in_channels) == ("breast", 2)

@@ -4,11 +4,9 @@ Frame: LPS millimetres; +x is the patient's left, so the left breast is the one 
 
 The midline is found from the breast mask (:func:`BreastCMSLLib.pipeline.mask.breast_mask`, made from the
 pre-contrast phase as ``preprocess`` makes it without a T1) on the volume's canonical axial grid: the number of
-mask voxels in each sagittal plane (column i) is smallest between the breasts; among the columns of the
-central half of the mask's left-right extent, those below a quarter of the profile's maximum form a run around
-the minimum (the sternum's flat stretch with the breasts' inner edges), and the midline is that run's centre.
-Where the mask is empty or shows no such dip (a single breast in view), the midline is the image centre, and
-the source says so.
+mask voxels in each sagittal plane dips between the breasts (:func:`BreastCMSLLib.pipeline.breasts.profile_midline`,
+the rule per-breast preprocessing cuts by). Where the mask is empty or shows no such dip (a single breast in
+view), the midline is the image centre, and the source says so.
 """
 
 from __future__ import annotations
@@ -19,13 +17,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from BreastCMSLLib.config import MaskConfig
+from BreastCMSLLib.pipeline.breasts import profile_midline
 from BreastCMSLLib.pipeline.grids import resample
 from BreastCMSLLib.pipeline.mask import breast_mask
 from BreastCMSLLib.pipeline.preprocess import canonical_grid, to_ijk
 
 SIDES = ("left", "right")
-DIP_LEVEL = 0.25  # columns below this share of the profile's maximum belong to the dip
-DIP_DEPTH = 0.5  # the dip must fall below this share of the profile's maximum, else no midline is found
 LESION_SHARE = 0.1  # a breast holds the lesion when at least this share of the mask's voxels lie in it
 
 
@@ -41,27 +38,6 @@ def image_centre_x(image: sitk.Image) -> float:
     """LPS x (mm) of the centre of the volume's voxel extent."""
     centre = [(n - 1) / 2.0 for n in image.GetSize()]
     return float(image.TransformContinuousIndexToPhysicalPoint(centre)[0])
-
-
-def profile_midline(profile: np.ndarray) -> float | None:
-    """Fractional column of the dip between the breasts in a per-column mask count, or None (see the module)."""
-    cols = np.flatnonzero(profile > 0)
-    if cols.size < 4:
-        return None
-    lo, hi = cols[0], cols[-1]
-    quarter = (hi - lo) / 4.0
-    a, b = int(np.ceil(lo + quarter)), int(np.floor(hi - quarter))
-    centre = profile[a:b + 1].astype(float)
-    if centre.size == 0 or centre.min() > DIP_DEPTH * profile.max():
-        return None
-    low = centre <= DIP_LEVEL * profile.max()
-    m = int(np.argmin(centre))
-    left, right = m, m
-    while left > 0 and low[left - 1]:
-        left -= 1
-    while right < centre.size - 1 and low[right + 1]:
-        right += 1
-    return a + (left + right) / 2.0
 
 
 def find_midline(pre: sitk.Image, mask_cfg: MaskConfig | None = None) -> Midline:

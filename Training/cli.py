@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--input-size", **_triple(), help="network input (default 340 220 128)")
+    p.add_argument("--input-size", **_triple(), help="network input (default 340 220 128; 170 220 128 for one "
+                   "breast)")
+    p.add_argument("--unit", choices=("whole", "breast"), default="whole",
+                   help="the bilateral study, or one breast (a manifest of breasts: ingest-mama-mia, ingest --unit)")
     p.add_argument("--phases", default=None, metavar="N,N",
                    help="post-contrast phase numbers to keep (1 = the first; default: every phase), e.g. 1,2 for a "
                    "model of two-phase protocols")
@@ -85,8 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--cache", type=str, default=None, help="another cache (default: the run's)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--no-ood", action="store_true", help="skip the training-domain check's evidence (in-domain "
-                   "rate, AUROC against inputs made out of distribution from the split's case folders)")
 
     p = sub.add_parser("compare", help="Table 1 of evaluated runs")
     p.add_argument("runs", type=Path, nargs="+")
@@ -140,10 +141,13 @@ def cmd_preprocess(args) -> dict:
     import dataclasses
 
     from BreastCMSLLib.config import PreprocessConfig
+    from BreastCMSLLib.pipeline.breasts import BREAST_INPUT_SIZE
 
     from .cache import preprocess_cohort
 
-    cfg = PreprocessConfig()
+    cfg = PreprocessConfig(unit=args.unit)
+    if args.unit == "breast" and not args.input_size:
+        cfg = dataclasses.replace(cfg, input_size=BREAST_INPUT_SIZE)
     if args.input_size:
         try:
             cfg = dataclasses.replace(cfg, input_size=tuple(args.input_size))
@@ -185,11 +189,8 @@ def cmd_domain(args) -> dict:
 def cmd_evaluate(args) -> dict:
     from .evaluate import evaluate
 
-    r = evaluate(args.run, args.split, args.cache, args.device, ood=not args.no_ood)
-    app = r.get("applicability")
+    r = evaluate(args.run, args.split, args.cache, args.device)
     return {"metrics": {k: v["value"] for k, v in r["metrics"].items()}, "n": r["n"],
-            **({"in_domain_rate": app["in_domain_rate"], "ood_auroc": {k: v["auroc"] for k, v in app["kinds"].items()}
-                | {"all": app["overall"]["auroc"]}} if app else {}),
             "written": str(args.run / "eval" / "metrics.json")}
 
 

@@ -28,6 +28,7 @@ import SimpleITK as sitk
 from BreastCMSLLib.config import NETWORK_STRIDE, ModelConfig, PreprocessConfig
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.domain import StudyGeometry
+from BreastCMSLLib.pipeline.breasts import breast_half, mirrored, unit_breast
 from BreastCMSLLib.pipeline.envelope import study_geometry
 from BreastCMSLLib.pipeline.grids import copy_onto, coverage, image_from_ijk, resample, values_on
 from BreastCMSLLib.pipeline.mask import breast_mask
@@ -251,12 +252,23 @@ def preprocess_case(inputs: CaseInputs, cfg: PreprocessConfig, out: np.ndarray |
     mask_ijk = to_ijk(mask_canon)
     if not mask_ijk.any():
         raise InputError(source, f"the breast mask (mask_source {inputs.mask_source}) found no breast in this volume")
+    breast = unit_breast(inputs.extra, cfg.unit, inputs.reference_source)
+    if breast is not None:  # one breast: the other one's half of the mask is dropped (pipeline/breasts.py)
+        mask_ijk = breast_half(mask_ijk, breast)
+        if not mask_ijk.any():
+            raise InputError(source, f"the breast mask found no {breast} breast")
+        mask_canon = image_from_ijk(mask_ijk.astype(np.uint8), canon)
 
     start = crop_window(mask_ijk, cfg.input_size)
+    if breast == "left":  # the window a right breast would get, on the mask seen mirrored
+        mirror_start = crop_window(mask_ijk[::-1], cfg.input_size)
+        start = (mask_ijk.shape[0] - mirror_start[0] - cfg.input_size[0], *mirror_start[1:])
     grid = sitk.Image(list(cfg.input_size), sitk.sitkUInt8)
     grid.SetSpacing(canon.GetSpacing())
     grid.SetDirection(canon.GetDirection())
     grid.SetOrigin(canon.TransformContinuousIndexToPhysicalPoint([float(s) for s in start]))
+    if breast == "left":
+        grid = mirrored(grid)
     mask = values_on(mask_canon, grid, label=True)
     mask_grid = image_from_ijk(mask, grid)
     mask = mask.astype(bool)
