@@ -1,0 +1,106 @@
+"""The Kinetics section both faces bind (Qt-free): the enhancement curve at a clicked point or at a map's peak, its
+classes in words, the PE and SER-label overlays with their legend, and the FTV of a drawn box (a markups ROI).
+
+It works on the session's input phases (volume nodes) in this process: the maps are numpy arithmetic, no model
+(:mod:`BreastCMSLLib.pipeline.kinetics_case`). Points are RAS (the scene's); the Lib's are LPS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.mrml import display, nodes
+from BreastCMSLLib.mrml import kinetics as scene_kinetics
+from BreastCMSLLib.pipeline.kinetics import SER_COLOURS, SER_LABELS, SER_LEGEND, KineticsConfig, box_region
+from BreastCMSLLib.pipeline.kinetics_case import case_kinetics
+from BreastCMSLLib.pipeline.phase_times import PhaseTimes, case_times
+
+
+def curve_words(curve: dict, early_percent: float) -> str:
+    """A curve's classes in words: ``fast initial rise (137 % at the early phase), washout (-39 % by the late
+    phase)``."""
+    text = f"{curve['initial']} initial rise ({early_percent:.0f} % at the early phase)"
+    if curve["delayed"] is None:
+        return text + "; no late phase to judge the delayed phase"
+    return text + f", {curve['delayed']} ({curve['delayed_change_percent']:+.0f} % by the late phase)"
+
+
+def legend() -> list[dict]:
+    """The SER label's legend: value, name, RGB colour and its line."""
+    return [{"label": k, "name": name, "rgb": SER_COLOURS[k], "text": SER_LEGEND[k]} for k, name in SER_LABELS.items()]
+
+
+class KineticsSection:
+    """The kinetics of a session's input phases. ``times``: their post-contrast phase times (None: unknown; a case
+    with more than two post-contrast phases then needs them, :class:`InputError`)."""
+
+    def __init__(self, session, times: PhaseTimes | None = None, cfg: KineticsConfig | None = None):
+        t1, series, kind = session.inputs()
+        inputs = nodes.inputs_from_nodes(t1, series, kind)
+        self.session, self.scene = session, session.scene
+        self.kin = case_kinetics(inputs, times or PhaseTimes(None, "the session's inputs"), cfg)
+        self._nodes: dict[str, object] = {}
+        self.chart = None
+
+    @classmethod
+    def for_case_folder(cls, session, folder: str | Path, cfg: KineticsConfig | None = None) -> KineticsSection:
+        """The section of a case folder loaded into ``session`` (its ``times.json`` gives the phase times)."""
+        _, series, _ = session.inputs()
+        return cls(session, case_times(folder, max(len(series) - 1, 0)), cfg)
+
+    def curve_at_ras(self, ras, name: str | None = None) -> dict:
+        """The curve at a RAS point (mm): signal, relative enhancement per post-contrast phase, the classes and
+        ``words``; drawn into :attr:`chart` (Slicer plot nodes) as ``name``."""
+        curve = self.kin.curve(nodes.lps_to_ras(ras))  # diag(-1, -1, 1) is its own inverse
+        curve["words"] = curve_words(curve, curve["curve_percent"][self.kin.choice.early])
+        times = self.kin.times.post_s or list(range(1, len(curve["curve_percent"]) + 1))
+        self.chart = scene_kinetics.curve_chart(self.scene, name or "point", list(times), curve["curve_percent"],
+                                                self.chart)
+        return curve
+
+    def curve_at_peak(self, which: str = "coam") -> dict:
+        """The curve at the peak of the session's ``which`` map (after an analysis)."""
+        return self.curve_at_ras(self.session.peak_ras(which), f"{which} peak")
+
+    def ftv_in_roi(self, roi_node) -> dict:
+        """The FTV of a markups ROI's box (its RAS bounds): ``ftv_ml``, ``ser_volumes_ml`` and the thresholds;
+        a box outside the volume, or without enhancing voxels, is an :class:`InputError` naming the ROI."""
+        bounds = [0.0] * 6
+        roi_node.GetRASBounds(bounds)
+        if bounds[0] > bounds[1]:
+            raise InputError(roi_node.GetName(), "the ROI has no extent")
+        corners = [nodes.lps_to_ras(bounds[0::2]), nodes.lps_to_ras(bounds[1::2])]
+        region = box_region(self.kin.grid, *corners, roi_node.GetName())
+        ftv = self.kin.ftv(region, roi_node.GetName())
+        stale = self._nodes.pop("ftv_label", None)
+        if stale is not None:
+            self.scene.RemoveNode(stale)
+        return ftv
+
+    def _node(self, stem: str):
+        """The scene node of map ``stem`` (pe_early, ser, ser_label, ftv_label), added on first use."""
+        if stem not in self._nodes:
+            image = self.kin.images()[stem]
+            labelmap = stem.endswith("label")
+            node = nodes.volume_node_from_image(self.scene, image, f"BreastCMSL {stem}", labelmap=labelmap)
+            if labelmap:
+                scene_kinetics.style_ser_label(self.scene, node)
+            else:
+                scene_kinetics.style_pe(node, display.heat_color_node(self.scene))
+            self._nodes[stem] = node
+        return self._nodes[stem]
+
+    def show(self, slice_nodes, which: str = "ser_label", opacity: float = 0.6) -> object:
+        """Overlay ``which`` (``pe_early`` as a heat map, ``ser_label`` or ``ftv_label`` in the SER colours, see
+        :func:`legend`) over the reference phase on each slice view; returns the overlay's node."""
+        if which not in ("pe_early", "ser_label", "ftv_label"):
+            raise InputError("overlay", f"expected pe_early, ser_label or ftv_label, got {which!r}")
+        if which != "pe_early" and which not in self.kin.images():
+            raise InputError("overlay", "no late phase (SER)" if which == "ser_label" else "measure an FTV first")
+        _, series, kind = self.session.inputs()
+        reference = series[1] if kind == "phases" else series[0]
+        node = self._node(which)
+        foreground, label = (node, None) if which == "pe_early" else (None, node)
+        display.show_layers(slice_nodes, reference, foreground, label, opacity, outline=False)
+        return node
