@@ -48,7 +48,7 @@ def test_pe_ser_and_labels_by_hand():
     late = np.array([[[200, 200, 220, 160, 60]]], np.float32)
     maps = enhancement_maps(pre, early, late, KineticsConfig(background=60))
     # 95th percentile of pre = 100 -> background 60: the last voxel (pre 10) is background
-    assert maps.background == pytest.approx(60.0)
+    assert maps.background == pytest.approx(60.0)  # every second voxel of one row: 100, 100, 10
     np.testing.assert_allclose(maps.pe[0, 0], [150, 100, 80, 50, 0], atol=1e-4)
     # SER = (early - pre) / (late - pre): 150/100, 100/100, 80/120, 50/60, background 0
     np.testing.assert_allclose(maps.ser[0, 0], [1.5, 1.0, 80 / 120, 50 / 60, 0], atol=1e-5)

@@ -83,11 +83,12 @@ def image_like(array: np.ndarray, grid: sitk.Image) -> sitk.Image:
 
 
 def background_level(pre: np.ndarray, region: np.ndarray | None, percent: float) -> float:
-    """The background threshold: ``percent`` % of the 95th percentile of ``pre`` in ``region`` (all of ``pre``
-    when None); 0 when ``percent`` is 0."""
+    """The background threshold: ``percent`` % of the 95th percentile of ``pre`` in ``region``; 0 when ``percent``
+    is 0. Without a region (the maps of a whole volume) the percentile is taken of every second voxel along each
+    axis: an eighth of the work for the same level within the noise."""
     if percent <= 0:
         return 0.0
-    values = pre[region] if region is not None else pre
+    values = pre[region] if region is not None else pre[::2, ::2, ::2]
     return float(percent / 100.0 * np.percentile(values, 95)) if values.size else 0.0
 
 
@@ -132,8 +133,9 @@ def enhancement_maps(pre: np.ndarray, early: np.ndarray, late: np.ndarray | None
 
 def ser_labels(ser: np.ndarray, enhancing: np.ndarray) -> np.ndarray:
     """uint8 SER label (:data:`SER_LABELS`) where ``enhancing``, 0 elsewhere."""
-    label = np.where(ser < 0.9, 1, np.where(ser <= 1.1, 2, 3)).astype(np.uint8)
-    label[~enhancing] = 0
+    label = enhancing.astype(np.uint8)
+    label += enhancing & (ser >= 0.9)
+    label += enhancing & (ser > 1.1)
     return label
 
 
