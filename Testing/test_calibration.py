@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from sklearn.metrics import brier_score_loss, log_loss
 
+from BreastCMSLLib.cohort.metrics import METRICS
 from BreastCMSLLib.config import PreprocessConfig
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.calibration import Calibration, OperatingPoint, ScoreMetrics, operating_line, score
@@ -31,7 +32,7 @@ from Training.cache import preprocess_cohort
 from Training.calibration import UnusableSplitError, check_split, fit_temperature, operating_point
 from Training.cohort import synth_cohort
 from Training.evaluate import compare, evaluate, export, predict_split
-from Training.metrics import METRICS, bootstrap_calibration, calibration_metrics, replicate_calibration
+from Training.metrics import bootstrap_calibration, calibration_metrics, replicate_calibration
 from Training.runfiles import read_run_calibration
 from Training.trainer import FitConfig, fit
 

@@ -17,10 +17,11 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import roc_curve
 
+from BreastCMSLLib.cohort.metrics import bootstrap_metrics
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.calibration import Calibration, OperatingPoint, ScoreMetrics, parse_rule
 
-from .metrics import bootstrap_metrics, calibrated_probability, calibration_metrics
+from .metrics import calibrated_probability, calibration_metrics
 
 MIN_CASES = 10
 LOG_T_BOUNDS = (math.log(1e-2), math.log(1e2))  # T in [0.01, 100]

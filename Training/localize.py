@@ -36,6 +36,7 @@ import SimpleITK as sitk
 from matplotlib.figure import Figure
 
 from BreastCMSLLib.atomic import atomic_path, atomic_write_text
+from BreastCMSLLib.cohort.manifest import read_centers
 from BreastCMSLLib.config import FINE_MAP, NETWORK_STRIDE, PEAK_RULES, STAGE_STRIDES, FineMapConfig
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.header import read_model_metadata
@@ -48,7 +49,6 @@ from BreastCMSLLib.pipeline.preprocess import load_case
 from .evaluate import predict_split
 from .layercam import layercam_maps
 from .lesiontruth import MapScore, breast_centre, brightest_enhancement, dilated, lesion_mask, on_input_grid, score
-from .manifest import read_centers
 from .masktruth import mask_scores, mask_table, table_text
 from .methods import MIL2D_ARCH
 from .runfiles import run_model_path

@@ -1,13 +1,10 @@
-"""Calibration metrics (ECE, MCE, Brier, NLL) with percentile-bootstrap 95% confidence intervals; Table 1's
-classification metrics live in :mod:`BreastCMSLLib.cohort.metrics` (re-exported here for the training modules
-that import them relatively)."""
+"""Calibration metrics (ECE, MCE, Brier, NLL) with percentile-bootstrap 95% confidence intervals (Table 1's
+classification metrics: :mod:`BreastCMSLLib.cohort.metrics`)."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.special import expit
-
-from BreastCMSLLib.cohort.metrics import METRICS, bootstrap_metrics, point_metrics, safe_auc  # noqa: F401
 
 CALIBRATION_METRICS = ("ece", "mce", "brier", "nll")
 CALIBRATION_BINS = 15  # equal-width bins of the malignancy probability (Guo et al., ICML 2017)

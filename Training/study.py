@@ -39,6 +39,7 @@ import numpy as np
 from scipy import stats
 
 from BreastCMSLLib.atomic import atomic_write_text
+from BreastCMSLLib.cohort.manifest import assign_splits, read_manifest, write_manifest
 from BreastCMSLLib.config import NETWORK_STRIDE, PreprocessConfig
 from BreastCMSLLib.errors import InputError
 
@@ -57,7 +58,6 @@ from .localize import (
     write_cases_csv,
     write_montage,
 )
-from .manifest import assign_splits, read_manifest, write_manifest
 from .mapevidence import FIELDS, case_evidence
 from .runfiles import run_files
 from .stages import Stages

@@ -21,13 +21,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 
+from BreastCMSLLib import distributed
 from BreastCMSLLib.atomic import atomic_write_text
+from BreastCMSLLib.cohort.metrics import safe_auc
 from BreastCMSLLib.config import ModelConfig
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.header import read_model_metadata
 from BreastCMSLLib.network.modelfile import save_model
 
-from . import distributed, fastconv
+from . import fastconv
 from .cache import Cache, open_cache
 from .calibration import UnusableSplitError
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -36,7 +38,6 @@ from .domain import fit_domain
 from .evaluate import calibrate
 from .inference import predict, prepare, run_forward
 from .methods import MethodConfig, build_network, model_config
-from .metrics import safe_auc
 from .runfiles import run_files
 
 
