@@ -70,11 +70,6 @@ def write_results(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, csv_text(rows))
 
 
-def read_results(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _distances(rows: list[dict], name: str) -> str:
     d = np.array([float(r[f"{name}_distance_mm"]) for r in rows if r["status"] == "ok" and r[f"{name}_distance_mm"]])
     if not d.size:
