@@ -20,26 +20,19 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf, empirical_covariance, shrunk_covariance
 
-from BreastCMSLLib.atomic import atomic_write_text
 from BreastCMSLLib.distributed import setup
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.domain import DomainRecord, Envelope, FeatureDensity
-from BreastCMSLLib.network.header import file_sha256
-from BreastCMSLLib.network.modelfile import add_domain
 
 from .cache import Cache, open_cache
 from .calibration import UnusableSplitError
 from .data import VolumeSource
 from .inference import prepare
-from .runfiles import run_model_path
+from .runfiles import run_files, run_model_path, write_domain
 from .runmodel import load_network
 
 MIN_VAL = 10  # validation cases needed to set the threshold
 COVERAGE = 0.95  # of the validation cases inside the threshold
-
-
-def domain_file(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "domain.json"
 
 
 @torch.no_grad()
@@ -91,9 +84,9 @@ def measure_domain(run_dir: str | Path, cache_dir: str | None = None, device: st
     """The training-domain record of a run's best model on its cache: refused (:class:`UnusableSplitError`,
     nothing written) when the validation split has fewer than :data:`MIN_VAL` cases."""
     run_dir = Path(run_dir)
-    if not (run_dir / "run.json").is_file():
+    if not run_files(run_dir)["run"].is_file():
         raise InputError(run_dir, "is not a training run folder (no run.json)")
-    run = json.loads((run_dir / "run.json").read_text())
+    run = json.loads(run_files(run_dir)["run"].read_text())
     cache = open_cache(cache_dir or run["fit"]["cache"])
     train, val = cache.split("train"), cache.split("val")
     if len(val) < MIN_VAL:
@@ -115,29 +108,7 @@ def measure_domain(run_dir: str | Path, cache_dir: str | None = None, device: st
                         extra={"cache": str(cache.root.resolve()), "n_train": len(train), "n_val": len(val)})
 
 
-def write_domain(run_dir: str | Path, record: DomainRecord, into_model: bool = False) -> Path:
-    """``RUN/domain.json`` (atomic) with the sha256 of the best model; ``into_model``: the record (and the model's
-    phases and their times) written into ``model_best.safetensors`` first."""
-    best = run_model_path(run_dir)
-    sha = add_domain(best, record) if into_model else file_sha256(best)
-    path = domain_file(run_dir)
-    atomic_write_text(path, json.dumps({"model_sha256": sha, "record": json.loads(record.to_json())}))
-    return path
 
-
-def read_domain(run_dir: str | Path) -> DomainRecord | None:
-    """The run's record, or None when it has none; one of another best model is refused."""
-    path = domain_file(run_dir)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        record, sha = DomainRecord.from_json(json.dumps(data["record"])), data["model_sha256"]
-    except (KeyError, ValueError, TypeError) as err:
-        raise InputError(path, f"is not a readable training-domain record ({err})") from None
-    if sha != file_sha256(run_model_path(run_dir)):
-        raise InputError(path, "was measured for another model_best.safetensors; run `breastcmsl-train domain` again")
-    return record
 
 
 def domain(run_dir: str | Path, cache_dir: str | None = None, device: str = "auto", into_model: bool = False) -> dict:
@@ -157,6 +128,6 @@ def fit_domain(run_dir: str | Path, device: str = "auto") -> dict | str:
     try:
         return domain(run_dir, device=device, into_model=True)
     except InputError as err:
-        domain_file(run_dir).unlink(missing_ok=True)
+        run_files(run_dir)["domain"].unlink(missing_ok=True)
         print(f"no training-domain record: {err}", flush=True)
         return f"no training-domain record: {err}"

@@ -28,11 +28,10 @@ from BreastCMSLLib.network.modelfile import save_model
 from .cache import open_cache
 from .calibration import calibrate_scores, with_rule
 from .data import VolumeSource
-from .domain import read_domain
 from .inference import predict
 from .metrics import CALIBRATION_BINS, bin_index, bootstrap_calibration, calibrated_probability
 from .ood import evaluate_applicability
-from .runfiles import read_run_calibration, run_model_path, write_run_calibration
+from .runfiles import read_domain, read_run_calibration, run_model_path, write_run_calibration
 from .runmodel import load_network, method_of
 
 TABLE_HEADER = table_header(("ECE", "ECE (calibrated)"))
