@@ -212,3 +212,31 @@ def test_sagittal_two_phase_study_with_vendor_pe_ser_and_an_off_grid_seg(phantom
     assert truth["point"]["delayed"] == ("persistent" if change > 0.1 else "washout" if change < -0.1 else "plateau")
     pe = sitk.ReadImage(str(tmp_path / "truth" / "pe_early.nrrd"))
     np.testing.assert_allclose(pe.GetDirection(), np.reshape(volumes[0].GetDirection(), -1), atol=1e-6)
+
+
+@pytest.mark.parametrize("tags", ["trigger", "temporal_resolution", "none"])
+def test_dicom_times_without_clock_times(tags, phantom, tmp_path):
+    """Phases in one series without AcquisitionTime or ContentTime: TriggerTime orders them (0, 75, 150, 225 s
+    from the pre-contrast phase); without it, TemporalPositionIdentifier x TemporalResolution (60 s); with neither,
+    the times are unknown."""
+    from BreastCMSLLib.dicom.series import read_dataset
+    from BreastCMSLLib.dicom.study import load_study
+    from BreastCMSLLib.dicom.times import study_times
+
+    volumes = [phantom.images[p] for p in ("pre", "post_1", "post_2", "post_3")]
+    spec = dicomsynth.SeriesSpec("Ax dyn multiphase", volumes, [60.0, 135.0, 210.0, 285.0], temporal_tags=True,
+                                 time_tags="none", scan_options="FS")
+    files = dicomsynth.write_specs(tmp_path, [spec])["Ax dyn multiphase"]
+    for path in files if tags != "trigger" else []:
+        ds = read_dataset(path)
+        del ds.TriggerTime
+        if tags == "temporal_resolution":
+            ds.TemporalResolution = 60000.0  # ms
+        else:
+            del ds.TemporalPositionIdentifier
+        ds.save_as(path)
+    if tags == "none":  # the phases are then split by instance number only
+        assert study_times(load_study(tmp_path).assignment, "study").post_s is None
+        return
+    times = study_times(load_study(tmp_path).assignment, "study")
+    assert times.post_s == ((0.0, 75.0, 150.0) if tags == "trigger" else (0.0, 60.0, 120.0))
