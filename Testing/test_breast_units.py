@@ -69,3 +69,36 @@ def test_a_per_breast_model_needs_the_breast(case):
         preprocess_case(_inputs(case, None), CFG)
     with pytest.raises(ValueError, match="unit must be whole or breast"):
         PreprocessConfig(unit="both")
+
+
+def test_per_breast_model_reports_each_breast_and_maps_the_whole_study(case, tmp_path):
+    import torch
+
+    from BreastCMSLLib.config import ModelConfig
+    from BreastCMSLLib.network.modelfile import load_model, save_model
+    from BreastCMSLLib.network.net import build_model
+    from BreastCMSLLib.panel.state import AnalysisResult
+    from BreastCMSLLib.panel.text import result_text
+    from BreastCMSLLib.pipeline.analyze import analyze_case
+    from BreastCMSLLib.pipeline.output import write_analysis
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(in_channels=POSTS, width_factor=0.125, preprocess=CFG)
+    save_model(tmp_path / "breast.safetensors", build_model(cfg), cfg, {"name": "per-breast", "untrained": True})
+    loaded = load_model(tmp_path / "breast.safetensors")
+    a = analyze_case(_inputs(case, None), loaded, device="cpu")
+    assert set(a.breasts) == {"left", "right"}
+    assert a.probability == max(b["probability"] for b in a.breasts.values())
+    assert a.breasts["left"]["coam_peak_lps"][0] > -4.0 and a.breasts["right"]["coam_peak_lps"][0] < 4.0
+    # the study's map is each breast's own map on its side (the left one analyzed as a unit of its own)
+    left = analyze_case(_inputs(case, "left"), loaded, device="cpu")
+    assert left.breasts is None and left.probability == pytest.approx(a.breasts["left"]["probability"], abs=1e-6)
+    study, alone = sitk.GetArrayFromImage(a.coam), sitk.GetArrayFromImage(left.coam)
+    x = np.array([a.coam.TransformIndexToPhysicalPoint((i, 0, 0))[0] for i in range(a.coam.GetSize()[0])])
+    np.testing.assert_allclose(study[:, :, x > 10.0], alone[:, :, x > 10.0], atol=1e-6)
+    assert a.coam.GetSize() == case["post_1"].GetSize()  # maps on the whole study's reference grid
+    result = write_analysis(a, tmp_path / "out", {})
+    shown = result_text(AnalysisResult.from_output("case", result, {}))
+    b = a.breasts
+    assert shown["probability"] == f"left {b['left']['probability']:.3f}, right {b['right']['probability']:.3f}"
+    assert shown["prediction"].startswith(f"left {b['left']['prediction']}, right {b['right']['prediction']} (")

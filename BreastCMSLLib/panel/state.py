@@ -52,6 +52,7 @@ class AnalysisResult:
     operating_point: dict = field(default_factory=dict)
     operating_line: str = ""
     applicability: dict = field(default_factory=dict)  # result.json's: in_domain, score, threshold, reasons
+    breasts: dict = field(default_factory=dict)  # a per-breast model's: each breast's probability, prediction, peaks
 
     @property
     def maps(self) -> tuple[str, ...]:

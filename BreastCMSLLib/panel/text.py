@@ -43,7 +43,8 @@ def model_label(model: dict) -> str:
 
 def result_text(result) -> dict[str, str]:
     """What a panel shows of an :class:`~BreastCMSLLib.panel.state.AnalysisResult`: ``probability`` (calibrated
-    where the model is; with cos θ), ``calibration`` ("calibrated" with the uncalibrated value, or
+    where the model is; with cos θ; a per-breast model's study "left 0.xyz, right 0.xyz", and its ``prediction``
+    per breast too), ``calibration`` ("calibrated" with the uncalibrated value, or
     "uncalibrated"), ``operating_line`` (:func:`operating_text`), ``prediction`` (with the breast mask's
     source), ``model``, ``disclaimer``, ``maps`` (the maps' names, comma-separated), ``applicability`` (the line
     shown above the probability) and ``outside`` ("outside" when the study lies outside the model's training
@@ -52,9 +53,12 @@ def result_text(result) -> dict[str, str]:
         return dict.fromkeys(("probability", "calibration", "operating_line", "cos_theta", "prediction", "model",
                               "disclaimer", "maps", "applicability", "outside"), "")
     mask = MASK_SOURCES.get(result.mask_source, result.mask_source)
-    return {"probability": f"{result.probability:.3f}", "calibration": calibration_text(result),
+    breasts = getattr(result, "breasts", None) or {}
+    probability = ", ".join(f"{side} {b['probability']:.3f}" for side, b in breasts.items())
+    prediction = ", ".join(f"{side} {b['prediction']}" for side, b in breasts.items())
+    return {"probability": probability or f"{result.probability:.3f}", "calibration": calibration_text(result),
             "operating_line": operating_text(result), "cos_theta": f"cos θ = {result.cos_theta:.3f}",
-            "prediction": f"{result.prediction} (breast mask from the {mask})",
+            "prediction": f"{prediction or result.prediction} (breast mask from the {mask})",
             "model": model_label(result.model), "disclaimer": disclaimer(result.model),
             "maps": ", ".join(MAP_LABELS[name] for name in result.maps),
             "applicability": applicability_line(result.applicability) if result.applicability else "",

@@ -145,6 +145,7 @@ class Analysis:
     fine_config: FineMapConfig | None = None
     grid_maps: dict = field(default_factory=dict)  # :func:`grid_maps`, for the localization study
     applicability: dict = field(default_factory=dict)  # :func:`BreastCMSLLib.network.domain.applicability`
+    breasts: dict | None = None  # a per-breast model's study: each breast's record (pipeline/bilateral.py)
 
 
 def finish(prep: Preprocessed, net: NetResult, model: dict, mask_source: str, label_fraction: float = 0.5,

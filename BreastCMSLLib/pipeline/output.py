@@ -90,6 +90,8 @@ def result_dict(analysis: Analysis, inputs_used: dict, centre_lps=None) -> dict:
         "precision": analysis.precision,
         "timings": {k: round(v, 4) for k, v in analysis.timings.items()},
     }
+    if analysis.breasts:
+        result["breasts"] = analysis.breasts
     if centre_lps is not None:
         centre = np.asarray(centre_lps, dtype=float)
         result["centre_lps"] = centre.tolist()
