@@ -32,7 +32,7 @@ from Training.cache import preprocess_cohort
 from Training.calibration import UnusableSplitError, check_split, fit_temperature, operating_point
 from Training.cohort import synth_cohort
 from Training.evaluate import compare, evaluate, export, predict_split
-from Training.metrics import bootstrap_calibration, calibration_metrics, replicate_calibration
+from Training.metrics import bootstrap_calibration, calibration_metrics, replicate_calibration, shown
 from Training.runfiles import read_run_calibration
 from Training.trainer import FitConfig, fit
 
@@ -69,7 +69,7 @@ def test_calibration_metrics_match_monai_and_sklearn():
         for key, value in direct.items():
             assert rep[key][b] == pytest.approx(value, abs=1e-12)
     ci = bootstrap_calibration(y, z, 2.0, n_boot=300)
-    assert all(ci[k]["ci_low"] <= ci[k]["value"] <= ci[k]["ci_high"] for k in ci)
+    assert all(ci[k]["ci_low"] <= shown(ci[k])["value"] <= ci[k]["ci_high"] for k in ci)
 
 
 def test_temperature_recovers_a_known_temperature_and_minimizes_nll():
@@ -228,7 +228,8 @@ def test_fit_calibrates_and_table1_is_unchanged(run, tmp_path):
     assert (run / "eval" / "reliability.png").stat().st_size > 0
     evaluate(run, "test", device="cpu", n_boot=200)
     table = compare([run], tmp_path / "t.md")
-    assert "| ECE | ECE (calibrated) |" in table and f"{after:.3f} [" in table
+    shown_after = shown(calibrated["calibration"]["after"]["ece"])["value"]  # the bias-corrected ECE
+    assert "| ECE | ECE (calibrated) |" in table and f"{shown_after:.3f} [" in table
 
 
 def test_export_stores_calibration_and_operating_point(run, tmp_path):

@@ -122,6 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="processes for synthesis and preprocessing")
 
+    p = sub.add_parser("compare-methods", help="methods trained on the same splits over seeds; paired AUC "
+                       "differences (DeLong, bootstrap) per seed and pooled")
+    p.add_argument("--cache", type=Path, required=True, help="preprocessed cache (split again per seed)")
+    p.add_argument("--out", type=Path, required=True, help="comparison folder")
+    p.add_argument("--methods", default="cmsl,bce,nsl", help="comma-separated; the first is compared with each other")
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds FIRST .. FIRST + N - 1")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--width-factor", type=float, default=0.25)
+    p.add_argument("--early-stop", type=int, default=10)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--jobs", type=int, default=1, help="fits in parallel (each with cores / jobs torch threads)")
+
     p = sub.add_parser("demo", help="phantom cohort -> CMSL and BCE -> evaluate, localize, compare, export")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--workers", type=int, default=2)
@@ -223,16 +238,28 @@ def cmd_study(args) -> dict:
     return run_study(args.out, cfg)
 
 
-def cmd_demo(args) -> dict:
-    from .demo import demo
+def cmd_compare_methods(args) -> dict:
+    from .compare import CompareConfig, compare_methods
 
-    return demo(args.out, workers=args.workers)
+    cfg = CompareConfig(cache=str(args.cache), out=str(args.out), methods=tuple(args.methods.split(",")),
+                        seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)), epochs=args.epochs,
+                        batch_size=args.batch_size, lr=args.lr,
+                        width_factor=args.width_factor, early_stop=args.early_stop, device=args.device)
+    summary = compare_methods(cfg, jobs=args.jobs)
+    return {"written": str(args.out / "comparison.md"), **{k: v["verdict"] for k, v in summary["pairs"].items()}}
+
+
+def cmd_demo(args) -> None:
+    from .demo import demo, headline
+
+    print(headline(demo(args.out, workers=args.workers), args.out))
 
 
 COMMANDS = {"synth": cmd_synth, "preprocess": cmd_preprocess, "fit": cmd_fit, "calibrate": cmd_calibrate,
             "domain": cmd_domain, "evaluate": cmd_evaluate,
             "compare": cmd_compare, "localize": cmd_localize, "export": cmd_export, "demo": cmd_demo,
             "localization-study": cmd_study,
+            "compare-methods": cmd_compare_methods,
             "ingest": ingest.cmd_ingest, "ingest-mama-mia": mamamia.cmd_ingest_mama_mia}
 
 

@@ -22,8 +22,10 @@ from BreastCMSLLib.phantom.grid import FOV_MM
 
 from .cache import preprocess_cohort
 from .cohort import synth_cohort
+from .compare import paired_runs
 from .evaluate import compare, evaluate, export
 from .localize import localize
+from .metrics import shown
 from .stages import Stages
 from .trainer import FitConfig, fit
 
@@ -50,7 +52,8 @@ def demo(out: str | Path, workers: int = 2, cfg: DemoConfig = DemoConfig(), devi
     """Run the demo into ``out`` and return a summary (also in ``out/report.md`` and ``summary.json``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stage = Stages("demo")
+    (out / "log.txt").unlink(missing_ok=True)
+    stage = Stages("demo", log=out / "log.txt")
 
     stage("synth", synth_cohort, out / "cohort", cfg.n_cases, seed=cfg.seed, shape=cfg.phantom_shape,
           difficulty=cfg.difficulty, workers=workers)
@@ -68,6 +71,8 @@ def demo(out: str | Path, workers: int = 2, cfg: DemoConfig = DemoConfig(), devi
             lr_patience=cfg.lr_patience, early_stop=cfg.early_stop))
         results[method] = stage(f"evaluate {method}", evaluate, runs[method], "test", device=device)
     loc = stage("localize cmsl", localize, runs["cmsl"], "test", device=device)
+    a, b = cfg.methods[:2]
+    paired = {"methods": [a, b], **paired_runs(runs[a], runs[b], seed=cfg.seed)}
     table = compare([runs[m] for m in cfg.methods], out / "table1.md")
     models = {m: str(out / f"{m}.safetensors") for m in cfg.methods}
     for m in cfg.methods:
@@ -76,19 +81,45 @@ def demo(out: str | Path, workers: int = 2, cfg: DemoConfig = DemoConfig(), devi
     times = stage.total()
     summary = {"config": dataclasses.asdict(cfg), "seconds": times, "failed_cases": prep.failed,
                "auc": {m: results[m]["metrics"]["auc"]["value"] for m in cfg.methods},
+               "auc_ci": {m: [results[m]["metrics"]["auc"][k] for k in ("ci_low", "ci_high")] for m in cfg.methods},
+               "paired_auc_difference": paired,
                "calibration": {m: {"temperature": results[m]["calibration"]["temperature"],
-                                   **{f"ece_{k}": (results[m]["calibration"][k] or {}).get("ece", {}).get("value")
+                                   **{f"ece_{k}": (results[m]["calibration"][k] or {}).get("ece")
                                       for k in ("before", "after")}} for m in cfg.methods},
                "operating_lines": lines,
                "localization": loc, "models": models}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    (out / "report.md").write_text(_report(cfg, table, loc, results, runs, out, times, prep.failed, lines))
+    (out / "report.md").write_text(_report(cfg, table, loc, results, runs, out, times, prep.failed, lines, paired))
     return summary
+
+
+def headline(summary: dict, out: str | Path) -> str:
+    """The demo's last console lines (at most 12): AUC per method with its CI, the paired AUC difference of the
+    first two methods, the ECE after calibration, the fine map's distance and where the report is."""
+    out = Path(out)
+    paired, cal, fine = summary["paired_auc_difference"], summary["calibration"], summary["localization"]["fine_mm"]
+    a, b = paired["methods"]
+    lines = [f"Test split: {paired['n']} phantom cases ({paired['n_malignant']} malignant), value [95 % CI]",
+             f"{'method':<8}{'AUC':<24}ECE after calibration (bias-corrected, BCa)"]
+    for m, auc in summary["auc"].items():
+        lo, hi = summary["auc_ci"][m]
+        ece = shown(cal[m]["ece_after"])
+        ece_text = f"{ece['value']:.3f} [{ece['ci_low']:.3f}, {ece['ci_high']:.3f}]" if ece else "not calibrated"
+        lines.append(f"{m.upper():<8}{f'{auc:.3f} [{lo:.3f}, {hi:.3f}]':<24}{ece_text}")
+    bs, dl = paired["bootstrap"], paired["delong"]
+    resolved = "resolved" if bs["ci_low"] > 0 or bs["ci_high"] < 0 else "not resolved"
+    lines += [f"{a.upper()} - {b.upper()} AUC: {paired['difference']:+.3f} [{bs['ci_low']:+.3f}, {bs['ci_high']:+.3f}] "
+              f"(paired bootstrap), DeLong p = {dl['p']:.2g}: {resolved} (one seed; several: compare-methods)",
+              f"fine map peak to lesion centre: {fine['mean']:.1f} ± {fine['std']:.1f} mm (n = {fine['n']})"
+              if fine["n"] else "fine map peak to lesion centre: no test case called malignant",
+              f"report: {out / 'report.md'} (all numbers: {out / 'summary.json'}; stage output: {out / 'log.txt'})"]
+    return "\n".join(lines)
 
 
 def calibration_table(results: dict) -> str:
     """Test-split calibration per method: T (fitted on the validation split) and each metric before -> after."""
     def cell(m: dict | None) -> str:
+        m = shown(m)
         return "n/a" if m is None else f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
 
     rows = ["| Method | T | n val | ECE before | ECE after | MCE before | MCE after | Brier before | Brier after | "
@@ -103,7 +134,7 @@ def calibration_table(results: dict) -> str:
 
 
 def _report(cfg: DemoConfig, table: str, loc: dict, results: dict, runs: dict, out: Path, times: dict,
-            failed: dict, lines: dict) -> str:
+            failed: dict, lines: dict, paired: dict) -> str:
     def rel(p: Path) -> str:
         return p.relative_to(out).as_posix()
 
@@ -139,10 +170,19 @@ def _report(cfg: DemoConfig, table: str, loc: dict, results: dict, runs: dict, o
         "cases; at 99.9 none do)",
         f"- cases that failed preprocessing: {len(failed)}", "",
         "## Table 1 (test split)", "", table, "",
+        f"Paired AUC difference {paired['methods'][0].upper()} − {paired['methods'][1].upper()} on the same "
+        f"{paired['n']} test cases: {paired['difference']:+.3f}, paired bootstrap 95 % CI "
+        f"[{paired['bootstrap']['ci_low']:+.3f}, {paired['bootstrap']['ci_high']:+.3f}] (cases resampled, the same "
+        f"resample for both), DeLong's test for correlated ROC curves p = {paired['delong']['p']:.2g} "
+        f"(95 % CI [{paired['delong']['ci_low']:+.3f}, {paired['delong']['ci_high']:+.3f}]). One split and one "
+        "initialization: `breastcmsl-train compare-methods` repeats the comparison over seeds.", "",
         "## Calibration (test split)", "",
         "Temperature scaling: one scalar T fitted on the validation split by minimizing the negative "
         "log-likelihood; p = sigmoid(score / T). Expected (ECE) and maximum (MCE) calibration error over 15 "
         "equal-width probability bins, Brier score and NLL, value [95 % bootstrap CI], before (T = 1) and after. "
+        "ECE and MCE are biased upward on few cases, so their cells show BCa's bias-corrected estimate with the BCa "
+        "interval (the plug-in values are in each run's `eval/metrics.json` and the reliability diagrams); Brier "
+        "and NLL are means of per-case losses, with percentile intervals. "
         "Table 1 above does not change: T keeps the order of the cases and the p = 0.5 decision.", "",
         calibration_table(results), "",
         *[f"![reliability {m}]({rel(run / 'eval' / 'reliability.png')})" for m, run in runs.items()], "",

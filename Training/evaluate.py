@@ -29,7 +29,7 @@ from .cache import open_cache
 from .calibration import calibrate_scores, with_rule
 from .data import VolumeSource
 from .inference import predict
-from .metrics import CALIBRATION_BINS, bin_index, bootstrap_calibration, calibrated_probability
+from .metrics import CALIBRATION_BINS, bin_index, bootstrap_calibration, calibrated_probability, shown
 from .ood import evaluate_applicability
 from .runfiles import read_domain, read_run_calibration, run_model_path, write_run_calibration
 from .runmodel import load_network, method_of
@@ -42,7 +42,7 @@ METHOD_NAMES = {"cmsl": "CMSL (ours)", "nsl": "NSL", "bce": "BCE (3D ResNet34)",
 def table_row(name: str, metrics: dict, calibration: dict | None = None) -> str:
     """One Table-1 row: value [95% CI] per metric, then the ECE before and after calibration (n/a when absent)."""
     cal = calibration or {}
-    return metrics_row(name, metrics, tuple((cal.get(k) or {}).get("ece") for k in ("before", "after")))
+    return metrics_row(name, metrics, tuple(shown((cal.get(k) or {}).get("ece")) for k in ("before", "after")))
 
 
 def predict_split(run_dir: str | Path, split: str = "test", cache_dir: str | None = None, device: str = "auto"):
