@@ -6,6 +6,7 @@ of the panel Qt-free (and is tested on the slicer-core wheel); the module's Logi
 
 import importlib.util
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -614,7 +615,8 @@ class BreastCMSLTest(ScriptedLoadableModuleTest):
         logic.set_lesion_centre(result.peaks_ras["fine"])
         evaluation = logic.evaluate()
         self.assertAlmostEqual(evaluation["row"]["fine mm"], 0.0, places=6)
-        self.assertGreaterEqual(evaluation["row"]["COAM mm"], 0.0)
+        self.assertAlmostEqual(evaluation["row"]["COAM mm"], math.dist(result.peaks_ras["coam"],
+                                                                       result.peaks_ras["fine"]), places=4)
         self.assertTrue(result_text(result)["operating_line"].startswith("uncalibrated"))
         logic.save_table_csv(self.work / "evaluation.csv")
         self.assertTrue((self.work / "evaluation.csv").is_file())
