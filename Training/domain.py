@@ -12,7 +12,6 @@ Mahalanobis distance to a class mean; the threshold is the smallest validation s
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from .cache import Cache, open_cache
 from .calibration import UnusableSplitError
 from .data import VolumeSource
 from .inference import prepare
-from .runfiles import run_files, run_model_path, write_domain
+from .runfiles import read_run, run_files, run_model_path, write_domain
 from .runmodel import load_network
 
 MIN_VAL = 10  # validation cases needed to set the threshold
@@ -84,9 +83,7 @@ def measure_domain(run_dir: str | Path, cache_dir: str | None = None, device: st
     """The training-domain record of a run's best model on its cache: refused (:class:`UnusableSplitError`,
     nothing written) when the validation split has fewer than :data:`MIN_VAL` cases."""
     run_dir = Path(run_dir)
-    if not run_files(run_dir)["run"].is_file():
-        raise InputError(run_dir, "is not a training run folder (no run.json)")
-    run = json.loads(run_files(run_dir)["run"].read_text())
+    run = read_run(run_dir)
     cache = open_cache(cache_dir or run["fit"]["cache"])
     train, val = cache.split("train"), cache.split("val")
     if len(val) < MIN_VAL:

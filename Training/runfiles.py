@@ -27,6 +27,14 @@ def run_files(out: str | Path) -> dict[str, Path]:
             "calibration": out / "calibration.json", "domain": out / "domain.json"}
 
 
+def read_run(run_dir: str | Path) -> dict:
+    """``run.json`` of a run folder (its configs: ``fit``, ``model``, ...)."""
+    path = run_files(run_dir)["run"]
+    if not path.is_file():
+        raise InputError(run_dir, "is not a training run folder (no run.json)")
+    return json.loads(path.read_text())
+
+
 def run_model_path(run_dir: str | Path) -> Path:
     """The best model of a run folder."""
     path = run_files(run_dir)["best"]
