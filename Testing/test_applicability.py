@@ -239,3 +239,37 @@ def test_faces_text_and_cohort_rows_carry_it():
     summary = summary_text(rows, {"name": "m", "path": "m.safetensors", "sha256": "0" * 64, "untrained": False})
     assert "Of 3 analyzed cases, 1 lie inside what the model was trained on, 1 outside" in summary
     assert "and 1 unknown" in summary
+
+
+def test_preprocess_keeps_the_chosen_phases(tiny_case, tmp_path):
+    from BreastCMSLLib.cohort.manifest import write_manifest
+    from Training.cache import open_cache, preprocess_cohort
+
+    short = tmp_path / "short"  # a study with one post-contrast phase: refused with its reason
+    short.mkdir()
+    for name in ("t1.nrrd", "pre.nrrd", "post_1.nrrd"):
+        (short / name).symlink_to(tiny_case / name)
+    write_manifest(tmp_path / "manifest.csv", [Case("a", 1, "train", tiny_case), Case("b", 0, "train", short)])
+    cfg = PreprocessConfig(input_size=TINY_INPUT, phases=(1, 3))
+    report = preprocess_cohort(tmp_path / "manifest.csv", tmp_path / "cache", cfg, progress=False)
+    assert report.done == ["a"] and "needs 2 post-contrast phases (1, 3); this study has 1" in report.failed["b"]
+    cache = open_cache(tmp_path / "cache")
+    study = cache.study("a")
+    assert cache.load("a").shape[0] == 2 and study.phases == (1, 3) and study.phase_times_s == (75.0, 225.0)
+    direct = prepare(load_case(tiny_case), ModelConfig(in_channels=2, preprocess=cfg), "m")
+    np.testing.assert_array_equal(cache.load("a"), np.clip(np.rint(direct.array * 255), 0, 255).astype(np.uint8))
+
+
+def test_fit_and_export_carry_the_record(tmp_path):
+    from Training.evaluate import export
+    from Training.runfiles import read_domain, write_domain
+
+    run = small_run(tmp_path, 12)
+    record = measure_domain(run, device="cpu")
+    write_domain(run, record, into_model=True)  # what fit does at its end
+    best = load_model(run / "model_best.safetensors")
+    assert best.domain.density.threshold == record.density.threshold
+    assert best.config.preprocess.phase_times_s == (75.0, 150.0) and read_domain(run).phases == (1, 2)
+    export(run, tmp_path / "exported.safetensors")
+    exported = load_model(tmp_path / "exported.safetensors")
+    np.testing.assert_array_equal(exported.domain.density.cholesky, record.density.cholesky)

@@ -27,7 +27,7 @@ from BreastCMSLLib.network.modelfile import LoadedModel, load_model
 from BreastCMSLLib.pipeline.analyze import forward
 from BreastCMSLLib.pipeline.preprocess import CaseInputs, load_case, prepare
 
-from .runfiles import run_model_path
+from .runfiles import read_domain, run_model_path
 
 KINDS = {
     "shuffled": "post-contrast phases shuffled in time",
@@ -162,9 +162,11 @@ def ood_table(result: dict) -> str:
 
 
 def evaluate_applicability(run_dir: str | Path, cases, device: torch.device | str, seed: int = 0) -> dict | None:
-    """``evaluate``'s part: :func:`ood_study` of the run's best model on ``cases`` (the split's, with their case
-    folders), written to ``RUN/eval/applicability.md`` and ``.json``; None when the model has no record."""
+    """``evaluate``'s part: :func:`ood_study` of the run's best model with the run's record (``domain.json``, else
+    the model file's) on ``cases`` (the split's, with their case folders), written to ``RUN/eval/applicability.md``
+    and ``.json``; None when there is no record."""
     loaded = load_model(run_model_path(run_dir), device)
+    loaded.domain = read_domain(run_dir) or loaded.domain  # the run's measured record, else the model file's
     if loaded.domain is None:
         return None
     result = ood_study(loaded, [Path(c.case_dir) for c in cases], torch.device(device), seed)
