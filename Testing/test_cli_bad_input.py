@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -45,8 +46,11 @@ def spoil_4d(case):
 
 
 def spoil_channels(case):
+    """A study with five post-contrast phases: the last phase and its time gone."""
     (case / "post_6.nrrd").unlink()
-    return [case], "post_1.nrrd", "takes 6 subtraction channels, these inputs give 5"
+    times = json.loads((case / "times.json").read_text())
+    (case / "times.json").write_text(json.dumps({**times, "post_s": times["post_s"][:5]}))
+    return [case], "post_1.nrrd", "needs 6 post-contrast phases; this study has 5"
 
 
 def spoil_overlap(case):
