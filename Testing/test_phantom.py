@@ -239,7 +239,9 @@ def test_synth_case_cli_function(tmp_path):
     assert truth["label"] == 1 and truth["seed"] == 4 and truth["shape"] == [48, 32, 20]
     assert truth["phase_times_min"] == list(PHASE_TIMES_MIN) and truth["birads"] in (3, 4, 5)
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == sorted(
-        ["case.json", "t1.nrrd", "pre.nrrd", "truth"] + [f"post_{k}.nrrd" for k in range(1, 7)])
+        ["case.json", "times.json", "t1.nrrd", "pre.nrrd", "truth"] + [f"post_{k}.nrrd" for k in range(1, 7)])
+    times = json.loads((tmp_path / "c" / "times.json").read_text())  # seconds after the injection
+    assert times == {"post_s": [60 * t for t in PHASE_TIMES_MIN], "injection_s": 0.0}
     assert [p.name for p in tmp_path.iterdir()] == ["c"]  # no temporary folder left
 
 
