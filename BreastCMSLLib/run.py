@@ -177,8 +177,17 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
 
         if request.case_dir or request.t1 or request.sub or request.pre or request.post:
             raise InputError(request.dicom, "give either --dicom or a case folder / named volumes, not both")
-        study, used = study_inputs(request.dicom, request.roles, loaded.config.in_channels, request.patterns)
+        # a model that records its phase times takes a longer study's nearest phases (pipeline/model_phases.py)
+        timed = loaded.config.preprocess.phase_times_s is not None
+        study, used = study_inputs(request.dicom, request.roles, None if timed else loaded.config.in_channels,
+                                   request.patterns)
         inputs = study.inputs
+        if timed and inputs.kind == "phases":
+            from BreastCMSLLib.dicom.times import study_times
+
+            times = study_times(study.assignment, str(request.dicom))  # after the injection only where it is given
+            post_s = times.post_s if times.injection_given else None
+            inputs = dataclasses.replace(inputs, extra={**(inputs.extra or {}), "post_s": post_s})
     else:
         inputs, used = gather_inputs(request)
     t_read = time.perf_counter() - t0

@@ -273,3 +273,22 @@ def test_fit_and_export_carry_the_record(tmp_path):
     export(run, tmp_path / "exported.safetensors")
     exported = load_model(tmp_path / "exported.safetensors")
     np.testing.assert_array_equal(exported.domain.density.cholesky, record.density.cholesky)
+
+
+def test_dicom_study_with_more_phases(two_phase_model, tiny_case, tmp_path):
+    """A GE-style study (one multi-phase series, no injection time) with three post-contrast phases for a model of
+    phases 2 and 4: without times after the injection the model's phase numbers are taken, and a study without a
+    fourth phase is refused naming both counts."""
+    from Testing import dicomsynth
+
+    inputs = load_case(tiny_case)
+    study = tmp_path / "study"
+    dicomsynth.write_study(study, "ge", inputs.t1, inputs.series[0], inputs.series[1:5])
+    result = run_analysis(AnalyzeRequest(model=two_phase_model, out=tmp_path / "out", dicom=study, device="cpu"))
+    assert result["phases_used"] == {"phases": [2, 4], "of": 4, "rule": "phase number", "times_s": None,
+                                     "line": "post-contrast phases 2, 4 of 4 (the model's phase numbers: the study "
+                                             "gives no acquisition times)"}
+    short = tmp_path / "short"
+    dicomsynth.write_study(short, "ge", inputs.t1, inputs.series[0], inputs.series[1:4])
+    with pytest.raises(InputError, match=r"takes 2 post-contrast phases \(2, 4 at 150, 300 s\); this study has 3"):
+        run_analysis(AnalyzeRequest(model=two_phase_model, out=tmp_path / "out2", dicom=short, device="cpu"))

@@ -308,12 +308,17 @@ def to_reference(array_ijk: np.ndarray, prep: Preprocessed) -> sitk.Image:
 
 
 def study_times(inputs: CaseInputs) -> tuple[float, ...] | None:
-    """The post-contrast phase times (s after the injection) of a case given as files: the ``times.json`` beside
-    its reference volume (:func:`~BreastCMSLLib.pipeline.phase_times.case_times`), else None."""
+    """The post-contrast phase times (s after the injection) of a case: ``extra["post_s"]`` (a DICOM study's, set by
+    :func:`BreastCMSLLib.run.run_analysis`), else the ``times.json`` beside its reference volume
+    (:func:`~BreastCMSLLib.pipeline.phase_times.case_times`); None where the injection time is not given (times
+    counted from the first post-contrast phase cannot be matched to a model's)."""
+    if (inputs.extra or {}).get("post_s") is not None:
+        return tuple(inputs.extra["post_s"])
     source = inputs.reference_source
     if source is None or not Path(source).is_file():
         return None
-    return case_times(Path(source).parent, inputs.n_channels).post_s
+    times = case_times(Path(source).parent, inputs.n_channels)
+    return times.post_s if times.injection_given else None
 
 
 def model_phases(inputs: CaseInputs, cfg: ModelConfig | PreprocessConfig, model_name: str) -> PhasesUsed:
