@@ -53,8 +53,9 @@ OFFICIAL_SPLIT = {"DUKE_001": "train", "ISPY1_1001": "train", "ISPY2_100899": "t
 TIMES = [0, 584, 714, 846, 977, 1108]
 
 
-def phantom(seed: int, shape=SHAPE):
-    spacing = tuple(s * SHAPE[0] / shape[0] for s in SPACING)
+def phantom(seed: int, shape=SHAPE, spacing=None):
+    """A malignant phantom on ``shape``; ``spacing`` None keeps :data:`SHAPE` x :data:`SPACING`'s field of view."""
+    spacing = spacing or tuple(s * SHAPE[0] / shape[0] for s in SPACING)
     return make_case(seed, PhantomConfig(shape=shape, spacing=spacing, label=1))
 
 
@@ -84,14 +85,15 @@ def lesion_box_zyx(lesion: sitk.Image) -> dict:
             "z_min": int(a2.min()), "z_max": int(a2.max())}
 
 
-def write_mama_mia(root: Path) -> dict[str, dict]:
-    """The MAMA-MIA replica below ``root``; returns each study's truth (phantom ``side``, ``center_lps``)."""
+def write_mama_mia(root: Path, shape=SHAPE, spacing=SPACING, fine_shape=FINE) -> dict[str, dict]:
+    """The MAMA-MIA replica below ``root`` (images on ``shape`` x ``spacing``, the "fine" mask on ``fine_shape``
+    over the same field of view); returns each study's truth (phantom ``side``, ``center_lps``)."""
     (root / "images").mkdir(parents=True)
     (root / "segmentations" / "expert").mkdir(parents=True)
     (root / "patient_info_files").mkdir()
     truth, rows = {}, []
     for s in MAMA_MIA:
-        case = phantom(s.seed)
+        case = phantom(s.seed, shape, spacing)
         volumes = [case.images["pre"], *(case.images[f"post_{k}"] for k in range(1, s.posts + 1))]
         lesion = case.lesion_mask
         if s.single:
@@ -102,7 +104,8 @@ def write_mama_mia(root: Path) -> dict[str, dict]:
         for k, v in enumerate(volumes):
             sitk.WriteImage(v, str(folder / f"{s.pid.lower()}_{k:04d}.nii.gz"), useCompression=True)
         if s.mask != "none":
-            mask = phantom(s.seed, FINE).lesion_mask if s.mask == "fine" else lesion
+            fine = tuple(a * n / m for a, n, m in zip(spacing, shape, fine_shape, strict=True))
+            mask = phantom(s.seed, fine_shape, fine).lesion_mask if s.mask == "fine" else lesion
             sitk.WriteImage(mask, str(root / "segmentations" / "expert" / f"{s.pid.lower()}.nii.gz"),
                             useCompression=True)
         info = {"imaging_data": {"bilateral": not s.single, "dataset": s.pid.split("_")[0]}}
