@@ -92,7 +92,7 @@ def test_envelope_reasons_in_plain_words():
                                   "post-contrast phase 2 at 400 s, training 150 s"]
     far = record.check(x[0] + 100.0)
     ratio = far.score / far.threshold
-    assert applicability(far, STUDY)["reasons"] == [f"feature distance {ratio:.2g} × the validation threshold "
+    assert applicability(far, STUDY)["reasons"] == [f"feature distance {ratio:.2f} × the validation threshold "
                                                     "(unlike the training cases)"]
 
 
@@ -215,7 +215,7 @@ def test_faces_text_and_cohort_rows_carry_it():
     from BreastCMSLLib.panel.text import result_text
 
     outside = {"in_domain": False, "score": 9.0, "threshold": 3.0,
-               "reasons": ["sagittal acquisition; this model was trained on axial", "feature distance 3 × the "
+               "reasons": ["sagittal acquisition; this model was trained on axial", "feature distance 3.00 × the "
                            "validation threshold (unlike the training cases)"]}
     output = {"probability": 0.02, "cos_theta": -0.1, "prediction": "benign", "label_fraction": 0.5,
               "mask_source": "t1", "device": "cpu", "precision": "fp32", "threshold": 0.5, "applicability": outside,
@@ -226,9 +226,9 @@ def test_faces_text_and_cohort_rows_carry_it():
     text = result_text(AnalysisResult.from_output("case", output, {}))
     assert text["outside"] == "outside"
     assert text["applicability"] == ("outside what the model was trained on: sagittal acquisition; this model was "
-                                     "trained on axial; feature distance 3 × the validation threshold (unlike the "
+                                     "trained on axial; feature distance 3.00 × the validation threshold (unlike the "
                                      "training cases)")
-    inside = {**output, "applicability": {**outside, "in_domain": True, "reasons": ["feature distance 0.5 × the "
+    inside = {**output, "applicability": {**outside, "in_domain": True, "reasons": ["feature distance 0.50 × the "
                                                                                       "validation threshold"]}}
     assert result_text(AnalysisResult.from_output("case", inside, {}))["outside"] == ""
     old = {k: v for k, v in output.items() if k != "applicability"}  # a result made before the check

@@ -26,6 +26,7 @@ from .compare import paired_runs
 from .evaluate import compare, evaluate, export
 from .localize import localize
 from .metrics import shown
+from .ood import ood_table
 from .stages import Stages
 from .trainer import FitConfig, fit
 
@@ -199,6 +200,10 @@ def _report(cfg: DemoConfig, table: str, loc: dict, results: dict, runs: dict, o
         f"{mm(loc['fine_mm'])}",
         f"- per case: `{rel(runs['cmsl'] / 'localize' / 'cases.csv')}`", "",
         f"![montage]({rel(runs['cmsl'] / 'localize' / 'montage.png')})", "",
+        "## Applicability (does a study lie inside what the model was trained on? docs/applicability.md)", "",
+        *[f"**{m}**: " + (ood_table(r["applicability"]) if r.get("applicability") else
+                          "no training-domain record (a validation split of fewer than 10 cases)\n")
+          for m, r in results.items()],
         "## Figures", "", *figures, "",
         "## Time (seconds)", "",
         "| stage | s |", "|---|---|", *[f"| {k} | {v} |" for k, v in times.items()], "",

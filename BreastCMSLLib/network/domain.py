@@ -261,7 +261,7 @@ def applicability(check: DomainCheck, study: StudyGeometry | None) -> dict:
     reasons = check.envelope.reasons(study) if study is not None else []
     ratio = check.score / check.threshold
     inside = ratio <= 1.0
-    reasons.append(f"feature distance {ratio:.2g} × the validation threshold" +
+    reasons.append(f"feature distance {ratio:.2f} × the validation threshold" +
                    ("" if inside else " (unlike the training cases)"))
     return {"in_domain": inside and len(reasons) == 1, "score": check.score, "threshold": check.threshold,
             "reasons": reasons}
