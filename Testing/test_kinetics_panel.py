@@ -3,6 +3,8 @@ nodes, its words, the SER overlay in its colour table, and the FTV of a markups 
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -12,6 +14,7 @@ from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.mrml.kinetics import SER_COLOR_NAME
 from BreastCMSLLib.panel.kinetics import KineticsSection, legend
 from BreastCMSLLib.panel.session import Session
+from BreastCMSLLib.panel.text import evaluation_rows_text
 from BreastCMSLLib.phantom.parameters import PhantomConfig
 from BreastCMSLLib.phantom.synth import make_case, write_case
 from BreastCMSLLib.pipeline.kinetics import SER_COLOURS, KineticsConfig, box_region, enhancement_maps, functional_volume
@@ -90,3 +93,46 @@ def test_ftv_of_a_markups_roi_and_the_ser_overlay(loaded):
     far.SetSize(10.0, 10.0, 10.0)
     with pytest.raises(InputError, match=r"far box: the box .* outside the volume"):
         section.ftv_in_roi(far)
+
+
+def classes_by_hand(pre: float, early: float, late: float) -> tuple[str, str]:
+    """BI-RADS classes from three signals: initial from the early enhancement (50 %, 100 %), delayed from the late
+    signal against the early one (±10 %)."""
+    rise = 100 * (early - pre) / pre
+    change = 100 * (late - early) / early
+    return ("slow" if rise < 50 else "fast" if rise > 100 else "medium",
+            "persistent" if change > 10 else "washout" if change < -10 else "plateau")
+
+
+def test_the_sessions_kinetics_at_the_fine_peak_and_in_the_evaluation_csv(loaded, tiny_model_path, tmp_path):
+    """The session owns the section (one per inputs, the case folder's times), the curve at the fine peak equals
+    the voxels there, and an evaluation row carries the classes and PE at the centre and the ROI's FTV."""
+    phantom, session, _ = loaded
+    section = session.kinetics()
+    assert section is session.kinetics() and list(section.kin.times.post_s) == [75, 150, 225, 300, 375, 450]
+    session.analyze(tiny_model_path, device="cpu").wait(timeout=300)
+    assert session.kinetics() is section  # same inputs: same section
+    peak_ras = np.asarray(session.result.peaks_ras["fine"])
+    curve = section.curve_at_peak("fine")
+    lps = peak_ras * [-1, -1, 1]
+    i, j, k = phantom.images["pre"].TransformPhysicalPointToIndex(lps.tolist())
+    pre, *posts = (a[k, j, i] for a in arrays(phantom, "pre", *(f"post_{n}" for n in range(1, 7))))
+    np.testing.assert_allclose(curve["curve_percent"], [100 * (p - pre) / pre for p in posts], atol=0.01)
+    assert (curve["initial"], curve["delayed"]) == classes_by_hand(pre, posts[1], posts[5])
+    assert section.chart.GetNthPlotSeriesNode(section.chart.GetNumberOfPlotSeriesNodes() - 1).GetName() == "fine peak"
+    roi = session.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "lesion box")
+    centre = np.asarray(phantom.truth["center_lps"]) * [-1, -1, 1]
+    roi.SetCenter(*centre)
+    roi.SetSize(30.0, 30.0, 30.0)
+    ftv = section.ftv_in_roi(roi)
+    session.set_lesion_centre(peak_ras)
+    row = session.evaluate()["row"]
+    assert (row["initial rise"], row["delayed phase"]) == (curve["initial"], curve["delayed"])
+    path = session.save_table_csv(tmp_path / "evaluation.csv")
+    with open(path, newline="") as f:
+        saved = list(csv.DictReader(f))[-1]
+    assert (saved["initial rise"], saved["delayed phase"]) == classes_by_hand(pre, posts[1], posts[5])
+    assert float(saved["PE %"]) == pytest.approx(100 * (posts[1] - pre) / pre, abs=0.01)
+    assert float(saved["FTV mL"]) == pytest.approx(ftv["ftv_ml"], rel=1e-5) and ftv["ftv_ml"] > 1.0
+    shown = evaluation_rows_text(session.evaluation_rows())[-1]  # what the faces' tables show
+    assert (shown["delayed phase"], shown["FTV mL"]) == (curve["delayed"], f"{ftv['ftv_ml']:.2f}")

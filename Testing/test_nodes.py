@@ -249,9 +249,13 @@ def test_an_evaluation_table_saved_before_the_fine_map_gains_its_column():
     centre.AddControlPoint(vtk.vtkVector3d(0.0, 0.0, 0.0), "centre")
     peaks = {"coam": [10.0, 0.0, 0.0], "cam": [0.0, 20.0, 0.0], "fine": [3.0, 4.0, 0.0]}
     evaluation = centres.centre_distances(scene, "new", 0.4, peaks, centre, table_node)
-    assert evaluation["row"] == {"case": "new", "probability": 0.4, "COAM mm": 10.0, "CAM mm": 20.0, "fine mm": 5.0}
+    row = evaluation["row"]
+    assert {k: row[k] for k in centres.TABLE_COLUMNS[:5]} == {"case": "new", "probability": 0.4, "COAM mm": 10.0,
+                                                               "CAM mm": 20.0, "fine mm": 5.0}
     rows = centres.table_records(table_node)
     assert [r["case"] for r in rows] == ["old", "new"] and np.isnan(rows[0]["fine mm"])
+    # no kinetics given: empty words and NaN numbers, in the new row and in the old table's earlier row
+    assert [r["initial rise"] for r in rows] == ["", ""] and all(np.isnan(r["FTV mL"]) for r in rows)
     summary = evaluation["summary"]
     assert summary["n"] == 2 and summary["coam_n"] == 2 and summary["fine_n"] == 1
     assert summary["coam_mean_mm"] == pytest.approx(20.0) and summary["coam_std_mm"] == pytest.approx(10.0)

@@ -12,7 +12,12 @@ from vtk.util import numpy_support
 from BreastCMSLLib.errors import InputError
 
 DISTANCE_COLUMNS = {"coam": "COAM mm", "cam": "CAM mm", "fine": "fine mm"}  # by map of MAP_NAMES
-TABLE_COLUMNS = ("case", "probability", *DISTANCE_COLUMNS.values())
+# the kinetics at the lesion centre (curve classes, early PE %) and the FTV of the last drawn box (mL)
+KINETICS_TEXT_COLUMNS = ("initial rise", "delayed phase")
+KINETICS_NUMBER_COLUMNS = {"PE %": "percent enhancement at the early phase at the lesion centre",
+                           "FTV mL": "functional tumour volume of the last region measured"}
+NUMBER_COLUMNS = ("probability", *DISTANCE_COLUMNS.values(), *KINETICS_NUMBER_COLUMNS)
+TABLE_COLUMNS = ("case", *NUMBER_COLUMNS[:4], *KINETICS_TEXT_COLUMNS, *KINETICS_NUMBER_COLUMNS)
 
 
 def new_centre_node(scene):
@@ -42,39 +47,46 @@ def new_table(scene, name: str = "BreastCMSL evaluation"):
 
 
 def add_missing_columns(table_node) -> None:
-    """Add the numeric columns a table lacks (a table saved before the fine map existed has no "fine mm"),
-    filled with NaN for its earlier rows."""
+    """Add the columns a table lacks (a table saved before the fine map existed has no "fine mm", one saved
+    before the kinetics none of theirs), filled with NaN (numbers) or "" (words) for its earlier rows."""
     table = table_node.GetTable()
     for column in TABLE_COLUMNS[1:]:
         if table.GetColumnByName(column) is None:
-            array = vtk.vtkDoubleArray()
+            text = column in KINETICS_TEXT_COLUMNS
+            array = vtk.vtkStringArray() if text else vtk.vtkDoubleArray()
             array.SetName(column)
-            array.SetNumberOfTuples(table.GetNumberOfRows())
-            array.Fill(float("nan"))
+            array.SetNumberOfValues(table.GetNumberOfRows()) if text else array.SetNumberOfTuples(
+                table.GetNumberOfRows())
+            if not text:
+                array.Fill(float("nan"))
             table.AddColumn(array)
     for column in DISTANCE_COLUMNS.values():
         table_node.SetColumnUnitLabel(column, "mm")
         table_node.SetColumnDescription(column, f"distance from the annotated lesion centre to the {column[:-3]} "
                                         "peak (empty: the result has no such map)")
+    for column, description in KINETICS_NUMBER_COLUMNS.items():
+        table_node.SetColumnUnitLabel(column, column.split()[1])
+        table_node.SetColumnDescription(column, description + " (empty: no kinetics)")
 
 
 def table_rows(table_node) -> dict[str, np.ndarray]:
-    """The numeric columns of an evaluation table as float arrays (NaN: no such map in that row's result)."""
+    """The numeric columns of an evaluation table as float arrays (NaN: no such map in that row's result, or no
+    kinetics)."""
     table = table_node.GetTable()
-    return {name: numpy_support.vtk_to_numpy(table.GetColumnByName(name)).astype(float)
-            for name in TABLE_COLUMNS[1:]}
+    return {name: numpy_support.vtk_to_numpy(table.GetColumnByName(name)).astype(float) for name in NUMBER_COLUMNS}
 
 
 def centre_distances(scene, case: str, probability: float, peaks_ras: dict, centre_markups_node,
-                     table_node=None) -> dict:
+                     table_node=None, kinetics: dict | None = None) -> dict:
     """Distances (mm) from the annotated lesion centre to each map's peak (``peaks_ras``, RAS mm, by map name)
     of ``case``'s result.
 
     The centre is the first control point of ``centre_markups_node`` (world RAS). A row (case,
-    probability, COAM mm, CAM mm, fine mm; NaN for a map the result lacks) is appended to ``table_node`` (a
-    new "BreastCMSL evaluation" table when None). Returns the row, the table node ID and the summary over all
-    rows: mean and std (population, ddof=0) of each distance and the row count, as in the paper's
-    localization evaluation.
+    probability, COAM mm, CAM mm, fine mm; NaN for a map the result lacks; then the ``kinetics`` values by
+    column, :data:`KINETICS_TEXT_COLUMNS` and :data:`KINETICS_NUMBER_COLUMNS`, "" and NaN where missing) is
+    appended to ``table_node`` (a new "BreastCMSL evaluation" table when None). Returns the row, the table node
+    ID and the summary over all rows: mean and std (population, ddof=0) of each distance and the row count, as
+    in the paper's localization evaluation.
     """
     if centre_markups_node is None or centre_markups_node.GetNumberOfControlPoints() < 1:
         name = centre_markups_node.GetName() if centre_markups_node is not None else "lesion centre"
@@ -89,9 +101,11 @@ def centre_distances(scene, case: str, probability: float, peaks_ras: dict, cent
     add_missing_columns(table_node)
     row = {"case": case, "probability": float(probability),
            **{column: float(np.linalg.norm(centre - np.asarray(peaks_ras[which]))) if which in peaks_ras
-              else float("nan") for which, column in DISTANCE_COLUMNS.items()}}
-    table.GetColumnByName("case").InsertNextValue(row["case"])
-    for name in TABLE_COLUMNS[1:]:
+              else float("nan") for which, column in DISTANCE_COLUMNS.items()},
+           **{column: str((kinetics or {}).get(column) or "") for column in KINETICS_TEXT_COLUMNS},
+           **{column: float((kinetics or {}).get(column, float("nan"))) for column in KINETICS_NUMBER_COLUMNS}}
+    row = {name: row[name] for name in TABLE_COLUMNS}
+    for name in TABLE_COLUMNS:
         table.GetColumnByName(name).InsertNextValue(row[name])
     table.Modified()
     table_node.Modified()
@@ -115,10 +129,9 @@ def table_summary(table_node) -> dict:
 def table_records(table_node) -> list[dict]:
     """The rows of an evaluation table as dicts keyed by :data:`TABLE_COLUMNS`."""
     table = table_node.GetTable()
-    cases = table.GetColumnByName(TABLE_COLUMNS[0])
     columns = table_rows(table_node)
-    return [{TABLE_COLUMNS[0]: cases.GetValue(i), **{name: float(columns[name][i]) for name in TABLE_COLUMNS[1:]}}
-            for i in range(table.GetNumberOfRows())]
+    return [{name: float(columns[name][i]) if name in columns else table.GetColumnByName(name).GetValue(i)
+             for name in TABLE_COLUMNS} for i in range(table.GetNumberOfRows())]
 
 
 def save_table_csv(table_node, path: str | Path) -> Path:

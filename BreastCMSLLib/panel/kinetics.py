@@ -42,6 +42,7 @@ class KineticsSection:
         self.kin = case_kinetics(inputs, times or PhaseTimes(None, "the session's inputs"), cfg)
         self._nodes: dict[str, object] = {}
         self.chart = None
+        self.ftv: dict | None = None  # the FTV of the last ROI measured (:meth:`ftv_in_roi`)
 
     @classmethod
     def for_case_folder(cls, session, folder: str | Path, cfg: KineticsConfig | None = None) -> KineticsSection:
@@ -52,12 +53,25 @@ class KineticsSection:
     def curve_at_ras(self, ras, name: str | None = None) -> dict:
         """The curve at a RAS point (mm): signal, relative enhancement per post-contrast phase, the classes and
         ``words``; drawn into :attr:`chart` (Slicer plot nodes) as ``name``."""
-        curve = self.kin.curve(nodes.lps_to_ras(ras))  # diag(-1, -1, 1) is its own inverse
-        curve["words"] = curve_words(curve, curve["curve_percent"][self.kin.choice.early])
+        curve = self._curve(ras)
         times = self.kin.times.post_s or list(range(1, len(curve["curve_percent"]) + 1))
         self.chart = scene_kinetics.curve_chart(self.scene, name or "point", list(times), curve["curve_percent"],
                                                 self.chart)
         return curve
+
+    def _curve(self, ras) -> dict:
+        curve = self.kin.curve(nodes.lps_to_ras(ras))  # diag(-1, -1, 1) is its own inverse
+        curve["early_percent"] = curve["curve_percent"][self.kin.choice.early]
+        curve["words"] = curve_words(curve, curve["early_percent"])
+        return curve
+
+    def evaluation_values(self, ras) -> dict:
+        """The evaluation table's kinetics at a RAS point (the lesion centre): ``initial rise``, ``delayed phase``
+        (words, "" without a late phase), ``PE %`` (the early phase's) and ``FTV mL`` (of the last ROI measured,
+        NaN before one)."""
+        curve = self._curve(ras)
+        return {"initial rise": curve["initial"], "delayed phase": curve["delayed"] or "",
+                "PE %": curve["early_percent"], "FTV mL": self.ftv["ftv_ml"] if self.ftv else float("nan")}
 
     def curve_at_peak(self, which: str = "coam") -> dict:
         """The curve at the peak of the session's ``which`` map (after an analysis)."""
@@ -73,6 +87,7 @@ class KineticsSection:
         corners = [nodes.lps_to_ras(bounds[0::2]), nodes.lps_to_ras(bounds[1::2])]
         region = box_region(self.kin.grid, *corners, roi_node.GetName())
         ftv = self.kin.ftv(region, roi_node.GetName())
+        self.ftv = ftv
         stale = self._nodes.pop("ftv_label", None)
         if stale is not None:
             self.scene.RemoveNode(stale)

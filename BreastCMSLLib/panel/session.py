@@ -25,6 +25,7 @@ from BreastCMSLLib.config import MAP_NAMES
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.mrml import centres, display, nodes
 from BreastCMSLLib.panel.jobs import AnalysisJob, DemoBuild, WarmWorker
+from BreastCMSLLib.panel.kinetics import KineticsSection
 from BreastCMSLLib.panel.models import clear_models, download_model, import_model, models_in
 from BreastCMSLLib.panel.processes import BackgroundCommand
 from BreastCMSLLib.panel.state import PREFIX as RESULT_PREFIX
@@ -56,6 +57,8 @@ class Session:
         self.warm = WarmWorker(self.python, self.env, self.idle_timeout_s, self.temp_dir)
         self.job: AnalysisJob | None = None
         self.linked: display.LinkedViews | None = None
+        self.times = None  # the inputs' post-contrast phase times (PhaseTimes) where a case folder or study gave them
+        self._kinetics: tuple | None = None  # (the inputs' node IDs, their KineticsSection)
 
     # ---- state on the parameter node
 
@@ -78,6 +81,7 @@ class Session:
         if (phases is None) == (subtractions is None):
             raise InputError("inputs", "give either phases or subtractions")
         p = self.parameter_node
+        self.times = None
         self._set_ref("t1", t1)
         self._set_ref("displayReference", None)
         p.RemoveNodeReferenceIDs("series")
@@ -100,6 +104,7 @@ class Session:
     def load_case_folder(self, folder: str | Path) -> dict:
         """Load a case folder's volumes (``t1`` optional, ``pre`` + ``post_k`` or ``sub_k``) as volume nodes
         and make them the inputs. Nothing is added when a file is unreadable (the error names it)."""
+        from BreastCMSLLib.pipeline.phase_times import case_times
         from BreastCMSLLib.pipeline.volumes import find_case_files, read_volume
 
         folder = Path(folder)
@@ -111,6 +116,7 @@ class Session:
                  for image, name in zip(images, names)]
         t1, series = added[0], added[1:]
         self.set_inputs(t1, **{files.kind: series})
+        self.times = case_times(folder, len(series) - 1)
         self._retire_points()
         reference = series[1] if files.kind == "phases" else series[0]
         return {"t1": t1, "series": series, "kind": files.kind, "reference": reference,
@@ -122,6 +128,7 @@ class Session:
         chosen volumes as nodes and make them the inputs; returns the role table and the nodes."""
         from BreastCMSLLib.dicom.roles import RolePatterns
         from BreastCMSLLib.dicom.study import load_study
+        from BreastCMSLLib.dicom.times import study_times
 
         folder = Path(folder)
         study = load_study(folder, roles, n_channels, patterns or RolePatterns())
@@ -134,6 +141,7 @@ class Session:
                                                f"{entry.phase.series.description}")
                   for image, entry in zip(case.series, series_entries)]
         self.set_inputs(t1, **{case.kind: series})
+        self.times = study_times(study.assignment, str(folder)) if case.kind == "phases" else None
         self._retire_points()
         rows = [{"role": e.role, "series_number": e.phase.series.number, "description": e.phase.series.description,
                  "phase": e.phase.label, "confidence": e.confidence, "reason": e.reason}
@@ -332,6 +340,31 @@ class Session:
             self.linked.unlink()
             self.linked = None
 
+    # ---- kinetics
+
+    def kinetics(self) -> KineticsSection:
+        """The Kinetics section of the current inputs (:class:`~BreastCMSLLib.panel.kinetics.KineticsSection`:
+        curve at a point or a map's peak, PE/SER overlays, FTV of a markups ROI), made on first use and again
+        once the inputs change; subtractions only are an :class:`InputError` (no pre-contrast signal)."""
+        _, series, _ = self.inputs()
+        key = tuple(node.GetID() if node is not None else None for node in series)
+        if self._kinetics is None or self._kinetics[0] != key:
+            self._kinetics = (key, KineticsSection(self, self.times))
+        return self._kinetics[1]
+
+    def _kinetics_at_centre(self) -> dict | None:
+        """The evaluation table's kinetics at the lesion centre, None where the inputs have none or the centre
+        lies outside them (the row then leaves them empty)."""
+        centre = self.lesion_centre
+        if self.inputs()[2] != "phases" or centre is None or centre.GetNumberOfControlPoints() < 1:
+            return None
+        ras = [0.0, 0.0, 0.0]
+        centre.GetNthControlPointPositionWorld(0, ras)
+        try:
+            return self.kinetics().evaluation_values(ras)
+        except InputError:
+            return None
+
     # ---- lesion centre and evaluation
 
     @property
@@ -364,13 +397,15 @@ class Session:
         return self._ref("evaluationTable")
 
     def evaluate(self) -> dict:
-        """Distances from the lesion centre to each map's peak (COAM, CAM, fine; NaN for a map the result lacks),
-        appended to the evaluation table; returns the row and the summary over all rows (mean ± std, n)."""
+        """Distances from the lesion centre to each map's peak (COAM, CAM, fine; NaN for a map the result lacks)
+        and the kinetics there (curve classes, early PE, the FTV of the last ROI measured), appended to the
+        evaluation table; returns the row and the summary over all rows (mean ± std, n)."""
         result = self.result
         if result is None:
             raise InputError("Evaluate", "analyze a case first")
         evaluation_ = centres.centre_distances(self.scene, result.case, result.probability, result.peaks_ras,
-                                                self.lesion_centre, self.evaluation_table)
+                                                self.lesion_centre, self.evaluation_table,
+                                                self._kinetics_at_centre())
         self._set_ref("evaluationTable", self.scene.GetNodeByID(evaluation_["table_id"]))
         return evaluation_
 

@@ -85,14 +85,24 @@ def distance_text(mm: float) -> str:
     return f"{mm:.1f}" if math.isfinite(mm) else "–"
 
 
-EVALUATION_COLUMNS = ("case", "probability", *(f"{label} mm" for label in MAP_LABELS.values()))
+DISTANCE_COLUMNS = tuple(f"{label} mm" for label in MAP_LABELS.values())
+EVALUATION_COLUMNS = ("case", "probability", *DISTANCE_COLUMNS, "initial rise", "delayed phase", "PE %", "FTV mL")
+
+
+def number_text(value: float, decimals: int) -> str:
+    """A number with ``decimals`` decimals; "–" where it is missing (NaN)."""
+    return f"{value:.{decimals}f}" if math.isfinite(value) else "–"
 
 
 def evaluation_rows_text(rows: list[dict]) -> list[dict[str, str]]:
     """The evaluation table's rows as text (keys :data:`EVALUATION_COLUMNS`): probability with 3 decimals,
-    distances in mm with 1."""
+    distances in mm with 1, the curve classes in words, PE (%) with 0 decimals and FTV (mL) with 2; "–" where a
+    row has none."""
     return [{"case": row["case"], "probability": f"{row['probability']:.3f}",
-             **{key: distance_text(row[key]) for key in EVALUATION_COLUMNS[2:]}} for row in rows]
+             **{key: distance_text(row[key]) for key in DISTANCE_COLUMNS},
+             **{key: row.get(key) or "–" for key in ("initial rise", "delayed phase")},
+             "PE %": number_text(row.get("PE %", math.nan), 0), "FTV mL": number_text(row.get("FTV mL", math.nan), 2)}
+            for row in rows]
 
 
 def evaluation_text(summary: dict | None) -> str:
