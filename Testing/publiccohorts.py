@@ -26,6 +26,7 @@ import SimpleITK as sitk
 from BreastCMSLLib.phantom.parameters import PhantomConfig
 from BreastCMSLLib.phantom.synth import make_case
 
+ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (48, 40, 24)
 SPACING = (6.0, 5.0, 5.0)  # mm: 288 x 200 x 120 mm, both breasts in view
 FINE = (96, 80, 48)  # the same field of view at half the spacing: the mask "on another grid"

@@ -140,3 +140,32 @@ def test_breasts_preprocess_and_fit_with_the_unit_in_the_model_file(cohort):
                   width_factor=0.125, device="cpu", seed=0))
     model = load_model(root / "run" / "model_last.safetensors").config
     assert (model.preprocess.unit, model.in_channels) == ("breast", 2)
+
+
+def test_localize_against_masks_one_process_and_sharded_with_torchrun(cohort):
+    """``localize`` on the per-breast run: every malignant test unit with a mask is scored against it; under
+    torchrun (2 CPU processes) the cases are shared out and the gathered result is the same."""
+    import os
+    import subprocess
+    import sys
+
+    from Training.localize import localize
+
+    root, manifest, _, _ = cohort
+    run = root / "run"
+    if not (run / "run.json").is_file():
+        pytest.skip("needs the run of test_breasts_preprocess_and_fit_with_the_unit_in_the_model_file")
+    one = localize(run, "test", device="cpu")
+    with_mask = [u for u in read_units(manifest) if u.case.split == "test" and u.lesion_truth == "mask"]
+    assert one["masks"]["malignant"]["coam"]["inside"]["n"] == len(with_mask) == 1  # NACT_01 (ISPY2: a box in JSON)
+    cases_one = (run / "localize" / "cases.csv").read_text()
+    (run / "localize" / "summary.json").unlink()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run([*torchrun, "-m", "Training.cli", "localize", "--run-dir", str(run), "--split", "test",
+                           "--device", "cpu"], capture_output=True, text=True, env=env, timeout=600,
+                          cwd=publiccohorts.ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sharded = json.loads((run / "localize" / "summary.json").read_text())
+    assert sharded["masks"] == json.loads(json.dumps(one["masks"]))
+    assert (run / "localize" / "cases.csv").read_text() == cases_one

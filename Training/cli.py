@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
 
     p = sub.add_parser("localize", help="COAM and CAM peak distances to the annotated lesion centres")
-    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--run", "--run-dir", type=Path, required=True,
+                   help="run folder (--run-dir under torchrun, which takes --run... options itself)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--centers", type=Path, default=None, help="CSV subject_id,x,y,z (LPS mm)")
     p.add_argument("--cache", type=str, default=None)

@@ -12,7 +12,8 @@ reference rows that are not a method: ``brightest enhancement`` and ``breast cen
 Where a case carries a lesion mask (an expert segmentation or a box, ``truth/lesion_mask``), every map is
 also scored against the mask (:mod:`Training.masktruth`: peak inside it and within 5 mm, distance to its
 centroid, top-1 % share inside it, with bootstrap CIs) for the true positives and for all malignant units:
-``localize/masks.md`` and the summary's ``masks``.
+``localize/masks.md`` and the summary's ``masks``. Under ``torchrun`` the cases are shared out among the
+processes (case n to rank n mod world size, each on its own GPU), gathered in case order, and rank 0 writes.
 
 For the cases the model calls malignant (as the paper does), each case is analyzed with the core's
 :func:`BreastCMSLLib.pipeline.analyze.analyze_case`, i.e. exactly as ``breastcmsl analyze`` does (preprocessing
@@ -38,6 +39,7 @@ from matplotlib.figure import Figure
 from BreastCMSLLib.atomic import atomic_path, atomic_write_text
 from BreastCMSLLib.cohort.manifest import read_centers
 from BreastCMSLLib.config import FINE_MAP, NETWORK_STRIDE, PEAK_RULES, STAGE_STRIDES, FineMapConfig
+from BreastCMSLLib.distributed import Dist, gather_objects
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.header import read_model_metadata
 from BreastCMSLLib.network.modelfile import LoadedModel, load_model
@@ -192,8 +194,8 @@ def localize_cases(run_dir: str | Path, split: str = "test", centers: str | Path
                    malignant_too: bool = False) -> tuple[list[CaseLocalization], list[PanelRow]]:
     """Analyze the cases of ``split`` that have a lesion centre (only those the model calls malignant
     when ``only_called``, and with ``malignant_too`` every malignant one as well); returns the per-case
-    results and the montage rows of the first called ones.
-    ``on_case(result, analysis, model)`` is called for each analyzed case."""
+    results and the montage rows of the first called ones (under torchrun: each rank's share, gathered;
+    :func:`shard_device`). ``on_case(result, analysis, model)`` is called for each case this process analyzes."""
     run_dir = Path(run_dir)
     model_path = run_model_path(run_dir)
     if read_model_metadata(model_path)[0].arch == MIL2D_ARCH:
@@ -202,10 +204,14 @@ def localize_cases(run_dir: str | Path, split: str = "test", centers: str | Path
     loaded = load_model(model_path, device="cpu")
     cases, pred, _, _ = predict_split(run_dir, split, cache_dir, device)
     known = read_centers(centers) if centers else {}
+    d = Dist.from_env()
+    device = shard_device(device, d)
     results, shown = [], []
-    for case, p in zip(cases, pred["probability"], strict=True):
+    for n, (case, p) in enumerate(zip(cases, pred["probability"], strict=True)):
         centre = known.get(case.subject_id, case.center_lps)
         if (only_called and p < 0.5 and not (malignant_too and case.label == 1)) or centre is None:
+            continue
+        if n % d.world != d.rank:
             continue
         a = analyze_case(load_case(case.case_dir), loaded, device=device)
         a.grid_maps.update(layercam_maps(loaded, a.prep.array, device))
@@ -221,7 +227,21 @@ def localize_cases(run_dir: str | Path, split: str = "test", centers: str | Path
         if r.called_malignant and len(shown) < montage_cases:
             shown.append(montage_row(a, centre, f"{r.subject_id}: COAM {r.coam_mm:.1f}, CAM {r.cam_mm:.1f}, "
                                                 f"fine {r.fine_mm:.1f} mm"))
+    if d.world > 1:
+        order = {c.subject_id: n for n, c in enumerate(cases)}
+        gathered = gather_objects((results, shown), d)
+        results = sorted((r for part, _ in gathered for r in part), key=lambda r: order[r.subject_id])
+        shown = [row for _, rows in gathered for row in rows][:montage_cases]
     return results, shown
+
+
+def shard_device(device: str, d: Dist) -> str:
+    """The device this process analyzes on: under torchrun on GPUs its own (``cuda:LOCAL_RANK``)."""
+    import torch
+
+    if d.world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{d.local_rank}"
+    return device
 
 
 def write_cases_csv(path: Path, results: list[CaseLocalization]) -> None:
@@ -251,13 +271,15 @@ def localize(run_dir: str | Path, split: str = "test", centers: str | Path | Non
     analyzed, shown = localize_cases(run_dir, split, centers, device, cache_dir, malignant_too=True)
     results = [r for r in analyzed if r.called_malignant]
     masks = mask_table([(r.label, r.called_malignant, r.mask_scores) for r in analyzed if r.mask_scores])
-    out = Path(run_dir) / "localize"
-    out.mkdir(exist_ok=True)
-    atomic_write_text(out / "masks.md", table_text(masks))
     summary = {"coam_mm": summarize([r.coam_mm for r in results]), "cam_mm": summarize([r.cam_mm for r in results]),
                "fine_mm": summarize([r.fine_mm for r in results]), "fine_map": fine_name(),
                "maps": map_table(results), "split": split, "cases_called_malignant_with_centre": len(results),
                "masks": masks}
+    if not Dist.from_env().main:
+        return summary
+    out = Path(run_dir) / "localize"
+    out.mkdir(exist_ok=True)
+    atomic_write_text(out / "masks.md", table_text(masks))
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     write_cases_csv(out / "cases.csv", results)
     write_montage(out / "montage.png", shown)
