@@ -23,6 +23,7 @@ from sklearn.metrics import roc_auc_score
 from BreastCMSLLib.atomic import atomic_write_text
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.domain import applicability
+from BreastCMSLLib.network.header import read_model_domain
 from BreastCMSLLib.network.modelfile import LoadedModel, load_model
 from BreastCMSLLib.pipeline.analyze import forward
 from BreastCMSLLib.pipeline.preprocess import CaseInputs, load_case, prepare
@@ -165,10 +166,12 @@ def evaluate_applicability(run_dir: str | Path, cases, device: torch.device | st
     """``evaluate``'s part: :func:`ood_study` of the run's best model with the run's record (``domain.json``, else
     the model file's) on ``cases`` (the split's, with their case folders), written to ``RUN/eval/applicability.md``
     and ``.json``; None when there is no record."""
-    loaded = load_model(run_model_path(run_dir), device)
-    loaded.domain = read_domain(run_dir) or loaded.domain  # the run's measured record, else the model file's
-    if loaded.domain is None:
+    path = run_model_path(run_dir)
+    record = read_domain(run_dir) or read_model_domain(path)[0]  # the run's measured record, else the model file's
+    if record is None:  # also every network without a pooled 3D feature (the 2D MIL baseline)
         return None
+    loaded = load_model(path, device)
+    loaded.domain = record
     result = ood_study(loaded, [Path(c.case_dir) for c in cases], torch.device(device), seed)
     out = Path(run_dir) / "eval"
     atomic_write_text(out / "applicability.json", json.dumps(result, indent=1))
