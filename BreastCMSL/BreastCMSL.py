@@ -14,6 +14,7 @@ import unittest
 from pathlib import Path
 from typing import Annotated
 
+import ctk
 import qt
 import slicer
 import vtk
@@ -41,6 +42,7 @@ if str(libraryRoot()) not in sys.path:
 from BreastCMSLLib.errors import InputError  # noqa: E402 (needs the path above)
 from BreastCMSLLib.panel.cases import phantom_case, role_patterns, untrained_model  # noqa: E402
 from BreastCMSLLib.panel.jobs import POLL_INTERVAL_S, check  # noqa: E402
+from BreastCMSLLib.panel.kinetics import ftv_text, legend  # noqa: E402
 from BreastCMSLLib.panel.models import downloadable  # noqa: E402
 from BreastCMSLLib.panel.packages import install_packages  # noqa: E402
 from BreastCMSLLib.panel.session import Session  # noqa: E402
@@ -189,10 +191,62 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluate)
         self.ui.exportCsvButton.connect("clicked(bool)", self.onExportCsv)
 
+        # Kinetics
+        self.setupKinetics()
+        self.kineticsCurvePointButton.connect("clicked(bool)", self.onCurveAtPoint)
+        self.kineticsCurvePeakButton.connect("clicked(bool)", self.onCurveAtPeak)
+        self.kineticsOverlayButton.connect("clicked(bool)", self.onKineticsOverlay)
+        self.kineticsFtvButton.connect("clicked(bool)", self.onFtv)
+
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
         self.refreshModelList()
         self.showResult()
+
+    def setupKinetics(self) -> None:
+        """The Kinetics section under the panel's own: the curve at a point or a map's peak (plot and words),
+        the PE/SER overlays with the legend and the FTV of a markups ROI box."""
+        section = ctk.ctkCollapsibleButton()
+        section.text = "Kinetics"
+        section.collapsed = True
+        self.layout.addWidget(section)
+        form = qt.QFormLayout(section)
+        self.kineticsPointSelector = slicer.qMRMLNodeComboBox()
+        self.kineticsPointSelector.nodeTypes = ["vtkMRMLMarkupsFiducialNode"]
+        self.kineticsPointSelector.noneEnabled = True
+        self.kineticsPointSelector.noneDisplay = "crosshair"
+        self.kineticsPointSelector.addEnabled = False
+        self.kineticsPointSelector.setMRMLScene(slicer.mrmlScene)
+        self.kineticsPointSelector.toolTip = "The point list whose first point is used; none: the crosshair"
+        self.kineticsCurvePointButton = qt.QPushButton("Curve at point")
+        form.addRow(self.kineticsPointSelector, self.kineticsCurvePointButton)
+        self.kineticsPeakComboBox = qt.QComboBox()
+        self.kineticsPeakComboBox.addItems(list(MAP_NAMES))
+        self.kineticsCurvePeakButton = qt.QPushButton("Curve at peak")
+        form.addRow(self.kineticsPeakComboBox, self.kineticsCurvePeakButton)
+        self.kineticsClassLabel = qt.QLabel()
+        self.kineticsClassLabel.wordWrap = True
+        form.addRow("Curve:", self.kineticsClassLabel)
+        self.kineticsOverlayComboBox = qt.QComboBox()
+        for text, which in (("PE (early, %)", "pe_early"), ("SER label", "ser_label"), ("FTV label", "ftv_label")):
+            self.kineticsOverlayComboBox.addItem(text, which)
+        self.kineticsOverlayButton = qt.QPushButton("Show overlay")
+        form.addRow(self.kineticsOverlayComboBox, self.kineticsOverlayButton)
+        legendLabel = qt.QLabel("<br>".join(f'<span style="color:{entry["hex"]}">&#9632;</span> {entry["text"]}'
+                                            for entry in legend()))
+        legendLabel.wordWrap = True
+        form.addRow("SER colours:", legendLabel)
+        self.kineticsRoiSelector = slicer.qMRMLNodeComboBox()
+        self.kineticsRoiSelector.nodeTypes = ["vtkMRMLMarkupsROINode"]
+        self.kineticsRoiSelector.noneEnabled = True
+        self.kineticsRoiSelector.addEnabled = True
+        self.kineticsRoiSelector.setMRMLScene(slicer.mrmlScene)
+        self.kineticsRoiSelector.toolTip = "A markups ROI box around the lesion (draw it with the Markups toolbar)"
+        self.kineticsFtvButton = qt.QPushButton("FTV in box")
+        form.addRow(self.kineticsRoiSelector, self.kineticsFtvButton)
+        self.kineticsFtvLabel = qt.QLabel()
+        self.kineticsFtvLabel.wordWrap = True
+        form.addRow("FTV:", self.kineticsFtvLabel)
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
@@ -446,6 +500,39 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.summaryLabel.text = evaluation_text(evaluation["summary"])
             self.updateButtons()
 
+    def showCurve(self, section, curve) -> None:
+        """A curve's classes in words and its plot (the section's chart) in the view layout."""
+        if curve is not None:
+            self.kineticsClassLabel.text = curve["words"]
+            self.logic.showChart(section.chart)
+
+    def onCurveAtPoint(self) -> None:
+        section = self.attempt(self.logic.kinetics)
+        if section is not None:
+            ras = self.attempt(self.logic.pointRas, self.kineticsPointSelector.currentNode())
+            if ras is not None:
+                self.showCurve(section, self.attempt(section.curve_at_ras, ras))
+
+    def onCurveAtPeak(self) -> None:
+        section = self.attempt(self.logic.kinetics)
+        if section is not None:
+            self.showCurve(section, self.attempt(section.curve_at_peak, self.kineticsPeakComboBox.currentText))
+
+    def onKineticsOverlay(self) -> None:
+        section = self.attempt(self.logic.kinetics)
+        if section is not None:
+            self.attempt(section.show, self.logic.sliceNodes(), self.kineticsOverlayComboBox.currentData)
+
+    def onFtv(self) -> None:
+        section, roi = self.attempt(self.logic.kinetics), self.kineticsRoiSelector.currentNode()
+        if section is not None and roi is None:
+            self.setInputStatus("FTV: choose or draw a markups ROI box first", error=True)
+        elif section is not None:
+            ftv = self.attempt(section.ftv_in_roi, roi)
+            if ftv is not None:
+                self.kineticsFtvLabel.text = ftv_text(ftv)
+                self.attempt(section.show, self.logic.sliceNodes(), "ftv_label")
+
     def onExportCsv(self) -> None:
         path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Export evaluation table",
                                               "breastcmsl_evaluation.csv", "CSV (*.csv)")
@@ -534,6 +621,23 @@ class BreastCMSLLogic(ScriptedLoadableModuleLogic, Session):
         slicer.modules.markups.logic().SetActiveList(centre)
         slicer.modules.markups.logic().StartPlaceMode(False)
         return centre
+
+    @staticmethod
+    def pointRas(pointList) -> list:
+        """The first point of ``pointList`` (RAS mm), or the crosshair's position where it is None."""
+        ras = [0.0, 0.0, 0.0]
+        if pointList is None:
+            slicer.util.getNode("Crosshair").GetCursorPositionRAS(ras)
+        elif pointList.GetNumberOfControlPoints() < 1:
+            raise InputError(pointList.GetName(), "has no point; place one first")
+        else:
+            pointList.GetNthControlPointPositionWorld(0, ras)
+        return ras
+
+    @staticmethod
+    def showChart(chart) -> None:
+        """Show a plot chart node in the view layout (a plot view is added to it)."""
+        slicer.modules.plots.logic().ShowChartInLayout(chart)
 
     @staticmethod
     def sliceNodes(names=None) -> list:

@@ -27,8 +27,28 @@ def curve_words(curve: dict, early_percent: float) -> str:
 
 
 def legend() -> list[dict]:
-    """The SER label's legend: value, name, RGB colour and its line."""
-    return [{"label": k, "name": name, "rgb": SER_COLOURS[k], "text": SER_LEGEND[k]} for k, name in SER_LABELS.items()]
+    """The SER label's legend: value, name, RGB colour (0-1), its ``hex`` colour (#rrggbb) and its line."""
+    return [{"label": k, "name": name, "rgb": SER_COLOURS[k], "text": SER_LEGEND[k],
+             "hex": "#" + "".join(f"{round(255 * c):02x}" for c in SER_COLOURS[k])} for k, name in SER_LABELS.items()]
+
+
+def ftv_text(ftv: dict) -> str:
+    """An FTV in one line: ``FTV 3.42 mL (persistent 1.20, plateau 0.50, washout 1.72 mL)``."""
+    parts = ", ".join(f"{name} {ml:.2f}" for name, ml in ftv["ser_volumes_ml"].items())
+    return f"FTV {ftv['ftv_ml']:.2f} mL ({parts} mL)"
+
+
+def chart_lines(times_s, percent, width: float = 320.0, height: float = 160.0, margin: float = 28.0) -> dict:
+    """A curve drawn into a ``width`` x ``height`` box (SVG pixels, y down): ``points`` ("x,y x,y ..." of the
+    polyline), ``zero_y`` (the 0 % line), and the axes' ends ``t_max`` (s) and ``p_min``/``p_max`` (%). The time
+    axis starts at 0 s, the enhancement axis holds 0 % and every value."""
+    t_max = max(max(times_s), 1.0)
+    p_min, p_max = min(0.0, *percent), max(0.0, *percent)
+    p_max = p_max if p_max > p_min else p_min + 1.0
+    x = lambda t: margin + (width - 2 * margin) * t / t_max  # noqa: E731
+    y = lambda p: height - margin - (height - 2 * margin) * (p - p_min) / (p_max - p_min)  # noqa: E731
+    return {"points": " ".join(f"{x(t):.1f},{y(p):.1f}" for t, p in zip(times_s, percent)),
+            "zero_y": round(y(0.0), 1), "t_max": t_max, "p_min": p_min, "p_max": p_max}
 
 
 class KineticsSection:
@@ -51,10 +71,12 @@ class KineticsSection:
         return cls(session, case_times(folder, max(len(series) - 1, 0)), cfg)
 
     def curve_at_ras(self, ras, name: str | None = None) -> dict:
-        """The curve at a RAS point (mm): signal, relative enhancement per post-contrast phase, the classes and
-        ``words``; drawn into :attr:`chart` (Slicer plot nodes) as ``name``."""
+        """The curve at a RAS point (mm): signal, relative enhancement per post-contrast phase, the classes,
+        ``words`` and ``times_s`` (the phases' times, or their numbers where the times are unknown); drawn into
+        :attr:`chart` (Slicer plot nodes) as ``name``."""
         curve = self._curve(ras)
         times = self.kin.times.post_s or list(range(1, len(curve["curve_percent"]) + 1))
+        curve["times_s"] = list(times)
         self.chart = scene_kinetics.curve_chart(self.scene, name or "point", list(times), curve["curve_percent"],
                                                 self.chart)
         return curve
