@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,22 +152,37 @@ def kinetics_fields(request: AnalyzeRequest, inputs, study, analysis) -> tuple[d
     return {"kinetics": record}, writers
 
 
-def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: Report | None = None) -> dict:
+_LOADER = ThreadPoolExecutor(1, thread_name_prefix="breastcmsl-model-load")
+
+
+def _load_model(request: AnalyzeRequest, load: Callable | None):
+    """The request's device checked and its model loaded (``load``, default
+    :func:`~BreastCMSLLib.network.modelfile.load_model`): in :data:`_LOADER`'s thread, so that importing torch and
+    loading the model overlap reading the volumes (``benchmarks/README.md``)."""
+    from BreastCMSLLib.network.modelfile import load_model
+    from BreastCMSLLib.pipeline.analyze import select_device
+
+    select_device(request.device)
+    return (load or load_model)(request.model)
+
+
+def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: Report | None = None,
+                 given: Callable | None = None, write: Callable | None = None) -> dict:
     """Analyze ``request``'s inputs and write every result file into ``request.out`` (all or nothing); return the
     summary (probability, cos θ, prediction, COAM and CAM peaks in LPS mm). ``load(path)`` loads the model
     (default :func:`~BreastCMSLLib.network.modelfile.load_model`; the warm worker passes its cache);
-    ``report(fraction, stage)`` is called before each stage. A user mistake is an :class:`InputError`."""
-    from BreastCMSLLib.network.modelfile import load_model
-    from BreastCMSLLib.pipeline.analyze import analyze_case, select_device
+    ``report(fraction, stage)`` is called before each stage. The warm worker also passes ``given()`` (returns the
+    :class:`~BreastCMSLLib.pipeline.preprocess.CaseInputs` and result.json's ``inputs`` entry, in place of reading
+    the request's files) and ``write`` (in place of :func:`~BreastCMSLLib.pipeline.output.write_analysis`, with its
+    signature). A user mistake is an :class:`InputError`."""
     from BreastCMSLLib.pipeline.output import write_analysis
 
     if request.out.exists() and not request.out.is_dir():
         raise InputError(request.out, "the output folder is an existing file")
-    select_device(request.device)
     report = report or (lambda fraction, stage: None)
     report(0.0, "read")
     t0 = time.perf_counter()
-    loaded = (load or load_model)(request.model)
+    loading = _LOADER.submit(_load_model, request, load)
     if request.seg_map != "coam" and not request.dicom_seg:
         raise InputError("--seg-map", "needs --dicom-seg (and --dicom STUDY_DIR)")
     if (request.roles or request.patterns or request.dicom_seg) and not request.dicom:
@@ -177,6 +193,7 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
 
         if request.case_dir or request.t1 or request.sub or request.pre or request.post:
             raise InputError(request.dicom, "give either --dicom or a case folder / named volumes, not both")
+        loaded = loading.result()
         # a model that records its phase times takes a longer study's nearest phases (pipeline/model_phases.py)
         timed = loaded.config.preprocess.phase_times_s is not None
         study, used = study_inputs(request.dicom, request.roles, None if timed else loaded.config.in_channels,
@@ -189,8 +206,15 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
             post_s = times.post_s if times.injection_given else None
             inputs = dataclasses.replace(inputs, extra={**(inputs.extra or {}), "post_s": post_s})
     else:
-        inputs, used = gather_inputs(request)
+        try:
+            inputs, used = given() if given is not None else gather_inputs(request)
+        except InputError:
+            loading.result()  # a bad model or device is reported first, as when the model was loaded first
+            raise
+        loaded = loading.result()
     t_read = time.perf_counter() - t0
+    from BreastCMSLLib.pipeline.analyze import analyze_case  # torch, imported by the loading by now
+
     analysis = analyze_case(inputs, loaded, device=request.device, label_fraction=request.label_fraction,
                             progress=report, fine=FINE_MAP if request.fine_map else None)
     analysis.timings["read_s"] = t_read
@@ -206,7 +230,7 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
         fields, writers = kinetics_fields(request, inputs, study, analysis)
         extra.update(writers)
     report(0.9, "write")
-    result = write_analysis(analysis, request.out, used, centre, extra, fields)
+    result = (write or write_analysis)(analysis, request.out, used, centre, extra, fields)
     report(1.0, "done")
     keys = ("applicability", "phases_used", "probability", "probability_uncalibrated", "cos_theta", "threshold",
             "prediction", "calibrated",

@@ -60,21 +60,27 @@ def volume_scalars(node):
     return scalars
 
 
-def image_from_volume_node(node) -> sitk.Image:
-    """A copy of a scalar volume node's voxels as a SimpleITK image with the node's geometry in LPS.
-
-    The voxel type is kept; the geometry is the node's world IJK-to-RAS (linear parent transforms
-    applied) converted to LPS: origin, spacing and direction exactly, oblique directions included.
-    """
+def voxels_and_geometry(node) -> tuple[np.ndarray, dict]:
+    """A scalar volume node's voxels as a (k, j, i) view of the node's own memory (no copy, the voxel type kept)
+    and its geometry in LPS: ``spacing`` (mm), ``origin`` (mm) and row-major ``direction`` of the node's world
+    IJK-to-RAS (linear parent transforms applied), oblique directions included."""
     scalars = volume_scalars(node)
     dims = node.GetImageData().GetDimensions()
     array = numpy_support.vtk_to_numpy(scalars).reshape(dims[2], dims[1], dims[0])
-    image = sitk.GetImageFromArray(array)  # a copy: the image does not share the node's memory
     ijk_to_lps = LPS_TO_RAS @ ijk_to_ras_matrix(node)[:3]  # diag(-1,-1,1) is its own inverse
     spacing = np.linalg.norm(ijk_to_lps[:, :3], axis=0)
-    image.SetSpacing(spacing.tolist())
-    image.SetOrigin(ijk_to_lps[:, 3].tolist())
-    image.SetDirection((ijk_to_lps[:, :3] / spacing).ravel().tolist())
+    return array, {"spacing": spacing.tolist(), "origin": ijk_to_lps[:, 3].tolist(),
+                   "direction": (ijk_to_lps[:, :3] / spacing).ravel().tolist()}
+
+
+def image_from_volume_node(node) -> sitk.Image:
+    """A copy of a scalar volume node's voxels as a SimpleITK image with the node's geometry in LPS
+    (:func:`voxels_and_geometry`); the voxel type is kept."""
+    array, geometry = voxels_and_geometry(node)
+    image = sitk.GetImageFromArray(array)  # a copy: the image does not share the node's memory
+    image.SetSpacing(geometry["spacing"])
+    image.SetOrigin(geometry["origin"])
+    image.SetDirection(geometry["direction"])
     return image
 
 

@@ -5,6 +5,7 @@ Tensors are (B, C, I, J, K): spatial axes in (i, j, k) order of the canonical LP
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -78,9 +79,15 @@ def probability(out: NetOutput, cfg: ModelConfig) -> torch.Tensor:
     return torch.sigmoid(cfg.s * out.cos_theta) if cfg.angular else torch.sigmoid(out.logit)
 
 
+BF16_SWITCH = "BREASTCMSL_BF16"  # environment variable: "0" runs inference in float32 everywhere
+
+
 def bf16_native(device: torch.device) -> bool:
     """True where bf16 runs natively and fast: CUDA, and CPUs whose oneDNN has bf16 kernels
-    (AVX512-BF16 / AMX). Elsewhere bf16 would be emulated and slower than float32."""
+    (AVX512-BF16 / AMX). Elsewhere bf16 would be emulated and slower than float32. ``BREASTCMSL_BF16=0`` in the
+    environment: False everywhere (float32, as on a CPU without bf16; the benchmarks compare both)."""
+    if os.environ.get(BF16_SWITCH) == "0":
+        return False
     if device.type == "cuda":
         return True
     try:

@@ -51,10 +51,10 @@ class Worker:
         return (self.process.poll() is None and self.listener is None
                 and time.monotonic() - self.last_used < self.idle_timeout_s - margin)
 
-    def submit(self, job: AnalysisJob, request: AnalyzeRequest) -> None:
+    def submit(self, job: AnalysisJob, request: AnalyzeRequest, volumes: list | None = None) -> None:
         self.listener = job
         self.last_used = time.monotonic()
-        self.process.stdin.write(Message(Kind.ANALYZE, request=request.to_dict()).line().encode())
+        self.process.stdin.write(Message(Kind.ANALYZE, request=request.to_dict(), volumes=volumes).line().encode())
         self.process.stdin.flush()
 
     def _read(self) -> None:
@@ -116,13 +116,14 @@ class WarmWorker:
             self._start()
 
     def submit(self, request: AnalyzeRequest, work: Path, case: str, reference, names: dict[str, str],
-               completed: Callable[[str, object, Path], object]) -> AnalysisJob:
+               completed: Callable[[str, object, Path], object], volumes: list | None = None) -> AnalysisJob:
         """Send ``request`` to the worker; a worker that died since it was last used (its stdin is a broken pipe)
-        is replaced once. ``completed(case, reference, output folder)`` turns the output into the job's result."""
+        is replaced once. ``completed(case, reference, output folder)`` turns the output into the job's result;
+        ``volumes``: the inputs as memory-mapped arrays (:func:`~BreastCMSLLib.panel.exchange.write_inputs`)."""
         for attempt in range(2):
             job = AnalysisJob(self, self.worker, work, case, reference, names, completed)
             try:
-                self.worker.submit(job, request)
+                self.worker.submit(job, request, volumes)
                 return job
             except OSError:
                 if attempt == 0:

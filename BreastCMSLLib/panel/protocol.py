@@ -1,6 +1,8 @@
 """The warm worker's protocol: typed messages, one JSON object per line, each with a ``kind``.
 
-The session sends ``ANALYZE`` (``request``: an :class:`~BreastCMSLLib.run.AnalyzeRequest` as a dict); the worker
+The session sends ``ANALYZE`` (``request``: an :class:`~BreastCMSLLib.run.AnalyzeRequest` as a dict; ``volumes``:
+the inputs as memory-mapped arrays, :func:`~BreastCMSLLib.panel.exchange.write_inputs`, or None for the request's
+files); the worker
 answers ``READY`` once started, then for each request ``PROGRESS`` messages (``fraction``, ``stage``) and one
 ending message: ``DONE`` (``summary``), ``USER_ERROR`` (``text``: one line naming the file and the problem) or
 ``CRASH`` (``text``: a traceback, a bug). ``EXITED`` is made by the session when the process ends unasked.
@@ -14,7 +16,7 @@ from enum import Enum
 
 from BreastCMSLLib.errors import InputError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 class Kind(str, Enum):
@@ -34,6 +36,7 @@ ENDINGS = (Kind.DONE, Kind.USER_ERROR, Kind.CRASH, Kind.EXITED)  # the messages 
 class Message:
     kind: Kind
     request: dict | None = None  # ANALYZE
+    volumes: list | None = None  # ANALYZE
     fraction: float = 0.0  # PROGRESS
     stage: str = ""  # PROGRESS
     summary: dict = field(default_factory=dict)  # DONE

@@ -24,6 +24,7 @@ from pathlib import Path
 from BreastCMSLLib.config import MAP_NAMES
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.mrml import centres, display, nodes
+from BreastCMSLLib.panel import exchange
 from BreastCMSLLib.panel.jobs import AnalysisJob, DemoBuild, WarmWorker
 from BreastCMSLLib.panel.kinetics import KineticsSection
 from BreastCMSLLib.panel.models import clear_models, download_model, import_model, models_in
@@ -232,20 +233,25 @@ class Session:
         self.warm.prepare()  # first, so that a new worker imports torch while the inputs are exported
         work = Path(tempfile.mkdtemp(prefix="BreastCMSL-", dir=self.temp_dir))
         try:
-            t1_path, paths = nodes.export_input_nodes(t1, series, work / "inputs")
+            described = [None if node is None else (*nodes.voxels_and_geometry(node), node.GetName())
+                         for node in [t1, *series]]
+            volumes = exchange.write_inputs(described, work / "inputs")
         except Exception:
             shutil.rmtree(work, ignore_errors=True)
             raise
-        names = {str(path): node.GetName() for path, node in zip([t1_path, *paths], [t1, *series]) if node is not None}
-        request = AnalyzeRequest.for_volumes(t1_path, paths, kind, model=model_path, out=work / "out", device=device,
-                                             label_fraction=label_fraction, fine_map=fine_map)
-        self.job = self.warm.submit(request, work, reference.GetName(), shown, names, self.add_result)
+        paths = [None if volume is None else Path(volume["path"]) for volume in volumes]
+        names = {str(path): node.GetName() for path, node in zip(paths, [t1, *series]) if node is not None}
+        request = AnalyzeRequest.for_volumes(paths[0], paths[1:], kind, model=model_path, out=work / "out",
+                                             device=device, label_fraction=label_fraction, fine_map=fine_map)
+        self.job = self.warm.submit(request, work, reference.GetName(), shown, names, self.add_result, volumes)
         return self.job
 
     def add_result(self, case: str, reference, out_dir: Path) -> AnalysisResult:
-        """Add an analysis output folder (``breastcmsl analyze --out``) to the scene as the result of ``case``
-        over the ``reference`` volume node and record it on the parameter node; all or nothing."""
-        output, maps = nodes.read_result_folder(out_dir)
+        """Add an analysis output folder (``breastcmsl analyze --out``, or the warm worker's arrays,
+        :mod:`.exchange`) to the scene as the result of ``case`` over the ``reference`` volume node and record it on
+        the parameter node; all or nothing."""
+        read = exchange.read_result if exchange.holds_arrays(out_dir) else nodes.read_result_folder
+        output, maps = read(out_dir)
         peaks = {name: output[f"{name}_peak_lps"] for name in MAP_NAMES if f"{name}_peak_lps" in output}
         ids = nodes.add_result_nodes(self.scene, case, maps, peaks)
         self._retire_points(centre=False)  # the earlier result's peaks (the new ones are not referenced yet)
@@ -351,6 +357,27 @@ class Session:
         if self._kinetics is None or self._kinetics[0] != key:
             self._kinetics = (key, KineticsSection(self, self.times))
         return self._kinetics[1]
+
+    def kinetics_point_to_place(self):
+        """The kinetics point list (one point, created on first use) emptied, for a face's place mode: the next
+        click is the point whose curve is drawn."""
+        return self._markups_to_place("kineticsPoint", "vtkMRMLMarkupsFiducialNode", "Kinetics point")
+
+    def kinetics_box_to_place(self):
+        """The kinetics box (a markups ROI, created on first use) emptied, for a face's place mode: the box drawn
+        next is the FTV's region."""
+        return self._markups_to_place("kineticsBox", "vtkMRMLMarkupsROINode", "Kinetics box")
+
+    def _markups_to_place(self, role: str, node_class: str, name: str):
+        node = self._ref(role)
+        if node is None:
+            node = self.scene.AddNewNodeByClass(node_class, name)
+            node.CreateDefaultDisplayNodes()
+            if node_class == "vtkMRMLMarkupsFiducialNode":
+                node.SetMaximumNumberOfControlPoints(1)
+            self._set_ref(role, node)
+        node.RemoveAllControlPoints()
+        return node
 
     def _kinetics_at_centre(self) -> dict | None:
         """The evaluation table's kinetics at the lesion centre, None where the inputs have none or the centre

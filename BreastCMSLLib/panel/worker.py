@@ -3,7 +3,8 @@
 The session starts ``python -m BreastCMSLLib.panel.worker`` in its own process group (:class:`.jobs.Worker`) and
 talks to it in the typed messages of :mod:`.protocol`, one JSON line each: an ``ANALYZE`` message carries an
 :class:`~BreastCMSLLib.run.AnalyzeRequest`, which the worker runs with :func:`~BreastCMSLLib.run.run_analysis`
-(the command line's one analysis path), answering ``PROGRESS`` lines, then ``DONE``, ``USER_ERROR`` (a user
+(the command line's one analysis path; inputs and maps as memory-mapped arrays where the message names them,
+:mod:`.exchange`), answering ``PROGRESS`` lines, then ``DONE``, ``USER_ERROR`` (a user
 mistake, or a malformed request) or ``CRASH`` (a traceback). Everything else the Lib prints goes to stderr (the
 session's log file), so stdout carries the protocol alone.
 
@@ -15,6 +16,7 @@ when stdin closes (the session closed or died) or after ``--idle-timeout`` secon
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import queue
 import sys
@@ -52,6 +54,7 @@ class ModelCache:
 def serve(requests, send, idle_timeout_s: float) -> None:
     """Answer requests until stdin closes or ``idle_timeout_s`` pass without one."""
     from BreastCMSLLib.errors import InputError, user_error
+    from BreastCMSLLib.panel.exchange import case_inputs, write_result
     from BreastCMSLLib.panel.protocol import Kind, Message
     from BreastCMSLLib.run import AnalyzeRequest, run_analysis
 
@@ -64,7 +67,11 @@ def serve(requests, send, idle_timeout_s: float) -> None:
             message = Message.parse(line)
             if message.kind is not Kind.ANALYZE:
                 raise InputError("worker message", f"expected {Kind.ANALYZE.value}, got {message.kind.value}")
-            summary = run_analysis(AnalyzeRequest.from_dict(message.request), load=cache.load,
+            request = AnalyzeRequest.from_dict(message.request)
+            arrays = message.volumes is not None
+            kind = "subtractions" if request.sub else "phases"
+            given = functools.partial(case_inputs, message.volumes, kind) if arrays else None
+            summary = run_analysis(request, load=cache.load, given=given, write=write_result if arrays else None,
                                    report=lambda f, stage: send(Message(Kind.PROGRESS, fraction=f, stage=stage)))
         except (InputError, OSError) as err:
             send(Message(Kind.USER_ERROR, text=user_error(err)))

@@ -1,0 +1,101 @@
+"""The warm worker's path (BreastCMSLLib.panel.exchange: inputs and maps as memory-mapped arrays, no image files)
+gives the answers of the plain ``run_analysis`` on the case's files: the same probabilities, maps, labelmaps and
+peaks, bit for bit, in this process; through a session on a real MRML scene the same probabilities, maps and
+labelmaps bit for bit, and the peaks to float rounding (the geometry goes through the scene's RAS matrices and
+back: a last-bit change of a coordinate)."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+
+from BreastCMSLLib import cli
+from BreastCMSLLib.config import MAP_NAMES
+from BreastCMSLLib.panel.exchange import RESULT_ARRAYS, case_inputs, read_result, write_inputs, write_result
+from BreastCMSLLib.panel.session import Session
+from BreastCMSLLib.phantom.synth import synth_case
+from BreastCMSLLib.pipeline.volumes import find_case_files
+from BreastCMSLLib.run import AnalyzeRequest, run_analysis
+from Testing.scenes import case_nodes
+
+NUMBERS = ("probability", "probability_uncalibrated", "cos_theta", "prediction", "threshold",
+           *(f"{name}_peak_lps" for name in MAP_NAMES))
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """A small phantom, an untrained small model and the plain analysis of the case folder (NRRD files out)."""
+    root = tmp_path_factory.mktemp("exchange")
+    synth_case(root / "case", seed=3, label=1, shape=(96, 64, 40), spacing=(3.5, 3.5, 3.5))
+    assert cli.main(["init-model", "--out", str(root / "model.safetensors"), "--input-size", "64", "48", "32",
+                     "--width-factor", "0.125"]) == 0
+    request = AnalyzeRequest(model=root / "model.safetensors", out=root / "plain", case_dir=root / "case",
+                             device="cpu")
+    summary = run_analysis(request)
+    maps = {name: sitk.ReadImage(str(root / "plain" / f"{name}.nrrd")) for name in RESULT_ARRAYS}
+    return {"root": root, "model": root / "model.safetensors", "summary": summary, "maps": maps}
+
+
+def assert_same_maps(maps: dict, expected: dict) -> None:
+    assert set(maps) == set(expected) == set(RESULT_ARRAYS)
+    for name, image in maps.items():
+        reference = expected[name]
+        assert image.GetPixelID() == reference.GetPixelID(), name
+        assert image.GetSize() == reference.GetSize() and image.GetOrigin() == reference.GetOrigin()
+        assert image.GetSpacing() == reference.GetSpacing() and image.GetDirection() == reference.GetDirection()
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(reference), name)
+
+
+def test_arrays_in_and_out_give_the_plain_analysis_bit_for_bit(plain, tmp_path):
+    files = find_case_files(plain["root"] / "case")
+    images = [sitk.ReadImage(str(path)) for path in [files.t1, *files.series]]  # the voxel type as stored
+    volumes = write_inputs([(sitk.GetArrayViewFromImage(image),
+                             {"spacing": image.GetSpacing(), "origin": image.GetOrigin(),
+                              "direction": image.GetDirection()}, path.stem)
+                            for image, path in zip(images, [files.t1, *files.series])], tmp_path / "inputs")
+    stored = np.load(volumes[1]["path"])
+    assert stored.dtype == sitk.GetArrayViewFromImage(images[1]).dtype != np.float32  # cast in the worker, once
+    np.testing.assert_array_equal(stored, sitk.GetArrayViewFromImage(images[1]))
+    request = AnalyzeRequest.for_volumes(volumes[0]["path"], [v["path"] for v in volumes[1:]], "phases",
+                                         model=plain["model"], out=tmp_path / "out", device="cpu")
+    summary = run_analysis(request, given=functools.partial(case_inputs, volumes, "phases"), write=write_result)
+    assert {k: summary[k] for k in NUMBERS} == {k: plain["summary"][k] for k in NUMBERS}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(["result.json",
+                                                                          *(f"{n}.npy" for n in RESULT_ARRAYS)])
+    result, maps = read_result(tmp_path / "out")
+    assert result["inputs"] == {"kind": "phases", "t1": "t1", "series": ["pre", *(f"post_{k}" for k in range(1, 7))]}
+    assert_same_maps(maps, plain["maps"])
+
+
+def test_a_warm_analyze_through_the_session_equals_the_plain_analysis(plain, tmp_path):
+    scene = slicer.vtkMRMLScene()
+    t1, series = case_nodes(scene, plain["root"] / "case")
+    session = Session(scene, temp_dir=tmp_path)
+    folders, maps = [], {}
+
+    def listed(case, reference, out_dir):  # what the worker handed over, before the job's folder goes
+        folders.append(sorted(p.name for p in out_dir.iterdir()))
+        return add_result(case, reference, out_dir)
+
+    add_result, session.add_result = session.add_result, listed
+    session.set_inputs(t1=t1, phases=series)
+    try:
+        for _ in range(2):  # cold, then warm in the same worker
+            result = session.analyze(plain["model"], device="cpu").wait(timeout=300)
+            expected = plain["summary"]
+            assert (result.probability, result.cos_theta, result.prediction) == tuple(
+                expected[k] for k in ("probability", "cos_theta", "prediction"))
+            for name in MAP_NAMES:
+                x, y, z = expected[f"{name}_peak_lps"]
+                np.testing.assert_allclose(result.peaks_ras[name], [-x, -y, z], rtol=0, atol=1e-9)
+            for name in RESULT_ARRAYS:
+                node = scene.GetNodeByID(result.nodes[f"{name}_volume" if not name.endswith("_label") else name])
+                maps[name] = slicer.util.arrayFromVolume(node)
+                np.testing.assert_array_equal(maps[name], sitk.GetArrayViewFromImage(plain["maps"][name]), name)
+    finally:
+        session.close()
+    assert folders == [sorted(["result.json", *(f"{n}.npy" for n in RESULT_ARRAYS)])] * 2  # no image files

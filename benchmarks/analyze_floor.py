@@ -1,0 +1,221 @@
+"""Analyze against its floor, the network's forward pass alone, and a cold ``breastcmsl analyze`` against MONAI.
+
+Each repeat times, interleaved, in this order:
+
+(floor) the forward pass alone (``pipeline.analyze.forward``, the BN-folded network in the precision analyze
+        uses) on case B's preprocessed input, in this process (with the worker's malloc settings, ``memory.py``);
+(warm)  a warm panel Analyze of case B through a :class:`~BreastCMSLLib.panel.session.Session` on a real MRML scene
+        (slicer-core): the input nodes in the scene to the result nodes in the scene, as both faces call it; the
+        session's worker was started (and its model loaded) by an untimed Analyze of case A before the repeats;
+(cold)  ``breastcmsl analyze`` of case B in a fresh process;
+(monai) a fresh process that imports MONAI, builds its ResNet34 (conv1 stride 2) and runs one fp32 forward.
+
+Stages: the warm path's export of the inputs (the ``session.analyze`` call), the worker's own stages (read,
+preprocess, inference, maps, write: result.json's timings), the rest of the wait (messages, transfer), and adding
+the result nodes; the cold path's stages from its result.json and the remainder (process start, imports, model
+load); MONAI's import, build and forward. Prints medians, the ratios warm / floor and cold / MONAI (medians and per
+repeat), the CPU model and ISA, the precision used, and the peak resident memory of the worker and of the CLI.
+
+    python benchmarks/analyze_floor.py [--repeats 5] [--no-bf16] [--work DIR] [--shape I J K --input-size I J K]
+
+``--no-bf16`` sets ``BREASTCMSL_BF16=0`` for this process, the worker and the CLI: float32 everywhere, as on a CPU
+without native bf16. The default size is the paper's (input 340 x 220 x 128, phantom cases of 360 x 232 x 120
+voxels, an untrained full-width model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runs from a source checkout too (subprocesses start in ROOT)
+MONAI_COLD = """
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+from monai.networks.nets import resnet34
+t1 = time.perf_counter()
+shape = [int(n) for n in sys.argv[1:4]]
+net = resnet34(spatial_dims=3, n_input_channels=6, conv1_t_stride=2, num_classes=1).eval()
+x = torch.rand(1, 6, *shape)
+t2 = time.perf_counter()
+with torch.inference_mode():
+    net(x)
+t3 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "build_s": t2 - t1, "forward_s": t3 - t2}))
+"""
+WORKER_STAGES = ("read_s", "preprocess_s", "inference_s", "maps_s", "write_s")
+
+
+def cpu_description() -> str:
+    """The CPU model, its bf16/AMX/AVX flags and torch's kernel level."""
+    import torch
+
+    model, flags = platform.processor() or "?", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return (f"{model}, {os.cpu_count()} cores, flags {' '.join(isa) or '?'}, torch kernels "
+            f"{torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """A live process's peak resident memory (VmHWM), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_child(cmd: list[str], env: dict) -> tuple[float, float, str]:
+    """Run ``cmd``; return (wall seconds, its peak resident memory in MiB, its stdout). The child is reaped by
+    ``os.wait4``, which gives its own resource usage."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        child = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT, env=env, text=True)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - t0
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if child.returncode:
+            raise RuntimeError(f"{cmd[:4]} failed:\n{err.read()}")
+        return seconds, usage.ru_maxrss / 1024, out.read()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--work", type=Path, default=None, help="folder for the phantom cases and the model")
+    parser.add_argument("--no-bf16", action="store_true", help="float32 everywhere (BREASTCMSL_BF16=0)")
+    parser.add_argument("--shape", type=int, nargs=3, default=None, help="phantom size (default: synth's)")
+    parser.add_argument("--spacing", type=float, nargs=3, default=None, help="phantom spacing, mm")
+    parser.add_argument("--input-size", type=int, nargs=3, default=(340, 220, 128))
+    parser.add_argument("--width-factor", type=float, default=1.0)
+    args = parser.parse_args()
+    if args.no_bf16:
+        os.environ["BREASTCMSL_BF16"] = "0"  # before anything decides the precision
+    env = dict(os.environ)
+
+    import slicer
+    import torch
+
+    from BreastCMSLLib.memory import keep_freed_memory
+    from BreastCMSLLib.network.modelfile import load_model
+    from BreastCMSLLib.panel.session import Session
+    from BreastCMSLLib.pipeline.analyze import forward
+    from BreastCMSLLib.pipeline.preprocess import load_case, prepare
+
+    work = (args.work or Path(tempfile.mkdtemp(prefix="bench-floor-"))).resolve()
+    cli = [sys.executable, "-m", "BreastCMSLLib.cli"]
+    cases = {name: work / f"case_{name}" for name in ("A", "B")}
+    for seed, case in enumerate(cases.values(), start=1):
+        if not case.exists():
+            extra = [*(["--shape", *map(str, args.shape)] if args.shape else []),
+                     *(["--spacing", *map(str, args.spacing)] if args.spacing else [])]
+            subprocess.run([*cli, "synth", "--out", str(case), "--seed", str(seed), "--malignant", *extra],
+                           check=True, capture_output=True, cwd=ROOT)
+    model = work / "model.safetensors"
+    if not model.exists():
+        subprocess.run([*cli, "init-model", "--out", str(model), "--input-size", *map(str, args.input_size),
+                        "--width-factor", str(args.width_factor)], check=True, capture_output=True, cwd=ROOT)
+
+    keep_freed_memory()  # the worker's and analyze's malloc settings (memory.py): the floor at its best
+    device = torch.device("cpu")
+    loaded = load_model(model)
+    array = prepare(load_case(cases["B"]), loaded.config, loaded.name).array
+    forward(loaded, array, device)  # warm-up: the inference module built, the memory mapped
+
+    scene = slicer.vtkMRMLScene()
+    session = Session(scene)
+    nodes = {name: session.load_case_folder(case) for name, case in cases.items()}
+    worker_stages: list[dict] = []
+    add_result = session.add_result
+
+    def timed_add_result(case, reference, out_dir):
+        worker_stages.append(json.loads((Path(out_dir) / "result.json").read_text())["timings"])
+        t0 = time.perf_counter()
+        result = add_result(case, reference, out_dir)
+        worker_stages[-1]["add_result_s"] = time.perf_counter() - t0
+        return result
+
+    session.add_result = timed_add_result
+    session.set_inputs(t1=nodes["A"]["t1"], phases=nodes["A"]["series"])
+    session.analyze(model, device="cpu").wait(timeout=1800)  # the cold first Analyze: worker started, model loaded
+    worker_stages.clear()
+
+    rows: dict[str, list[float]] = {}
+
+    def record(key: str, value: float) -> None:
+        rows.setdefault(key, []).append(value)
+
+    precision = ""
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        _, precision = forward(loaded, array, device)
+        record("floor", time.perf_counter() - t0)
+
+        session.set_inputs(t1=nodes["B"]["t1"], phases=nodes["B"]["series"])
+        t0 = time.perf_counter()
+        job = session.analyze(model, device="cpu")
+        t1 = time.perf_counter()
+        job.wait(timeout=1800)
+        record("warm", time.perf_counter() - t0)
+        stages = worker_stages[-1]
+        record("warm: export inputs (session.analyze)", t1 - t0)
+        for key in WORKER_STAGES:
+            record(f"warm: worker {key[:-2]}", stages.get(key, 0.0))
+        record("warm: add result nodes", stages["add_result_s"])
+        record("warm: rest (messages, transfer, waiting)", rows["warm"][-1] - (t1 - t0) - stages["add_result_s"]
+               - sum(stages.get(key, 0.0) for key in WORKER_STAGES))
+        record("worker peak RSS MiB", peak_rss_mib(job.worker_pid))
+
+        out = work / "cold_out"
+        seconds, rss, _ = run_child([*cli, "analyze", str(cases["B"]), "--model", str(model), "--out", str(out),
+                                     "--device", "cpu"], env)
+        record("cold", seconds)
+        timings = json.loads((out / "result.json").read_text())["timings"]
+        for key in WORKER_STAGES:
+            record(f"cold: {key[:-2]}", timings.get(key, 0.0))
+        record("cold: rest (process start, imports, model load)",
+               seconds - sum(timings.get(key, 0.0) for key in WORKER_STAGES))
+        record("CLI peak RSS MiB", rss)
+
+        seconds, _, printed = run_child([sys.executable, "-c", MONAI_COLD, *map(str, args.input_size)], env)
+        record("monai", seconds)
+        for key, value in json.loads(printed.strip().splitlines()[-1]).items():
+            record(f"monai: {key[:-2]}", value)
+    session.close()
+
+    med = statistics.median
+    print(f"CPU: {cpu_description()}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, precision {precision}"
+          f"{' (BREASTCMSL_BF16=0)' if args.no_bf16 else ''}, input {args.input_size}, width "
+          f"{args.width_factor}, repeats {args.repeats}, load average at the end {os.getloadavg()[0]:.1f}")
+    for key, values in rows.items():
+        unit = "MiB" if "MiB" in key else "s"
+        print(f"  {key:48s} median {med(values):9.3f} {unit}   {[round(v, 3) for v in values]}")
+    for label, top, bottom in (("warm / floor", "warm", "floor"), ("cold / MONAI", "cold", "monai")):
+        paired = [a / b for a, b in zip(rows[top], rows[bottom])]
+        print(f"ratio {label}: of the medians {med(rows[top]) / med(rows[bottom]):.3f}, per repeat median "
+              f"{med(paired):.3f}   {[round(r, 3) for r in paired]}")
+
+
+if __name__ == "__main__":
+    main()
