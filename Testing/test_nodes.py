@@ -11,6 +11,7 @@ import vtk
 
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.mrml import centres, display, nodes
+from BreastCMSLLib.panel import exchange
 from Testing.dicomsynth import write_study
 from Testing.scenes import OBLIQUE, case_nodes, make_oblique_case, matrix_of, rotation
 
@@ -91,9 +92,9 @@ def test_linear_parent_transform_is_applied():
     np.testing.assert_allclose(nodes.ijk_to_ras_of_image(image), to_parent @ local, atol=1e-9)
 
 
-def test_exported_files_hold_the_nodes_world_geometry_and_voxels(tmp_path):
-    """The export for the worker: MRML's storage node for a plain node, the hardened copy under a transform;
-    both read back by SimpleITK give the node's world IJK-to-RAS and its voxels, and leave the scene as it was."""
+def test_exported_arrays_hold_the_nodes_world_geometry_and_voxels(tmp_path):
+    """The export for the worker (panel/exchange.py): a plain node and one under a transform, read back as the worker
+    reads them, give the node's world IJK-to-RAS and its voxels, and leave the scene as it was."""
     scene = slicer.vtkMRMLScene()
     image = oblique_image()
     plain, moved = (nodes.volume_node_from_image(scene, image, name) for name in ("plain", "moved"))
@@ -105,12 +106,14 @@ def test_exported_files_hold_the_nodes_world_geometry_and_voxels(tmp_path):
     transform.SetMatrixTransformToParent(m)
     moved.SetAndObserveTransformNodeID(transform.GetID())
     before = (scene.GetNumberOfNodes(), plain.GetMTime(), moved.GetMTime())
-    t1_path, (plain_path, moved_path) = nodes.export_input_nodes(None, [plain, moved], tmp_path / "inputs")
-    assert t1_path is None and sorted(p.name for p in (tmp_path / "inputs").iterdir()) == ["series_1.nrrd",
-                                                                                         "series_2.nrrd"]
+    volumes = exchange.write_inputs([None, *((*nodes.voxels_and_geometry(node), node.GetName())
+                                             for node in (plain, moved))], tmp_path / "inputs")
+    assert volumes[0] is None and sorted(p.name for p in (tmp_path / "inputs").iterdir()) == ["series_1.npy",
+                                                                                            "series_2.npy"]
     assert (scene.GetNumberOfNodes(), plain.GetMTime(), moved.GetMTime()) == before
-    for node, path in ((plain, plain_path), (moved, moved_path)):
-        written = sitk.ReadImage(str(path))
+    inputs, used = exchange.case_inputs(volumes, "phases")
+    assert used == {"kind": "phases", "t1": None, "series": ["plain", "moved"]}
+    for node, written in zip((plain, moved), inputs.series):
         np.testing.assert_allclose(nodes.ijk_to_ras_of_image(written), nodes.ijk_to_ras_matrix(node), atol=1e-9)
         assert np.array_equal(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(image))
     assert not np.allclose(nodes.ijk_to_ras_matrix(moved), nodes.ijk_to_ras_matrix(plain))  # the transform acted

@@ -138,36 +138,6 @@ def inputs_from_nodes(t1_node, series_nodes, inputs: str = "subtractions"):
     return CaseInputs(t1, series, inputs, names)
 
 
-def write_volume_node(node, path: str | Path) -> None:
-    """Write a volume node as an uncompressed NRRD file with its world geometry (LPS in the file).
-
-    A node without a parent transform is written by MRML's own volume storage node (Slicer's Save), straight
-    from the node's voxels, without a SimpleITK copy (timings: ``benchmarks/README.md``). A
-    node under a (linear) transform is written through :func:`image_from_volume_node`, which applies it."""
-    volume_scalars(node)
-    if node.GetParentTransformNode() is None:
-        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()  # not added to the scene: the scene is unchanged
-        storage.SetFileName(str(path))
-        storage.SetUseCompression(False)
-        if not storage.WriteData(node):
-            raise InputError(path, f"the volume {node.GetName()} could not be written")
-    else:
-        sitk.WriteImage(image_from_volume_node(node), str(path))
-
-
-def export_input_nodes(t1_node, series_nodes, folder: str | Path) -> tuple[Path | None, list[Path]]:
-    """Write the input nodes as NRRD files (:func:`write_volume_node`) for ``breastcmsl analyze`` in a
-    background process; returns (t1 path or None without a T1, series paths), by position of the nodes."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    names = ["t1.nrrd", *(f"series_{index}.nrrd" for index in range(1, len(series_nodes) + 1))]
-    paths = [None if node is None else folder / name for node, name in zip([t1_node, *series_nodes], names)]
-    for node, path in zip([t1_node, *series_nodes], paths):
-        if node is not None:
-            write_volume_node(node, path)
-    return paths[0], paths[1:]
-
-
 def assign_by_dicom(node_files: list[list[str | Path]], n_channels: int, patterns=None) -> dict:
     """Pre-fill the selectors of volumes loaded from DICOM with the command line's role rules.
 
