@@ -165,7 +165,7 @@ def test_evaluation_against_a_hand_computation_and_csv(case, analyzed, tmp_path)
     cam = [float(np.linalg.norm(c - peaks_ras["cam"])) for c in centres]
     fine = [float(np.linalg.norm(c - peaks_ras["fine"])) for c in centres]
     assert rows[0]["fine mm"] == pytest.approx(case["result"]["fine_distance_mm"], abs=1e-6)
-    summary = session.evaluation_summary()
+    summary = evaluation["summary"]  # over the whole table
     assert summary["n"] == 2 and len(rows) == 2
     assert summary["coam_mean_mm"] == pytest.approx(np.mean(coam)) and summary["coam_std_mm"] == pytest.approx(
         np.std(coam))
@@ -597,9 +597,9 @@ def test_a_result_without_the_fine_map_or_calibration_reads_back_and_displays(ca
     session.compare(*views, pair=session.compare_pair())
     session.stop_compare()
     session.set_lesion_centre(result.peaks_ras["coam"])
-    row = session.evaluate()["row"]
+    evaluation = session.evaluate()
+    row, summary = evaluation["row"], evaluation["summary"]
     assert row["COAM mm"] == pytest.approx(0.0, abs=1e-6) and np.isnan(row["fine mm"])
-    summary = session.evaluation_summary()
     assert summary["fine_n"] == 0 and "fine" not in evaluation_text(summary)
     assert evaluation_rows_text(session.evaluation_rows())[0]["fine mm"] == "–"
     session.close()

@@ -440,10 +440,6 @@ class Session:
         table = self.evaluation_table
         return centres.table_records(table) if table is not None else []
 
-    def evaluation_summary(self) -> dict | None:
-        table = self.evaluation_table
-        return centres.table_summary(table) if table is not None else None
-
     def save_table_csv(self, path: str | Path) -> Path:
         if self.evaluation_table is None:
             raise InputError(path, "there is no evaluation table yet; evaluate a case first")
