@@ -11,6 +11,7 @@ import SimpleITK as sitk
 
 from BreastCMSLLib.cohort.manifest import read_manifest
 from BreastCMSLLib.errors import InputError
+from BreastCMSLLib.pipeline.phase_times import case_times
 from BreastCMSLLib.pipeline.preprocess import load_case, study_times
 from Testing import publiccohorts
 from Training.breasts import find_midline, image_centre_x, profile_midline
@@ -65,7 +66,9 @@ def test_phases_times_splits_and_case_folders(cohort):
         assert inputs.kind == "phases" and len(inputs.series) == posts + 1
         assert json.loads((u.case.case_dir / "case.json").read_text())["breast"] == u.breast
         first = publiccohorts.TIMES[1]  # without an injection time, times count from the first post-contrast phase
-        assert study_times(inputs) == tuple(float(t - first) for t in publiccohorts.TIMES[1:posts + 1])
+        times = case_times(u.case.case_dir, posts)
+        assert times.post_s == tuple(float(t - first) for t in publiccohorts.TIMES[1:posts + 1])
+        assert not times.injection_given and study_times(inputs) is None  # a model's phases: taken by number
         has_truth = any(u.case.case_dir.glob("truth/lesion_mask.*"))
         assert has_truth == (u.case.label == 1 and u.lesion_truth == "mask"), sid
     # the official test studies stay test; both breasts of a study share a split
@@ -169,3 +172,13 @@ def test_localize_against_masks_one_process_and_sharded_with_torchrun(cohort):
     sharded = json.loads((run / "localize" / "summary.json").read_text())
     assert sharded["masks"] == json.loads(json.dumps(one["masks"]))
     assert (run / "localize" / "cases.csv").read_text() == cases_one
+
+
+def test_a_manifest_of_breasts_is_not_preprocessed_as_whole_studies(cohort, tmp_path, capsys):
+    from Training.cli import main
+
+    _, manifest, _, _ = cohort
+    assert main(["preprocess", "--manifest", str(manifest), "--cache", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("manifest.csv: lists breasts (one row per breast): preprocess it with --unit breast")
+    assert not (tmp_path / "c").exists()

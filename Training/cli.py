@@ -160,7 +160,10 @@ def cmd_preprocess(args) -> dict:
     from BreastCMSLLib.pipeline.breasts import BREAST_INPUT_SIZE
 
     from .cache import preprocess_cohort
+    from .unitmanifest import lists_breasts
 
+    if args.unit == "whole" and lists_breasts(args.manifest):
+        raise InputError(args.manifest, "lists breasts (one row per breast): preprocess it with --unit breast")
     cfg = PreprocessConfig(unit=args.unit)
     if args.unit == "breast" and not args.input_size:
         cfg = dataclasses.replace(cfg, input_size=BREAST_INPUT_SIZE)

@@ -21,8 +21,8 @@ A single-breast acquisition (``view`` sagittal or ``bilateral_mri`` 0, as NACT's
 label 1. The positive breast's lesion centre (manifest) is the centroid of the mask's voxels in it (the box's
 centre without a mask); its case folder links the mask as ``truth/lesion_mask`` (:mod:`Training.unitfolder`).
 Phases: the manifest records each study's post-contrast phases and the workbook's ``acquisition_times``; each
-unit folder holds them as ``times.json`` (the injection not given: times count from the first post-contrast
-phase), so that ``preprocess --phases`` and models built for given phases choose them by time.
+unit folder holds them as ``times.json``, without an injection time (the workbook gives none), so a model built
+for given phases takes them by number (``preprocess --phases``, :mod:`BreastCMSLLib.pipeline.model_phases`).
 
 Splits: the official ``train_split``/``test_split``; ``--val-fraction`` of the training studies (seeded,
 whole studies: both breasts go together) become ``val``. A study in neither column is drawn the same way

@@ -1,7 +1,6 @@
 """A unit's case folder made of links: the study's volumes under the case-folder names (``pre``, ``post_k``),
 its lesion truth as ``truth/lesion_mask``, the unit in ``case.json`` and, where the cohort gives them, the
-post-contrast phases' times as ``times.json`` (:mod:`BreastCMSLLib.pipeline.phase_times`: what ``--phases``
-models choose phases by).
+post-contrast phases' times as ``times.json`` (:mod:`BreastCMSLLib.pipeline.phase_times`).
 
 Links, not copies: a public cohort is hundreds of gigabytes and both breasts of a study share its volumes.
 Each link is absolute (the cohort may lie anywhere); where the system refuses links (Windows without the

@@ -62,6 +62,15 @@ def write_units(path: str | Path, units: list[Unit]) -> None:
     atomic_write_text(path, units_text(units, path.parent))
 
 
+def lists_breasts(path: str | Path) -> bool:
+    """True when the manifest at ``path`` is a manifest of breasts (it has the ``breast`` column)."""
+    try:
+        with open(path, newline="") as f:
+            return "breast" in (next(csv.reader(f), None) or [])
+    except OSError:
+        return False  # a missing manifest is reported by its reader
+
+
 def read_units(path: str | Path) -> list[Unit]:
     """A manifest of breasts with its unit columns (a missing unit column is an :class:`InputError`)."""
     path = Path(path)
