@@ -51,6 +51,7 @@ from BreastCMSLLib.network.net import bf16_native
 from .cache import open_cache
 from .delong import delong_test
 from .methods import METHODS
+from .runfiles import run_files
 
 N_BOOT = 10_000
 
@@ -108,7 +109,7 @@ def _fit_config(cfg: CompareConfig, cache: Path, run: Path, method: str, seed: i
 def _finished(run: Path, fit_cfg) -> bool:
     """True when ``run`` was fitted with the options of ``fit_cfg`` and evaluated (a rerun then reuses it)."""
     try:
-        done = json.loads((run / "run.json").read_text())["fit"]
+        done = json.loads(run_files(run)["run"].read_text())["fit"]
     except (OSError, ValueError, KeyError):
         return False
     same = all(done.get(k) == v for k, v in dataclasses.asdict(fit_cfg).items())
@@ -147,7 +148,7 @@ def run_record(cfg: CompareConfig, seed: int, method: str) -> dict:
     """What the summary keeps of one finished (seed, method) run."""
     run = Path(cfg.out) / f"seed{seed}" / method
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    with open(run / "log.csv", newline="") as f:
+    with open(run_files(run)["log"], newline="") as f:
         history = list(csv.DictReader(f))
     after = metrics["calibration"]["after"] or {}
     return {"seed": seed, "method": method, "run": str(run), "n_test": metrics["n"], "auc": metrics["metrics"]["auc"],
