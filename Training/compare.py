@@ -270,6 +270,8 @@ def summarize(cfg: CompareConfig, runs: dict) -> dict:
         per_method[m] = {"auc": aucs, "mean": float(np.mean(aucs)),
                          "sd": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else math.nan,
                          "ece_after": [(runs[f"{s}/{m}"]["ece_after"] or {}).get("value") for s in cfg.seeds],
+                         "ece_after_debiased": [(runs[f"{s}/{m}"]["ece_after"] or {}).get("debiased")
+                                                for s in cfg.seeds],
                          "epochs": [runs[f"{s}/{m}"]["epochs"] for s in cfg.seeds]}
     a = cfg.methods[0]
     pairs = {}
@@ -291,14 +293,27 @@ def report(summary: dict) -> str:
     seeds = cfg["seeds"]
     mach = summary["machine"]
     minutes = sum(r["fit_and_evaluate"] for r in summary["runs"].values()) / 60
-    lines = [f"# Paired comparison over {len(seeds)} seeds", "",
+    threads = sorted({r.get("torch_threads") for r in summary["runs"].values()} - {None})
+    n_seeds = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+    lines = [f"# Paired comparison over {n_seeds}", "",
              f"Methods {', '.join(cfg['methods'])}; seeds {', '.join(map(str, seeds))} (each seed: its own "
              "label-stratified train/val/test split of the cohort, initialization, batch order and augmentation; "
-             "all methods of a seed share the split and are tested on the same cases).", "",
+             "all methods of a seed share the split and are tested on the same cases). Training: Adam lr "
+             f"{cfg['lr']}, batch {cfg['batch_size']}, ≤ {cfg['epochs']} epochs, early stop after "
+             f"{cfg['early_stop']} epochs without validation-loss improvement, ResNet34-3D width "
+             f"{cfg['width_factor']}; the model of the lowest validation loss is tested.", "",
              "| Method | " + " | ".join(f"AUC seed {s}" for s in seeds) + " | mean ± sd |",
              "|---|" + "---|" * (len(seeds) + 1)]
     for m, r in methods.items():
-        lines.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in r["auc"]) + f" | {r['mean']:.3f} ± {r['sd']:.3f} |")
+        lines.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in r["auc"]) + f" | {r['mean']:.3f} ± {r['sd']:.3f} |"
+                     if len(seeds) > 1 else f"| {m} | {r['auc'][0]:.3f} | {r['mean']:.3f} (one seed) |")
+    lines += ["", "Test ECE after temperature scaling (15 bins; BCa's bias-corrected estimate, plug-in in parentheses; "
+              "n/a: not calibrated):", "", "| Method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+              "|---|" + "---|" * len(seeds)]
+    for m, r in methods.items():
+        cells = [f"{d:.3f} ({v:.3f})" if d is not None and v is not None else "n/a"
+                 for d, v in zip(r.get("ece_after_debiased", [None] * len(seeds)), r["ece_after"], strict=True)]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     for name, pair in summary["pairs"].items():
         pool = pair["pooled"]
         lines += ["", f"## {name.upper()} (paired AUC difference)", "",
@@ -309,17 +324,19 @@ def report(summary: dict) -> str:
             lines.append(f"| {r['seed']} | {r['n']} ({r['n_malignant']}) | {r['difference']:+.3f} | "
                          f"[{dl['ci_low']:+.3f}, {dl['ci_high']:+.3f}] | {dl['p']:.2g} | "
                          f"[{bs['ci_low']:+.3f}, {bs['ci_high']:+.3f}] |")
-        lines += [f"| pooled | {len(seeds)} seeds | {pool['mean']:+.3f} (sd {pool['sd']:.3f}) | "
-                  f"t: [{pool['ci_low']:+.3f}, {pool['ci_high']:+.3f}] | {pool['p']:.2g} | |", "",
+        if len(seeds) > 1:
+            lines.append(f"| pooled | {n_seeds} | {pool['mean']:+.3f} (sd {pool['sd']:.3f}) | "
+                         f"t: [{pool['ci_low']:+.3f}, {pool['ci_high']:+.3f}] | {pool['p']:.2g} | |")
+        lines += ["",
                   f"Pooled: {pool['method']}. {pair['seeds_favouring_a']} of {len(seeds)} seeds favour "
                   f"{name.split('-')[0].upper()}; DeLong p < 0.05 in {pair['seeds_resolved_by_delong']}.", "",
                   f"**{pair['verdict']}.**"]
     lines += ["", "## Machine and precision", "",
-              f"- CPU: {mach['cpu']} ({mach['cores']} cores, torch {mach['torch']} with {mach['torch_threads']} "
-              f"threads, kernels {mach['cpu_capability']}, bf16 native: {mach['bf16_native_cpu']}); GPU: "
-              f"{mach['gpu'] or 'none'}",
+              f"- CPU: {mach['cpu']} ({mach['cores']} cores, torch {mach['torch']}, kernels "
+              f"{mach['cpu_capability']}, bf16 native: {mach['bf16_native_cpu']}); torch threads per fit: "
+              f"{', '.join(map(str, threads)) or 'n/a'}; GPU: {mach['gpu'] or 'none'}",
               f"- precision: {mach['training_precision']}",
-              f"- wall time of the fits and evaluations: {minutes:.0f} min", ""]
+              f"- wall time of the fits and evaluations, summed: {minutes:.0f} min", ""]
     return "\n".join(lines)
 
 
