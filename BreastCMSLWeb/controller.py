@@ -15,6 +15,7 @@ from trame_slicer.core import VolumeWindowLevel
 
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.panel.jobs import POLL_INTERVAL_S, check
+from BreastCMSLLib.panel.kinetics import ftv_text
 from BreastCMSLLib.panel.models import models_in
 from BreastCMSLLib.panel.roles import FIELDS, role_overrides
 from BreastCMSLLib.panel.session import Session
@@ -22,12 +23,14 @@ from BreastCMSLLib.panel.text import evaluation_rows_text, evaluation_text
 
 from .catalog import Catalog
 from .errors import action, reports_errors
-from .state import ResultView, TabState
+from .page import CHART
+from .state import KineticsView, ResultView, TabState
 from .views import TabViews
 
 MAIN_VIEWS = ("view-axial", "view-coronal", "view-sagittal")
 TRIGGERS = ("analyze", "cancel", "toggle_compare", "jump_to_peak", "reset_views", "place_centre", "evaluate",
-            "apply_roles", "csv_text")
+            "apply_roles", "csv_text", "kinetics_place_point", "kinetics_peak", "kinetics_overlay",
+            "kinetics_place_box")
 
 
 class TabController:
@@ -39,6 +42,7 @@ class TabController:
         self.folder: Path | None = None
         self.reference = None  # the loaded case's reference volume node
         self.click = None  # the observer tag on the lesion centre's point list
+        self.kinetics_clicks: dict[str, int] = {}  # the observer tags on the kinetics point and box, by their role
         self.state = server.state
         self.typed = TypedState(self.state, TabState)
         self.data, names = self.typed.data, self.typed.name
@@ -85,6 +89,7 @@ class TabController:
         self._cancel_job()
         self.session.stop_compare()
         self.data.result, self.data.roles, self.data.compare = ResultView(), [], False
+        self.data.kinetics = KineticsView()
         self.data.role_overrides = dict.fromkeys(FIELDS, "")
         folder, kind = self.catalog.case(name)
         self.data.case_kind = kind
@@ -248,7 +253,9 @@ class TabController:
         self.data.result.placing = True
 
     def _clicked(self, centre, _event) -> None:
-        """The clicked point is the session's lesion centre."""
+        """The clicked point is the session's lesion centre (the point the session sets again is no click)."""
+        if not self.data.result.placing:
+            return
         ras = [0.0, 0.0, 0.0]
         centre.GetNthControlPointPositionWorld(0, ras)
         self._set_centre(ras)
@@ -256,8 +263,9 @@ class TabController:
     @action
     def _set_centre(self, ras: list[float]) -> None:
         self.views.app.markups_logic.disable_place_mode()
+        self.data.result.placing = False
         self.session.set_lesion_centre(ras)
-        self.data.result.placing, self.data.result.centre = False, ", ".join(f"{v:.1f}" for v in ras)
+        self.data.result.centre = ", ".join(f"{v:.1f}" for v in ras)
         self._render()
 
     @action
@@ -266,6 +274,70 @@ class TabController:
         summary = self.session.evaluate()["summary"]
         self.data.rows = evaluation_rows_text(self.session.evaluation_rows())
         self.data.summary = evaluation_text(summary)
+
+    # ---- kinetics
+
+    def _place(self, role: str, node, defined) -> None:
+        """Place mode for the kinetics ``node`` (``role``: point or box); ``defined`` gets the node once placed
+        and, for the box, again after each drag of its handles."""
+        if role not in self.kinetics_clicks:  # observed once per tab
+            self.kinetics_clicks[role] = node.AddObserver(node.PointPositionDefinedEvent, defined)
+            if role == "box":
+                node.AddObserver(node.PointEndInteractionEvent, defined)
+        self.views.app.markups_logic.place_node(node)
+        self.data.kinetics.placing = role
+
+    @action
+    def kinetics_place_point(self) -> None:
+        """The next click on a view is the point whose curve is drawn."""
+        self.session.kinetics()  # refuses subtractions before the click
+        self._place("point", self.session.kinetics_point_to_place(), self._point_clicked)
+
+    def _point_clicked(self, node, _event) -> None:
+        ras = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPositionWorld(0, ras)
+        self._curve_at_point(ras)
+
+    @action
+    def _curve_at_point(self, ras: list[float]) -> None:
+        self.views.app.markups_logic.disable_place_mode()
+        self.data.kinetics.placing = ""
+        curve = self.session.kinetics().curve_at_ras(ras, "point")
+        self._show_curve(curve, "point " + ", ".join(f"{v:.1f}" for v in ras) + " (RAS mm)")
+
+    @action
+    def kinetics_peak(self) -> None:
+        """The curve at the chosen map's peak."""
+        which = self.data.kinetics.peak_map
+        self._show_curve(self.session.kinetics().curve_at_peak(which), f"{which} peak")
+
+    def _show_curve(self, curve: dict, source: str) -> None:
+        k = self.data.kinetics
+        self.data.kinetics = KineticsView.of(curve, source, *CHART, ftv=k.ftv, peak_map=k.peak_map,
+                                             overlay=k.overlay)
+        self._render()
+
+    @action
+    def kinetics_overlay(self) -> None:
+        """The chosen kinetics map (PE, SER label, FTV label) over the reference, in the SER colours."""
+        self.session.kinetics().show(self.views.slice_nodes(*MAIN_VIEWS), self.data.kinetics.overlay)
+        self._render()
+
+    @action
+    def kinetics_place_box(self) -> None:
+        """The next box drawn on a view is the FTV's region."""
+        self.session.kinetics()
+        self._place("box", self.session.kinetics_box_to_place(), self._box_drawn)
+
+    @action
+    def _box_drawn(self, roi, _event) -> None:
+        self.views.app.markups_logic.disable_place_mode()
+        self.data.kinetics.placing = ""
+        section = self.session.kinetics()
+        self.data.kinetics.ftv = ftv_text(section.ftv_in_roi(roi))
+        self.data.kinetics.overlay = "ftv_label"
+        section.show(self.views.slice_nodes(*MAIN_VIEWS), "ftv_label")
+        self._render()
 
     def csv_text(self) -> str:
         """The evaluation table as CSV text (for the page's download)."""

@@ -7,6 +7,7 @@ import json
 
 from trame.ui.html import DivLayout
 from trame.widgets import html
+from trame_client.widgets.core import HtmlElement
 from trame_server import Server
 
 from BreastCMSLLib.panel.roles import FIELDS
@@ -21,6 +22,17 @@ TAG = ("position:absolute;top:4px;left:6px;color:#fff;font:12px sans-serif;point
        "text-shadow:0 0 2px #000;z-index:1")
 ROW = "display:flex;gap:6px;flex-wrap:wrap;margin:6px 0"
 LABELS = json.dumps(MAP_LABELS)  # a JavaScript object: map name -> label
+CHART = (340, 170)  # the kinetics chart's SVG box (pixels)
+OVERLAYS = (("ser_label", "SER label"), ("pe_early", "PE (early, %)"), ("ftv_label", "FTV label"))
+
+
+class _SvgShape(HtmlElement):
+    """An SVG shape element (trame's html widgets stop at <svg>)."""
+
+    def __init__(self, tag: str, **kwargs):
+        super().__init__(tag, **kwargs)
+        self.props += ["points", "x", "y", "x1", "x2", "y1", "y2", "width", "height", "fill", "stroke",
+                       ("stroke_width", "stroke-width"), ("text_anchor", "text-anchor"), ("font_size", "font-size")]
 
 
 def _view(views: TabViews, element_id: str, label: str, **kwargs) -> None:
@@ -135,6 +147,47 @@ def _evaluation(n: TabState) -> None:
                 click="utils.download('breastcmsl_evaluation.csv', trigger('csv_text'), 'text/csv')")
 
 
+def _kinetics(n: TabState) -> None:
+    """The Kinetics section: the curve at a clicked point or a map's peak (drawn, with its classes in words), the
+    PE/SER overlays with the SER legend, and the FTV of a drawn box."""
+    k, no_case, no_result = n.kinetics, (f"!{n.loaded} || {n.busy}",), (f"!{n.result.has_result}",)
+    width, height = CHART
+    with html.Details(id="kinetics", style="margin-top:8px"):
+        html.Summary("Kinetics", style="font-weight:bold;cursor:pointer")
+        with html.Div(style=ROW):
+            html.Button(f"{{{{ {k.placing} === 'point' ? 'Click a view…' : 'Curve at point' }}}}",
+                        id="kinetics-point", click="trigger('kinetics_place_point')", disabled=no_case)
+            with html.Select(id="kinetics-peak-map", v_model=(k.peak_map,), disabled=no_result):
+                html.Option("{{ m.label }}", v_for=f"m in {n.result.maps}", key="m.value", value=("m.value",))
+            html.Button("Curve at peak", id="kinetics-peak", click="trigger('kinetics_peak')", disabled=no_result)
+        with html.Div(v_show=k.points):
+            html.Div(f"{{{{ {k.source} }}}}", id="kinetics-source", style="font-size:12px")
+            html.Div(f"{{{{ {k.words} }}}}", id="kinetics-class", style="font-weight:bold")
+            with html.Svg(id="kinetics-chart", width=width, height=height, style="background:#fff"):
+                _SvgShape("line", x1=28, x2=width - 28, y1=(k.zero_y,), y2=(k.zero_y,), stroke="#999")
+                _SvgShape("line", x1=28, x2=28, y1=28, y2=height - 28, stroke="#999")
+                _SvgShape("polyline", points=(k.points,), fill="none", stroke="#c0392b", stroke_width=2)
+                _SvgShape("text", children=f"{{{{ {k.p_max} }}}}", x=2, y=24, font_size=10)
+                _SvgShape("text", children=f"{{{{ {k.p_min} }}}}", x=2, y=height - 20, font_size=10)
+                _SvgShape("text", children=f"{{{{ {k.t_max} }}}}", x=width - 28, y=height - 6, font_size=10,
+                          text_anchor="middle")
+                _SvgShape("text", children="enhancement (%) over time after injection (s)", x=width / 2,
+                          y=height - 6, font_size=10, text_anchor="middle")
+        with html.Div(style=ROW):
+            with html.Select(id="kinetics-overlay", v_model=(k.overlay,), disabled=no_case):
+                for value, label in OVERLAYS:
+                    html.Option(label, value=value)
+            html.Button("Show overlay", id="kinetics-show", click="trigger('kinetics_overlay')", disabled=no_case)
+        with html.Div(id="kinetics-legend", style="font-size:12px"), html.Div(v_for=f"e in {k.legend}", key="e.hex"):
+            html.Span("■ ", style=("'color:' + e.hex",))
+            html.Span("{{ e.text }}")
+        with html.Div(style=ROW):
+            html.Button(f"{{{{ {k.placing} === 'box' ? 'Click the lesion…' : 'Draw FTV box' }}}}",
+                        id="kinetics-box", click="trigger('kinetics_place_box')", disabled=no_case)
+        html.Div("One click places a box; drag its handles to fit the lesion.", style="font-size:12px")
+        html.Div(f"{{{{ {k.ftv} }}}}", id="kinetics-ftv")
+
+
 def build_page(server: Server, views: TabViews, n: TabState) -> DivLayout:
     """The whole page of one tab; ``n``: the typed state's names (``TypedState.name``)."""
     with DivLayout(server, style="display:flex;height:100vh;margin:0") as layout:
@@ -144,6 +197,7 @@ def build_page(server: Server, views: TabViews, n: TabState) -> DivLayout:
             _inputs(n)
             _analysis(n)
             _display(n)
+            _kinetics(n)
             _evaluation(n)
         with html.Div(style="flex:1;display:flex;gap:2px;background:#000;min-width:0"):
             _view(views, "view-left", f"Axial · {{{{ {LABELS}[{n.compare_left}] }}}}", v_show=n.compare)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from BreastCMSLLib.panel.kinetics import chart_lines, legend
 from BreastCMSLLib.panel.roles import FIELDS
 from BreastCMSLLib.panel.text import MAP_LABELS, result_text
 
@@ -36,6 +37,33 @@ class ResultView:
 
 
 @dataclass
+class KineticsView:
+    """The Kinetics section: the last curve (its source, its classes in words, drawn as an SVG polyline into a
+    ``CHART`` box, :func:`~BreastCMSLLib.panel.kinetics.chart_lines`), the FTV line and the SER legend."""
+
+    source: str = ""  # "point 12.0, -30.5, 4.0 (RAS mm)" or "fine peak"
+    words: str = ""
+    points: str = ""  # the polyline's "x,y x,y ..." (empty before a curve)
+    zero_y: float = 0.0  # the 0 % line
+    t_max: str = ""  # the axes' ends, as text
+    p_min: str = ""
+    p_max: str = ""
+    ftv: str = ""
+    placing: str = ""  # "point" or "box" while the next click places it
+    peak_map: str = "coam"
+    overlay: str = "ser_label"
+    legend: list[dict] = field(default_factory=lambda: [{"hex": e["hex"], "text": e["text"]} for e in legend()])
+
+    @classmethod
+    def of(cls, curve: dict, source: str, width: float, height: float, **kept) -> KineticsView:
+        """The view of a curve (:meth:`~BreastCMSLLib.panel.kinetics.KineticsSection.curve_at_ras`)."""
+        lines = chart_lines(curve["times_s"], curve["curve_percent"], width, height)
+        return cls(source=source, words=curve["words"], points=lines["points"], zero_y=lines["zero_y"],
+                   t_max=f"{lines['t_max']:.0f} s", p_min=f"{lines['p_min']:.0f} %", p_max=f"{lines['p_max']:.0f} %",
+                   **kept)
+
+
+@dataclass
 class TabState:
     """Everything the page shows or binds."""
 
@@ -63,3 +91,4 @@ class TabState:
     wl_low: float = 0.0
     wl_high: float = 1.0
     result: ResultView = field(default_factory=ResultView)
+    kinetics: KineticsView = field(default_factory=KineticsView)

@@ -388,8 +388,9 @@ def test_click_places_centre_and_table_distances(server, browser, roots):
     assert float(cells[2]) == pytest.approx(np.linalg.norm(centre - coam), abs=3.5)
     assert float(cells[3]) == pytest.approx(np.linalg.norm(centre - cam), abs=3.5)
     fine = np.array([-cli["fine_peak_lps"][0], -cli["fine_peak_lps"][1], cli["fine_peak_lps"][2]])
-    assert page.locator("#evaluation-table th").all_inner_texts() == ["case", "probability", "COAM mm", "CAM mm",
-                                                                      "fine mm"]
+    assert page.locator("#evaluation-table th").all_inner_texts() == [
+        "case", "probability", "COAM mm", "CAM mm", "fine mm", "initial rise", "delayed phase", "PE %", "FTV mL"]
+    assert page.inner_text("#error") == "" and cells[5:] == ["–"] * 4  # a centre outside the volume: no kinetics
     assert float(cells[4]) == pytest.approx(np.linalg.norm(centre - fine), abs=3.5)
     assert "fine" in page.inner_text("#evaluation-summary")
     assert "n = 1" in page.inner_text("#evaluation-summary")
@@ -398,7 +399,8 @@ def test_click_places_centre_and_table_distances(server, browser, roots):
     csv = Path(download.value.path()).read_text()
     assert "COAM mm" in csv and f"{float(cells[2]):.2f}"[:4] in csv
     header, values = (line.replace('"', "").split(",") for line in csv.splitlines()[:2])
-    assert header[-1] == "fine mm" and float(values[-1]) == pytest.approx(float(cells[4]), abs=0.05)
+    fine_column = header.index("fine mm")
+    assert float(values[fine_column]) == pytest.approx(float(cells[4]), abs=0.05)
     page.close()
 
 
@@ -542,3 +544,63 @@ def test_tab_limit(roots):
 class NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None
+
+
+def test_kinetics_section_draws_the_curve_its_class_the_legend_and_the_ftv_of_a_box(server, browser, roots,
+                                                                                     tmp_path):
+    """The Kinetics section: the curve at the fine peak equals `breastcmsl kinetics --point` there (class in words,
+    the drawn polyline an affine image of its values), a clicked point gives its own curve, the SER legend shows,
+    and a box drawn on the axial view gives an FTV."""
+    page = open_tab(browser, server)
+    analyze(page)
+    page.click("#kinetics summary")
+    page.select_option("#kinetics-peak-map", "fine")
+    page.click("#kinetics-peak")
+    page.wait_for_function("document.querySelector('#kinetics-class')?.textContent.includes('initial rise')")
+    peak = roots["cli"]["phantom1"]["fine_peak_lps"]
+    done = run_cli("kinetics", roots["data"] / "phantom1", "--point", *map(str, peak), "--out", tmp_path / "k")
+    assert done.returncode == 0, done.stderr
+    point = json.loads((tmp_path / "k" / "kinetics.json").read_text())["point"]
+    words = page.inner_text("#kinetics-class")
+    assert words.startswith(f"{point['initial']} initial rise") and point["delayed"] in words
+    assert page.inner_text("#kinetics-source") == "fine peak"
+    xy = np.array([[float(v) for v in pair.split(",")]
+                   for pair in page.get_attribute("#kinetics-chart polyline", "points").split()])
+    assert len(xy) == len(point["curve_percent"]) == 6
+    slope, offset = np.polyfit(point["curve_percent"], xy[:, 1], 1)  # y down: higher enhancement, smaller y
+    assert slope < 0 and np.abs(slope * np.array(point["curve_percent"]) + offset - xy[:, 1]).max() < 0.2
+    assert np.all(np.diff(xy[:, 0]) > 0)  # time runs left to right
+    legend = page.inner_text("#kinetics-legend")
+    assert all(name in legend for name in ("persistent", "plateau", "washout"))
+    page.select_option("#map-select", "fine")
+    page.click("#jump-peak")  # the views centred on the fine peak (near the phantom's lesion)
+    settle(page)
+    box = page.locator("#view-axial").bounding_box()
+    page.click("#kinetics-point")
+    page.mouse.click(box["x"] + box["width"] / 2 + 10, box["y"] + box["height"] / 2)
+    page.wait_for_function("document.querySelector('#kinetics-source')?.textContent.startsWith('point')")
+    assert "initial rise" in page.inner_text("#kinetics-class")
+    page.click("#kinetics-box")
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # a box around the fine peak
+    page.wait_for_function("document.querySelector('#kinetics-ftv')?.textContent.length > 0 || "
+                           "document.querySelector('#error')?.textContent.length > 0")
+    settle(page)
+    page.screenshot(path=str(ARTIFACTS / "kinetics.png"))
+    assert page.inner_text("#error") == ""
+    corners = [str(v + side * 15.0) for side in (-1, 1) for v in peak]  # the CLI's FTV of the same 30 mm box
+    done = run_cli("kinetics", roots["data"] / "phantom1", "--roi-box", *corners, "--out", tmp_path / "box")
+    assert done.returncode == 0, done.stderr
+    ftv_ml = json.loads((tmp_path / "box" / "kinetics.json").read_text())["ftv_ml"]
+    shown = re.fullmatch(r"FTV (\S+) mL \(persistent \S+, plateau \S+, washout \S+ mL\)",
+                         page.inner_text("#kinetics-ftv"))
+    assert shown and ftv_ml > 0.5 and float(shown.group(1)) == pytest.approx(ftv_ml, rel=0.2)  # the click: ±1 pixel
+    assert coloured(view_pixels(page)) > 0.002  # the FTV label drawn over the axial view
+    page.click("#place-centre")  # the evaluation row: the classes at the centre and the box's FTV
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function("document.querySelector('#centre')?.textContent.includes(',')")
+    page.click("#evaluate")
+    page.wait_for_selector("#evaluation-table tr:nth-child(2)")
+    cells = page.locator("#evaluation-table tr:nth-child(2) td").all_inner_texts()
+    assert cells[5:7] == [point["initial"], point["delayed"]] and cells[8] == shown.group(1)
+    assert float(cells[7]) == pytest.approx(point["curve_percent"][1], abs=15)  # PE at 150 s, within a voxel
+    page.close()

@@ -16,6 +16,8 @@ from BreastCMSLLib.pipeline.kinetics import SER_COLOURS, SER_LABELS, SER_LEGEND,
 from BreastCMSLLib.pipeline.kinetics_case import case_kinetics
 from BreastCMSLLib.pipeline.phase_times import PhaseTimes, case_times
 
+BOX_MM = 30.0  # the side of a box placed by one click, before its handles are dragged
+
 
 def curve_words(curve: dict, early_percent: float) -> str:
     """A curve's classes in words: ``fast initial rise (137 % at the early phase), washout (-39 % by the late
@@ -101,7 +103,10 @@ class KineticsSection:
 
     def ftv_in_roi(self, roi_node) -> dict:
         """The FTV of a markups ROI's box (its RAS bounds): ``ftv_ml``, ``ser_volumes_ml`` and the thresholds;
-        a box outside the volume, or without enhancing voxels, is an :class:`InputError` naming the ROI."""
+        a box outside the volume, or without enhancing voxels, is an :class:`InputError` naming the ROI. A box
+        just placed by one click (no extent yet) first gets :data:`BOX_MM` sides around its centre."""
+        if roi_node.GetNumberOfControlPoints() and max(roi_node.GetSize()) == 0:
+            roi_node.SetSize(BOX_MM, BOX_MM, BOX_MM)
         bounds = [0.0] * 6
         roi_node.GetRASBounds(bounds)
         if bounds[0] > bounds[1]:
