@@ -12,7 +12,7 @@ import slicer
 
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.mrml.kinetics import SER_COLOR_NAME
-from BreastCMSLLib.panel.kinetics import KineticsSection, legend
+from BreastCMSLLib.panel.kinetics import legend
 from BreastCMSLLib.panel.session import Session
 from BreastCMSLLib.panel.text import evaluation_rows_text
 from BreastCMSLLib.phantom.parameters import PhantomConfig
@@ -31,7 +31,7 @@ def loaded(tmp_path_factory):
     scene = slicer.vtkMRMLScene()
     session = Session(scene, temp_dir=tmp_path_factory.mktemp("kinpanel_tmp"))
     session.load_case_folder(folder)
-    yield phantom, session, KineticsSection.for_case_folder(session, folder)
+    yield phantom, session, session.kinetics()  # the case folder's times.json gives the phase times
     session.close()
 
 

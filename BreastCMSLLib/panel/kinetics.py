@@ -7,14 +7,12 @@ It works on the session's input phases (volume nodes) in this process: the maps 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.mrml import display, nodes
 from BreastCMSLLib.mrml import kinetics as scene_kinetics
 from BreastCMSLLib.pipeline.kinetics import SER_COLOURS, SER_LABELS, SER_LEGEND, KineticsConfig, box_region
 from BreastCMSLLib.pipeline.kinetics_case import case_kinetics
-from BreastCMSLLib.pipeline.phase_times import PhaseTimes, case_times
+from BreastCMSLLib.pipeline.phase_times import PhaseTimes
 
 BOX_MM = 30.0  # the side of a box placed by one click, before its handles are dragged
 
@@ -65,12 +63,6 @@ class KineticsSection:
         self._nodes: dict[str, object] = {}
         self.chart = None
         self.ftv: dict | None = None  # the FTV of the last ROI measured (:meth:`ftv_in_roi`)
-
-    @classmethod
-    def for_case_folder(cls, session, folder: str | Path, cfg: KineticsConfig | None = None) -> KineticsSection:
-        """The section of a case folder loaded into ``session`` (its ``times.json`` gives the phase times)."""
-        _, series, _ = session.inputs()
-        return cls(session, case_times(folder, max(len(series) - 1, 0)), cfg)
 
     def curve_at_ras(self, ras, name: str | None = None) -> dict:
         """The curve at a RAS point (mm): signal, relative enhancement per post-contrast phase, the classes,
