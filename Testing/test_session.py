@@ -481,6 +481,7 @@ def test_auto_assign_by_names_and_by_dicom_headers(case, tmp_path):
     assert session.auto_assign(loaded, [written[descriptions[i]] for i in order], n_channels=2) == []
     t1, series, kind = session.inputs()
     assert [t1, *series] == [loaded[order.index(i)] for i in range(4)]
+    assert session.times.post_s is not None and len(session.times.post_s) == 2  # the headers' times, for kinetics
 
 
 def test_load_dicom_study_reads_the_roles_into_nodes(case, tmp_path):
@@ -493,6 +494,8 @@ def test_load_dicom_study_reads_the_roles_into_nodes(case, tmp_path):
     assert loaded["kind"] == "phases" and len(loaded["series"]) == 7 and loaded["reference"] is loaded["series"][1]
     assert [row["role"] for row in loaded["roles"]] == ["t1", "pre", *(f"post_{k}" for k in range(1, 7))]
     assert session.inputs() == (loaded["t1"], loaded["series"], "phases")
+    times = session.kinetics().kin.times.post_s  # the study's phase times reach the Kinetics section
+    assert len(times) == 6 and times[0] == 0 and np.all(np.diff(times) > 0)
     for node, name in zip([loaded["t1"], *loaded["series"]], images):
         expected = images[name]
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), sitk.GetArrayFromImage(expected))

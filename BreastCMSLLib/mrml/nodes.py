@@ -145,11 +145,13 @@ def assign_by_dicom(node_files: list[list[str | Path]], n_channels: int, pattern
     Runs :func:`BreastCMSLLib.dicom.roles.assign_roles` on those series and maps each role back to its node:
     returns {"inputs": "phases"|"subtractions", "t1": index or None (no T1 in the study, or not one node),
     "series": [index or None, ...],
-    "notes": [...]}. A role filled by one phase of a multi-phase series has no node of its own (load that
+    "notes": [...], "times": the post-contrast phase times (:class:`~BreastCMSLLib.pipeline.phase_times.PhaseTimes`,
+    None for subtractions)}. A role filled by one phase of a multi-phase series has no node of its own (load that
     series as a Sequence); an ambiguous study raises :class:`InputError` listing the candidates.
     """
     from BreastCMSLLib.dicom.roles import RolePatterns, assign_roles
     from BreastCMSLLib.dicom.series import scan_files
+    from BreastCMSLLib.dicom.times import study_times
 
     owner = {Path(f): index for index, files in enumerate(node_files) for f in files}
     assignment = assign_roles(scan_files(list(owner)), n_channels=n_channels, patterns=patterns or RolePatterns(),
@@ -162,8 +164,9 @@ def assign_by_dicom(node_files: list[list[str | Path]], n_channels: int, pattern
                          "a volume Sequence and choose it as the dynamic sequence")
         indexes[id(entry)] = nodes.pop() if len(nodes) == 1 and len(entry.phase.series.phases) == 1 else None
     t1 = assignment.t1  # None when the study has no non-fat-suppressed T1
+    times = study_times(assignment, "loaded DICOM volumes") if assignment.kind == "phases" else None
     return {"inputs": assignment.kind, "t1": indexes[id(t1)] if t1 else None,
-            "series": [indexes[id(e)] for e in assignment.entries if e is not t1], "notes": notes}
+            "series": [indexes[id(e)] for e in assignment.entries if e is not t1], "notes": notes, "times": times}
 
 
 def sequence_volume_nodes(sequence_node, pre_index: int = 0) -> list:

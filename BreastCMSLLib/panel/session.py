@@ -170,6 +170,7 @@ class Session:
             assigned = assign_by_name([n.GetName() for n in volume_nodes], kind, n_channels, patterns)
         pick = lambda index: volume_nodes[index] if index is not None else None  # noqa: E731
         self.set_inputs(pick(assigned["t1"]), **{assigned["inputs"]: [pick(i) for i in assigned["series"]]})
+        self.times = assigned.get("times")  # the DICOM headers' phase times (names give none)
         return notes + assigned["notes"]
 
     def check_inputs(self, model_path: str | Path | None = None) -> list[str]:
