@@ -164,7 +164,7 @@ def test_too_few_phases_refused_in_one_line(tiny_model_path, tmp_path):
     proc = run_cli("analyze", case, "--model", tiny_model_path, "--out", tmp_path / "out", "--device", "cpu")
     assert proc.returncode == 2 and not (tmp_path / "out").exists()
     line = proc.stderr.strip().splitlines()[-1]
-    assert line.endswith("the model tiny needs 6 post-contrast phases; this study has 3")
+    assert line.endswith("the model tiny takes 6 subtraction channels, these inputs give 3")
 
 
 def small_run(tmp_path: Path, n_val: int) -> Path:

@@ -4,7 +4,7 @@ A model takes ``in_channels`` subtraction channels: its post-contrast phases (``
 from 1; None: every phase of the training studies) at its training times (``phase_times_s``). A study with as many
 phases gives them all; one with more gives the phases nearest the model's times (each time its nearest phase not yet
 taken, in order), or, without times on either side, the model's phase numbers; one with fewer is refused, naming what
-the model needs and what the study has.
+the model needs and what the study has. A model that records no phases (older files) takes exactly its channel count.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ def choose(n_study: int, times: tuple[float, ...] | None, cfg: PreprocessConfig,
     """The phases a model (``channels`` inputs, ``cfg``) takes of a study's ``n_study`` with ``times``; ``channels``
     None (a training cache): ``cfg.phases`` by number, or every phase."""
     channels = channels or (len(cfg.phases) if cfg.phases else n_study)
+    if cfg.phases is None and n_study != channels:  # a model that records no phases takes exactly its channels
+        raise InputError(source, f"the model {model} takes {channels} subtraction channels, these inputs give "
+                         f"{n_study}")
     if n_study < channels:
         raise InputError(source, f"the model {model} needs {phases_needed(cfg, channels)}; this study has "
                          f"{n_study}")
