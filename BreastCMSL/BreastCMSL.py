@@ -426,8 +426,11 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setRange(0, 100 if status.fraction else 0)  # busy until the first stage
         self.ui.progressBar.setValue(round(100 * status.fraction))
         self.ui.progressBar.format = f"{status.stage} %p%"
+        if status.log:
+            self.ui.logTextEdit.appendPlainText(status.log.rstrip("\n"))
         if status.finished:
             self.setJob(None)
+            self.ui.logTextEdit.appendPlainText(status.error or status.stage)
             if status.error:
                 self.setInputStatus(status.error, error=True)
             elif isinstance(status.value, Path):

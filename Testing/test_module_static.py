@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from BreastCMSLLib.panel import jobs
 from BreastCMSLLib.panel import processes as background
 from BreastCMSLLib.panel.models import downloadable
 from BreastCMSLLib.panel.packages import has_pip_ensure, install_packages
@@ -355,3 +356,19 @@ def test_packages_are_installed_with_what_the_slicer_at_hand_offers():
     assert calls == [("pip_ensure", ["safetensors>=0.4"], "BreastCMSL"),
                      ("pip_install", ["safetensors>=0.4", "matplotlib>=3.7"])]
     assert len(answers) == 2 and "safetensors>=0.4, matplotlib>=3.7" in answers[0]
+
+
+def test_the_log_box_gets_a_builds_output_line_by_line(tmp_path):
+    """What the module's Log box shows while the demo model builds: each poll's status carries the build's new output
+    lines, and the finished status its result."""
+    script = "import time\nfor n in range(3):\n    print('epoch', n, flush=True)\n    time.sleep(0.2)\n"
+    command = background.BackgroundCommand([sys.executable, "-c", script], tmp_path / "build.log")
+    command.start()
+    build = jobs.DemoBuild(command, tmp_path, completed=lambda out: out / "model.safetensors")
+    log, deadline = "", time.monotonic() + 30
+    while not (status := jobs.check(build)).finished and time.monotonic() < deadline:
+        log += status.log
+        time.sleep(0.05)
+    log += status.log
+    assert log.splitlines() == ["epoch 0", "epoch 1", "epoch 2"]
+    assert status.value == tmp_path / "model.safetensors" and status.stage == "done"

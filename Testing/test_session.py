@@ -69,6 +69,8 @@ def test_analyze_reports_its_stages_in_order(analyzed):
         fractions = [fraction for fraction, _ in job.stages]
         assert fractions[0] == 0.0 and fractions[-1] == 1.0 and np.all(np.diff(fractions) > 0)
         assert job.progress == (1.0, "done") and job.done
+        log = job.read_log()  # the module's Log box: every stage once, in order
+        assert [line.split(" (")[0] for line in log.splitlines()] == STAGES and job.read_log() == ""
 
 
 def test_result_nodes_lie_exactly_on_the_reference_grid_and_equal_the_cli(case, analyzed):

@@ -176,6 +176,7 @@ class AnalysisJob:
         self.names = names  # exported file -> node name, to name nodes in the worker's messages
         self.progress: tuple[float, str] = (0.0, "queued")
         self.stages: list[tuple[float, str]] = []  # every (fraction, stage) reported, in order
+        self._logged = 0  # stages already given by read_log
         self.cancelled = False
         self._messages: queue.Queue[Message] = queue.Queue()
         self._final: Message | None = None
@@ -199,6 +200,12 @@ class AnalysisJob:
             self.stages.append(self.progress)
         else:
             self._messages.put(message)
+
+    def read_log(self) -> str:
+        """The stages reported since the previous call, one line each (what the module's Log box shows)."""
+        new = self.stages[self._logged:]
+        self._logged += len(new)
+        return "".join(f"{stage} ({fraction:.0%})\n" for fraction, stage in new)
 
     def _named(self, text: str) -> str:
         for path, name in self.names.items():
@@ -281,6 +288,10 @@ class DemoBuild:
             raise InputError(self.command.log_path, f"building the demo model failed (exit code {code})")
         return self.completed(self.out_dir)
 
+    def read_log(self) -> str:
+        """The build's output lines since the previous call (what the module's Log box shows)."""
+        return self.command.read_output()
+
     def cancel(self) -> None:
         self.command.cancel()
 
@@ -300,6 +311,7 @@ class JobStatus:
     finished: bool = False
     value: object = None
     error: str = ""
+    log: str = ""  # the job's log lines since the previous poll (``read_log``)
 
 
 def check(job: AnalysisJob | DemoBuild) -> JobStatus:
@@ -309,7 +321,7 @@ def check(job: AnalysisJob | DemoBuild) -> JobStatus:
     try:
         value = job.poll()
     except InputError as err:
-        return JobStatus(fraction, "failed", finished=True, error=str(err))
+        return JobStatus(fraction, "failed", finished=True, error=str(err), log=job.read_log())
     if value is None:
-        return JobStatus(fraction, stage)
-    return JobStatus(1.0, "done", finished=True, value=value)
+        return JobStatus(fraction, stage, log=job.read_log())
+    return JobStatus(1.0, "done", finished=True, value=value, log=job.read_log())
