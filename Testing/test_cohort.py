@@ -20,8 +20,11 @@ import SimpleITK as sitk
 
 from BreastCMSLLib.cohort.manifest import Case, write_manifest
 from BreastCMSLLib.cohort.metrics import bootstrap_metrics
+from BreastCMSLLib.dicom.study import study_inputs
+from BreastCMSLLib.dicom.times import study_times
 from BreastCMSLLib.phantom.parameters import PhantomConfig
 from BreastCMSLLib.phantom.synth import make_case, synth_case
+from BreastCMSLLib.pipeline.kinetics_case import case_kinetics
 from BreastCMSLLib.pipeline.output import RESULT_FILES
 from Testing import dicomsynth
 from Testing.dicomsynth import SeriesSpec
@@ -371,3 +374,39 @@ def test_batches_of_cases_equal_one_case_per_pass(cohort, one_run, tiny_model_pa
             batched, alone = (sitk.GetArrayFromImage(sitk.ReadImage(str(o / "cases" / case / f"{name}.nrrd")))
                               for o in (out, one_run[0]))
             np.testing.assert_allclose(batched, alone, atol=1e-4, err_msg=f"{case} {name}")
+
+
+def test_kinetics_columns_equal_the_kinetics_command(cohort, tiny_model_path, tmp_path):
+    """``--kinetics`` and a manifest ``roi_box``: the classes at the fine peak of results.csv equal ``breastcmsl
+    kinetics --point`` at that peak (case folder and DICOM study), ftv_ml equals its ``--roi-box``; a case with
+    subtractions only has empty kinetics columns."""
+    truth = json.loads((cohort / "a_case" / "case.json").read_text())
+    box = (*np.subtract(truth["center_lps"], 12.0), *np.add(truth["center_lps"], 12.0))
+    synth_case(tmp_path / "s_sub", seed=7, label=0, shape=TINY_SHAPE, spacing=TINY_SPACING, inputs="subtractions")
+    write_manifest(tmp_path / "manifest.csv", [Case("a_case", 1, "", cohort / "a_case", None, None, box),
+                                               Case("c_study", 1, "", cohort / "c_study"),
+                                               Case("s_sub", 0, "", tmp_path / "s_sub")])
+    out = tmp_path / "out"
+    proc = run_cli("analyze-cohort", "--manifest", tmp_path / "manifest.csv", "--model", tiny_model_path,
+                   "--out", out, "--device", "cpu", "--kinetics")
+    assert proc.returncode == 0, proc.stderr
+    table = {r["id"]: r for r in rows(out)}
+    row = table["a_case"]
+    assert row["status"] == "ok", row["error"]
+    peak = [row[f"fine_peak_lps_{a}"] for a in "xyz"]
+    single = run_cli("kinetics", cohort / "a_case", "--point", *peak, "--roi-box", *box, "--out", tmp_path / "single")
+    assert single.returncode == 0, single.stderr
+    report = json.loads((tmp_path / "single" / "kinetics.json").read_text())
+    assert (row["fine_initial"], row["fine_delayed"]) == (report["point"]["initial"], report["point"]["delayed"])
+    assert report["point"]["delayed"] in ("persistent", "plateau", "washout")
+    assert float(row["ftv_ml"]) == report["ftv_ml"] > 0
+    # the DICOM study (phases re-read from their files; no box): the curve as `kinetics --dicom` makes it, at the
+    # peak (on its breast mask's rim here, which --point refuses)
+    row = table["c_study"]
+    study, _ = study_inputs(cohort / "c_study")
+    curve = case_kinetics(study.inputs, study_times(study.assignment, "c_study")).curve(
+        [float(row[f"fine_peak_lps_{a}"]) for a in "xyz"])
+    assert (row["fine_initial"], row["fine_delayed"], row["ftv_ml"]) == (curve["initial"], curve["delayed"], "")
+    assert table["s_sub"]["status"] == "ok", table["s_sub"]["error"]
+    assert (table["s_sub"]["fine_initial"], table["s_sub"]["fine_delayed"], table["s_sub"]["ftv_ml"]) == ("", "", "")
+    assert "subtractions only" in result(out / "cases" / "s_sub")["kinetics"]["note"]

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The command's arguments on ``p``."""
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--manifest", type=Path, help="cohort manifest CSV (subject_id,label,case_dir,...; "
-                       "labels and centres give summary.md)")
+                       "labels and centres give summary.md; a roi_box column gives ftv_ml)")
     where.add_argument("--root", type=Path, help="folder of case folders and/or DICOM studies, one per subfolder")
     p.add_argument("--model", required=True, type=Path, help="model .safetensors file")
     p.add_argument("--out", required=True, type=Path, help="output folder (cases/<id>/, results.csv, summary.md)")
@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seg", action="store_true", help="DICOM studies: also write coam_seg.dcm (DICOM Segmentation)")
     p.add_argument("--label-fraction", type=float, default=0.5,
                    help="labelmaps are 1 where the map >= this fraction of its maximum")
+    p.add_argument("--kinetics", action="store_true", help="also the BI-RADS curve type at the fine map's peak "
+                   "(fine_initial, fine_delayed in results.csv; re-reads the pre-contrast, early and late phase; "
+                   "docs/kinetics.md)")
 
 
 def run(args) -> dict | None:
@@ -62,7 +65,7 @@ def run(args) -> dict | None:
             from BreastCMSLLib.cohort.runner import run_cohort
 
             return run_cohort(sources, args.model, args.out, args.device, workers, args.batch, args.seg,
-                              args.label_fraction, summary=args.manifest is not None)
+                              args.label_fraction, summary=args.manifest is not None, kinetics=args.kinetics)
     except KeyboardInterrupt:
         print("breastcmsl analyze-cohort: interrupted; finished cases are kept, rerun the same command to do the "
               "rest", file=sys.stderr)

@@ -31,18 +31,20 @@ Pending = tuple[Future, CaseSource, Slot]  # a case sent to a worker process, an
 @dataclass(frozen=True)
 class Options:
     """How to run: ``workers`` processes for reading/preprocessing and writing, ``batch`` cases per forward
-    pass, ``seg``: a DICOM SEG of COAM for DICOM studies, ``label_fraction`` as ``analyze --label-fraction``."""
+    pass, ``seg``: a DICOM SEG of COAM for DICOM studies, ``label_fraction`` as ``analyze --label-fraction``,
+    ``kinetics``: the curve type at the fine map's peak (:mod:`BreastCMSLLib.cohort.kinetics`)."""
 
     workers: int
     batch: int
     seg: bool = False
     label_fraction: float = 0.5
+    kinetics: bool = False
 
 
 def send_to_prepare(workers: Workers, source: CaseSource, slot: Slot, config: ModelConfig, model_name: str,
-                    label_fraction: float, seg: bool) -> Pending:
+                    label_fraction: float, seg: bool, kinetics: bool) -> Pending:
     """Send ``source`` to a worker process to be read and preprocessed into ``slot``."""
-    return workers.submit(prepare_case, source, slot, config, model_name, label_fraction, seg), source, slot
+    return workers.submit(prepare_case, source, slot, config, model_name, label_fraction, seg, kinetics), source, slot
 
 
 def run_flow(todo: list[CaseSource], loaded, dev: torch.device, out: Path, options: Options, workers: Workers,
@@ -69,7 +71,7 @@ def run_flow(todo: list[CaseSource], loaded, dev: torch.device, out: Path, optio
     def refill() -> None:
         while len(preparing) < depth and slots.free and queue:
             preparing.append(send_to_prepare(workers, queue.popleft(), slots.take(), cfg, name,
-                                             options.label_fraction, options.seg))
+                                             options.label_fraction, options.seg, options.kinetics))
 
     def harvest(wait: bool) -> None:
         if wait and writing:

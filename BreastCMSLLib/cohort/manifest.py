@@ -3,11 +3,15 @@
 Columns ``subject_id,label,split,case_dir,birads,center_lps_x,center_lps_y,center_lps_z``; ``case_dir``
 is relative to the manifest's folder; ``birads`` and the lesion centre (LPS mm) are optional. An empty
 ``split`` is assigned by a seeded, label-stratified split in the paper's proportions 1204/165/346.
+
+An optional column ``roi_box`` gives a region for the functional tumour volume (``analyze-cohort``'s ``ftv_ml``):
+two corners of an axis-aligned box in LPS mm, ``"x1 y1 z1 x2 y2 z2"`` (empty: none).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 from dataclasses import dataclass
@@ -18,13 +22,15 @@ import numpy as np
 from BreastCMSLLib.errors import InputError
 
 COLUMNS = ("subject_id", "label", "split", "case_dir", "birads", "center_lps_x", "center_lps_y", "center_lps_z")
+OPTIONAL_COLUMNS = ("roi_box",)  # written only when a case has one
 SPLITS = ("train", "val", "test")
 PAPER_PROPORTIONS = (1204, 165, 346)  # train / val / test cases of Luo et al. 2019
 
 
 @dataclass(frozen=True)
 class Case:
-    """One manifest row. ``case_dir`` is absolute; ``center_lps`` in LPS mm or None; ``birads`` or None."""
+    """One manifest row. ``case_dir`` is absolute; ``center_lps`` in LPS mm or None; ``birads`` or None;
+    ``roi_box`` (x1, y1, z1, x2, y2, z2) LPS mm or None."""
 
     subject_id: str
     label: int
@@ -32,6 +38,7 @@ class Case:
     case_dir: Path
     birads: int | None = None
     center_lps: tuple[float, float, float] | None = None
+    roi_box: tuple[float, ...] | None = None
 
 
 def _optional_float(text: str) -> float | None:
@@ -71,11 +78,14 @@ def read_rows(path: str | Path) -> list[Case]:
         try:
             birads = int(row["birads"]) if (row.get("birads") or "").strip() else None
             xyz = [_optional_float(row.get(f"center_lps_{a}") or "") for a in "xyz"]
+            box = tuple(float(v) for v in (row.get("roi_box") or "").split()) or None
         except ValueError as err:
             raise InputError(where, f"bad number ({err})") from None
+        if box is not None and len(box) != 6:
+            raise InputError(where, f"roi_box must be 6 numbers 'x1 y1 z1 x2 y2 z2' (LPS mm), got {len(box)}")
         center = tuple(xyz) if None not in xyz else None
         cases.append(Case(sid, int(label), split, (path.parent / row["case_dir"].strip()).resolve(), birads,
-                          center))
+                          center, box))
     if not cases:
         raise InputError(path, "the manifest has no cases")
     return cases
@@ -113,18 +123,21 @@ def assign_splits(cases: list[Case], seed: int = 0, proportions=PAPER_PROPORTION
 
 
 def _with_split(case: Case, split: str) -> Case:
-    return Case(case.subject_id, case.label, split, case.case_dir, case.birads, case.center_lps)
+    return dataclasses.replace(case, split=split)
 
 
 def manifest_text(cases: list[Case], root: Path) -> str:
     """CSV text of ``cases`` with ``case_dir`` relative to ``root`` (the manifest's folder)."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(COLUMNS)
+    boxes = any(c.roi_box for c in cases)
+    w.writerow(COLUMNS + (OPTIONAL_COLUMNS if boxes else ()))
     for c in cases:
         rel = Path(os.path.relpath(Path(c.case_dir).resolve(), root.resolve()))
         center = [f"{v:.4f}" for v in c.center_lps] if c.center_lps else ["", "", ""]
-        w.writerow([c.subject_id, c.label, c.split, rel.as_posix(), "" if c.birads is None else c.birads, *center])
+        box = [" ".join(f"{v:.4f}" for v in c.roi_box or ())] if boxes else []
+        w.writerow([c.subject_id, c.label, c.split, rel.as_posix(), "" if c.birads is None else c.birads, *center,
+                    *box])
     return out.getvalue()
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from BreastCMSLLib.atomic import atomic_write_text
 from BreastCMSLLib.cohort.flow import Options, run_flow, send_to_prepare
+from BreastCMSLLib.cohort.kinetics import up_to_date
 from BreastCMSLLib.cohort.progress import Progress
 from BreastCMSLLib.cohort.slots import SlotPool, check_room
 from BreastCMSLLib.cohort.sources import CaseSource
@@ -30,20 +31,22 @@ from BreastCMSLLib.memory import keep_freed_memory
 from BreastCMSLLib.network.header import file_sha256, model_info, read_model_file_metadata
 
 
-def finished(folder: Path, model: dict, label_fraction: float, seg: bool) -> dict | None:
-    """result.json of a case folder an earlier run completed with the same model file, label fraction and DICOM
-    SEG choice (``seg``: the case gets one); None when the case must be (re)done."""
+def finished(folder: Path, model: dict, label_fraction: float, seg: bool, source: CaseSource,
+             kinetics: bool = False) -> dict | None:
+    """result.json of a case folder an earlier run completed with the same model file, label fraction, DICOM
+    SEG choice (``seg``: the case gets one) and the kinetics asked for (``kinetics``, the ``source``'s
+    ``roi_box``); None when the case must be (re)done."""
     try:
         result = json.loads((folder / "result.json").read_text())
     except (OSError, ValueError):
         return None
     same = (result.get("model", {}).get("sha256") == model["sha256"]
             and result.get("label_fraction") == label_fraction
-            and (folder / "coam_seg.dcm").is_file() == seg)
+            and (folder / "coam_seg.dcm").is_file() == seg and up_to_date(result, source.roi_box, kinetics))
     return result if same else None
 
 
-def plan(sources: list[CaseSource], out: Path, model: dict, label_fraction: float, seg: bool
+def plan(sources: list[CaseSource], out: Path, model: dict, label_fraction: float, seg: bool, kinetics: bool = False
          ) -> tuple[dict[str, dict], list[CaseSource]]:
     """This process's share ``sources`` split into the results.csv rows known already (folders without a case,
     cases an earlier run finished with the same ``model``, label fraction and DICOM SEG choice) and the cases to
@@ -59,7 +62,7 @@ def plan(sources: list[CaseSource], out: Path, model: dict, label_fraction: floa
             rows[s.id] = failed_row(s.id, "skipped", f"{s.folder}: holds neither case volumes nor DICOM files", 0.0,
                                     s.label)
         elif kind is not None and (result := finished(out / "cases" / s.id, model, label_fraction,
-                                                      seg and kind == "dicom")):
+                                                      seg and kind == "dicom", s, kinetics)):
             rows[s.id] = ok_row(s.id, result, s.label)
         else:
             todo.append(s)
@@ -67,7 +70,8 @@ def plan(sources: list[CaseSource], out: Path, model: dict, label_fraction: floa
 
 
 def run_cohort(sources: list[CaseSource], model_path: Path, out: Path, device: str, workers: Workers,
-               batch: int | None, seg: bool, label_fraction: float, summary: bool) -> dict | None:
+               batch: int | None, seg: bool, label_fraction: float, summary: bool, kinetics: bool = False
+               ) -> dict | None:
     """Analyze every case (this rank's share under torchrun) with the rank's worker processes ``workers``, then
     (rank 0) write ``results.csv`` and, with ``summary``, ``summary.md``. Returns what the command prints."""
     if out.exists() and not out.is_dir():
@@ -81,7 +85,7 @@ def run_cohort(sources: list[CaseSource], model_path: Path, out: Path, device: s
     model = model_info(model_path, cfg, provenance, file_sha256(model_path))
     d = Dist.from_env()
     shard = sources[d.rank::d.world]
-    rows, todo = plan(shard, out, model, label_fraction, seg)
+    rows, todo = plan(shard, out, model, label_fraction, seg, kinetics)
     shape = (cfg.in_channels, *cfg.preprocess.input_size)
 
     def slots_for(batch: int) -> int:  # the cases read ahead and those being written
@@ -93,9 +97,9 @@ def run_cohort(sources: list[CaseSource], model_path: Path, out: Path, device: s
             started = []  # the first case, read and preprocessed while this process loads torch and the network
             if todo:
                 started.append(send_to_prepare(workers, todo[0], slots.take(), cfg, model["name"], label_fraction,
-                                               seg))
+                                               seg, kinetics))
             loaded, dev = load_network(model_path, model["sha256"], device)
-            options = Options(workers.n, batch or (4 if dev.type == "cuda" else 1), seg, label_fraction)
+            options = Options(workers.n, batch or (4 if dev.type == "cuda" else 1), seg, label_fraction, kinetics)
             if slots_for(options.batch) > len(slots.blocks):  # a GPU's default batches need more
                 check_room(slots_for(options.batch) - len(slots.blocks), shape)
                 slots.grow(slots_for(options.batch))

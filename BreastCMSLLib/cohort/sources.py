@@ -19,12 +19,14 @@ STUDY_FILES = ("ROLES.json", "PATTERNS.json")  # per-study role files, honoured 
 @dataclass(frozen=True)
 class CaseSource:
     """One case to analyze: ``id`` (its output folder's name), its folder, and what the manifest says about it
-    (``label`` 0/1 and the lesion ``centre`` in LPS mm, or None)."""
+    (``label`` 0/1, the lesion ``centre`` in LPS mm and the FTV region ``roi_box``: two LPS corners in mm,
+    ``(x1, y1, z1, x2, y2, z2)``; each or None)."""
 
     id: str
     folder: Path
     label: int | None = None
     centre: tuple[float, float, float] | None = None
+    roi_box: tuple[float, ...] | None = None
 
     @property
     def kind(self) -> str | None:
@@ -51,7 +53,7 @@ def from_manifest(path: str | Path) -> list[CaseSource]:
         if "/" in c.subject_id or "\\" in c.subject_id or c.subject_id.startswith("."):
             raise InputError(path, f"subject_id {c.subject_id!r} cannot name an output folder (no /, \\ or "
                              "leading .)")
-    return [CaseSource(c.subject_id, c.case_dir, c.label, c.center_lps) for c in cases]
+    return [CaseSource(c.subject_id, c.case_dir, c.label, c.center_lps, c.roi_box) for c in cases]
 
 
 def from_root(root: str | Path, out: str | Path) -> list[CaseSource]:

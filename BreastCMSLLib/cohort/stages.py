@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from BreastCMSLLib.atomic import replace_folder, staging_folder, write_through
+from BreastCMSLLib.cohort.kinetics import CohortKinetics, prepare_kinetics
 from BreastCMSLLib.cohort.slots import Slot
 from BreastCMSLLib.cohort.sources import CaseSource
 from BreastCMSLLib.config import ModelConfig
@@ -32,7 +33,8 @@ class Failed:
 class Prepared:
     """A case read and preprocessed: its network input is in shared-memory slot ``slot``
     (:mod:`BreastCMSLLib.cohort.slots`), ``prep`` is the rest of :class:`Preprocessed`; ``used`` the ``inputs``
-    record of result.json; ``reference`` the reference DICOM phase when a DICOM SEG is wanted."""
+    record of result.json; ``reference`` the reference DICOM phase when a DICOM SEG is wanted; ``kinetics`` the
+    case's kinetics so far (:mod:`BreastCMSLLib.cohort.kinetics`; None: none asked for)."""
 
     source: CaseSource
     slot: Slot
@@ -42,6 +44,7 @@ class Prepared:
     mask_source: str
     reference: object | None
     timings: dict
+    kinetics: CohortKinetics | None = None
 
 
 def one_line(err: BaseException) -> str:
@@ -50,9 +53,9 @@ def one_line(err: BaseException) -> str:
     return " ".join(text.split())[:500]
 
 
-def read_source(source: CaseSource, n_channels: int, seg: bool):
-    """The case's :class:`CaseInputs`, the ``inputs`` record and (for a DICOM study with ``seg``) the reference
-    phase, exactly as ``breastcmsl analyze`` reads a case folder or a ``--dicom`` study."""
+def read_source(source: CaseSource, n_channels: int):
+    """The case's :class:`CaseInputs`, the ``inputs`` record and (for a DICOM study) the study, exactly as
+    ``breastcmsl analyze`` reads a case folder or a ``--dicom`` study."""
     from BreastCMSLLib.pipeline.preprocess import load_case
 
     kind = source.kind
@@ -64,26 +67,32 @@ def read_source(source: CaseSource, n_channels: int, seg: bool):
 
         study, used = study_inputs(source.folder, source.study_file("ROLES.json"), n_channels,
                                    source.study_file("PATTERNS.json"))
-        return study.inputs, used, study.reference if seg else None
+        return study.inputs, used, study
     if not source.folder.is_dir():
         raise InputError(source.folder, "no such case folder")
     raise InputError(source.folder, "holds neither case volumes nor DICOM files")
 
 
 def prepare_case(source: CaseSource, slot: Slot, config: ModelConfig, model_name: str, label_fraction: float,
-                 seg: bool) -> Prepared | Failed:
-    """Read and preprocess one case into slot ``slot`` (in a worker process)."""
+                 seg: bool, kinetics: bool = False) -> Prepared | Failed:
+    """Read and preprocess one case into slot ``slot`` (in a worker process); with ``kinetics`` or the manifest's
+    ``roi_box``, also the case's kinetics (:func:`~BreastCMSLLib.cohort.kinetics.prepare_kinetics`)."""
     t0 = time.perf_counter()
     try:
-        inputs, used, reference = read_source(source, config.in_channels, seg)
+        inputs, used, study = read_source(source, config.in_channels)
         t1 = time.perf_counter()
         prep = prepare(inputs, config, model_name, label_fraction, slot.array())
         t2 = time.perf_counter()
+        kin = prepare_kinetics(inputs, study, source.folder, source.roi_box, kinetics)
     except Exception as err:  # a broken case is recorded, never raised: the cohort goes on
         return Failed(source, one_line(err), time.perf_counter() - t0)
     centre = source.centre or (inputs.extra or {}).get("center_lps")
-    return Prepared(source, slot, dataclasses.replace(prep, array=None), used, centre,
-                    inputs.mask_source, reference, {"read_s": t1 - t0, "preprocess_s": t2 - t1})
+    reference = study.reference if seg and study is not None else None
+    timings = {"read_s": t1 - t0, "preprocess_s": t2 - t1}
+    if kin is not None:
+        timings["kinetics_s"] = time.perf_counter() - t2
+    return Prepared(source, slot, dataclasses.replace(prep, array=None), used, centre, inputs.mask_source,
+                    reference, timings, kin)
 
 
 def finish_case(case: Prepared, net: NetResult, model: dict, label_fraction: float, out_dir: Path) -> dict | Failed:
@@ -102,8 +111,13 @@ def finish_case(case: Prepared, net: NetResult, model: dict, label_fraction: flo
 
             seg = map_segmentation(analysis.coam_label, case.reference)
             extra["coam_seg.dcm"] = lambda path: seg.save_as(path)
+        fields = None
+        if case.kinetics is not None:
+            t1 = time.perf_counter()
+            fields = {"kinetics": case.kinetics.result(analysis.fine_peak_lps)}
+            analysis.timings["kinetics_s"] = analysis.timings.get("kinetics_s", 0.0) + time.perf_counter() - t1
         with staging_folder(out_dir) as tmp:
-            result = write_analysis(analysis, tmp / "case", case.used, case.centre, extra)
+            result = write_analysis(analysis, tmp / "case", case.used, case.centre, extra, fields)
             write_through(tmp / "case")
             replace_folder(tmp / "case", out_dir)
         return result

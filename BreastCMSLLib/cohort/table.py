@@ -18,7 +18,8 @@ from BreastCMSLLib.config import MAP_NAMES
 
 COLUMNS = ("id", "status", "in_domain", "probability", "prediction", "threshold",
            *(f"{name}_peak_lps_{axis}" for name in MAP_NAMES for axis in "xyz"), "mask_source", "roles", "label",
-           *(f"{name}_distance_mm" for name in MAP_NAMES), "seconds", "applicability_reasons", "error")
+           *(f"{name}_distance_mm" for name in MAP_NAMES), "fine_initial", "fine_delayed", "ftv_ml", "seconds",
+           "applicability_reasons", "error")
 IN_DOMAIN = {True: "true", False: "false", None: "unknown"}  # result.json's applicability.in_domain
 
 
@@ -45,10 +46,20 @@ def ok_row(case_id: str, result: dict, label: int | None) -> dict:
            "mask_source": result["mask_source"],
            "roles": roles_used(result["inputs"]), "label": "" if label is None else str(label),
            "seconds": f"{sum(result['timings'].values()):.2f}", "error": ""}
+    row.update(kinetics_cells(result.get("kinetics") or {}))
     for name in (n for n in MAP_NAMES if f"{n}_peak_lps" in result):
         row.update(zip((f"{name}_peak_lps_{a}" for a in "xyz"), map(mm, result[f"{name}_peak_lps"]), strict=True))
         row[f"{name}_distance_mm"] = mm(result[f"{name}_distance_mm"]) if f"{name}_distance_mm" in result else ""
     return row
+
+
+def kinetics_cells(record: dict) -> dict:
+    """The kinetics columns from result.json's ``kinetics``: the BI-RADS classes at the fine map's peak and the FTV
+    (mL) of the manifest's ``roi_box``; empty where not measured (no pre-contrast phase, no fine map, no box)."""
+    fine = (record.get("peak_curves") or {}).get("fine") or {}
+    ftv = record.get("ftv_ml")
+    return {"fine_initial": fine.get("initial") or "", "fine_delayed": fine.get("delayed") or "",
+            "ftv_ml": "" if ftv is None else f"{ftv:.4f}"}
 
 
 def failed_row(case_id: str, status: str, error: str, seconds: float, label: int | None) -> dict:
