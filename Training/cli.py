@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--cache", type=str, default=None, help="another cache (default: the run's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-ood", action="store_true", help="skip the training-domain check's evidence (in-domain "
+                   "rate, AUROC against inputs made out of distribution from the split's case folders)")
 
     p = sub.add_parser("compare", help="Table 1 of evaluated runs")
     p.add_argument("runs", type=Path, nargs="+")
@@ -208,8 +210,11 @@ def cmd_domain(args) -> dict:
 def cmd_evaluate(args) -> dict:
     from .evaluate import evaluate
 
-    r = evaluate(args.run, args.split, args.cache, args.device)
+    r = evaluate(args.run, args.split, args.cache, args.device, ood=not args.no_ood)
+    app = r.get("applicability")
     return {"metrics": {k: v["value"] for k, v in r["metrics"].items()}, "n": r["n"],
+            **({"in_domain_rate": app["in_domain_rate"], "ood_auroc": {k: v["auroc"] for k, v in app["kinds"].items()}
+                | {"all": app["overall"]["auroc"]}} if app else {}),
             "written": str(args.run / "eval" / "metrics.json")}
 
 

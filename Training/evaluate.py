@@ -31,7 +31,7 @@ from .data import VolumeSource
 from .inference import predict
 from .metrics import CALIBRATION_BINS, bin_index, bootstrap_calibration, calibrated_probability, shown
 from .ood import evaluate_applicability
-from .runfiles import read_domain, read_run_calibration, run_model_path, write_run_calibration
+from .runfiles import read_domain, read_run, read_run_calibration, run_model_path, write_run_calibration
 from .runmodel import load_network, method_of
 
 TABLE_HEADER = table_header(("ECE", "ECE (calibrated)"))
@@ -49,9 +49,7 @@ def predict_split(run_dir: str | Path, split: str = "test", cache_dir: str | Non
     """(cases, predictions, ModelConfig, MethodConfig) of the run's best model on a split of its cache
     (predictions: probability, score, cos_theta, loss, label; see :func:`Training.inference.predict`)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "run.json").is_file():
-        raise InputError(run_dir, "is not a training run folder (no run.json)")
-    run = json.loads((run_dir / "run.json").read_text())
+    run = read_run(run_dir)
     _, dev = setup(device)
     net, cfg, provenance = load_network(run_model_path(run_dir), dev)
     method = method_of(provenance)
