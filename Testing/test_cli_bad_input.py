@@ -50,7 +50,7 @@ def spoil_channels(case):
     (case / "post_6.nrrd").unlink()
     times = json.loads((case / "times.json").read_text())
     (case / "times.json").write_text(json.dumps({**times, "post_s": times["post_s"][:5]}))
-    return [case], "post_1.nrrd", "needs 6 post-contrast phases; this study has 5"
+    return [case], "post_1.nrrd", "takes 6 subtraction channels, these inputs give 5"
 
 
 def spoil_overlap(case):
