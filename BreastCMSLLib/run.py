@@ -156,14 +156,17 @@ _LOADER = ThreadPoolExecutor(1, thread_name_prefix="breastcmsl-model-load")
 
 
 def _load_model(request: AnalyzeRequest, load: Callable | None):
-    """The request's device checked and its model loaded (``load``, default
-    :func:`~BreastCMSLLib.network.modelfile.load_model`): in :data:`_LOADER`'s thread, so that importing torch and
-    loading the model overlap reading the volumes (``benchmarks/README.md``)."""
+    """The request's device checked, its model loaded (``load``, default
+    :func:`~BreastCMSLLib.network.modelfile.load_model`) and its inference module built for that device: in
+    :data:`_LOADER`'s thread, so that importing torch, loading the model and folding it overlap reading and
+    preprocessing the volumes, which need only the model file's header (``benchmarks/README.md``)."""
     from BreastCMSLLib.network.modelfile import load_model
     from BreastCMSLLib.pipeline.analyze import select_device
 
-    select_device(request.device)
-    return (load or load_model)(request.model)
+    device = select_device(request.device)
+    loaded = (load or load_model)(request.model)
+    loaded.inference_module(device)
+    return loaded
 
 
 def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: Report | None = None,
@@ -175,7 +178,9 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
     :class:`~BreastCMSLLib.pipeline.preprocess.CaseInputs` and result.json's ``inputs`` entry, in place of reading
     the request's files) and ``write`` (in place of :func:`~BreastCMSLLib.pipeline.output.write_analysis`, with its
     signature). A user mistake is an :class:`InputError`."""
+    from BreastCMSLLib.network.header import model_name, read_model_metadata
     from BreastCMSLLib.pipeline.output import write_analysis
+    from BreastCMSLLib.pipeline.preprocess import prepare_study
 
     if request.out.exists() and not request.out.is_dir():
         raise InputError(request.out, "the output folder is an existing file")
@@ -187,17 +192,25 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
         raise InputError("--seg-map", "needs --dicom-seg (and --dicom STUDY_DIR)")
     if (request.roles or request.patterns or request.dicom_seg) and not request.dicom:
         raise InputError("analyze", "--roles, --patterns and --dicom-seg need --dicom STUDY_DIR")
+    try:
+        config, provenance = read_model_metadata(request.model)  # what preprocessing needs of the model
+    except InputError:
+        loading.result()  # a bad device is reported first, as when the model was loaded first
+        raise
     study = None
     if request.dicom:
         from BreastCMSLLib.dicom.study import study_inputs
 
         if request.case_dir or request.t1 or request.sub or request.pre or request.post:
             raise InputError(request.dicom, "give either --dicom or a case folder / named volumes, not both")
-        loaded = loading.result()
         # a model that records its phase times takes a longer study's nearest phases (pipeline/model_phases.py)
-        timed = loaded.config.preprocess.phase_times_s is not None
-        study, used = study_inputs(request.dicom, request.roles, None if timed else loaded.config.in_channels,
-                                   request.patterns)
+        timed = config.preprocess.phase_times_s is not None
+        try:
+            study, used = study_inputs(request.dicom, request.roles, None if timed else config.in_channels,
+                                       request.patterns)
+        except InputError:
+            loading.result()  # a bad model or device is reported first, as when the model was loaded first
+            raise
         inputs = study.inputs
         if timed and inputs.kind == "phases":
             from BreastCMSLLib.dicom.times import study_times
@@ -211,13 +224,20 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
         except InputError:
             loading.result()  # a bad model or device is reported first, as when the model was loaded first
             raise
-        loaded = loading.result()
     t_read = time.perf_counter() - t0
+    report(0.1, "preprocess")
+    try:
+        prepared = prepare_study(inputs, config, model_name(request.model, provenance), request.label_fraction)
+    except InputError:
+        loading.result()  # as above
+        raise
+    t_prep = time.perf_counter() - t0 - t_read
+    loaded = loading.result()
     from BreastCMSLLib.pipeline.analyze import analyze_case  # torch, imported by the loading by now
 
     analysis = analyze_case(inputs, loaded, device=request.device, label_fraction=request.label_fraction,
-                            progress=report, fine=FINE_MAP if request.fine_map else None)
-    analysis.timings["read_s"] = t_read
+                            progress=report, fine=FINE_MAP if request.fine_map else None, prepared=prepared)
+    analysis.timings.update(read_s=t_read, preprocess_s=t_prep)
     centre = (inputs.extra or {}).get("center_lps")
     extra = {}
     if request.dicom_seg:

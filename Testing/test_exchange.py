@@ -50,6 +50,21 @@ def assert_same_maps(maps: dict, expected: dict) -> None:
         np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(reference), name)
 
 
+def test_preprocessing_while_the_model_loads_gives_the_analysis_in_turn_bit_for_bit(plain):
+    """run_analysis preprocesses from the model file's header while torch is imported and the model loaded and
+    folded (run.py); the same case analyzed in turn, the model loaded first, gives the same answers bit for bit."""
+    from BreastCMSLLib.network.modelfile import load_model
+    from BreastCMSLLib.pipeline.analyze import analyze_case
+    from BreastCMSLLib.pipeline.preprocess import load_case
+
+    analysis = analyze_case(load_case(plain["root"] / "case"), load_model(plain["model"]), device="cpu")
+    assert set(analysis.timings) >= {"preprocess_s", "inference_s", "maps_s"}
+    for key in NUMBERS:
+        value = getattr(analysis, key)
+        assert (list(value) if key.endswith("_lps") else value) == plain["summary"][key], key
+    assert_same_maps({name: getattr(analysis, name) for name in RESULT_ARRAYS}, plain["maps"])
+
+
 def test_arrays_in_and_out_give_the_plain_analysis_bit_for_bit(plain, tmp_path):
     files = find_case_files(plain["root"] / "case")
     images = [sitk.ReadImage(str(path)) for path in [files.t1, *files.series]]  # the voxel type as stored

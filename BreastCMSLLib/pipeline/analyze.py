@@ -5,7 +5,6 @@ the fine map carried back to the reference grid (:func:`~BreastCMSLLib.pipeline.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 
@@ -23,7 +22,7 @@ from BreastCMSLLib.network.net import NetOutput, bf16_native, probability
 from BreastCMSLLib.network.sparse import nonzero_box, union_box
 from BreastCMSLLib.pipeline.bilateral import combine
 from BreastCMSLLib.pipeline.maps import Analysis, NetResult, finish
-from BreastCMSLLib.pipeline.preprocess import CaseInputs, prepare
+from BreastCMSLLib.pipeline.preprocess import CaseInputs, Preprocessed, prepare_study
 
 Progress = Callable[[float, str], None]
 
@@ -121,42 +120,30 @@ def infer(loaded: LoadedModel, arrays: list[np.ndarray], dev: torch.device,
 
 
 def analyze_case(inputs: CaseInputs, loaded: LoadedModel, device: str = "auto", label_fraction: float = 0.5,
-                 progress: Progress | None = None, fine: FineMapConfig | None = FINE_MAP) -> Analysis:
+                 progress: Progress | None = None, fine: FineMapConfig | None = FINE_MAP,
+                 prepared: list[Preprocessed] | None = None) -> Analysis:
     """Preprocess, run the network once and build COAM, CAM and (unless ``fine`` is None) the fine map on the
-    reference grid: :func:`prepare`, :func:`infer` and :func:`finish` in turn.
+    reference grid: :func:`~BreastCMSLLib.pipeline.preprocess.prepare_study`, :func:`infer` and :func:`finish` in
+    turn. ``prepared``: that first stage's output, when the caller has already preprocessed (timings then without
+    ``preprocess_s``).
 
     ``progress(fraction, stage)`` is called before each stage (preprocess, inference, maps). A per-breast model
-    (``unit`` "breast") on a study that names no breast analyzes both breasts (:func:`analyze_breasts`).
+    (``unit`` "breast") on a study that names no breast analyzes both breasts, each preprocessed as one unit (the
+    left one mirrored), both in one forward pass, their analyses made one for the study (:func:`.bilateral.combine`).
     """
     report = progress or (lambda fraction, stage: None)
     dev = select_device(device)
-    if loaded.config.preprocess.unit == "breast" and not (inputs.extra or {}).get("breast"):
-        return analyze_breasts(inputs, loaded, dev, label_fraction, report, fine)
-    report(0.1, "preprocess")
-    t0 = time.perf_counter()
-    prep = prepare(inputs, loaded.config, loaded.name, label_fraction)
+    timings = {}
+    if prepared is None:
+        report(0.1, "preprocess")
+        t0 = time.perf_counter()
+        prepared = prepare_study(inputs, loaded.config, loaded.name, label_fraction)
+        timings["preprocess_s"] = time.perf_counter() - t0
     report(0.4, "inference")
     t1 = time.perf_counter()
-    net = infer(loaded, [prep.array], dev, fine)[0]
+    nets = infer(loaded, [p.array for p in prepared], dev, fine)
     report(0.8, "maps")
-    t2 = time.perf_counter()
-    return finish(prep, net, loaded.info(), inputs.mask_source, label_fraction,
-                  {"preprocess_s": t1 - t0, "inference_s": t2 - t1})
-
-
-def analyze_breasts(inputs: CaseInputs, loaded: LoadedModel, dev: torch.device, label_fraction: float,
-                    report: Progress, fine: FineMapConfig | None) -> Analysis:
-    """A bilateral study with a per-breast model: each breast preprocessed as one unit (the left one mirrored),
-    both in one forward pass, their analyses made one for the study (:func:`.bilateral.combine`)."""
-    report(0.1, "preprocess")
-    t0 = time.perf_counter()
-    preps = [prepare(dataclasses.replace(inputs, extra={**(inputs.extra or {}), "breast": side}), loaded.config,
-                     loaded.name, label_fraction) for side in ("left", "right")]
-    report(0.4, "inference")
-    t1 = time.perf_counter()
-    nets = infer(loaded, [p.array for p in preps], dev, fine)
-    report(0.8, "maps")
-    timings = {"preprocess_s": t1 - t0, "inference_s": time.perf_counter() - t1}
-    left, right = (finish(p, n, loaded.info(), inputs.mask_source, label_fraction, timings)
-                   for p, n in zip(preps, nets, strict=True))
-    return combine(left, right)
+    timings["inference_s"] = time.perf_counter() - t1
+    analyses = [finish(p, n, loaded.info(), inputs.mask_source, label_fraction, timings)
+                for p, n in zip(prepared, nets, strict=True)]
+    return analyses[0] if len(analyses) == 1 else combine(*analyses)

@@ -358,3 +358,14 @@ def prepare(inputs: CaseInputs, config: ModelConfig | PreprocessConfig, model_na
     prep = preprocess_case(chosen, pcfg, out)
     prep.study = study_geometry(chosen.reference, prep.array, prep.input_grid, used)
     return prep
+
+
+def prepare_study(inputs: CaseInputs, config: ModelConfig, model_name: str,
+                  label_fraction: float = 0.5) -> list[Preprocessed]:
+    """The network inputs of a study for a model (:func:`prepare`): one; or, for a per-breast model (``unit``
+    "breast") on a study that names no breast, the left then the right breast's. Free of torch, so that
+    ``breastcmsl analyze`` preprocesses while torch is imported and the model loaded (:mod:`BreastCMSLLib.run`)."""
+    if config.preprocess.unit == "breast" and not (inputs.extra or {}).get("breast"):
+        return [prepare(dataclasses.replace(inputs, extra={**(inputs.extra or {}), "breast": side}), config,
+                        model_name, label_fraction) for side in ("left", "right")]
+    return [prepare(inputs, config, model_name, label_fraction)]
