@@ -167,7 +167,7 @@ def finish(prep: Preprocessed, net: NetResult, model: dict, mask_source: str, la
         return (on_input, on_reference, labelmap(on_reference, label_fraction),
                 stage_peak_lps(feature_map, stride, rule, prep, on_input))
 
-    with ThreadPoolExecutor(2) as pool:  # SimpleITK and numpy release the GIL: two maps at once
+    with ThreadPoolExecutor(len(small)) as pool:  # SimpleITK and numpy release the GIL: every map at once
         done = dict(zip(small, pool.map(carried, small), strict=True))
     per_map = {f"{name}{part}": value for name, carried_map in done.items()
                for part, value in zip(("_input", "", "_label", "_peak_lps"), carried_map, strict=True)}

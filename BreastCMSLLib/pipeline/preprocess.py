@@ -270,22 +270,24 @@ def preprocess_case(inputs: CaseInputs, cfg: PreprocessConfig, out: np.ndarray |
     if breast == "left":
         grid = mirrored(grid)
     mask = values_on(mask_canon, grid, label=True)
-    mask_grid = image_from_ijk(mask, grid)
-    mask = mask.astype(bool)
-
     array = np.empty((inputs.n_channels, *cfg.input_size), dtype=np.float32) if out is None else out
-    pre = values_on(inputs.series[0], grid) if inputs.kind == "phases" else None
-    series = inputs.series[1:] if pre is not None else inputs.series
-
-    def fill(c: int) -> None:
-        values_on(series[c], grid, out=array[c])
-        if pre is not None:
-            np.subtract(array[c], pre, out=array[c])
-        np.multiply(array[c], mask, out=array[c])
-
-    # numpy's copies and SimpleITK release the GIL: the channels are filled in parallel
+    phases = inputs.kind == "phases"
+    series = inputs.series[1:] if phases else inputs.series
+    # numpy's copies and SimpleITK release the GIL: the pre-contrast phase, the mask's image and the channels are
+    # made in parallel (the pre-contrast phase first: each channel waits for it before its subtraction)
     with ThreadPoolExecutor(min(len(series), os.cpu_count() or 1)) as pool:
+        pre = pool.submit(values_on, inputs.series[0], grid) if phases else None
+        mask_grid = pool.submit(image_from_ijk, mask, grid)
+        mask = mask.astype(bool)
+
+        def fill(c: int) -> None:
+            values_on(series[c], grid, out=array[c])
+            if pre is not None:
+                np.subtract(array[c], pre.result(), out=array[c])
+            np.multiply(array[c], mask, out=array[c])
+
         list(pool.map(fill, range(len(series))))
+    mask_grid = mask_grid.result()
     inside = array[:, mask]
     upper = float(np.percentile(inside, cfg.clip_percentile, overwrite_input=True)) if inside.size else 0.0
     if upper <= 0:
