@@ -12,9 +12,11 @@ Each repeat times, interleaved, in this order:
 
 Stages: the warm path's export of the inputs (the ``session.analyze`` call), the worker's own stages (read,
 preprocess, inference, maps, write: result.json's timings), the rest of the wait (messages, transfer), and adding
-the result nodes; the cold path's stages from its result.json and the remainder (process start, imports, model
-load); MONAI's import, build and forward. Prints medians, the ratios warm / floor and cold / MONAI (medians and per
-repeat), the CPU model and ISA, the precision used, and the peak resident memory of the worker and of the CLI.
+the result nodes; the cold path's stages from its result.json and the remainder (process start, imports, waiting
+for the model, which loads while the volumes are read and preprocessed); MONAI's import, build and forward; the CPU
+seconds (user + system) of both fresh processes and the load average after each repeat. Prints medians, the ratios
+warm / floor and cold / MONAI (medians and per repeat), the CPU model and ISA, the precision used, and the peak
+resident memory of the worker and of the CLI.
 
     python benchmarks/analyze_floor.py [--repeats 5] [--no-bf16] [--work DIR] [--shape I J K --input-size I J K]
 
@@ -83,9 +85,9 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def run_child(cmd: list[str], env: dict) -> tuple[float, float, str]:
-    """Run ``cmd``; return (wall seconds, its peak resident memory in MiB, its stdout). The child is reaped by
-    ``os.wait4``, which gives its own resource usage."""
+def run_child(cmd: list[str], env: dict) -> tuple[float, float, str, float]:
+    """Run ``cmd``; return (wall seconds, its peak resident memory in MiB, its stdout, its CPU seconds: user and
+    system, all its threads). The child is reaped by ``os.wait4``, which gives its own resource usage."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         child = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT, env=env, text=True)
@@ -96,7 +98,7 @@ def run_child(cmd: list[str], env: dict) -> tuple[float, float, str]:
         err.seek(0)
         if child.returncode:
             raise RuntimeError(f"{cmd[:4]} failed:\n{err.read()}")
-        return seconds, usage.ru_maxrss / 1024, out.read()
+        return seconds, usage.ru_maxrss / 1024, out.read(), usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -187,20 +189,23 @@ def main() -> None:
         record("worker peak RSS MiB", peak_rss_mib(job.worker_pid))
 
         out = work / "cold_out"
-        seconds, rss, _ = run_child([*cli, "analyze", str(cases["B"]), "--model", str(model), "--out", str(out),
+        seconds, rss, _, cpu = run_child([*cli, "analyze", str(cases["B"]), "--model", str(model), "--out", str(out),
                                      "--device", "cpu"], env)
         record("cold", seconds)
         timings = json.loads((out / "result.json").read_text())["timings"]
         for key in WORKER_STAGES:
             record(f"cold: {key[:-2]}", timings.get(key, 0.0))
-        record("cold: rest (process start, imports, model load)",
+        record("cold: rest (start, imports, waiting for the model)",
                seconds - sum(timings.get(key, 0.0) for key in WORKER_STAGES))
+        record("cold: CPU seconds (user + system)", cpu)
         record("CLI peak RSS MiB", rss)
 
-        seconds, _, printed = run_child([sys.executable, "-c", MONAI_COLD, *map(str, args.input_size)], env)
+        seconds, _, printed, cpu = run_child([sys.executable, "-c", MONAI_COLD, *map(str, args.input_size)], env)
         record("monai", seconds)
+        record("monai: CPU seconds (user + system)", cpu)
         for key, value in json.loads(printed.strip().splitlines()[-1]).items():
             record(f"monai: {key[:-2]}", value)
+        record("load average (1 min) after the repeat", os.getloadavg()[0])
     session.close()
 
     med = statistics.median
@@ -209,7 +214,7 @@ def main() -> None:
           f"{' (BREASTCMSL_BF16=0)' if args.no_bf16 else ''}, input {args.input_size}, width "
           f"{args.width_factor}, repeats {args.repeats}, load average at the end {os.getloadavg()[0]:.1f}")
     for key, values in rows.items():
-        unit = "MiB" if "MiB" in key else "s"
+        unit = "MiB" if "MiB" in key else "" if key.startswith("load") else "s"
         print(f"  {key:48s} median {med(values):9.3f} {unit}   {[round(v, 3) for v in values]}")
     for label, top, bottom in (("warm / floor", "warm", "floor"), ("cold / MONAI", "cold", "monai")):
         paired = [a / b for a, b in zip(rows[top], rows[bottom])]
