@@ -18,7 +18,16 @@ from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 from BreastCMSLLib.cohort.manifest import Case
 from BreastCMSLLib.config import ModelConfig, PreprocessConfig
 from BreastCMSLLib.errors import InputError
-from BreastCMSLLib.network.domain import DomainRecord, Envelope, FeatureDensity, StudyGeometry, applicability
+from BreastCMSLLib.network.domain import (
+    COVERAGE,
+    PART_COVERAGE,
+    DomainRecord,
+    Envelope,
+    FeatureDensity,
+    StudyGeometry,
+    applicability,
+    input_pattern,
+)
 from BreastCMSLLib.network.modelfile import load_model, save_model
 from BreastCMSLLib.network.net import build_model
 from BreastCMSLLib.pipeline.analyze import forward
@@ -27,7 +36,7 @@ from BreastCMSLLib.pipeline.preprocess import load_case, prepare
 from BreastCMSLLib.run import AnalyzeRequest, run_analysis
 from Testing.conftest import TINY_INPUT, run_cli
 from Training.cache import create_cache
-from Training.domain import COVERAGE, fit_density, measure_domain
+from Training.domain import fit_density, fit_pattern, measure_domain
 
 
 def features(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,17 +62,60 @@ def test_distances_match_sklearn(shrinkage):
     expected = np.stack([np.sqrt(ref.mahalanobis(probe - m)) for m in means], axis=1)
     np.testing.assert_allclose(density.distances(probe), expected, rtol=2e-4)
     np.testing.assert_allclose(density.score(probe), expected.min(1), rtol=2e-4)
-    scores = density.score(val)  # the threshold: the smallest with >= 95 % of the validation cases inside
-    assert np.mean(scores <= density.threshold) >= COVERAGE
-    assert np.mean(scores < density.threshold) < COVERAGE
+    scores = density.score(val)  # the threshold: the smallest with >= 97.5 % of the validation cases inside
+    assert np.mean(scores <= density.threshold) >= PART_COVERAGE
+    assert np.mean(scores < density.threshold) < PART_COVERAGE
+
+
+def test_pattern_density_standardizes_and_sets_its_threshold_out_of_fold():
+    rng = np.random.default_rng(5)
+    scale = np.array([0.01, 0.1, 1.0, 3.0, 0.5, 0.2])  # values of different units, as the pattern's are
+    train, val = rng.normal(size=(80, 6)) * scale + 2.0, rng.normal(size=(12, 6)) * scale + 2.0
+    density = fit_pattern(train, val)
+    spread = train.std(0)
+    ref = LedoitWolf().fit(train / spread)  # Ledoit-Wolf on the standardized training patterns
+    probe = rng.normal(size=(9, 6)) * scale + 2.0
+    np.testing.assert_allclose(density.score(probe), np.sqrt(ref.mahalanobis(probe / spread)), rtol=2e-4)
+    # held out: the 12 validation patterns and each training pattern scored by a fit without its fold
+    from sklearn.model_selection import KFold
+    held = list(np.sqrt(ref.mahalanobis(val / spread)))
+    for fit, out in KFold(5, shuffle=True, random_state=0).split(train):
+        s = train[fit].std(0)
+        held += list(np.sqrt(LedoitWolf().fit(train[fit] / s).mahalanobis(train[out] / s)))
+    assert density.n_held_out == 92
+    assert np.mean(np.array(held) <= density.threshold * (1 + 1e-5)) >= PART_COVERAGE
+    assert np.mean(np.array(held) < density.threshold * (1 - 1e-5)) < PART_COVERAGE
+    k, z = density.most_unusual(np.r_[2.0, 2.0, 2.0, 2.0 + 12 * spread[3], 2.0, 2.0])
+    assert k == 3 and z == pytest.approx(12.0, rel=0.1)
+
+
+def test_input_pattern_against_numpy():
+    rng = np.random.default_rng(6)
+    inside = np.zeros((8, 6, 4), bool)
+    inside[:3] = True  # the mask in the first half along i, off centre
+    base = rng.random(inside.sum())
+    values = np.stack([base, base + 0.3 * rng.random(base.size), base])  # channel 3 repeats channel 1
+    enhancement = tuple(tuple(np.quantile(v, (0.5, 0.9, 0.99))) for v in values)
+    pattern = input_pattern(enhancement, values, inside)
+    r12 = np.corrcoef(values[0], values[1])[0, 1]
+    assert pattern[:9] == pytest.approx([q for e in enhancement for q in e])
+    assert pattern[9] == pytest.approx(math.log(1 - r12)) and pattern[10] == pytest.approx(math.log(1e-3))
+    assert pattern[12:] == pytest.approx((3 / 8, 1.0 / 8 - 0.5, 1.0))  # share, centre (i = 0..2) offset, balance
+
+
+def pattern_density(study: StudyGeometry, n: int = 60) -> FeatureDensity:
+    """An input-pattern density around ``study``'s pattern."""
+    rng = np.random.default_rng(7)
+    centre = np.asarray(study.pattern)
+    return fit_pattern(centre + 0.01 * rng.normal(size=(n, centre.size)), centre + 0.01 * rng.normal(size=(12, 10)))
 
 
 def record_of(density: FeatureDensity, study: StudyGeometry) -> DomainRecord:
-    return DomainRecord(Envelope.of([study]), density, study.phases, study.phase_times_s)
+    return DomainRecord(Envelope.of([study]), density, pattern_density(study), study.phases, study.phase_times_s)
 
 
 STUDY = StudyGeometry((1.0, 1.0, 2.0), (340.0, 220.0, 160.0), "axial", "bilateral", (1, 2), 2, "all", (75.0, 150.0),
-                      ((0.1, 0.3, 0.8), (0.1, 0.35, 0.85)))
+                      ((0.1, 0.3, 0.8), (0.1, 0.35, 0.85)), (0.1, 0.3, 0.8, 0.1, 0.35, 0.85, -2.3, 0.3, 0.0, 0.5))
 
 
 def test_record_round_trip_and_size_at_the_papers_width():
@@ -82,6 +134,7 @@ def test_envelope_reasons_in_plain_words():
     check = record.check(x[0])
     inside = applicability(check, STUDY)
     assert inside["in_domain"] is (check.score <= check.threshold)
+    assert inside["reasons"][-1].startswith("input pattern distance 0.")
     odd = dataclasses.replace(STUDY, plane="sagittal", coverage="single", fov_mm=(180.0, 220.0, 160.0),
                               phase_times_s=(75.0, 400.0))
     out = applicability(check, odd)
@@ -92,8 +145,12 @@ def test_envelope_reasons_in_plain_words():
                                   "post-contrast phase 2 at 400 s, training 150 s"]
     far = record.check(x[0] + 100.0)
     ratio = far.score / far.threshold
-    assert applicability(far, STUDY)["reasons"] == [f"feature distance {ratio:.2f} × the validation threshold "
-                                                    "(unlike the training cases)"]
+    assert applicability(far, STUDY)["reasons"][0] == (f"feature distance {ratio:.2f} × its validation threshold "
+                                                       "(unlike the training cases)")
+    repeated = dataclasses.replace(STUDY, pattern=(*STUDY.pattern[:6], math.log(1e-3), *STUDY.pattern[7:]))
+    out = applicability(check, repeated)
+    assert out["in_domain"] is False and out["score"] > 1.0 and out["threshold"] == 1.0
+    assert "(most unusual: the correlation of channels 1 and 2, -" in out["reasons"][-1]
 
 
 def test_phase_choice():
@@ -132,9 +189,11 @@ def test_analysis_reports_phases_and_applicability(two_phase_model, tiny_case, t
     result = run_analysis(AnalyzeRequest(model=model, out=tmp_path / "out", case_dir=tiny_case, device="cpu"))
     app = result["applicability"]
     assert result["phases_used"]["phases"] == [2, 4] and result["phases_used"]["of"] == 6
-    assert app["threshold"] == pytest.approx(density.threshold, rel=1e-6)
-    assert app["score"] == pytest.approx(float(density.score(feature)[0]), rel=1e-3)
-    assert app["in_domain"] is (app["score"] <= app["threshold"])
+    assert app["feature_threshold"] == pytest.approx(density.threshold, rel=1e-6)
+    assert app["feature_distance"] == pytest.approx(float(density.score(feature)[0]), rel=1e-3)
+    pattern = record.pattern.score(np.asarray(prep.study.pattern))[0] / record.pattern.threshold
+    assert app["score"] == pytest.approx(max(app["feature_distance"] / density.threshold, pattern), rel=1e-3)
+    assert app["in_domain"] is (app["score"] <= 1.0 and len(app["reasons"]) == 2)
     on_disk = json.loads((tmp_path / "out" / "result.json").read_text())["applicability"]
     assert on_disk == app
 
@@ -175,7 +234,8 @@ def small_run(tmp_path: Path, n_val: int) -> Path:
     cache = create_cache(tmp_path / "cache", cfg, cases)
     rng = np.random.default_rng(0)
     for case in cases:
-        cache.write_entry(case, rng.integers(0, 200, (2, 32, 32, 32), dtype=np.uint8), STUDY)
+        study = dataclasses.replace(STUDY, pattern=tuple(np.add(STUDY.pattern, rng.normal(0, 0.01, 10))))
+        cache.write_entry(case, rng.integers(0, 200, (2, 32, 32, 32), dtype=np.uint8), study)
     run = tmp_path / "run"
     run.mkdir()
     model_cfg = ModelConfig(in_channels=2, width_factor=0.125, preprocess=cfg)
@@ -204,7 +264,9 @@ def test_domain_threshold_keeps_95_percent_of_validation(tmp_path):
     net, _, _ = load_network(run / "model_best.safetensors", torch.device("cpu"))
     cache = open_cache(tmp_path / "cache")
     val = split_features(net, VolumeSource(cache, cache.split("val"), torch.device("cpu"), int(1e9)))
-    assert np.mean(record.density.score(val) <= record.density.threshold) >= COVERAGE
+    assert np.mean(record.density.score(val) <= record.density.threshold) >= PART_COVERAGE
+    patterns = np.array([cache.study(c.subject_id).pattern for c in cache.split("val")])
+    assert np.mean(record.pattern.score(patterns) <= record.pattern.threshold) >= COVERAGE
     assert record.envelope.fov_mm == ((340.0, 340.0), (220.0, 220.0), (160.0, 160.0))
     assert record.phases == (1, 2) and record.phase_times_s == (75.0, 150.0)
 

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("domain", help="the training-domain record of the run's best model (RUN/domain.json): input "
-                       "envelope and feature density, threshold on the validation split")
+                       "envelope, feature density and input-pattern density, thresholds on held-out cases")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--cache", type=str, default=None, help="another cache (default: the run's)")
     p.add_argument("--device", default="auto")

@@ -3,9 +3,10 @@ how well the model file's record tells them from the test cases themselves.
 
 Each test case is analyzed as given (its in-domain rate) and as each of :data:`KINDS` (the mistakes and protocol
 differences a site meets), through the analysis's own path (:func:`~BreastCMSLLib.pipeline.preprocess.prepare`,
-one forward pass, :func:`~BreastCMSLLib.network.domain.applicability`). Per kind: the AUROC of the feature score
-(test cases negative, the made inputs positive; an input that preprocessing refuses counts as detected, with a score
-above every other) and the fraction flagged (outside the envelope or the feature threshold, or refused).
+one forward pass, :func:`~BreastCMSLLib.network.domain.applicability`). Per kind: the AUROC of the score (test
+cases negative, the made inputs positive; an input that preprocessing refuses counts as detected, with a score
+above every other), of each of its two parts alone (the feature distance, the input-pattern distance, each as a
+multiple of its threshold), and the fraction flagged (outside the envelope or a threshold, or refused).
 """
 
 from __future__ import annotations
@@ -108,10 +109,11 @@ def check_case(loaded: LoadedModel, inputs: CaseInputs, device: torch.device) ->
     try:
         prep = prepare(inputs, loaded.config, loaded.name)
     except InputError as err:
-        return {"in_domain": False, "score": math.inf, "refused": str(err)}
+        return {"in_domain": False, "score": math.inf, "feature": math.inf, "pattern": math.inf, "refused": str(err)}
     out, _ = forward(loaded, prep.array, device)
     app = applicability(loaded.domain.check(out.pooled[0].float().cpu().numpy()), prep.study)
-    return {**app, "refused": None}
+    return {**app, "feature": app["feature_distance"] / app["feature_threshold"],
+            "pattern": app["pattern_distance"] / app["pattern_threshold"], "refused": None}
 
 
 def auroc(inside: list[float], outside: list[float]) -> float:
@@ -134,31 +136,35 @@ def ood_study(loaded: LoadedModel, case_dirs: list[Path], device: torch.device, 
         for kind in KINDS:
             if (changed := variant(kind, inputs, rng)) is not None:
                 made[kind].append(check_case(loaded, changed, device))
-    inside = [r["score"] for r in base]
 
     def summary(rows: list[dict]) -> dict:
-        return {"n": len(rows), "auroc": auroc(inside, [r["score"] for r in rows]),
+        return {"n": len(rows), **{name: auroc([r[key] for r in base], [r[key] for r in rows]) for name, key in
+                                   (("auroc", "score"), ("auroc_feature", "feature"), ("auroc_pattern", "pattern"))},
                 "flagged": float(np.mean([r["in_domain"] is False for r in rows])) if rows else math.nan,
                 "refused": sum(r["refused"] is not None for r in rows)}
 
     per_kind = {kind: summary(rows) for kind, rows in made.items()}
     return {"n_test": len(base), "in_domain_rate": float(np.mean([r["in_domain"] is True for r in base])),
-            "feature_inside_rate": float(np.mean([r["score"] <= r["threshold"] for r in base])),
-            "threshold": loaded.domain.density.threshold, "kinds": per_kind,
+            "feature_inside_rate": float(np.mean([r["feature"] <= 1.0 for r in base])),
+            "pattern_inside_rate": float(np.mean([r["pattern"] <= 1.0 for r in base])),
+            "threshold": loaded.domain.density.threshold, "pattern_threshold": loaded.domain.pattern.threshold,
+            "kinds": per_kind,
             "overall": summary([r for rows in made.values() for r in rows]),
             "test_reasons": sorted({reason for r in base if r["in_domain"] is False for reason in r["reasons"]})}
 
 
 def ood_table(result: dict) -> str:
     """The markdown table of :func:`ood_study`."""
-    rows = ["| input | n | AUROC of the feature score | flagged outside | refused by preprocessing |",
-            "|---|---|---|---|---|"]
-    for kind, r in result["kinds"].items():
-        rows.append(f"| {KINDS[kind]} | {r['n']} | {r['auroc']:.3f} | {r['flagged']:.2f} | {r['refused']} |")
-    o = result["overall"]
-    rows.append(f"| **all kinds** | {o['n']} | **{o['auroc']:.3f}** | {o['flagged']:.2f} | {o['refused']} |")
+    rows = ["| input | n | AUROC of the score | feature distance alone | input pattern alone | flagged outside | "
+            "refused by preprocessing |", "|---|---|---|---|---|---|---|"]
+    for kind, r in [*result["kinds"].items(), ("all", result["overall"])]:
+        name, bold = (KINDS[kind], "") if kind != "all" else ("**all kinds**", "**")
+        rows.append(f"| {name} | {r['n']} | {bold}{r['auroc']:.3f}{bold} | {r['auroc_feature']:.3f} | "
+                    f"{r['auroc_pattern']:.3f} | {r['flagged']:.2f} | {r['refused']} |")
     return (f"Test split: {result['n_test']} cases, {result['in_domain_rate']:.0%} in domain "
-            f"({result['feature_inside_rate']:.0%} inside the feature threshold {result['threshold']:.3g}).\n\n"
+            f"({result['feature_inside_rate']:.0%} inside the feature threshold {result['threshold']:.3g}, "
+            f"{result['pattern_inside_rate']:.0%} inside the input-pattern threshold "
+            f"{result['pattern_threshold']:.3g}).\n\n"
             + "\n".join(rows) + "\n")
 
 

@@ -40,7 +40,7 @@ def main() -> None:
     from BreastCMSLLib.pipeline.envelope import study_geometry
     from BreastCMSLLib.pipeline.model_phases import PhasesUsed
     from BreastCMSLLib.pipeline.preprocess import load_case, prepare
-    from Training.domain import fit_density
+    from Training.domain import fit_density, fit_pattern
 
     work = (args.work or Path(tempfile.mkdtemp(prefix="bench-applicability-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -57,8 +57,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     d = base.model.head.weight.shape[1]
     features = rng.normal(size=(1200, d))
+    patterns = np.asarray(prep.study.pattern) + 0.01 * rng.normal(size=(200, len(prep.study.pattern)))
     record = DomainRecord(Envelope.of([prep.study]), fit_density(features, np.arange(1200) % 2, features[:165]),
-                          prep.study.phases, prep.study.phase_times_s)
+                          fit_pattern(patterns[:180], patterns[180:]), prep.study.phases, prep.study.phase_times_s)
     with_record = work / "with_record.safetensors"
     save_model(with_record, base.model, base.config, base.provenance, domain=record)
     loaded = load_model(with_record)

@@ -2,15 +2,20 @@
 
 A :class:`DomainRecord` holds (a) the input envelope of the training split: voxel spacing and field of view in mm
 along the canonical axial LPS axes, the acquisition planes, bilateral or single-breast coverage, the post-contrast
-phases and their times, and quantiles of each channel's network input inside the breast mask; and (b) a
-feature-space density: class-conditional Gaussians with one shared covariance over the pooled feature the head
-reads (Lee et al., NeurIPS 2018, "Mahalanobis"). A study's score is the smallest Mahalanobis distance to a class
-mean; the threshold is the validation split's 95th percentile of that score. The Gaussians are fitted by
-``breastcmsl-train`` (:mod:`Training.domain`, with scikit-learn's Ledoit-Wolf covariance); here they are only
-applied, with numpy, so the cohort's torch-free workers can read them.
+phases and their times, and quantiles of each channel's network input inside the breast mask; (b) a feature-space
+density: class-conditional Gaussians with one shared covariance over the pooled feature the head reads (Lee et al.,
+NeurIPS 2018, "Mahalanobis"); and (c) an input-pattern density: one Gaussian over a short description of the
+network input (:data:`PATTERN_PARTS`: each channel's enhancement quantiles, every channel pair's correlation
+inside the breast mask, where the mask lies), which sees what the pooled feature of a small model does not:
+phases shuffled, repeated or moved. A study's score is the larger of its two Mahalanobis distances, each divided by
+its own threshold; each threshold covers :data:`PART_COVERAGE` of held-out cases, so that (Bonferroni) at least
+:data:`COVERAGE` lie inside both. The Gaussians are fitted by ``breastcmsl-train`` (:mod:`Training.domain`, with
+scikit-learn's Ledoit-Wolf covariance); here they are only applied, with numpy, so the cohort's torch-free workers
+can read them.
 
-The precision matrix travels as its Cholesky factor L (P = L Lᵀ), lower triangle packed, float32, base64 in the
-model file's JSON metadata: D (D + 1) / 2 numbers, 0.70 MB of text at the paper's width (D = 512).
+A precision matrix travels as its Cholesky factor L (P = L Lᵀ), lower triangle packed, float32, base64 in the
+model file's JSON metadata: D (D + 1) / 2 numbers, 0.70 MB of text for the feature density at the paper's width
+(D = 512).
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ import numpy as np
 
 from BreastCMSLLib.config import from_dict
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 QUANTILES = (0.5, 0.9, 0.99)  # of each channel's network input (in [0, 1]) inside the breast mask
+COVERAGE = 0.95  # of held-out cases inside both thresholds
+PART_COVERAGE = 1 - (1 - COVERAGE) / 2  # of held-out cases inside each of the two thresholds
+CORRELATION_FLOOR = 1e-3  # 1 - r below this reads as this: a phase given twice has r = 1
 AXES = ("left-right", "front-back", "head-foot")  # canonical axial LPS axes i, j, k
 # how far outside the training range a study may lie before it is called outside (each side)
 SPACING_FACTOR = 1.25  # x / ÷ the training extremes
@@ -43,7 +51,8 @@ class StudyGeometry:
     along), ``coverage`` (bilateral or single, from the breast mask), the post-contrast phases used (numbers,
     1 = the first, of the study's ``phases_of``; ``phase_rule`` says how they were chosen) with their times in
     seconds after the injection (:mod:`BreastCMSLLib.pipeline.phase_times`; None where the study does not say),
-    and the :data:`QUANTILES` of each channel's network input inside the breast mask."""
+    the :data:`QUANTILES` of each channel's network input inside the breast mask, and the input ``pattern``
+    (:func:`input_pattern`; empty in a cache written before it was measured)."""
 
     spacing_mm: tuple[float, float, float]
     fov_mm: tuple[float, float, float]
@@ -54,6 +63,7 @@ class StudyGeometry:
     phase_rule: str
     phase_times_s: tuple[float, ...] | None
     enhancement: tuple[tuple[float, ...], ...]
+    pattern: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -63,6 +73,38 @@ class StudyGeometry:
         data = dict(data)
         data["enhancement"] = [tuple(q) for q in data["enhancement"]]
         return from_dict(cls, data)
+
+
+def input_pattern(enhancement: tuple[tuple[float, ...], ...], values: np.ndarray,
+                  inside: np.ndarray) -> tuple[float, ...]:
+    """The input pattern of one network input, in the order of :func:`pattern_labels`: each channel's
+    ``enhancement`` quantiles; log(1 - r) of the correlation r of every channel pair over ``values`` (C, N), the
+    channels at the breast mask's voxels (floored at :data:`CORRELATION_FLOOR`; r = 0 where a channel is constant);
+    the mask ``inside`` (I, J, K)'s share of the grid, its centre's offset along i (left-right) as a fraction of
+    the grid, and its share in the first half along i."""
+    c = values.shape[0]
+    if values.shape[1] > 1:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.nan_to_num(np.corrcoef(values), nan=0.0)
+    else:
+        r = np.zeros((c, c))
+    pairs = r[np.triu_indices(c, 1)]
+    columns = np.nonzero(inside)[0]
+    size_i = inside.shape[0]
+    place = (float(inside.mean()), float(columns.mean() / size_i - 0.5) if columns.size else 0.0,
+             float(np.mean(columns < size_i / 2)) if columns.size else 0.0)
+    return (*(float(q) for quantiles in enhancement for q in quantiles),
+            *(float(v) for v in np.log(np.maximum(1.0 - pairs, CORRELATION_FLOOR))), *place)
+
+
+def pattern_labels(channels: int) -> list[str]:
+    """What each value of :func:`input_pattern` is, in plain words, for ``channels`` channels."""
+    pairs = np.triu_indices(channels, 1)
+    return [*(f"enhancement of channel {c + 1} ({round(100 * q)}th percentile in the breast)"
+              for c in range(channels) for q in QUANTILES),
+            *(f"the correlation of channels {a + 1} and {b + 1}" for a, b in zip(*pairs, strict=True)),
+            "the breast mask's share of the input", "the breast mask's left-right position",
+            "the breast mask's left-right balance"]
 
 
 @dataclass(frozen=True)
@@ -145,16 +187,19 @@ def _decode(text: str, count: int) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class FeatureDensity:
-    """Class-conditional Gaussians with a shared covariance over D pooled features: ``means`` (K, D) float32, the
-    Cholesky factor ``cholesky`` (D, D, lower) of the precision matrix, the validation ``threshold`` of
-    :meth:`score`, and how it was fitted (cases per split, the covariance's shrinkage)."""
+    """Class-conditional Gaussians with a shared covariance over D features: ``means`` (K, D) float32, the
+    Cholesky factor ``cholesky`` (D, D, lower) of the precision matrix, the ``threshold`` of :meth:`score` set on
+    held-out cases, how it was fitted (``n_train`` cases; ``n_held_out`` cases set the threshold; the covariance's
+    shrinkage) and, where the features were standardized before the fit, each feature's training standard
+    deviation ``spread`` (D,) (it names the most unusual feature of a case)."""
 
     means: np.ndarray
     cholesky: np.ndarray
     threshold: float
     n_train: int
-    n_val: int
+    n_held_out: int
     shrinkage: float
+    spread: np.ndarray | None = None
     method: str = "mahalanobis"
 
     def __post_init__(self) -> None:
@@ -173,13 +218,22 @@ class FeatureDensity:
         """The smallest class distance of each feature vector: (N,)."""
         return self.distances(features).min(axis=1)
 
+    def most_unusual(self, feature: np.ndarray) -> tuple[int, float]:
+        """The index of the feature of ``feature`` (D,) farthest from its nearest class mean in training standard
+        deviations, and that many (signed); needs ``spread``."""
+        x = np.asarray(feature, dtype=np.float64)
+        mean = self.means[int(np.argmin(self.distances(x)[0]))].astype(np.float64)
+        z = (x - mean) / self.spread.astype(np.float64)
+        k = int(np.argmax(np.abs(z)))
+        return k, float(z[k])
+
     def to_dict(self) -> dict:
         d = self.means.shape[1]
         rows, cols = np.tril_indices(d)
         return {"method": self.method, "features": d, "classes": self.means.shape[0],
                 "means": _encode(self.means), "cholesky_lower": _encode(self.cholesky[rows, cols]),
-                "threshold": self.threshold, "n_train": self.n_train, "n_val": self.n_val,
-                "shrinkage": self.shrinkage}
+                "threshold": self.threshold, "n_train": self.n_train, "n_held_out": self.n_held_out,
+                "shrinkage": self.shrinkage, "spread": None if self.spread is None else _encode(self.spread)}
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureDensity:
@@ -188,28 +242,33 @@ class FeatureDensity:
             raise ValueError(f"unknown feature density ({data['method']!r}, {k} classes of {d} features)")
         chol = np.zeros((d, d), np.float32)
         chol[np.tril_indices(d)] = _decode(data["cholesky_lower"], d * (d + 1) // 2)
+        spread = None if data["spread"] is None else _decode(data["spread"], d)
         return cls(_decode(data["means"], k * d).reshape(k, d), chol, float(data["threshold"]), int(data["n_train"]),
-                   int(data["n_val"]), float(data["shrinkage"]))
+                   int(data["n_held_out"]), float(data["shrinkage"]), spread)
 
 
 @dataclass(frozen=True)
 class DomainCheck:
-    """What the network side hands the maps side for one case: the envelope, the feature score and its threshold,
-    or (``problem``) why there is nothing to check against. Small: it crosses to the cohort's workers."""
+    """What the network side hands the maps side for one case: the envelope, the feature distance and its
+    threshold, the input-pattern density (the maps side measures the study's pattern against it), or
+    (``problem``) why there is nothing to check against. Small: it crosses to the cohort's workers."""
 
     envelope: Envelope | None
     score: float | None
     threshold: float | None
     problem: str | None = None
+    pattern: FeatureDensity | None = None
 
 
 @dataclass(frozen=True, eq=False)
 class DomainRecord:
-    """The training domain of a model: envelope, feature density, and the post-contrast phases the model takes
-    (numbers, 1 = first) with their median training times (seconds; None when the cohort did not say)."""
+    """The training domain of a model: envelope, feature density, input-pattern density, and the post-contrast
+    phases the model takes (numbers, 1 = first) with their median training times (seconds; None when the cohort
+    did not say)."""
 
     envelope: Envelope
     density: FeatureDensity
+    pattern: FeatureDensity
     phases: tuple[int, ...]
     phase_times_s: tuple[float, ...] | None
     version: int = RECORD_VERSION
@@ -217,11 +276,13 @@ class DomainRecord:
 
     def check(self, feature: np.ndarray) -> DomainCheck:
         """The :class:`DomainCheck` of one pooled feature vector (D,)."""
-        return DomainCheck(self.envelope, float(self.density.score(feature)[0]), self.density.threshold)
+        return DomainCheck(self.envelope, float(self.density.score(feature)[0]), self.density.threshold,
+                           pattern=self.pattern)
 
     def to_json(self) -> str:
         return json.dumps({"version": self.version, "envelope": dataclasses.asdict(self.envelope),
-                           "density": self.density.to_dict(), "phases": list(self.phases),
+                           "density": self.density.to_dict(), "pattern": self.pattern.to_dict(),
+                           "phases": list(self.phases),
                            "phase_times_s": None if self.phase_times_s is None else list(self.phase_times_s),
                            "extra": self.extra}, sort_keys=True)
 
@@ -230,13 +291,15 @@ class DomainRecord:
         """Parse a record; a damaged or unknown one raises ValueError (or KeyError/TypeError) naming the part."""
         data = json.loads(text)
         if data.get("version") != RECORD_VERSION:
-            raise ValueError(f"unknown record version {data.get('version')!r}")
+            raise ValueError(f"record version {data.get('version')!r}, this release reads version {RECORD_VERSION}: "
+                             "measure it again with `breastcmsl-train domain --run RUN`")
         env = dict(data["envelope"])
         env["enhancement"] = [tuple(tuple(r) for r in c) for c in env["enhancement"]]
         for key in ("spacing_mm", "fov_mm") + (("phase_times_s",) if env.get("phase_times_s") else ()):
             env[key] = [tuple(r) for r in env[key]]
         times = data["phase_times_s"]
-        return cls(from_dict(Envelope, env), FeatureDensity.from_dict(data["density"]), tuple(data["phases"]),
+        return cls(from_dict(Envelope, env), FeatureDensity.from_dict(data["density"]),
+                   FeatureDensity.from_dict(data["pattern"]), tuple(data["phases"]),
                    None if times is None else tuple(float(t) for t in times), extra=dict(data.get("extra") or {}))
 
 
@@ -252,19 +315,32 @@ def read_record(text: str | None) -> tuple[DomainRecord | None, str | None]:
 
 
 def applicability(check: DomainCheck, study: StudyGeometry | None) -> dict:
-    """result.json's ``applicability``: ``in_domain`` (True, False, or None without a record), the feature
-    ``score`` and its validation ``threshold``, and ``reasons`` in plain words (every envelope violation and
-    the feature distance as a multiple of the threshold)."""
+    """result.json's ``applicability``: ``in_domain`` (True, False, or None without a record), the ``score`` (the
+    larger of the feature and input-pattern distances, each as a multiple of its threshold) against its
+    ``threshold`` (1), both distances with their thresholds, and ``reasons`` in plain words (every envelope
+    violation, then both distances as multiples of their thresholds)."""
     if check.envelope is None or check.score is None or not math.isfinite(check.score):
-        return {"in_domain": None, "score": None, "threshold": check.threshold,
+        return {"in_domain": None, "score": None, "threshold": None,
                 "reasons": [check.problem or "no pooled feature to compare"]}
-    reasons = check.envelope.reasons(study) if study is not None else []
-    ratio = check.score / check.threshold
-    inside = ratio <= 1.0
-    reasons.append(f"feature distance {ratio:.2f} × the validation threshold" +
-                   ("" if inside else " (unlike the training cases)"))
-    return {"in_domain": inside and len(reasons) == 1, "score": check.score, "threshold": check.threshold,
-            "reasons": reasons}
+    if study is None or check.pattern is None or len(study.pattern) != check.pattern.means.shape[1]:
+        return {"in_domain": None, "score": None, "threshold": None,
+                "reasons": ["the study's input pattern was not measured, or not as the model's record was"]}
+    reasons = check.envelope.reasons(study)
+    feature = check.score / check.threshold
+    distance = float(check.pattern.score(np.asarray(study.pattern))[0])
+    pattern = distance / check.pattern.threshold
+    reasons.append(f"feature distance {feature:.2f} × its validation threshold" +
+                   ("" if feature <= 1.0 else " (unlike the training cases)"))
+    if pattern <= 1.0:
+        reasons.append(f"input pattern distance {pattern:.2f} × its threshold")
+    else:
+        k, z = check.pattern.most_unusual(np.asarray(study.pattern))
+        reasons.append(f"input pattern distance {pattern:.2f} × its threshold (most unusual: "
+                       f"{pattern_labels(len(check.envelope.enhancement))[k]}, {z:+.1f} training SDs)")
+    score = max(feature, pattern)
+    return {"in_domain": score <= 1.0 and len(reasons) == 2, "score": score, "threshold": 1.0,
+            "feature_distance": check.score, "feature_threshold": check.threshold,
+            "pattern_distance": distance, "pattern_threshold": check.pattern.threshold, "reasons": reasons}
 
 
 def applicability_line(app: dict) -> str:

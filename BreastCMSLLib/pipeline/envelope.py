@@ -1,6 +1,7 @@
 """What one study looks like to the training-domain check (:class:`~BreastCMSLLib.network.domain.StudyGeometry`):
 the reference volume's spacing, field of view and acquisition plane, the breast mask's coverage, the phases used and
-the enhancement quantiles of the network input inside the mask. Computed where a case is preprocessed (analysis and
+the enhancement quantiles and the input pattern (:func:`~BreastCMSLLib.network.domain.input_pattern`) of the network
+input inside the mask. Computed where a case is preprocessed (analysis and
 the training cache alike), from a sub-grid of at most :data:`SAMPLE_VOXELS` input voxels.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from BreastCMSLLib.network.domain import QUANTILES, StudyGeometry
+from BreastCMSLLib.network.domain import QUANTILES, StudyGeometry, input_pattern
 from BreastCMSLLib.pipeline.model_phases import PhasesUsed
 
 SAMPLE_VOXELS = 200_000  # the quantiles and the coverage are read on a regular sub-grid of about this many voxels
@@ -44,8 +45,9 @@ def study_geometry(reference: sitk.Image, array: np.ndarray, mask: sitk.Image, u
     fov[lps_axis] = np.multiply(reference.GetSpacing(), reference.GetSize())
     step = max(1, round((float(np.prod(array.shape[1:])) / SAMPLE_VOXELS) ** (1 / 3)))
     inside = sitk.GetArrayViewFromImage(mask)[::step, ::step, ::step].T.astype(bool)  # (i, j, k)
-    enhancement = tuple(tuple(float(v) for v in np.quantile(channel[inside], QUANTILES)) if inside.any()
-                        else (0.0,) * len(QUANTILES) for channel in array[:, ::step, ::step, ::step])
+    values = array[:, ::step, ::step, ::step][:, inside]  # (C, N)
+    enhancement = tuple(tuple(float(v) for v in np.quantile(channel, QUANTILES)) if channel.size
+                        else (0.0,) * len(QUANTILES) for channel in values)
     return StudyGeometry(tuple(spacing.tolist()), tuple(fov.tolist()), acquisition_plane(reference.GetDirection()),
                          coverage(inside, mask.GetSpacing()[0] * step), used.phases, used.of, used.rule,
-                         used.times_s, enhancement)
+                         used.times_s, enhancement, input_pattern(enhancement, values, inside))
