@@ -8,6 +8,7 @@ Paths are files and folders on this machine; points in the summary are LPS mm.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -188,6 +189,8 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
     report(0.0, "read")
     t0 = time.perf_counter()
     loading = _LOADER.submit(_load_model, request, load)
+    if write is None:  # then the overview figure's imports (matplotlib), in the same thread, off the critical path
+        _LOADER.submit(importlib.import_module, "BreastCMSLLib.pipeline.figures")
     if request.seg_map != "coam" and not request.dicom_seg:
         raise InputError("--seg-map", "needs --dicom-seg (and --dicom STUDY_DIR)")
     if (request.roles or request.patterns or request.dicom_seg) and not request.dicom:
