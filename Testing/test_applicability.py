@@ -27,6 +27,7 @@ from BreastCMSLLib.network.domain import (
     StudyGeometry,
     applicability,
     input_pattern,
+    read_record,
 )
 from BreastCMSLLib.network.modelfile import load_model, save_model
 from BreastCMSLLib.network.net import build_model
@@ -210,6 +211,11 @@ def test_damaged_record_loads_with_unknown_applicability(two_phase_model, tiny_c
     result = run_analysis(AnalyzeRequest(model=damaged, out=tmp_path / "out", case_dir=tiny_case, device="cpu"))
     assert result["applicability"]["in_domain"] is None
     assert result["applicability"]["reasons"] == [loaded.domain_problem]
+    x, y = features(40, 4, 8)
+    older = json.loads(record_of(fit_density(x, y, x[:20]), STUDY).to_json()) | {"version": 1}
+    assert read_record(json.dumps(older)) == (None, "the model file's training-domain record is of another version "
+                                              "1; this release reads version 2: measure it again with "
+                                              "`breastcmsl-train domain --run RUN`; applicability is unknown")
 
 
 def test_too_few_phases_refused_in_one_line(tiny_model_path, tmp_path):

@@ -291,8 +291,8 @@ class DomainRecord:
         """Parse a record; a damaged or unknown one raises ValueError (or KeyError/TypeError) naming the part."""
         data = json.loads(text)
         if data.get("version") != RECORD_VERSION:
-            raise ValueError(f"record version {data.get('version')!r}, this release reads version {RECORD_VERSION}: "
-                             "measure it again with `breastcmsl-train domain --run RUN`")
+            raise RecordVersionError(f"version {data.get('version')!r}; this release reads version {RECORD_VERSION}: "
+                                     "measure it again with `breastcmsl-train domain --run RUN`")
         env = dict(data["envelope"])
         env["enhancement"] = [tuple(tuple(r) for r in c) for c in env["enhancement"]]
         for key in ("spacing_mm", "fov_mm") + (("phase_times_s",) if env.get("phase_times_s") else ()):
@@ -303,12 +303,18 @@ class DomainRecord:
                    None if times is None else tuple(float(t) for t in times), extra=dict(data.get("extra") or {}))
 
 
+class RecordVersionError(ValueError):
+    """A training-domain record of a version this release does not read."""
+
+
 def read_record(text: str | None) -> tuple[DomainRecord | None, str | None]:
     """(record, None), or (None, why there is none) for a model file's metadata entry ``text``."""
     if text is None:
         return None, "this model file carries no record of its training data, so applicability is unknown"
     try:
         return DomainRecord.from_json(text), None
+    except RecordVersionError as err:
+        return None, f"the model file's training-domain record is of another {err}; applicability is unknown"
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         return None, f"the model file's training-domain record is damaged ({type(err).__name__}: {err}), so " \
                      "applicability is unknown"
