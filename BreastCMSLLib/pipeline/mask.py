@@ -111,8 +111,8 @@ def slice_objectness(slices: np.ndarray, spacing, cfg: MaskConfig, bright: bool)
 
     One filter call on all slices stacked into one tall 2D image, each slice framed by a copy of its first and
     last row: the filter's 3x3 finite differences then see at a slice's edge what its zero-flux boundary gives
-    the slice alone (tested equal, slice for slice). The filter runs single-threaded and holds the GIL, so
-    threads do not help; one call costs less than one per slice (``benchmarks/README.md``).
+    the slice alone (tested equal, slice for slice). ITK runs the filter on all cores already, so Python threads
+    over parts of the stack do not help; one call costs less than one per slice (``benchmarks/README.md``).
     """
     k, rows, columns = slices.shape
     framed = np.concatenate([slices[:, :1], slices, slices[:, -1:]], axis=1).reshape(k * (rows + 2), columns)
