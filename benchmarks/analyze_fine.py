@@ -15,35 +15,15 @@ through /proc/self/clear_refs).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runs from a source checkout too
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a source checkout too
 
-
-def _status_kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
-def measured(run) -> tuple[float, float, object]:
-    """Wall time (s) of ``run()``, the peak resident memory above the memory before it (MiB), its result."""
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
-    before = _status_kib("VmRSS")
-    t0 = time.perf_counter()
-    result = run()
-    seconds = time.perf_counter() - t0
-    return seconds, (_status_kib("VmHWM") - before) / 1024, result
+from benchmarks.workbench import measured, phantom_case, untrained_model, work_folder
 
 
 def main() -> None:
@@ -62,19 +42,10 @@ def main() -> None:
     from BreastCMSLLib.pipeline.output import write_analysis
     from BreastCMSLLib.pipeline.preprocess import load_case
 
-    work = (args.work or Path(tempfile.mkdtemp(prefix="bench-fine-"))).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    cli = [sys.executable, "-m", "BreastCMSLLib.cli"]
-    case = work / "case"
-    if not case.exists():
-        subprocess.run([*cli, "synth", "--out", str(case), "--seed", "1", "--malignant"], check=True,
-                       capture_output=True, cwd=ROOT)
-    model = work / "model.safetensors"
-    if not model.exists():  # untrained, full width
-        size = ["--input-size", *map(str, args.input_size)] if args.input_size else []
-        subprocess.run([*cli, "init-model", "--out", str(model), *size], check=True, capture_output=True, cwd=ROOT)
-    loaded = load_model(model)
-    inputs = load_case(case)
+    work = work_folder(args.work, "bench-fine-")
+    size = ["--input-size", *map(str, args.input_size)] if args.input_size else []
+    loaded = load_model(untrained_model(work / "model.safetensors", *size))
+    inputs = load_case(phantom_case(work / "case"))
     modes = {"with fine": FINE_MAP, "without": None}
     analyze_case(inputs, loaded, device=args.device)  # warm-up, untimed
     times = {m: [] for m in modes}

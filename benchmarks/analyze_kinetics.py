@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a source checkout too
 
-from benchmarks.analyze_fine import measured  # noqa: E402
+from benchmarks.workbench import measured, phantom_case, untrained_model, work_folder  # noqa: E402
 
 
 def cpu_flags() -> dict:
@@ -53,16 +51,9 @@ def main() -> None:
     from BreastCMSLLib.pipeline.preprocess import load_case
     from BreastCMSLLib.run import AnalyzeRequest, run_analysis
 
-    work = (args.work or Path(tempfile.mkdtemp(prefix="bench-kinetics-"))).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    cli = [sys.executable, "-m", "BreastCMSLLib.cli"]
-    case = work / "case"
-    if not case.exists():
-        subprocess.run([*cli, "synth", "--out", str(case), "--seed", "1", "--malignant"], check=True,
-                       capture_output=True, cwd=ROOT)
-    model = work / "model.safetensors"
-    if not model.exists():
-        subprocess.run([*cli, "init-model", "--out", str(model)], check=True, capture_output=True, cwd=ROOT)
+    work = work_folder(args.work, "bench-kinetics-")
+    case = phantom_case(work / "case")
+    model = untrained_model(work / "model.safetensors")
     loaded = load_model(model)
 
     def analyze(kinetics: bool) -> dict:

@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runs from a source checkout too
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a source checkout too
+
+from benchmarks.workbench import phantom_case, untrained_model, work_folder
 
 
 def main() -> None:
@@ -40,16 +39,9 @@ def main() -> None:
 
     from BreastCMSLLib.panel.session import Session
 
-    work = (args.work or Path(tempfile.mkdtemp(prefix="bench-warm-"))).resolve()
-    cli = [sys.executable, "-m", "BreastCMSLLib.cli"]
-    cases = {name: work / f"case_{name}" for name in ("A", "B")}
-    for seed, case in enumerate(cases.values(), start=1):
-        if not case.exists():
-            subprocess.run([*cli, "synth", "--out", str(case), "--seed", str(seed), "--malignant"], check=True,
-                           capture_output=True, cwd=ROOT)
-    model = work / "model.safetensors"
-    if not model.exists():  # untrained, full width, input 340 x 220 x 128
-        subprocess.run([*cli, "init-model", "--out", str(model)], check=True, capture_output=True, cwd=ROOT)
+    work = work_folder(args.work, "bench-warm-")
+    cases = {name: phantom_case(work / f"case_{name}", seed) for seed, name in enumerate(("A", "B"), start=1)}
+    model = untrained_model(work / "model.safetensors")
 
     cold, warm, plain, results = [], [], [], []
     for _ in range(args.repeats):

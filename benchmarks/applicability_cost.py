@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runs from a source checkout too
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a source checkout too
+
+from benchmarks.workbench import phantom_case, untrained_model, work_folder
 
 
 def main() -> None:
@@ -42,15 +41,8 @@ def main() -> None:
     from BreastCMSLLib.pipeline.preprocess import load_case, prepare
     from Training.domain import fit_density, fit_pattern
 
-    work = (args.work or Path(tempfile.mkdtemp(prefix="bench-applicability-"))).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    cli = [sys.executable, "-m", "BreastCMSLLib.cli"]
-    case, plain = work / "case", work / "plain.safetensors"
-    if not case.exists():
-        subprocess.run([*cli, "synth", "--out", str(case), "--seed", "1", "--malignant"], check=True,
-                       capture_output=True, cwd=ROOT)
-    if not plain.exists():  # untrained, full width, input 340 x 220 x 128
-        subprocess.run([*cli, "init-model", "--out", str(plain)], check=True, capture_output=True, cwd=ROOT)
+    work = work_folder(args.work, "bench-applicability-")
+    case, plain = phantom_case(work / "case"), untrained_model(work / "plain.safetensors")
     base = load_model(plain)
     inputs = load_case(case)
     prep = prepare(inputs, base.config, base.name)
