@@ -7,6 +7,8 @@ Each repeat times, interleaved, in this order:
 (warm)  a warm panel Analyze of case B through a :class:`~BreastCMSLLib.panel.session.Session` on a real MRML scene
         (slicer-core): the input nodes in the scene to the result nodes in the scene, as both faces call it; the
         session's worker was started (and its model loaded) by an untimed Analyze of case A before the repeats;
+(floor) the forward pass alone again: a repeat's floor is the mean of the two around its warm Analyze, so that a
+        load that changes during the repeat moves both sides of its ratio alike;
 (cold)  ``breastcmsl analyze`` of case B in a fresh process;
 (monai) a fresh process that imports MONAI, builds its ResNet34 (conv1 stride 2) and runs one fp32 forward.
 
@@ -162,16 +164,20 @@ def main() -> None:
     session.analyze(model, device="cpu").wait(timeout=1800)  # the cold first Analyze: worker started, model loaded
     worker_stages.clear()
 
-    rows: dict[str, list[float]] = {}
+    rows: dict[str, list[float]] = {"floor": []}  # printed first
 
     def record(key: str, value: float) -> None:
         rows.setdefault(key, []).append(value)
 
     precision = ""
-    for _ in range(args.repeats):
+    def floor() -> float:
+        nonlocal precision
         t0 = time.perf_counter()
         _, precision = forward(loaded, array, device)
-        record("floor", time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+    for _ in range(args.repeats):
+        before = floor()
 
         session.set_inputs(t1=nodes["B"]["t1"], phases=nodes["B"]["series"])
         t0 = time.perf_counter()
@@ -187,6 +193,10 @@ def main() -> None:
         record("warm: rest (messages, transfer, waiting)", rows["warm"][-1] - (t1 - t0) - stages["add_result_s"]
                - sum(stages.get(key, 0.0) for key in WORKER_STAGES))
         record("worker peak RSS MiB", peak_rss_mib(job.worker_pid))
+        after = floor()
+        record("floor", (before + after) / 2)
+        record("floor: before the warm Analyze", before)
+        record("floor: after the warm Analyze", after)
 
         out = work / "cold_out"
         seconds, rss, _, cpu = run_child([*cli, "analyze", str(cases["B"]), "--model", str(model), "--out", str(out),
