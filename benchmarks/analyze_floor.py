@@ -87,20 +87,33 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+# Linux starts a process's peak-memory record (ru_maxrss) at its parent's peak when it is forked, so a child of this
+# large process would report at least this process's size: the children are started by this small process, which
+# reports each one's own wall time, peak and CPU time in its last stderr line.
+SPAWN = """
+import os, subprocess, sys, time
+t0 = time.perf_counter()
+child = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(child.pid, 0)
+seconds = time.perf_counter() - t0
+print(f"{seconds} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}", file=sys.stderr)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_child(cmd: list[str], env: dict) -> tuple[float, float, str, float]:
-    """Run ``cmd``; return (wall seconds, its peak resident memory in MiB, its stdout, its CPU seconds: user and
-    system, all its threads). The child is reaped by ``os.wait4``, which gives its own resource usage."""
+    """Run ``cmd`` (through :data:`SPAWN`); return its wall seconds, its own peak resident memory in MiB, its
+    stdout and its CPU seconds (user and system, all its threads)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        t0 = time.perf_counter()
-        child = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT, env=env, text=True)
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - t0
-        child.returncode = os.waitstatus_to_exitcode(status)
+        child = subprocess.run([sys.executable, "-c", SPAWN, *cmd], stdout=out, stderr=err, cwd=ROOT, env=env,
+                               text=True, check=False)
         out.seek(0)
         err.seek(0)
+        errors = err.read()
         if child.returncode:
-            raise RuntimeError(f"{cmd[:4]} failed:\n{err.read()}")
-        return seconds, usage.ru_maxrss / 1024, out.read(), usage.ru_utime + usage.ru_stime
+            raise RuntimeError(f"{cmd[:4]} failed:\n{errors}")
+        seconds, peak_kib, cpu = errors.strip().splitlines()[-1].split()
+        return float(seconds), int(peak_kib) / 1024, out.read(), float(cpu)
 
 
 def main() -> None:
