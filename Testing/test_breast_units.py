@@ -102,3 +102,37 @@ def test_per_breast_model_reports_each_breast_and_maps_the_whole_study(case, tmp
     b = a.breasts
     assert shown["probability"] == f"left {b['left']['probability']:.3f}, right {b['right']['probability']:.3f}"
     assert shown["prediction"].startswith(f"left {b['left']['prediction']}, right {b['right']['prediction']} (")
+
+
+def test_analyze_of_a_study_with_a_per_breast_model_gives_analyze_case_bit_for_bit(tmp_path):
+    """``breastcmsl analyze``'s path (run.py: both breasts preprocessed from the model file's header while the model
+    loads) gives the answers of analyze_case run in turn: probabilities, each breast's record, maps and labelmaps."""
+    import json
+
+    import torch
+
+    from BreastCMSLLib.config import ModelConfig
+    from BreastCMSLLib.network.modelfile import load_model, save_model
+    from BreastCMSLLib.network.net import build_model
+    from BreastCMSLLib.phantom.synth import write_case
+    from BreastCMSLLib.pipeline.analyze import analyze_case
+    from BreastCMSLLib.pipeline.output import result_dict
+    from BreastCMSLLib.pipeline.preprocess import load_case
+    from BreastCMSLLib.run import AnalyzeRequest, run_analysis
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(in_channels=6, width_factor=0.125, preprocess=CFG)
+    model = tmp_path / "breast.safetensors"
+    save_model(model, build_model(cfg), cfg, {"name": "per-breast", "untrained": True})
+    write_case(make_case(7, PhantomConfig(shape=SHAPE, label=1)), tmp_path / "case")
+    run_analysis(AnalyzeRequest(model=model, out=tmp_path / "out", case_dir=tmp_path / "case", device="cpu"))
+    written = json.loads((tmp_path / "out" / "result.json").read_text())
+    a = analyze_case(load_case(tmp_path / "case"), load_model(model), device="cpu")
+    expected = json.loads(json.dumps(result_dict(a, written["inputs"])))
+    assert set(written["breasts"]) == {"left", "right"}
+    for key in ("probability", "cos_theta", "prediction", "breasts", "coam_peak_lps", "cam_peak_lps", "fine_peak_lps",
+                "applicability"):
+        assert written[key] == expected[key], key
+    for name in ("coam", "cam", "fine", "coam_label", "cam_label", "fine_label"):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / f"{name}.nrrd"))),
+                                      sitk.GetArrayViewFromImage(getattr(a, name)), name)
