@@ -41,7 +41,7 @@ def trained_model(work: Path) -> Path:
     if model.is_file():
         return model
     train = "Training.cli"
-    run("synth", "--n", "96", "--out", str(work / "cohort"), "--shape", *SHAPE, "--difficulty", "0.3",
+    run("synth", "--n", "120", "--out", str(work / "cohort"), "--shape", *SHAPE, "--difficulty", "0.3",
         "--workers", "2", module=train)
     run("preprocess", "--manifest", str(work / "cohort" / "manifest.csv"), "--cache", str(work / "cache"),
         "--input-size", *INPUT, "--workers", "2", module=train)
