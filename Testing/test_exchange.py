@@ -73,8 +73,10 @@ def test_arrays_in_and_out_give_the_plain_analysis_bit_for_bit(plain, tmp_path):
                               "direction": image.GetDirection()}, path.stem)
                             for image, path in zip(images, [files.t1, *files.series])], tmp_path / "inputs")
     stored = np.load(volumes[1]["path"])
-    assert stored.dtype == sitk.GetArrayViewFromImage(images[1]).dtype != np.float32  # cast in the worker, once
+    assert stored.dtype == sitk.GetArrayViewFromImage(images[1]).dtype == np.int16
     np.testing.assert_array_equal(stored, sitk.GetArrayViewFromImage(images[1]))
+    inputs, _ = case_inputs(volumes, "phases")  # int16 kept in the worker: preprocessing converts as it copies
+    assert [image.GetPixelID() for image in inputs.series] == [sitk.sitkInt16] * len(inputs.series)
     request = AnalyzeRequest.for_volumes(volumes[0]["path"], [v["path"] for v in volumes[1:]], "phases",
                                          model=plain["model"], out=tmp_path / "out", device="cpu")
     summary = run_analysis(request, given=functools.partial(case_inputs, volumes, "phases"), write=write_result)

@@ -42,6 +42,28 @@ def write_inputs(volumes: list[tuple[np.ndarray, dict, str] | None], folder: Pat
     return described
 
 
+def still_hold(volumes: list[tuple[np.ndarray, dict, str] | None], written: list[dict | None]) -> bool:
+    """Whether the files :func:`write_inputs` wrote (``written``, its return) still hold ``volumes`` (its arguments
+    now) exactly: the same voxels, voxel type, geometry and names; one comparison pass over the voxels."""
+    if len(volumes) != len(written):
+        return False
+    for volume, entry in zip(volumes, written):
+        if volume is None or entry is None:
+            if volume is not entry:
+                return False
+            continue
+        array, geometry, name = volume
+        if entry["source"] != name or any(list(value) != list(entry.get(key, ())) for key, value in geometry.items()):
+            return False
+        try:
+            stored = np.load(entry["path"], mmap_mode="r")
+        except (OSError, ValueError):
+            return False
+        if stored.dtype != array.dtype or stored.shape != array.shape or not np.array_equal(stored, array):
+            return False
+    return True
+
+
 def _image(array: np.ndarray, geometry: dict) -> sitk.Image:
     """A SimpleITK image holding a copy of ``array`` ((k, j, i)) with ``geometry`` (spacing, origin, direction)."""
     image = sitk.GetImageFromArray(array)
@@ -52,8 +74,9 @@ def _image(array: np.ndarray, geometry: dict) -> sitk.Image:
 
 
 def case_inputs(volumes: list[dict | None], kind: str):
-    """The worker's side of :func:`write_inputs`: the case's checked inputs (float32, as read from files; sources
-    are the node names) and result.json's ``inputs`` entry."""
+    """The worker's side of :func:`write_inputs`: the case's checked inputs (sources are the node names) and
+    result.json's ``inputs`` entry. Voxel types of at most 16 bits stay as the scene holds them (no float32 copy:
+    ``check_image``'s ``keep_type``), others are float32 as read from files."""
     from BreastCMSLLib.pipeline.preprocess import CaseInputs
     from BreastCMSLLib.pipeline.volumes import check_image
 
@@ -64,7 +87,7 @@ def case_inputs(volumes: list[dict | None], kind: str):
             array = np.load(entry["path"], mmap_mode="r")
         except (OSError, ValueError) as err:
             raise InputError(entry["source"], f"its voxels could not be read ({err})") from None
-        return check_image(_image(array, entry), entry["source"])
+        return check_image(_image(array, entry), entry["source"], keep_type=True)
 
     with ThreadPoolExecutor(2) as pool:  # the first failing volume, in this order, is the error reported
         images = list(pool.map(load, volumes))

@@ -44,6 +44,8 @@ class CaseInputs:
     ``kind == "subtractions"``: ``series`` are the N subtraction volumes; ``"phases"``: ``series`` is
     pre-contrast then N post-contrast phases. ``t1`` (the non-fat-suppressed T1) may be None. ``sources``
     names t1 then each series volume (files or nodes); ``sources[0]`` is None when there is no T1.
+    Voxels are float32, or (the warm worker's inputs, :func:`~BreastCMSLLib.panel.exchange.case_inputs`) a type of
+    at most 16 bits whose values float32 holds exactly, which preprocessing converts to float32 as it copies them.
     Construction checks the combination and raises :class:`InputError`.
     """
 

@@ -17,8 +17,15 @@ from BreastCMSLLib.errors import InputError
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii.gz", ".nii", ".mha", ".mhd")
 
 
-def check_image(image: sitk.Image, source: str | Path) -> sitk.Image:
-    """Return ``image`` as a 3D float32 scalar image or raise :class:`InputError` naming ``source``."""
+EXACT_IN_FLOAT32 = (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkFloat32)
+
+
+def check_image(image: sitk.Image, source: str | Path, keep_type: bool = False) -> sitk.Image:
+    """Return ``image`` as a 3D float32 scalar image or raise :class:`InputError` naming ``source``.
+
+    ``keep_type``: a voxel type of at most 16 bits (:data:`EXACT_IN_FLOAT32`) is kept (no float32 copy); its values
+    are float32 values exactly, so every later conversion (resampling, :func:`~.grids.values_on`) gives the floats
+    the cast would have given."""
     if image.GetDimension() != 3:
         raise InputError(source, f"expected a 3D volume, got a {image.GetDimension()}D image")
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -28,10 +35,10 @@ def check_image(image: sitk.Image, source: str | Path) -> sitk.Image:
         )
     if min(image.GetSize()) < 2:
         raise InputError(source, f"expected a 3D volume, got size {image.GetSize()} (a 2D slice)")
-    if image.GetPixelID() != sitk.sitkFloat32:
+    if image.GetPixelID() != sitk.sitkFloat32 and not (keep_type and image.GetPixelID() in EXACT_IN_FLOAT32):
         image = sitk.Cast(image, sitk.sitkFloat32)
     values = sitk.GetArrayViewFromImage(image)
-    if not np.isfinite(values).all():
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise InputError(source, f"{int((~np.isfinite(values)).sum())} voxels are NaN or Inf")
     if float(values.max()) == float(values.min()):
         raise InputError(source, f"the volume is empty (every voxel is {float(values.min())})")
