@@ -153,14 +153,35 @@ def kinetics_fields(request: AnalyzeRequest, inputs, study, analysis) -> tuple[d
     return {"kinetics": record}, writers
 
 
+def dicom_inputs(request: AnalyzeRequest, config):
+    """The inputs of ``request``'s DICOM study for a model of ``config`` (the study and result.json's ``inputs``
+    entry): a model that records its phase times takes a longer study's nearest phases
+    (:mod:`BreastCMSLLib.pipeline.model_phases`), with the times after the injection where the study gives it."""
+    from BreastCMSLLib.dicom.study import study_inputs
+
+    if request.case_dir or request.t1 or request.sub or request.pre or request.post:
+        raise InputError(request.dicom, "give either --dicom or a case folder / named volumes, not both")
+    timed = config.preprocess.phase_times_s is not None
+    study, used = study_inputs(request.dicom, request.roles, None if timed else config.in_channels, request.patterns)
+    if timed and study.inputs.kind == "phases":
+        from BreastCMSLLib.dicom.times import study_times
+
+        times = study_times(study.assignment, str(request.dicom))
+        post_s = times.post_s if times.injection_given else None
+        study = dataclasses.replace(study, inputs=dataclasses.replace(
+            study.inputs, extra={**(study.inputs.extra or {}), "post_s": post_s}))
+    return study, used
+
+
 _LOADER = ThreadPoolExecutor(1, thread_name_prefix="breastcmsl-model-load")
 
 
-def _load_model(request: AnalyzeRequest, load: Callable | None):
+def load_for_request(request: AnalyzeRequest, load: Callable | None = None):
     """The request's device checked, its model loaded (``load``, default
-    :func:`~BreastCMSLLib.network.modelfile.load_model`) and its inference module built for that device: in
-    :data:`_LOADER`'s thread, so that importing torch, loading the model and folding it overlap reading and
-    preprocessing the volumes, which need only the model file's header (``benchmarks/README.md``)."""
+    :func:`~BreastCMSLLib.network.modelfile.load_model`) and its inference module built for that device.
+    :func:`run_analysis` runs it in :data:`_LOADER`'s thread, so that importing torch, loading the model and folding
+    it overlap reading and preprocessing the volumes, which need only the model file's header
+    (``benchmarks/README.md``)."""
     from BreastCMSLLib.network.modelfile import load_model
     from BreastCMSLLib.pipeline.analyze import select_device
 
@@ -170,15 +191,43 @@ def _load_model(request: AnalyzeRequest, load: Callable | None):
     return loaded
 
 
+@dataclass
+class PreparedInputs:
+    """A request's inputs read and preprocessed ahead of its analysis (the warm worker's ``PREPARE``,
+    :func:`prepare_inputs`): the :class:`~BreastCMSLLib.pipeline.preprocess.CaseInputs`, result.json's ``inputs``
+    entry, the network inputs (:func:`~BreastCMSLLib.pipeline.preprocess.prepare_study`) and the seconds it took."""
+
+    inputs: object
+    used: dict
+    prepared: list
+    seconds: float
+
+
+def prepare_inputs(request: AnalyzeRequest, given: Callable) -> PreparedInputs:
+    """Read (``given()``, as :func:`run_analysis` takes it) and preprocess the inputs of ``request`` for its model
+    (the model file's header only: no torch), ahead of :func:`run_analysis` with ``ahead``."""
+    from BreastCMSLLib.network.header import model_name, read_model_metadata
+    from BreastCMSLLib.pipeline.preprocess import prepare_study
+
+    t0 = time.perf_counter()
+    config, provenance = read_model_metadata(request.model)
+    inputs, used = given()
+    prepared = prepare_study(inputs, config, model_name(request.model, provenance), request.label_fraction)
+    return PreparedInputs(inputs, used, prepared, time.perf_counter() - t0)
+
+
 def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: Report | None = None,
-                 given: Callable | None = None, write: Callable | None = None) -> dict:
+                 given: Callable | None = None, write: Callable | None = None,
+                 ahead: PreparedInputs | None = None) -> dict:
     """Analyze ``request``'s inputs and write every result file into ``request.out`` (all or nothing); return the
     summary (probability, cos θ, prediction, COAM and CAM peaks in LPS mm). ``load(path)`` loads the model
     (default :func:`~BreastCMSLLib.network.modelfile.load_model`; the warm worker passes its cache);
     ``report(fraction, stage)`` is called before each stage. The warm worker also passes ``given()`` (returns the
     :class:`~BreastCMSLLib.pipeline.preprocess.CaseInputs` and result.json's ``inputs`` entry, in place of reading
     the request's files) and ``write`` (in place of :func:`~BreastCMSLLib.pipeline.output.write_analysis`, with its
-    signature). A user mistake is an :class:`InputError`."""
+    signature), and ``ahead``: :func:`prepare_inputs`'s output for this request, read and preprocessed before it
+    came (result.json's ``read_s`` and ``preprocess_s`` are then 0, ``prepared_ahead_s`` what that took). A user
+    mistake is an :class:`InputError`."""
     from BreastCMSLLib.network.header import model_name, read_model_metadata
     from BreastCMSLLib.pipeline.output import write_analysis
     from BreastCMSLLib.pipeline.preprocess import prepare_study
@@ -188,59 +237,40 @@ def run_analysis(request: AnalyzeRequest, load: Callable | None = None, report: 
     report = report or (lambda fraction, stage: None)
     report(0.0, "read")
     t0 = time.perf_counter()
-    loading = _LOADER.submit(_load_model, request, load)
+    loading = _LOADER.submit(load_for_request, request, load)
     if write is None:  # then the overview figure's imports (matplotlib), in the same thread, off the critical path
         _LOADER.submit(importlib.import_module, "BreastCMSLLib.pipeline.figures")
     if request.seg_map != "coam" and not request.dicom_seg:
         raise InputError("--seg-map", "needs --dicom-seg (and --dicom STUDY_DIR)")
     if (request.roles or request.patterns or request.dicom_seg) and not request.dicom:
         raise InputError("analyze", "--roles, --patterns and --dicom-seg need --dicom STUDY_DIR")
-    try:
-        config, provenance = read_model_metadata(request.model)  # what preprocessing needs of the model
-    except InputError:
-        loading.result()  # a bad device is reported first, as when the model was loaded first
-        raise
     study = None
-    if request.dicom:
-        from BreastCMSLLib.dicom.study import study_inputs
-
-        if request.case_dir or request.t1 or request.sub or request.pre or request.post:
-            raise InputError(request.dicom, "give either --dicom or a case folder / named volumes, not both")
-        # a model that records its phase times takes a longer study's nearest phases (pipeline/model_phases.py)
-        timed = config.preprocess.phase_times_s is not None
-        try:
-            study, used = study_inputs(request.dicom, request.roles, None if timed else config.in_channels,
-                                       request.patterns)
-        except InputError:
-            loading.result()  # a bad model or device is reported first, as when the model was loaded first
-            raise
-        inputs = study.inputs
-        if timed and inputs.kind == "phases":
-            from BreastCMSLLib.dicom.times import study_times
-
-            times = study_times(study.assignment, str(request.dicom))  # after the injection only where it is given
-            post_s = times.post_s if times.injection_given else None
-            inputs = dataclasses.replace(inputs, extra={**(inputs.extra or {}), "post_s": post_s})
+    if ahead is not None:
+        inputs, used, prepared = ahead.inputs, ahead.used, ahead.prepared
+        t_read = t_prep = 0.0
     else:
         try:
-            inputs, used = given() if given is not None else gather_inputs(request)
+            config, provenance = read_model_metadata(request.model)  # what preprocessing needs of the model
+            if request.dicom:
+                study, used = dicom_inputs(request, config)
+                inputs = study.inputs
+            else:
+                inputs, used = given() if given is not None else gather_inputs(request)
+            t_read = time.perf_counter() - t0
+            report(0.1, "preprocess")
+            prepared = prepare_study(inputs, config, model_name(request.model, provenance), request.label_fraction)
         except InputError:
             loading.result()  # a bad model or device is reported first, as when the model was loaded first
             raise
-    t_read = time.perf_counter() - t0
-    report(0.1, "preprocess")
-    try:
-        prepared = prepare_study(inputs, config, model_name(request.model, provenance), request.label_fraction)
-    except InputError:
-        loading.result()  # as above
-        raise
-    t_prep = time.perf_counter() - t0 - t_read
+        t_prep = time.perf_counter() - t0 - t_read
     loaded = loading.result()
     from BreastCMSLLib.pipeline.analyze import analyze_case  # torch, imported by the loading by now
 
     analysis = analyze_case(inputs, loaded, device=request.device, label_fraction=request.label_fraction,
                             progress=report, fine=FINE_MAP if request.fine_map else None, prepared=prepared)
     analysis.timings.update(read_s=t_read, preprocess_s=t_prep)
+    if ahead is not None:
+        analysis.timings["prepared_ahead_s"] = ahead.seconds
     centre = (inputs.extra or {}).get("center_lps")
     extra = {}
     if request.dicom_seg:

@@ -9,6 +9,7 @@ not thread-safe), all or nothing.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import shutil
 import subprocess
@@ -33,6 +34,7 @@ class Worker:
         self.idle_timeout_s = idle_timeout_s
         self.log_path = log_path
         self.listener: AnalysisJob | None = None
+        self.ahead_done = threading.Event()  # set when the worker has answered the last PREPARE
         self.last_used = time.monotonic()
         with open(log_path, "ab") as log:
             self.process = start_group([python, "-m", "BreastCMSLLib.panel.worker",
@@ -53,8 +55,16 @@ class Worker:
 
     def submit(self, job: AnalysisJob, request: AnalyzeRequest, volumes: list | None = None) -> None:
         self.listener = job
+        self._send(Message(Kind.ANALYZE, request=request.to_dict(), volumes=volumes))
+
+    def send_ahead(self, request: AnalyzeRequest, volumes: list) -> None:
+        """Ask for ``request``'s inputs to be read and preprocessed ahead of its analysis (``PREPARE``, unanswered)."""
+        self.ahead_done.clear()
+        self._send(Message(Kind.PREPARE, request=request.to_dict(), volumes=volumes))
+
+    def _send(self, message: Message) -> None:
         self.last_used = time.monotonic()
-        self.process.stdin.write(Message(Kind.ANALYZE, request=request.to_dict(), volumes=volumes).line().encode())
+        self.process.stdin.write(message.line().encode())
         self.process.stdin.flush()
 
     def _read(self) -> None:
@@ -62,6 +72,9 @@ class Worker:
             try:
                 message = Message.parse(line)
             except InputError:
+                continue
+            if message.kind is Kind.PREPARED:
+                self.ahead_done.set()
                 continue
             job = self.listener
             if job is not None and message.kind is not Kind.READY:
@@ -114,6 +127,19 @@ class WarmWorker:
         worker imports torch meanwhile)."""
         if self.worker is None or not self.worker.usable():
             self._start()
+
+    def prepare_ahead(self, request: AnalyzeRequest, volumes: list) -> None:
+        """Have the warm worker (started if none is usable) read and preprocess ``request``'s inputs (``volumes``,
+        as :meth:`submit` takes them) before their analysis is asked for; a worker that cannot take the message is
+        left to :meth:`submit` to replace."""
+        self.prepare()
+        with contextlib.suppress(OSError):
+            self.worker.send_ahead(request, volumes)
+
+    def wait_ahead(self, timeout: float | None = None) -> bool:
+        """Wait until the worker has answered the last :meth:`prepare_ahead` (inputs ready, or not); False when
+        ``timeout`` seconds pass first or there is no worker."""
+        return self.worker is not None and self.worker.ahead_done.wait(timeout)
 
     def submit(self, request: AnalyzeRequest, work: Path, case: str, reference, names: dict[str, str],
                completed: Callable[[str, object, Path], object], volumes: list | None = None) -> AnalysisJob:

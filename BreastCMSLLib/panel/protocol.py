@@ -2,10 +2,12 @@
 
 The session sends ``ANALYZE`` (``request``: an :class:`~BreastCMSLLib.run.AnalyzeRequest` as a dict; ``volumes``:
 the inputs as memory-mapped arrays, :func:`~BreastCMSLLib.panel.exchange.write_inputs`, or None for the request's
-files); the worker
-answers ``READY`` once started, then for each request ``PROGRESS`` messages (``fraction``, ``stage``) and one
-ending message: ``DONE`` (``summary``), ``USER_ERROR`` (``text``: one line naming the file and the problem) or
-``CRASH`` (``text``: a traceback, a bug). ``EXITED`` is made by the session when the process ends unasked.
+files); the worker answers ``READY`` once started, then for each request ``PROGRESS`` messages (``fraction``,
+``stage``) and one ending message: ``DONE`` (``summary``), ``USER_ERROR`` (``text``: one line naming the file and
+the problem) or ``CRASH`` (``text``: a traceback, a bug). ``EXITED`` is made by the session when the process ends
+unasked. ``PREPARE`` (``request``, ``volumes``, as ``ANALYZE``) asks the worker to read and preprocess those inputs
+ahead of an ``ANALYZE`` of the same volumes and model; the worker answers ``PREPARED`` (``text`` empty when the
+inputs are ready, else why not: a newer message was waiting, or the error, which that ``ANALYZE`` then reports).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from enum import Enum
 
 from BreastCMSLLib.errors import InputError
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 class Kind(str, Enum):
     READY = "ready"
     ANALYZE = "analyze"
+    PREPARE = "prepare"
+    PREPARED = "prepared"
     PROGRESS = "progress"
     DONE = "done"
     USER_ERROR = "user_error"
@@ -35,12 +39,12 @@ ENDINGS = (Kind.DONE, Kind.USER_ERROR, Kind.CRASH, Kind.EXITED)  # the messages 
 @dataclass(frozen=True)
 class Message:
     kind: Kind
-    request: dict | None = None  # ANALYZE
-    volumes: list | None = None  # ANALYZE
+    request: dict | None = None  # ANALYZE, PREPARE
+    volumes: list | None = None  # ANALYZE, PREPARE
     fraction: float = 0.0  # PROGRESS
     stage: str = ""  # PROGRESS
     summary: dict = field(default_factory=dict)  # DONE
-    text: str = ""  # USER_ERROR, CRASH, EXITED
+    text: str = ""  # USER_ERROR, CRASH, EXITED, PREPARED
     version: int = PROTOCOL_VERSION  # READY
 
     def line(self) -> str:

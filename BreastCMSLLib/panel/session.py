@@ -57,6 +57,7 @@ class Session:
         self.temp_dir = Path(temp_dir) if temp_dir else transfer_folder()
         self.warm = WarmWorker(self.python, self.env, self.idle_timeout_s, self.temp_dir)
         self.job: AnalysisJob | None = None
+        self._ahead: tuple | None = None  # prepare()'s (request settings, job folder, exported volumes), unused yet
         self.linked: display.LinkedViews | None = None
         self.times = None  # the inputs' post-contrast phase times (PhaseTimes) where a case folder or study gave them
         self._kinetics: tuple | None = None  # (the inputs' node IDs, their KineticsSection)
@@ -219,10 +220,38 @@ class Session:
 
     # ---- analysis
 
+    def prepare(self, model_path: str | Path, device: str = "auto", label_fraction: float = 0.5) -> bool:
+        """Export the inputs and have the warm worker read and preprocess them for ``model_path`` now (and load the
+        model for ``device``), ahead of an :meth:`analyze` of the same inputs and model, which then waits only for the
+        network and the maps. The faces call it when the inputs or the model change; returns whether a preparation
+        was sent (not when an analysis runs, an input or the model is missing, or the same inputs, unchanged, are
+        already prepared)."""
+        if (self.job is not None and not self.job.done) or not Path(model_path).is_file():
+            return False
+        t1, series, kind = self.inputs()
+        if not series or any(node is None for node in series):
+            return False
+        described = self._described([t1, *series])
+        settings = (str(Path(model_path).resolve()), float(label_fraction), kind)
+        if self._still_ahead(described, settings):
+            return False
+        self._drop_ahead()
+        self.warm.prepare()  # a new worker imports torch while the inputs are exported
+        work, volumes = self._export(described)
+        self._ahead = (settings, work, volumes)
+        self.warm.prepare_ahead(self._request(volumes, kind, work, model_path, device, label_fraction), volumes)
+        return True
+
+    def wait_prepared(self, timeout: float | None = None) -> bool:
+        """Wait until the worker has finished the last :meth:`prepare` (for scripts and benchmarks: an
+        :meth:`analyze` need not wait); False when ``timeout`` seconds pass first."""
+        return self.warm.wait_ahead(timeout)
+
     def analyze(self, model_path: str | Path, device: str = "auto", label_fraction: float = 0.5,
                 fine_map: bool = True) -> AnalysisJob:
         """Start analyzing the inputs in the warm worker; returns at once. The inputs are exported here (in
-        the calling thread), so the scene is only read until :meth:`AnalysisJob.poll` adds the result.
+        the calling thread), so the scene is only read until :meth:`AnalysisJob.poll` adds the result; inputs
+        that :meth:`prepare` exported, unchanged since, are not exported again (the worker has preprocessed them).
         ``fine_map`` False: COAM and CAM only."""
         if self.job is not None and not self.job.done:
             raise InputError("Analyze", "an analysis is already running; cancel it first")
@@ -231,21 +260,51 @@ class Session:
             raise InputError("inputs", "a DCE volume selector is empty")
         reference = series[1] if kind == "phases" else series[0]
         shown = self._ref("displayReference") or reference  # a Sequence's frames are shown through its proxy
-        self.warm.prepare()  # first, so that a new worker imports torch while the inputs are exported
+        described = self._described([t1, *series])
+        if self._still_ahead(described, (str(Path(model_path).resolve()), float(label_fraction), kind)):
+            (_, work, volumes), self._ahead = self._ahead, None
+            self.warm.prepare()
+        else:
+            self._drop_ahead()
+            self.warm.prepare()  # first, so that a new worker imports torch while the inputs are exported
+            work, volumes = self._export(described)
+        names = {volume["path"]: node.GetName() for volume, node in zip(volumes, [t1, *series]) if node is not None}
+        request = self._request(volumes, kind, work, model_path, device, label_fraction, fine_map)
+        self.job = self.warm.submit(request, work, reference.GetName(), shown, names, self.add_result, volumes)
+        return self.job
+
+    @staticmethod
+    def _described(volume_nodes: list) -> list:
+        """(voxels, LPS geometry, name) of each node (None stays None), as :func:`.exchange.write_inputs` takes them."""
+        return [None if node is None else (*nodes.voxels_and_geometry(node), node.GetName()) for node in volume_nodes]
+
+    def _export(self, described: list) -> tuple[Path, list]:
+        """A new job folder holding the inputs (:func:`.exchange.write_inputs`); returns it and the volumes."""
         work = Path(tempfile.mkdtemp(prefix="BreastCMSL-", dir=self.temp_dir))
         try:
-            described = [None if node is None else (*nodes.voxels_and_geometry(node), node.GetName())
-                         for node in [t1, *series]]
-            volumes = exchange.write_inputs(described, work / "inputs")
+            return work, exchange.write_inputs(described, work / "inputs")
         except Exception:
             shutil.rmtree(work, ignore_errors=True)
             raise
+
+    @staticmethod
+    def _request(volumes: list, kind: str, work: Path, model_path, device: str = "auto", label_fraction: float = 0.5,
+                 fine_map: bool = True) -> AnalyzeRequest:
         paths = [None if volume is None else Path(volume["path"]) for volume in volumes]
-        names = {str(path): node.GetName() for path, node in zip(paths, [t1, *series]) if node is not None}
-        request = AnalyzeRequest.for_volumes(paths[0], paths[1:], kind, model=model_path, out=work / "out",
-                                             device=device, label_fraction=label_fraction, fine_map=fine_map)
-        self.job = self.warm.submit(request, work, reference.GetName(), shown, names, self.add_result, volumes)
-        return self.job
+        return AnalyzeRequest.for_volumes(paths[0], paths[1:], kind, model=model_path, out=work / "out", device=device,
+                                          label_fraction=label_fraction, fine_map=fine_map)
+
+    def _still_ahead(self, described: list, settings: tuple) -> bool:
+        """Whether :meth:`prepare` exported these inputs (:meth:`_described`), unchanged since, for these settings
+        (model file, label fraction, input kind)."""
+        return self._ahead is not None and self._ahead[0] == settings and exchange.still_hold(described,
+                                                                                              self._ahead[2])
+
+    def _drop_ahead(self) -> None:
+        """Forget an unused preparation and remove its folder (in the background)."""
+        if self._ahead is not None:
+            self.warm.remove_later(self._ahead[1])
+            self._ahead = None
 
     def add_result(self, case: str, reference, out_dir: Path) -> AnalysisResult:
         """Add an analysis output folder (``breastcmsl analyze --out``, or the warm worker's arrays,
@@ -453,6 +512,7 @@ class Session:
         if self.job is not None and not self.job.done:
             self.job.cancel()
         self.stop_compare()
+        self._drop_ahead()
         self.warm.close()
 
 

@@ -5,8 +5,10 @@ talks to it in the typed messages of :mod:`.protocol`, one JSON line each: an ``
 :class:`~BreastCMSLLib.run.AnalyzeRequest`, which the worker runs with :func:`~BreastCMSLLib.run.run_analysis`
 (the command line's one analysis path; inputs and maps as memory-mapped arrays where the message names them,
 :mod:`.exchange`), answering ``PROGRESS`` lines, then ``DONE``, ``USER_ERROR`` (a user
-mistake, or a malformed request) or ``CRASH`` (a traceback). Everything else the Lib prints goes to stderr (the
-session's log file), so stdout carries the protocol alone.
+mistake, or a malformed request) or ``CRASH`` (a traceback). A ``PREPARE`` message reads and preprocesses its
+inputs ahead of their ``ANALYZE`` (:func:`~BreastCMSLLib.run.prepare_inputs`), which then goes straight to the
+network; the worker keeps one preparation, for the next ``ANALYZE`` only, and answers ``PREPARED``. Everything
+else the Lib prints goes to stderr (the session's log file), so stdout carries the protocol alone.
 
 The model stays loaded, with its inference module built, keyed by the model file's sha256 and the device:
 the sha256 is hashed again only when the file's path, size or modification time change. The worker exits
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import queue
 import sys
@@ -51,34 +54,65 @@ class ModelCache:
         return self.loaded
 
 
-def serve(requests, send, idle_timeout_s: float) -> None:
-    """Answer requests until stdin closes or ``idle_timeout_s`` pass without one."""
+def serve(requests, send, idle_timeout_s: float, pending=lambda: False) -> None:
+    """Answer requests until stdin closes or ``idle_timeout_s`` pass without one. A ``PREPARE`` is skipped when
+    another message already waits (``pending()``): the inputs it names were replaced, or their ``ANALYZE`` came."""
     from BreastCMSLLib.errors import InputError, user_error
     from BreastCMSLLib.panel.exchange import case_inputs, write_result
     from BreastCMSLLib.panel.protocol import Kind, Message
-    from BreastCMSLLib.run import AnalyzeRequest, run_analysis
+    from BreastCMSLLib.run import AnalyzeRequest, load_for_request, prepare_inputs, run_analysis
 
     cache = ModelCache()
+    ahead: tuple[str, object] | None = None  # (the PREPARE's key, its PreparedInputs)
     while True:
         line = requests(idle_timeout_s)
         if not line:
             return
+        message = None
         try:
             message = Message.parse(line)
-            if message.kind is not Kind.ANALYZE:
+            if message.kind not in (Kind.ANALYZE, Kind.PREPARE):
                 raise InputError("worker message", f"expected {Kind.ANALYZE.value}, got {message.kind.value}")
             request = AnalyzeRequest.from_dict(message.request)
             arrays = message.volumes is not None
             kind = "subtractions" if request.sub else "phases"
             given = functools.partial(case_inputs, message.volumes, kind) if arrays else None
+            key = preparation_key(request, message.volumes)
+            if message.kind is Kind.PREPARE:
+                ahead = None  # the memory of an earlier preparation goes first
+                if pending() or not arrays:
+                    send(Message(Kind.PREPARED, text="skipped: a newer message waits" if arrays else "no arrays"))
+                    continue
+                ahead = (key, prepare_inputs(request, given))
+                load_for_request(request, cache.load)  # a new worker's model too: its first ANALYZE is warm
+                send(Message(Kind.PREPARED))
+                continue
+            hit, ahead = (ahead[1] if ahead is not None and ahead[0] == key else None), None
             summary = run_analysis(request, load=cache.load, given=given, write=write_result if arrays else None,
-                                   report=lambda f, stage: send(Message(Kind.PROGRESS, fraction=f, stage=stage)))
-        except (InputError, OSError) as err:
-            send(Message(Kind.USER_ERROR, text=user_error(err)))
-        except Exception:  # a bug, not a user mistake: the session shows the traceback
-            send(Message(Kind.CRASH, text=traceback.format_exc()))
+                                   report=lambda f, stage: send(Message(Kind.PROGRESS, fraction=f, stage=stage)),
+                                   ahead=hit)
+        except Exception as err:
+            if message is not None and message.kind is Kind.PREPARE:  # its ANALYZE tries again, and reports it
+                print(f"preparing ahead failed: {traceback.format_exc()}", file=sys.stderr)
+                send(Message(Kind.PREPARED, text=f"failed: {err}"))
+            elif isinstance(err, (InputError, OSError)):
+                send(Message(Kind.USER_ERROR, text=user_error(err)))
+            else:  # a bug, not a user mistake: the session shows the traceback
+                send(Message(Kind.CRASH, text=traceback.format_exc()))
         else:
             send(Message(Kind.DONE, summary=summary))
+
+
+def preparation_key(request, volumes: list | None) -> str:
+    """What a ``PREPARE`` and an ``ANALYZE`` must share for the preparation to serve the analysis: the volumes
+    (files and geometry), the model file (path, size, modification time) and the preprocessing settings."""
+    try:
+        stat = Path(request.model).stat()
+        model = [str(Path(request.model).resolve()), stat.st_size, stat.st_mtime_ns]
+    except OSError:
+        model = None
+    return json.dumps([volumes, model, request.label_fraction, [str(p) for p in (request.t1, request.pre,
+                                                                                   *request.post, *request.sub)]])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     from BreastCMSLLib.panel.protocol import Kind, Message
 
     send(Message(Kind.READY))
-    serve(requests, send, args.idle_timeout)
+    serve(requests, send, args.idle_timeout, pending=lambda: not lines.empty())
 
 
 if __name__ == "__main__":
