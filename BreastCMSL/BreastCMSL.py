@@ -4,6 +4,7 @@ The 3D Slicer module binds widgets to :class:`BreastCMSLLib.panel.session.Sessio
 of the panel Qt-free (and is tested on the slicer-core wheel); the module's Logic is that session.
 """
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -55,6 +56,7 @@ PAPER = ("L. Luo, H. Chen, X. Wang, Q. Dou, H. Lin, J. Zhou, G. Li, P.-A. Heng: 
 PYTHON_REQUIREMENTS = {"safetensors": "safetensors>=0.4", "matplotlib": "matplotlib>=3.7"}
 TORCH_REQUIREMENT = ">=2.2"
 DEFAULT_CHANNELS = 6
+PREPARE_DELAY_MS = 500  # after the last selector change (auto-assign sets them one by one), the inputs are prepared
 
 
 #
@@ -165,6 +167,10 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(round(1000 * POLL_INTERVAL_S))
         self.pollTimer.connect("timeout()", self.onPollJob)
+        self.prepareTimer = qt.QTimer()  # the inputs are prepared once the selectors have settled
+        self.prepareTimer.setSingleShot(True)
+        self.prepareTimer.setInterval(PREPARE_DELAY_MS)
+        self.prepareTimer.connect("timeout()", self.onPrepare)
 
         # Connections
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -250,6 +256,7 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
+        self.prepareTimer.stop()
         self.cancelJob()
         self.logic.close()
         self.removeObservers()
@@ -327,6 +334,15 @@ class BreastCMSLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.set_inputs(self.ui.t1Selector.currentNode(), phases=None if subtractions else series,
                                   subtractions=series if subtractions else None)
             self.updateButtons()
+            self.prepareTimer.start()
+
+    def onPrepare(self) -> None:
+        """The settled inputs are read and preprocessed for the chosen model in the worker before Analyze is
+        clicked (``Session.prepare``); a problem with them is Analyze's to report."""
+        p = self._parameterNode
+        if p and p.modelPath and p.inputMode != "sequence":
+            with contextlib.suppress(InputError):
+                self.logic.prepare(p.modelPath, p.device, p.labelFraction)
 
     def attempt(self, call, *args):
         """``call(*args)``'s value, or None after showing its :class:`InputError` (a user mistake) in the panel."""

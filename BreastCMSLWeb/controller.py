@@ -5,6 +5,7 @@ as one line."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -55,6 +56,7 @@ class TabController:
         self.state.change(names.overlay_map, names.show_overlay, names.compare_left, names.compare_right)(
             lambda **_: self.show())
         self.state.change(names.window, names.level)(lambda **_: self.window_level(self.data.window, self.data.level))
+        self.state.change(names.model_file)(lambda **_: self._prepare())
         views.set_visible(*MAIN_VIEWS)
         for name in TRIGGERS:
             server.trigger(name)(getattr(self, name))
@@ -125,6 +127,15 @@ class TabController:
             view.set_background_volume_id(loaded["reference"].GetID())
             view.get_view_node().SetOrientationToDefault()
         self.views.fit()
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Read and preprocess the loaded case for the chosen model in the worker now, before Analyze is clicked
+        (:meth:`Session.prepare`); a problem with the inputs is Analyze's to report."""
+        if self.folder is None or not self.data.model_file:
+            return
+        with contextlib.suppress(InputError):
+            self.session.prepare(self.catalog.model(self.data.model_file), device=self.device)
 
     @reports_errors
     def window_level(self, window: float, level: float) -> None:
