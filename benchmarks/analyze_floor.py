@@ -7,7 +7,10 @@ Each repeat times, interleaved, in this order:
 (warm)  a warm panel Analyze of case B through a :class:`~BreastCMSLLib.panel.session.Session` on a real MRML scene
         (slicer-core): the input nodes in the scene to the result nodes in the scene, as both faces call it; the
         session's worker was started (and its model loaded) by an untimed Analyze of case A before the repeats;
-(floor) the forward pass alone again: a repeat's floor is the mean of the two around its warm Analyze, so that a
+(ahead) a warm panel Analyze of case B prepared ahead, as both faces do when the inputs or the model change
+        (``Session.prepare``: the inputs exported, read and preprocessed in the worker, untimed, finished before the
+        click), timed from ``session.analyze`` to the result nodes in the scene;
+(floor) the forward pass alone again: a repeat's floor is the mean of the two around its warm Analyzes, so that a
         load that changes during the repeat moves both sides of its ratio alike;
 (cold)  ``breastcmsl analyze`` of case B in a fresh process;
 (monai) a fresh process that imports MONAI, builds its ResNet34 (conv1 stride 2) and runs one fp32 forward.
@@ -17,8 +20,8 @@ preprocess, inference, maps, write: result.json's timings), the rest of the wait
 the result nodes; the cold path's stages from its result.json and the remainder (process start, imports, waiting
 for the model, which loads while the volumes are read and preprocessed); MONAI's import, build and forward; the CPU
 seconds (user + system) of both fresh processes and the load average after each repeat. Prints medians, the ratios
-warm / floor and cold / MONAI (medians and per repeat), the CPU model and ISA, the precision used, and the peak
-resident memory of the worker and of the CLI.
+warm / floor, ahead / floor and cold / MONAI (medians and per repeat), the CPU model and ISA, the precision used, and
+the peak resident memory of the worker and of the CLI.
 
     python benchmarks/analyze_floor.py [--repeats 5] [--no-bf16] [--work DIR] [--shape I J K --input-size I J K]
 
@@ -206,6 +209,22 @@ def main() -> None:
         record("warm: rest (messages, transfer, waiting)", rows["warm"][-1] - (t1 - t0) - stages["add_result_s"]
                - sum(stages.get(key, 0.0) for key in WORKER_STAGES))
         record("worker peak RSS MiB", peak_rss_mib(job.worker_pid))
+
+        session.set_inputs(t1=nodes["B"]["t1"], phases=nodes["B"]["series"])
+        t0 = time.perf_counter()
+        assert session.prepare(model, device="cpu") and session.wait_prepared(timeout=1800)
+        record("ahead: the preparation before the click (untimed)", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        job = session.analyze(model, device="cpu")
+        t1 = time.perf_counter()
+        job.wait(timeout=1800)
+        record("ahead", time.perf_counter() - t0)
+        stages = worker_stages[-1]
+        assert stages["preprocess_s"] == 0.0, "the prepared inputs were not used"
+        record("ahead: session.analyze (the inputs compared with their export)", t1 - t0)
+        for key in ("inference_s", "maps_s", "write_s"):
+            record(f"ahead: worker {key[:-2]}", stages.get(key, 0.0))
+        record("ahead: add result nodes", stages["add_result_s"])
         after = floor()
         record("floor", (before + after) / 2)
         record("floor: before the warm Analyze", before)
@@ -239,7 +258,8 @@ def main() -> None:
     for key, values in rows.items():
         unit = "MiB" if "MiB" in key else "" if key.startswith("load") else "s"
         print(f"  {key:48s} median {med(values):9.3f} {unit}   {[round(v, 3) for v in values]}")
-    for label, top, bottom in (("warm / floor", "warm", "floor"), ("cold / MONAI", "cold", "monai")):
+    for label, top, bottom in (("warm / floor", "warm", "floor"), ("ahead / floor", "ahead", "floor"),
+                               ("cold / MONAI", "cold", "monai")):
         paired = [a / b for a, b in zip(rows[top], rows[bottom])]
         print(f"ratio {label}: of the medians {med(rows[top]) / med(rows[bottom]):.3f}, per repeat median "
               f"{med(paired):.3f}   {[round(r, 3) for r in paired]}")
