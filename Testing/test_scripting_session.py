@@ -1,9 +1,9 @@
 """The scripting guide's session, run as written on the slicer-core wheel.
 
 The session (docs/scripting.md, "A whole session, as a test runs it") loads an oblique phantom case into
-volume nodes, analyzes it in the session's worker (twice), places a centre point and evaluates; here its
-output nodes' IJK-to-RAS matrices must equal the reference node's to 1e-6, the warm run must equal the cold
-one, and the table row must equal a hand computation.
+volume nodes, analyzes it in the session's worker (twice, then once more prepared ahead), places a centre point and
+evaluates; here its output nodes' IJK-to-RAS matrices must equal the reference node's to 1e-6, the warm runs must
+equal the cold one, and the table row must equal a hand computation.
 """
 
 from __future__ import annotations
@@ -87,3 +87,10 @@ def test_session_second_run_reused_the_worker_and_equals_the_first(session):
     for name in ("coam", "cam"):
         np.testing.assert_allclose(again.peaks_ras[name], result.peaks_ras[name], atol=1e-6)
     assert again.nodes["coam_volume"] != result.nodes["coam_volume"]  # a second set of nodes
+
+
+def test_session_prepared_ahead_run_equals_the_first(session):
+    result, ahead = session["result"], session["ahead"]
+    assert (ahead.probability, ahead.cos_theta, ahead.prediction) == (result.probability, result.cos_theta,
+                                                                       result.prediction)
+    assert ahead.peaks_ras == result.peaks_ras
