@@ -72,6 +72,13 @@ def copy_onto(src_ijk: np.ndarray, src: sitk.Image, dst: sitk.Image, out: np.nda
     return True
 
 
+def overlap_box(src: sitk.Image, dst: sitk.Image) -> tuple[slice, slice, slice] | None:
+    """The voxels of ``dst`` inside ``src`` (those :func:`coverage` marks True) as one box of (I, J, K) slices of
+    ``dst``, where the lattices coincide and overlap; None otherwise."""
+    plan = _lattice_slices(src, dst)
+    return plan[2] if plan else None
+
+
 def same_grid(src: sitk.Image, dst: sitk.Image) -> bool:
     """True when both images have the same size and every index is the same LPS point in both."""
     if src.GetSize() != dst.GetSize():

@@ -55,22 +55,28 @@ def normalized_on_input_grid(small: np.ndarray, prep: Preprocessed, stride: int 
     (:func:`upsample_linear`), min-max normalized to [0, 1] over the voxels inside the reference volume, 0
     elsewhere. Returns float32 (I, J, K)."""
     up = upsample_linear(small, prep.input_grid.GetSize(), stride)
-    everywhere = bool(prep.valid.all())  # the usual crop: the input grid lies inside the reference volume
-    inside = up if everywhere else up[prep.valid]
-    lo, hi = float(inside.min()), float(inside.max())
+    inside = prep.inside
+    values = up[inside]  # a box: a view (a mask: a copy)
+    lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
         return np.zeros_like(up)
-    up -= lo
-    up *= 1.0 / (hi - lo)
-    if not everywhere:
-        up[~prep.valid] = 0.0
+    if isinstance(inside, np.ndarray):
+        up -= lo
+        up *= 1.0 / (hi - lo)
+        up[~inside] = 0.0
+        return up
+    values -= lo
+    values *= 1.0 / (hi - lo)
+    for axis, part in enumerate(inside):  # the slabs outside the box
+        up[(slice(None),) * axis + (slice(None, part.start),)] = 0.0
+        up[(slice(None),) * axis + (slice(part.stop, None),)] = 0.0
     return up
 
 
 def peak_lps(map_ijk: np.ndarray, prep: Preprocessed) -> tuple[float, float, float]:
     """LPS point (mm) of the map's maximum over the valid input-grid voxels; a plateau of maxima resolves
     to the voxel nearest its centroid (:mod:`BreastCMSLLib.pipeline.peaks`), whatever the storage order."""
-    return plateau_peak_lps(map_ijk, prep.input_grid, None if prep.valid.all() else prep.valid)
+    return plateau_peak_lps(map_ijk, prep.input_grid, prep.inside)
 
 
 def stage_peak_lps(small: np.ndarray, stride: int, rule: str, prep: Preprocessed,

@@ -19,16 +19,20 @@ import numpy as np
 import SimpleITK as sitk
 
 
-def plateau_peak_index(values: np.ndarray, grid: sitk.Image, valid: np.ndarray | None = None) -> tuple[int, ...]:
+def plateau_peak_index(values: np.ndarray, grid: sitk.Image,
+                       valid: np.ndarray | tuple[slice, ...] | None = None) -> tuple[int, ...]:
     """Index of the peak (rule above) of ``values`` laid out in ``grid``'s index order (i, j, k).
 
-    ``values`` (I, J, K) on ``grid`` (only its spacing, origin and direction are used); ``valid`` an
-    optional boolean (I, J, K) mask of the voxels that count (at least one must be True).
+    ``values`` (I, J, K) on ``grid`` (only its spacing, origin and direction are used); ``valid`` the voxels that
+    count (at least one), optional: a boolean (I, J, K) mask, or a box of (I, J, K) slices (a view, no masked copy).
     """
+    offset = 0
+    if isinstance(valid, tuple):
+        offset, values, valid = [s.start for s in valid], values[valid], None
     masked = values if valid is None else np.where(valid, values, -np.inf)
     top = masked.max()
-    # (n, 3) indices (i, j, k); flatnonzero + unravel_index: a tenth of argwhere's time on a 10 M-voxel map
-    plateau = np.column_stack(np.unravel_index(np.flatnonzero(masked == top), masked.shape))
+    # (n, 3) indices (i, j, k) in index order; flatnonzero + unravel_index: a tenth of argwhere's time
+    plateau = np.column_stack(np.unravel_index(np.flatnonzero(masked == top), masked.shape)) + offset
     if len(plateau) == 1:
         return tuple(int(v) for v in plateau[0])
     direction = np.array(grid.GetDirection()).reshape(3, 3)

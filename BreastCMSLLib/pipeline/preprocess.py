@@ -30,7 +30,7 @@ from BreastCMSLLib.errors import InputError
 from BreastCMSLLib.network.domain import StudyGeometry
 from BreastCMSLLib.pipeline.breasts import breast_half, mirrored, unit_breast
 from BreastCMSLLib.pipeline.envelope import study_geometry
-from BreastCMSLLib.pipeline.grids import copy_onto, coverage, image_from_ijk, resample, values_on
+from BreastCMSLLib.pipeline.grids import copy_onto, coverage, image_from_ijk, overlap_box, resample, values_on
 from BreastCMSLLib.pipeline.mask import breast_mask
 from BreastCMSLLib.pipeline.model_phases import PhasesUsed, choose
 from BreastCMSLLib.pipeline.phase_times import case_times
@@ -127,6 +127,15 @@ class Preprocessed:
     reference: sitk.Image
     valid: np.ndarray
     study: StudyGeometry | None = None
+
+    @property
+    def inside(self) -> tuple[slice, slice, slice] | np.ndarray:
+        """``valid`` as a box of (I, J, K) slices where the input grid's lattice is the reference's or ``valid``
+        holds every voxel (an array indexed with it is a view, no copy), else ``valid`` itself."""
+        box = overlap_box(self.reference, self.input_grid)
+        if box is None and self.valid.all():
+            box = tuple(slice(0, n) for n in self.valid.shape)
+        return self.valid if box is None else box
 
     def __getstate__(self) -> dict:
         """Pickled small (the cohort sends it between processes twice per case): the breast mask and ``valid``
