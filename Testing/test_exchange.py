@@ -116,3 +116,23 @@ def test_a_warm_analyze_through_the_session_equals_the_plain_analysis(plain, tmp
     finally:
         session.close()
     assert folders == [sorted(["result.json", *(f"{n}.npy" for n in RESULT_ARRAYS)])] * 2  # no image files
+
+
+def test_result_nodes_keep_their_voxels_once_the_images_are_gone(plain):
+    """The nodes hold the images' own memory (no copy, mrml/nodes.py): it lives as long as the nodes do."""
+    import gc
+
+    from BreastCMSLLib.mrml.nodes import add_result_nodes
+
+    scene = slicer.vtkMRMLScene()
+    images = {name: sitk.Image(image) for name, image in plain["maps"].items()}  # copies of their own
+    peaks = {name: plain["summary"][f"{name}_peak_lps"] for name in MAP_NAMES}
+    ids = add_result_nodes(scene, "case", images, peaks)
+    del images
+    gc.collect()
+    reused = [np.full(image.GetNumberOfPixels(), 7, np.float32) for image in plain["maps"].values()]  # freed memory
+    for name in RESULT_ARRAYS:
+        node = scene.GetNodeByID(ids[name if name.endswith("_label") else f"{name}_volume"])
+        expected = sitk.GetArrayViewFromImage(plain["maps"][name])
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), expected)
+    assert all(array[0] == 7 for array in reused)

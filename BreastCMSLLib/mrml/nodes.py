@@ -97,14 +97,17 @@ def volume_node_from_image(scene, image: sitk.Image, name: str, labelmap: bool =
                            value_range: tuple[float, float] | None = None):
     """Add a scalar (or labelmap) volume node holding ``image``'s voxels on its exact grid; return it.
 
+    The node holds the image's own voxel memory, no copy (a labelmap not stored as uint8: a uint8 copy): the image
+    is handed over and kept alive with the node; change its voxels afterwards and the node's change too.
     ``value_range``: a scalar volume's display window from its known range of values, instead of the
     automatic window level Slicer computes from a histogram (its cost: ``benchmarks/README.md``)."""
-    array = np.ascontiguousarray(sitk.GetArrayViewFromImage(image))
+    array = sitk.GetArrayViewFromImage(image)  # (k, j, i), contiguous: VTK's point order
     if labelmap:
         array = array.astype(np.uint8, copy=False)
     image_data = vtk.vtkImageData()
     image_data.SetDimensions(*image.GetSize())
-    vtk_array = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
+    vtk_array = numpy_support.numpy_to_vtk(array.ravel(), deep=False)
+    vtk_array.voxels_owner = image  # VTK keeps a wrapped array's attributes as long as the array itself lives
     image_data.GetPointData().SetScalars(vtk_array)
     node = slicer.vtkMRMLLabelMapVolumeNode() if labelmap else slicer.vtkMRMLScalarVolumeNode()
     node.SetName(name)

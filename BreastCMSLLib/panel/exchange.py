@@ -129,7 +129,9 @@ def read_result(out_dir: Path) -> tuple[dict, dict[str, sitk.Image]]:
         result = json.loads((out_dir / "result.json").read_text())
         geometry = result["reference_geometry"]
         names = [name for name in RESULT_ARRAYS if f"{name.removesuffix('_label')}_peak_lps" in result]
-        maps = {name: _image(np.load(out_dir / f"{name}.npy", mmap_mode="r"), geometry) for name in names}
+        with ThreadPoolExecutor(2) as pool:  # SimpleITK's copies release the GIL
+            images = pool.map(lambda name: _image(np.load(out_dir / f"{name}.npy", mmap_mode="r"), geometry), names)
+            maps = dict(zip(names, images))
     except (OSError, ValueError, KeyError) as err:
         raise InputError(out_dir, f"is not a complete analysis output ({err})") from None
     return result, maps
