@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from BreastCMSLLib.config import PreprocessConfig
 from BreastCMSLLib.phantom.synth import synth_case
-from BreastCMSLLib.pipeline.maps import normalized_on_input_grid, peak_lps, upsample_linear
+from BreastCMSLLib.pipeline.maps import labelmap, normalized_on_input_grid, peak_lps, upsample_linear
+from BreastCMSLLib.pipeline.peaks import true_indices
 from BreastCMSLLib.pipeline.preprocess import load_case, preprocess_case
 
 
@@ -61,3 +63,26 @@ def test_box_and_mask_give_the_plain_floats_and_peaks(case, spacing, box):
 def test_a_flat_map_is_zero(case):
     prep = preprocess_case(case, PreprocessConfig(input_size=(64, 64, 64)))
     assert not normalized_on_input_grid(np.ones((2, 2, 2)), prep).any()
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.7, 0.3])  # the threshold in float32: exact, above, below
+def test_labelmap_thresholds_as_simpleitk_does(fraction):
+    """Voxels one float32 step either side of fraction x max, and on it: numpy's comparison gives SimpleITK's."""
+    top = np.float32(0.9)
+    at = np.float32(fraction * float(top))
+    steps = [np.nextafter(at, -1, dtype=np.float32), at, np.nextafter(at, 1, dtype=np.float32), top]
+    values = np.random.default_rng(2).random((6, 5, 4)).astype(np.float32) * top
+    values.flat[:4] = steps
+    image = sitk.GetImageFromArray(values)
+    image.SetOrigin((1.0, 2.0, 3.0))
+    label = labelmap(image, fraction)
+    expected = sitk.Cast(sitk.GreaterEqual(image, fraction * float(top)), sitk.sitkUInt8)
+    assert label.GetPixelID() == sitk.sitkUInt8 and label.GetOrigin() == (1.0, 2.0, 3.0)
+    assert np.array_equal(sitk.GetArrayViewFromImage(label), sitk.GetArrayViewFromImage(expected))
+    assert sitk.GetArrayViewFromImage(label).flat[:4].tolist() == [0, 1, 1, 1]
+
+
+def test_true_indices_in_index_order_whatever_the_storage():
+    hits = np.random.default_rng(3).random((7, 6, 5)) > 0.8
+    for stored in (hits, np.asfortranarray(hits), hits[1:, ::2, 1:4], np.asfortranarray(hits)[1:, 2:, :3]):
+        assert np.array_equal(true_indices(stored), np.argwhere(stored))

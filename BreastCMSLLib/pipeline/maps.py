@@ -92,9 +92,12 @@ def stage_peak_lps(small: np.ndarray, stride: int, rule: str, prep: Preprocessed
 
 
 def labelmap(image: sitk.Image, fraction: float) -> sitk.Image:
-    """uint8 {0, 1}: 1 where the map is >= fraction x its maximum."""
-    top = float(sitk.GetArrayViewFromImage(image).max())
-    return sitk.Cast(sitk.GreaterEqual(image, fraction * top), sitk.sitkUInt8)
+    """uint8 {0, 1}: 1 where the map (float32) is >= fraction x its maximum, that threshold rounded to float32 (as
+    SimpleITK's ``GreaterEqual`` rounds it)."""
+    values = sitk.GetArrayViewFromImage(image)
+    label = sitk.GetImageFromArray((values >= np.float32(fraction * float(values.max()))).view(np.uint8))
+    label.CopyInformation(image)
+    return label
 
 
 @dataclass
