@@ -104,15 +104,16 @@ class Session:
         return self._ref("t1"), series, p.GetParameter("inputKind") or "phases"
 
     def load_case_folder(self, folder: str | Path) -> dict:
-        """Load a case folder's volumes (``t1`` optional, ``pre`` + ``post_k`` or ``sub_k``) as volume nodes
-        and make them the inputs. Nothing is added when a file is unreadable (the error names it)."""
+        """Load a case folder's volumes (``t1`` optional, ``pre`` + ``post_k`` or ``sub_k``) as volume nodes (a
+        stored voxel type of at most 16 bits kept, as Slicer's loaders keep it) and make them the inputs. Nothing is
+        added when a file is unreadable (the error names it)."""
         from BreastCMSLLib.pipeline.phase_times import case_times
         from BreastCMSLLib.pipeline.volumes import find_case_files, read_volume
 
         folder = Path(folder)
         files = find_case_files(folder)
         paths = [files.t1, *files.series]
-        images = [None if path is None else read_volume(path) for path in paths]
+        images = [None if path is None else read_volume(path, keep_type=True) for path in paths]  # as Slicer loads
         names = [None if path is None else f"{folder.name} {_volume_stem(path)}" for path in paths]
         added = [None if image is None else nodes.volume_node_from_image(self.scene, image, name)
                  for image, name in zip(images, names)]

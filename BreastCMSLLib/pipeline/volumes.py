@@ -45,8 +45,9 @@ def check_image(image: sitk.Image, source: str | Path, keep_type: bool = False) 
     return image
 
 
-def read_volume(path: str | Path) -> sitk.Image:
-    """Read one 3D scalar volume with SimpleITK and check it (float32, LPS geometry as stored)."""
+def read_volume(path: str | Path, keep_type: bool = False) -> sitk.Image:
+    """Read one 3D scalar volume with SimpleITK and check it (float32, or its stored type of at most 16 bits with
+    ``keep_type``: :func:`check_image`; LPS geometry as stored)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such file")
@@ -55,7 +56,7 @@ def read_volume(path: str | Path) -> sitk.Image:
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reason"
         raise InputError(path, f"cannot be read as an image ({first[:160]})") from None
-    return check_image(image, path)
+    return check_image(image, path, keep_type)
 
 
 def _volume_files(folder: Path) -> dict[str, Path]:
