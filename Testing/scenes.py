@@ -1,5 +1,6 @@
 """Helpers for tests on a real MRML scene (slicer-core wheel): rotations, matrices, nodes read by MRML's own
-reader, snapshots of a scene, and the oblique phantom case analyzed once by the real CLI."""
+reader, snapshots of a scene, the oblique phantom case analyzed once by the real CLI, and a small case's plain
+analysis."""
 
 from __future__ import annotations
 
@@ -87,3 +88,41 @@ def assert_unchanged(before: dict, after: dict) -> None:
     for a, b in zip(before["matrices"], after["matrices"]):
         np.testing.assert_array_equal(a, b)
     assert after["mtimes"] == before["mtimes"]
+
+
+def plain_analysis(root: Path, seed: int) -> dict:
+    """A small phantom (``root``/case), an untrained small model and the plain analysis of the case folder (NRRD
+    files out, ``run_analysis``): ``root``, ``model``, the ``summary`` and every map and labelmap (``maps``)."""
+    import SimpleITK as sitk
+
+    from BreastCMSLLib.panel.exchange import RESULT_ARRAYS
+    from BreastCMSLLib.run import AnalyzeRequest, run_analysis
+
+    synth_case(root / "case", seed=seed, label=1, shape=(96, 64, 40), spacing=(3.5, 3.5, 3.5))
+    assert cli.main(["init-model", "--out", str(root / "model.safetensors"), "--input-size", "64", "48", "32",
+                     "--width-factor", "0.125"]) == 0
+    summary = run_analysis(AnalyzeRequest(model=root / "model.safetensors", out=root / "plain",
+                                          case_dir=root / "case", device="cpu"))
+    maps = {name: sitk.ReadImage(str(root / "plain" / f"{name}.nrrd")) for name in RESULT_ARRAYS}
+    return {"root": root, "model": root / "model.safetensors", "summary": summary, "maps": maps}
+
+
+def assert_result_equals_plain(scene, result, plain: dict) -> None:
+    """A session's result (its nodes in ``scene``) gives :func:`plain_analysis`'s answers: probability, cos θ and
+    prediction exactly, the peaks to float rounding (LPS -> RAS through the scene), every map and labelmap bit for
+    bit."""
+    import SimpleITK as sitk
+
+    from BreastCMSLLib.config import MAP_NAMES
+    from BreastCMSLLib.panel.exchange import RESULT_ARRAYS
+
+    expected = plain["summary"]
+    assert (result.probability, result.cos_theta, result.prediction) == tuple(
+        expected[k] for k in ("probability", "cos_theta", "prediction"))
+    for name in MAP_NAMES:
+        x, y, z = expected[f"{name}_peak_lps"]
+        np.testing.assert_allclose(result.peaks_ras[name], [-x, -y, z], rtol=0, atol=1e-9)
+    for name in RESULT_ARRAYS:
+        node = scene.GetNodeByID(result.nodes[name if name.endswith("_label") else f"{name}_volume"])
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(node),
+                                      sitk.GetArrayViewFromImage(plain["maps"][name]), name)

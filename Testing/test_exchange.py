@@ -13,14 +13,12 @@ import pytest
 import SimpleITK as sitk
 import slicer
 
-from BreastCMSLLib import cli
 from BreastCMSLLib.config import MAP_NAMES
 from BreastCMSLLib.panel.exchange import RESULT_ARRAYS, case_inputs, read_result, write_inputs, write_result
 from BreastCMSLLib.panel.session import Session
-from BreastCMSLLib.phantom.synth import synth_case
 from BreastCMSLLib.pipeline.volumes import find_case_files
 from BreastCMSLLib.run import AnalyzeRequest, run_analysis
-from Testing.scenes import case_nodes
+from Testing.scenes import assert_result_equals_plain, case_nodes, plain_analysis
 
 NUMBERS = ("probability", "probability_uncalibrated", "cos_theta", "prediction", "threshold",
            *(f"{name}_peak_lps" for name in MAP_NAMES))
@@ -29,15 +27,7 @@ NUMBERS = ("probability", "probability_uncalibrated", "cos_theta", "prediction",
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory):
     """A small phantom, an untrained small model and the plain analysis of the case folder (NRRD files out)."""
-    root = tmp_path_factory.mktemp("exchange")
-    synth_case(root / "case", seed=3, label=1, shape=(96, 64, 40), spacing=(3.5, 3.5, 3.5))
-    assert cli.main(["init-model", "--out", str(root / "model.safetensors"), "--input-size", "64", "48", "32",
-                     "--width-factor", "0.125"]) == 0
-    request = AnalyzeRequest(model=root / "model.safetensors", out=root / "plain", case_dir=root / "case",
-                             device="cpu")
-    summary = run_analysis(request)
-    maps = {name: sitk.ReadImage(str(root / "plain" / f"{name}.nrrd")) for name in RESULT_ARRAYS}
-    return {"root": root, "model": root / "model.safetensors", "summary": summary, "maps": maps}
+    return plain_analysis(tmp_path_factory.mktemp("exchange"), seed=3)
 
 
 def assert_same_maps(maps: dict, expected: dict) -> None:
@@ -92,7 +82,7 @@ def test_a_warm_analyze_through_the_session_equals_the_plain_analysis(plain, tmp
     scene = slicer.vtkMRMLScene()
     t1, series = case_nodes(scene, plain["root"] / "case")
     session = Session(scene, temp_dir=tmp_path)
-    folders, maps = [], {}
+    folders = []
 
     def listed(case, reference, out_dir):  # what the worker handed over, before the job's folder goes
         folders.append(sorted(p.name for p in out_dir.iterdir()))
@@ -103,16 +93,7 @@ def test_a_warm_analyze_through_the_session_equals_the_plain_analysis(plain, tmp
     try:
         for _ in range(2):  # cold, then warm in the same worker
             result = session.analyze(plain["model"], device="cpu").wait(timeout=300)
-            expected = plain["summary"]
-            assert (result.probability, result.cos_theta, result.prediction) == tuple(
-                expected[k] for k in ("probability", "cos_theta", "prediction"))
-            for name in MAP_NAMES:
-                x, y, z = expected[f"{name}_peak_lps"]
-                np.testing.assert_allclose(result.peaks_ras[name], [-x, -y, z], rtol=0, atol=1e-9)
-            for name in RESULT_ARRAYS:
-                node = scene.GetNodeByID(result.nodes[f"{name}_volume" if not name.endswith("_label") else name])
-                maps[name] = slicer.util.arrayFromVolume(node)
-                np.testing.assert_array_equal(maps[name], sitk.GetArrayViewFromImage(plain["maps"][name]), name)
+            assert_result_equals_plain(scene, result, plain)
     finally:
         session.close()
     assert folders == [sorted(["result.json", *(f"{n}.npy" for n in RESULT_ARRAYS)])] * 2  # no image files

@@ -13,29 +13,19 @@ import pytest
 import SimpleITK as sitk
 import slicer
 
-from BreastCMSLLib import cli
-from BreastCMSLLib.config import MAP_NAMES
 from BreastCMSLLib.panel.exchange import RESULT_ARRAYS, read_result, write_inputs
 from BreastCMSLLib.panel.protocol import Kind, Message
 from BreastCMSLLib.panel.session import Session
 from BreastCMSLLib.panel.worker import serve
-from BreastCMSLLib.phantom.synth import synth_case
 from BreastCMSLLib.pipeline.volumes import find_case_files
-from BreastCMSLLib.run import AnalyzeRequest, run_analysis
-from Testing.scenes import case_nodes
+from BreastCMSLLib.run import AnalyzeRequest
+from Testing.scenes import assert_result_equals_plain, case_nodes, plain_analysis
 
 
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory):
     """A small phantom, an untrained small model and the plain analysis of the case folder."""
-    root = tmp_path_factory.mktemp("ahead")
-    synth_case(root / "case", seed=5, label=1, shape=(96, 64, 40), spacing=(3.5, 3.5, 3.5))
-    assert cli.main(["init-model", "--out", str(root / "model.safetensors"), "--input-size", "64", "48", "32",
-                     "--width-factor", "0.125"]) == 0
-    summary = run_analysis(AnalyzeRequest(model=root / "model.safetensors", out=root / "plain",
-                                          case_dir=root / "case", device="cpu"))
-    maps = {name: sitk.ReadImage(str(root / "plain" / f"{name}.nrrd")) for name in RESULT_ARRAYS}
-    return {"root": root, "model": root / "model.safetensors", "summary": summary, "maps": maps}
+    return plain_analysis(tmp_path_factory.mktemp("ahead"), seed=5)
 
 
 def recording_session(scene, tmp_path) -> tuple[Session, list[dict]]:
@@ -72,14 +62,7 @@ def test_an_analyze_of_prepared_inputs_skips_reading_and_preprocessing_with_the_
         session.close()
     assert timings[0]["read_s"] == 0.0 and timings[0]["preprocess_s"] == 0.0
     assert timings[0]["prepared_ahead_s"] > 0.0
-    expected = plain["summary"]
-    assert (result.probability, result.cos_theta, result.prediction) == tuple(
-        expected[k] for k in ("probability", "cos_theta", "prediction"))
-    for name in MAP_NAMES:
-        x, y, z = expected[f"{name}_peak_lps"]
-        np.testing.assert_allclose(result.peaks_ras[name], [-x, -y, z], rtol=0, atol=1e-9)
-    for name, array in result_maps(scene, result).items():
-        np.testing.assert_array_equal(array, sitk.GetArrayViewFromImage(plain["maps"][name]), name)
+    assert_result_equals_plain(scene, result, plain)
 
 
 def test_inputs_changed_after_their_preparation_are_analyzed_as_they_are_now(plain, tmp_path):

@@ -190,6 +190,23 @@ def main() -> None:
                 for removed in (*display, node):
                     scene.RemoveNode(removed)
 
+    def timed_analyze(prepared: bool) -> tuple[float, float, object, dict]:
+        """A warm Analyze of case B, from ``session.analyze`` to the result nodes in the scene (``prepared``: after
+        ``session.prepare`` has finished, untimed): its seconds, those of the ``session.analyze`` call, the job and
+        the worker's stages (with ``prepare_s``: ``session.prepare`` until the worker's ``PREPARED``)."""
+        session.set_inputs(t1=nodes["B"]["t1"], phases=nodes["B"]["series"])
+        t0 = time.perf_counter()
+        if prepared:
+            assert session.prepare(model, device="cpu") and session.wait_prepared(timeout=1800)
+        prepare_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        job = session.analyze(model, device="cpu")
+        called = time.perf_counter() - t0
+        result = job.wait(timeout=1800)
+        seconds = time.perf_counter() - t0
+        drop_result(result)
+        return seconds, called, job, {**worker_stages[-1], "prepare_s": prepare_s}
+
     rows: dict[str, list[float]] = {"floor": []}  # printed first
 
     def record(key: str, value: float) -> None:
@@ -205,35 +222,21 @@ def main() -> None:
     for _ in range(args.repeats):
         before = floor()
 
-        session.set_inputs(t1=nodes["B"]["t1"], phases=nodes["B"]["series"])
-        t0 = time.perf_counter()
-        job = session.analyze(model, device="cpu")
-        t1 = time.perf_counter()
-        result = job.wait(timeout=1800)
-        record("warm", time.perf_counter() - t0)
-        drop_result(result)
-        stages = worker_stages[-1]
-        record("warm: export inputs (session.analyze)", t1 - t0)
+        seconds, called, job, stages = timed_analyze(prepared=False)
+        record("warm", seconds)
+        record("warm: export inputs (session.analyze)", called)
         for key in WORKER_STAGES:
             record(f"warm: worker {key[:-2]}", stages.get(key, 0.0))
         record("warm: add result nodes", stages["add_result_s"])
-        record("warm: rest (messages, transfer, waiting)", rows["warm"][-1] - (t1 - t0) - stages["add_result_s"]
+        record("warm: rest (messages, transfer, waiting)", seconds - called - stages["add_result_s"]
                - sum(stages.get(key, 0.0) for key in WORKER_STAGES))
         record("worker peak RSS MiB", peak_rss_mib(job.worker_pid))
 
-        session.set_inputs(t1=nodes["B"]["t1"], phases=nodes["B"]["series"])
-        t0 = time.perf_counter()
-        assert session.prepare(model, device="cpu") and session.wait_prepared(timeout=1800)
-        record("ahead: the preparation before the click (untimed)", time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        job = session.analyze(model, device="cpu")
-        t1 = time.perf_counter()
-        result = job.wait(timeout=1800)
-        record("ahead", time.perf_counter() - t0)
-        drop_result(result)
-        stages = worker_stages[-1]
+        seconds, called, job, stages = timed_analyze(prepared=True)
         assert stages["preprocess_s"] == 0.0, "the prepared inputs were not used"
-        record("ahead: session.analyze (the inputs compared with their export)", t1 - t0)
+        record("ahead", seconds)
+        record("ahead: the preparation before the click (untimed)", stages["prepare_s"])
+        record("ahead: session.analyze (the inputs compared with their export)", called)
         for key in ("inference_s", "maps_s", "write_s"):
             record(f"ahead: worker {key[:-2]}", stages.get(key, 0.0))
         record("ahead: add result nodes", stages["add_result_s"])
